@@ -1,0 +1,63 @@
+# chat-backend — build, run, test, benchmark.
+SHELL := /bin/bash
+SWIFT ?= swift
+BUILD_DIR ?= .build
+BIN := $(BUILD_DIR)/debug/chat-backend
+RELEASE_BIN := $(BUILD_DIR)/release/chat-backend
+APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev pkg-config
+APT_TEST_DEPS := systemd python3-venv curl
+APT_BENCH_DEPS := wrk
+VENV := .venv
+
+.PHONY: all build release run test test-swift test-e2e deps test-deps bench resources clean
+
+all: build
+
+# Install the C libraries the build links against (as root), or say exactly what to run.
+deps:
+	@missing=""; for p in $(APT_BUILD_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing build packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	fi
+
+resources:
+	@python3 scripts/embed-resources.py
+
+build: deps resources
+	$(SWIFT) build --product chat-backend
+
+release: deps resources
+	$(SWIFT) build -c release --product chat-backend
+
+# Start the server on port 3006 with SQLite under ./data.
+run: build
+	$(BIN) serve --database-url sqlite://./data/chat.db
+
+test-deps: deps
+	@missing=""; for p in $(APT_TEST_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing test packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	fi
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	@$(VENV)/bin/pip install -q -r Tests/e2e/requirements.txt
+
+# Everything: Swift unit and HTTP tests, then end-to-end tests against the built binary.
+test: test-deps resources
+	$(MAKE) test-swift
+	$(MAKE) test-e2e
+
+test-swift: resources
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+test-e2e: build
+	CHAT_BACKEND_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q Tests/e2e
+
+bench: release test-deps
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH_DEPS); }
+	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench.py
+
+clean:
+	rm -rf $(BUILD_DIR) $(VENV)

@@ -1,0 +1,260 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Hummingbird
+import Logging
+import Prometheus
+import Service
+import ServiceLifecycle
+import Storage
+
+@main
+struct ChatBackend: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chat-backend",
+        abstract: "A chat server: REST and WebSocket chat sessions on SQLite or Postgres.",
+        version: ChatBackendVersion.current,
+        subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, Backup.self, Version.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Opens the configured store, applying migrations.
+func openStore(_ config: AppConfig, logger: Logger) async throws -> any ChatStore {
+    switch config.database {
+    case .sqlite(let path):
+        try AppConfig.makeDirectory(parentOf: path)
+        return try await SQLiteStore.open(path: path, options: .init(synchronous: config.synchronous), logger: logger)
+    case .postgres:
+        throw ConfigError("DATABASE_URL: Postgres is not supported by this build yet; use sqlite://")
+    }
+}
+
+func makeLogger(_ level: Logger.Level) -> Logger {
+    var logger = Logger(label: "chat-backend")
+    logger.logLevel = level
+    return logger
+}
+
+/// Runs an async body and turns configuration and storage errors into a clean exit with a message.
+func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as ConfigError {
+        FileHandleStderr.write("chat-backend: \(error.description)\n")
+        throw ExitCode(78)  // EX_CONFIG
+    } catch let error as StoreError {
+        FileHandleStderr.write("chat-backend: \(error.debugDescription)\n")
+        throw ExitCode(error.kind == .unavailable ? 69 : 65)
+    }
+}
+
+enum FileHandleStderr {
+    static func write(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = bytes.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the server (the default command).")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let config = try await AppConfig.load(options: options)
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = config.logLevel
+                return handler
+            }
+            let logger = makeLogger(config.logLevel)
+            Systemd.notify("STATUS=Opening storage and applying migrations")
+            let store = try await openStore(config, logger: logger)
+            let registry = PrometheusCollectorRegistry()
+            let listener: Listener
+            let where_: String
+            if let fd = Systemd.inheritedSocket() {
+                listener = .inheritedSocket(fd)
+                where_ = "the socket passed by systemd"
+            } else {
+                listener = .address(host: config.host, port: config.port)
+                where_ = "\(config.host):\(config.port)"
+            }
+            var services: [any Service] = [StoppingNotifier(logger: logger)]
+            if let interval = Systemd.watchdogInterval() {
+                services.append(WatchdogService(interval: interval))
+            }
+            let backend = store.backend
+            let app = buildApplication(
+                config: config.service,
+                dependencies: ApplicationDependencies(
+                    store: store, registry: registry, logger: logger,
+                    onListening: {
+                        logger.info("chat-backend listening", metadata: ["on": .string(where_), "storage": .string(backend)])
+                        Systemd.notify("READY=1\nSTATUS=Serving on \(where_) with \(backend) storage")
+                    },
+                    services: services
+                ),
+                listener: listener
+            )
+            let group = ServiceGroup(configuration: .init(
+                services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+            ))
+            do {
+                try await group.run()
+            } catch {
+                logger.error("server stopped with an error", metadata: ["error": .string(String(reflecting: error))])
+                await store.close()
+                throw error
+            }
+            Systemd.notify("STATUS=Flushing writes and checkpointing")
+            await store.close()
+            logger.info("stopped cleanly")
+        }
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply pending database migrations and list them all.")
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let config = try await AppConfig.load(options: options, createSecret: false)
+            let store = try await openStore(config, logger: makeLogger(config.logLevel))
+            let status = try await store.migrationStatus()
+            await store.close()
+            print("\(store.backend) \(config.databaseURLText.hasPrefix("sqlite") ? config.databaseURLText : AppConfig.maskURL(config.databaseURLText))")
+            for migration in status {
+                print("V\(migration.version)  \(migration.name)  \(migration.appliedAt.map { "applied \($0)" } ?? "pending")")
+            }
+        }
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config", abstract: "Validate the configuration and print it with secrets masked."
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        try await reportingErrors {
+            let config = try await AppConfig.load(options: options, createSecret: false)
+            let width = config.summary.map(\.0.count).max() ?? 0
+            for (key, value) in config.summary {
+                print(key + String(repeating: " ", count: width - key.count) + "  " + value)
+            }
+            print("configuration is valid")
+        }
+    }
+}
+
+struct UserCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "user", abstract: "Manage users.", subcommands: [AddUser.self])
+}
+
+struct AddUser: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "add", abstract: "Create a user. The password is read from standard input (one line) or generated and printed."
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Argument(help: "Username: 3-64 of letters, digits, '_', '.', '-'.")
+    var name: String
+
+    @Flag(help: "Give the user the admin role.")
+    var admin = false
+
+    @Flag(help: "Give the user the agent role (human support staff).")
+    var agent = false
+
+    @Flag(name: .customLong("password-stdin"), help: "Read the password from standard input.")
+    var passwordStdin = false
+
+    func validate() throws {
+        guard (3...64).contains(name.count), name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_.-".contains($0)) }) else {
+            throw ValidationError("username must be 3-64 of letters, digits, '_', '.', '-'")
+        }
+        guard !(admin && agent) else { throw ValidationError("choose --admin or --agent, not both") }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            var password: String
+            var generated = false
+            if passwordStdin {
+                password = readLine(strippingNewline: true) ?? ""
+                guard (8...128).contains(password.count) else { throw ValidationError("password must be 8-128 characters") }
+            } else {
+                password = SecretGenerator.hex(bytes: 12)
+                generated = true
+            }
+            let config = try await AppConfig.load(options: options, createSecret: false)
+            let store = try await openStore(config, logger: makeLogger(.warning))
+            let hasher = PasswordHasher(parameters: config.service.passwordParameters)
+            let now = Timestamp.now()
+            let user = User(
+                id: UUID(), username: name, email: nil, passwordHash: try await hasher.hash(password),
+                role: admin ? .admin : (agent ? .agent : .user), createdAt: now, updatedAt: now
+            )
+            do {
+                try await store.createUser(user)
+            } catch let error as StoreError where error.kind == .conflict {
+                await store.close()
+                throw ValidationError("username '\(name)' is already taken")
+            }
+            await store.close()
+            print("created \(user.role.rawValue) \(name) (\(user.id.lowercased))")
+            if generated { print("password: \(password)") }
+        }
+    }
+}
+
+struct Backup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a consistent copy of the SQLite database to FILE, safe while the server runs.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Argument(help: "Destination file; must not exist.")
+    var file: String
+
+    func run() async throws {
+        try await reportingErrors {
+            let config = try await AppConfig.load(options: options, createSecret: false)
+            guard case .sqlite = config.database else {
+                throw ConfigError("backup copies SQLite databases; for Postgres use pg_dump")
+            }
+            guard !FileManager.default.fileExists(atPath: file) else { throw ValidationError("\(file) already exists") }
+            let store = try await openStore(config, logger: makeLogger(.warning))
+            guard let sqlite = store as? SQLiteStore else { throw ConfigError("not a SQLite store") }
+            do {
+                try await sqlite.backup(to: file)
+            } catch {
+                await store.close()
+                throw error
+            }
+            await store.close()
+            print("backup written to \(file)")
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the version.")
+
+    func run() {
+        print("chat-backend \(ChatBackendVersion.current)")
+    }
+}

@@ -1,0 +1,239 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Configuration
+import Logging
+import Service
+import Storage
+import SystemPackage
+
+/// Options every command takes to locate and override configuration.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .customLong("config"), help: "Env file with KEY=VALUE lines (default: /etc/chat-backend/chat-backend.env if it exists).")
+    var configFile: String?
+
+    @Option(help: "Listen address (HOST).")
+    var host: String?
+
+    @Option(help: "Listen port (PORT).")
+    var port: String?
+
+    @Option(name: .customLong("database-url"), help: "sqlite:///path/chat.db or postgres://… (DATABASE_URL).")
+    var databaseURL: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (LOG_LEVEL).")
+    var logLevel: String?
+}
+
+/// A configuration value that failed validation; the message names the key.
+struct ConfigError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Where the store lives.
+enum DatabaseLocation: Equatable {
+    case sqlite(path: String)
+    case postgres(url: String)
+
+    static func parse(_ text: String) throws -> DatabaseLocation {
+        if text.hasPrefix("sqlite://") {
+            let path = String(text.dropFirst("sqlite://".count))
+            guard !path.isEmpty else { throw ConfigError("DATABASE_URL: sqlite:// needs a path, e.g. sqlite:///var/lib/chat-backend/chat.db") }
+            return .sqlite(path: path)
+        }
+        if text.hasPrefix("sqlite:") {
+            return .sqlite(path: String(text.dropFirst("sqlite:".count)))
+        }
+        if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") || text.contains("=") {
+            return .postgres(url: text)
+        }
+        throw ConfigError("DATABASE_URL: must start with sqlite:// or postgres:// (got '\(text)')")
+    }
+}
+
+/// The effective configuration of one run, after env file, environment and flags.
+struct AppConfig {
+    var host: String
+    var port: Int
+    var database: DatabaseLocation
+    var databaseURLText: String
+    var stateDirectory: String
+    var logLevel: Logger.Level
+    var synchronous: SQLiteStore.Synchronous
+    var agentsFile: String
+    var jwtSecretSource: String
+    var service: ServiceConfig
+    /// Values as given, secrets masked, for `check-config`.
+    var summary: [(String, String)]
+
+    static let defaultEnvFile = "/etc/chat-backend/chat-backend.env"
+
+    /// Reads flags, then the environment, then the env file (first found wins), and validates every value.
+    static func load(options: ConfigOptions, environment: [String: String] = ProcessInfo.processInfo.environment, createSecret: Bool = true) async throws -> AppConfig {
+        var flags: [AbsoluteConfigKey: ConfigValue] = [:]
+        if let v = options.host { flags["host"] = .init(.string(v), isSecret: false) }
+        if let v = options.port { flags["port"] = .init(.string(v), isSecret: false) }
+        if let v = options.databaseURL { flags["database.url"] = .init(.string(v), isSecret: true) }
+        if let v = options.logLevel { flags["log.level"] = .init(.string(v), isSecret: false) }
+        var providers: [any ConfigProvider] = [
+            InMemoryProvider(name: "flags", values: flags),
+            EnvironmentVariablesProvider(environmentVariables: environment),
+        ]
+        let envFile = options.configFile ?? environment["CHAT_BACKEND_CONFIG"] ?? defaultEnvFile
+        do {
+            providers.append(try await EnvironmentVariablesProvider(
+                environmentFilePath: FilePath(envFile), allowMissing: options.configFile == nil
+            ))
+        } catch {
+            throw ConfigError("cannot read config file \(envFile): \(error)")
+        }
+        let reader = ConfigReader(providers: providers)
+        func value(_ key: ConfigKey, secret: Bool = false) -> String? {
+            reader.string(forKey: key, isSecret: secret).flatMap { $0.isEmpty ? nil : $0 }
+        }
+
+        var summary: [(String, String)] = [("config file", envFile)]
+        let host = value("host") ?? "0.0.0.0"
+        let portText = value("port") ?? "3006"
+        guard let port = Int(portText), (0...65535).contains(port) else { throw ConfigError("PORT: must be 0-65535 (got '\(portText)')") }
+        summary += [("HOST", host), ("PORT", String(port))]
+
+        let stateDirectory = environment["STATE_DIRECTORY"].flatMap { $0.split(separator: ":").first.map(String.init) } ?? "./data"
+        let databaseText = value("database.url", secret: true) ?? "sqlite://\(stateDirectory)/chat.db"
+        let database = try DatabaseLocation.parse(databaseText)
+        summary.append(("DATABASE_URL", maskURL(databaseText)))
+
+        let levelText = (value("log.level") ?? "info").lowercased()
+        guard let logLevel = Logger.Level(rawValue: levelText) else {
+            throw ConfigError("LOG_LEVEL: must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")) (got '\(levelText)')")
+        }
+        summary.append(("LOG_LEVEL", logLevel.rawValue))
+
+        let syncText = (value("sqlite.synchronous") ?? "FULL").uppercased()
+        guard let synchronous = SQLiteStore.Synchronous(rawValue: syncText) else {
+            throw ConfigError("SQLITE_SYNCHRONOUS: must be FULL or NORMAL (got '\(syncText)')")
+        }
+        summary.append(("SQLITE_SYNCHRONOUS", synchronous.rawValue))
+
+        func duration(_ key: ConfigKey, _ name: String, _ fallback: String) throws -> Int {
+            let text = value(key) ?? fallback
+            guard let seconds = DurationText.parse(text), seconds > 0 else {
+                throw ConfigError("\(name): must be a duration like 30s, 15m, 24h or 30d (got '\(text)')")
+            }
+            summary.append((name, DurationText.format(seconds)))
+            return seconds
+        }
+        func rate(_ key: ConfigKey, _ name: String, _ fallback: String) throws -> RateLimit? {
+            let text = value(key) ?? fallback
+            guard let parsed = RateLimit.parse(text) else {
+                throw ConfigError("\(name): must be N/window like 300/1m, or off (got '\(text)')")
+            }
+            summary.append((name, parsed?.description ?? "off"))
+            return parsed
+        }
+
+        let secret: [UInt8]
+        let secretSource: String
+        if let given = value("jwt.secret", secret: true) {
+            guard given.utf8.count >= 32 else { throw ConfigError("JWT_SECRET: must be at least 32 characters (use 64 random hex digits)") }
+            secret = Array(given.utf8)
+            secretSource = "JWT_SECRET"
+        } else {
+            let file = stateDirectory + "/jwt-secret"
+            secret = try loadOrCreateSecret(at: file, create: createSecret)
+            secretSource = file
+        }
+        summary.append(("JWT_SECRET", "******** (from \(secretSource))"))
+
+        var service = ServiceConfig(jwtSecret: secret)
+        service.accessTokenTTL = try duration("jwt.access.ttl", "JWT_ACCESS_TTL", "15m")
+        service.refreshTokenTTL = try duration("jwt.refresh.ttl", "JWT_REFRESH_TTL", "30d")
+        service.sessionTTL = try duration("session.ttl", "SESSION_TTL", "24h")
+        service.corsOrigins = (value("cors.origins") ?? "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
+        for origin in service.corsOrigins where !(origin.hasPrefix("http://") || origin.hasPrefix("https://")) || origin.hasSuffix("/") {
+            throw ConfigError("CORS_ORIGINS: '\(origin)' must be an origin like https://chat.example.com (scheme and host, no path)")
+        }
+        summary.append(("CORS_ORIGINS", service.corsOrigins.joined(separator: ",")))
+        service.rateLimitAPI = try rate("rate.limit.api", "RATE_LIMIT_API", "300/1m")
+        service.rateLimitAuth = try rate("rate.limit.auth", "RATE_LIMIT_AUTH", "10/1m")
+        service.rateLimitMessages = try rate("rate.limit.messages", "RATE_LIMIT_MESSAGES", "60/1m")
+        let bodyText = value("max.body.bytes") ?? String(1 << 20)
+        guard let body = Int(bodyText), (1024...(64 << 20)).contains(body) else {
+            throw ConfigError("MAX_BODY_BYTES: must be 1024 to 67108864 (got '\(bodyText)')")
+        }
+        service.maxBodyBytes = body
+        summary.append(("MAX_BODY_BYTES", String(body)))
+        if let hsts = value("hsts.max.age") {
+            guard let seconds = DurationText.parse(hsts) else { throw ConfigError("HSTS_MAX_AGE: must be a duration like 180d (got '\(hsts)')") }
+            service.hstsMaxAge = seconds
+        }
+        summary.append(("HSTS_MAX_AGE", service.hstsMaxAge.map(String.init) ?? "off"))
+        let trustText = (value("trust.proxy") ?? "false").lowercased()
+        guard ["true", "false", "1", "0", "yes", "no"].contains(trustText) else {
+            throw ConfigError("TRUST_PROXY: must be true or false (got '\(trustText)')")
+        }
+        service.trustProxy = ["true", "1", "yes"].contains(trustText)
+        summary.append(("TRUST_PROXY", String(service.trustProxy)))
+        let agentsFile = value("agents.file") ?? "/etc/chat-backend/agents.yaml"
+        summary.append(("AGENTS_FILE", agentsFile))
+
+        return AppConfig(
+            host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory, logLevel: logLevel,
+            synchronous: synchronous, agentsFile: agentsFile, jwtSecretSource: secretSource, service: service, summary: summary
+        )
+    }
+
+    /// Hides the password of a postgres URL (`postgres://user:secret@host/db` → `postgres://user:********@host/db`).
+    static func maskURL(_ text: String) -> String {
+        let parts = text.split(separator: "://", maxSplits: 1)
+        guard parts.count == 2 else {
+            return text.contains("password=") ? "******** (key=value string with a password)" : text
+        }
+        let rest = parts[1]
+        guard let at = rest.lastIndex(of: "@"), let colon = rest[..<at].firstIndex(of: ":") else { return text }
+        return parts[0] + "://" + rest[..<colon] + ":********" + rest[at...]
+    }
+
+    /// Reads the generated JWT key, or creates 256 random bits with mode 0600 on first start.
+    static func loadOrCreateSecret(at path: String, create: Bool) throws -> [UInt8] {
+        if let data = FileManager.default.contents(atPath: path) {
+            let text = String(decoding: data, as: UTF8.self).trimmed
+            guard text.utf8.count >= 32 else { throw ConfigError("\(path): the stored JWT secret is too short; delete the file to generate a new one") }
+            return Array(text.utf8)
+        }
+        guard create else { return Array(repeating: 0, count: 32) }
+        try makeDirectory(parentOf: path)
+        let secret = SecretGenerator.hex(bytes: 32)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ConfigError("cannot create \(path): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let bytes = Array(secret.utf8)
+        guard write(fd, bytes, bytes.count) == bytes.count, fsync(fd) == 0 else {
+            throw ConfigError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        return bytes
+    }
+
+    static func makeDirectory(parentOf path: String) throws {
+        let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        guard !parent.isEmpty else { return }
+        do {
+            try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
+        } catch {
+            throw ConfigError("cannot create directory \(parent): \(error)")
+        }
+    }
+}
+
+extension String {
+    var trimmed: String {
+        String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}

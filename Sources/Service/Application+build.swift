@@ -1,0 +1,149 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+import Storage
+
+/// Where the HTTP server listens.
+public enum Listener: Sendable {
+    /// Bind this host and port.
+    case address(host: String, port: Int)
+    /// Serve on an already bound, listening socket (systemd socket activation).
+    case inheritedSocket(CInt)
+}
+
+/// Everything the application needs from outside; nothing is looked up globally.
+public struct ApplicationDependencies: Sendable {
+    public var store: any ChatStore
+    public var registry: PrometheusCollectorRegistry
+    public var logger: Logger
+    /// Called once the listener accepts connections (systemd readiness).
+    public var onListening: @Sendable () async -> Void
+    /// Extra long-running services (watchdog, notifier) run alongside the server.
+    public var services: [any Service]
+
+    public init(
+        store: any ChatStore, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger = Logger(label: "chat-backend"),
+        onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = []
+    ) {
+        self.store = store
+        self.registry = registry
+        self.logger = logger
+        self.onListening = onListening
+        self.services = services
+    }
+}
+
+/// Builds the router with every route and middleware.
+public func buildRouter(config: ServiceConfig, dependencies: ApplicationDependencies) -> Router<ChatRequestContext> {
+    let store = dependencies.store
+    let metrics = HTTPMetrics(registry: dependencies.registry)
+    let limiter = RateLimiter()
+    let tokens = TokenService(
+        signer: JWTSigner(secret: config.jwtSecret), store: store, accessTTL: config.accessTokenTTL, refreshTTL: config.refreshTokenTTL
+    )
+    let hasher = PasswordHasher(parameters: config.passwordParameters)
+
+    let router = Router(context: ChatRequestContext.self)
+    router.addMiddleware {
+        RequestMiddleware(metrics: metrics, hstsMaxAge: config.hstsMaxAge, trustProxy: config.trustProxy)
+        CORSMiddleware(allowedOrigins: Set(config.corsOrigins))
+        IdentityMiddleware(tokens: tokens)
+    }
+    let health = HealthController(
+        store: store, registry: dependencies.registry, version: config.version, startedAt: .now, startedAtDate: Date()
+    )
+    health.addRoutes(to: router)
+
+    let auth = router.group("auth")
+    if let rule = config.rateLimitAPI { auth.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
+    AuthController(
+        store: store, tokens: tokens, hasher: hasher, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes
+    ).addRoutes(to: auth)
+
+    let api = router.group("api")
+    if let rule = config.rateLimitAPI { api.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
+    health.addAPIRoutes(to: api)
+    SessionController(
+        store: store, limiter: limiter, messageRule: config.rateLimitMessages, sessionTTL: config.sessionTTL,
+        maxBodyBytes: config.maxBodyBytes, metrics: metrics
+    ).addRoutes(to: api.group(context: AuthenticatedContext.self))
+    return router
+}
+
+/// The one builder used by `main` and by tests.
+public func buildApplication(
+    config: ServiceConfig, dependencies: ApplicationDependencies, listener: Listener = .address(host: "127.0.0.1", port: 3006)
+) -> ChatApplication {
+    let router = buildRouter(config: config, dependencies: dependencies)
+    let host: String
+    let port: Int
+    switch listener {
+    case .address(let h, let p): (host, port) = (h, p)
+    case .inheritedSocket: (host, port) = ("127.0.0.1", 0)
+    }
+    let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
+    let onListening = dependencies.onListening
+    let inner = Application(
+        router: router,
+        configuration: .init(address: .hostname(host, port: port), serverName: nil),
+        services: [sweeper] + dependencies.services,
+        onServerRunning: { _ in await onListening() },
+        logger: dependencies.logger
+    )
+    return ChatApplication(inner: inner, listener: listener)
+}
+
+/// The chat server: Hummingbird's application, able to serve on an inherited socket as well as an address.
+public struct ChatApplication: ApplicationProtocol {
+    public typealias Responder = RouterResponder<ChatRequestContext>
+
+    let inner: Application<Responder>
+    public let listener: Listener
+
+    public var responder: Responder { inner.responder }
+    public var configuration: ApplicationConfiguration { inner.configuration }
+    public var logger: Logger { inner.logger }
+    public var eventLoopGroup: any EventLoopGroup { inner.eventLoopGroup }
+    public var services: [any Service] { inner.services }
+    public func onServerRunning(_ channel: any Channel) async { await inner.onServerRunning(channel) }
+
+    public func run() async throws {
+        switch listener {
+        case .address:
+            try await inner.run()
+        case .inheritedSocket(let fd):
+            let server = InheritedSocketServer(
+                socket: fd, responder: inner.responder, eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
+                onListening: { channel in await inner.onServerRunning(channel) }
+            )
+            let group = ServiceGroup(configuration: .init(services: inner.services + [server], logger: inner.logger))
+            try await group.run()
+        }
+    }
+}
+
+/// Marks sessions past their expiry as expired, and drops expired token rows, every `interval`.
+struct SessionSweeper: Service {
+    let store: any ChatStore
+    let interval: Duration
+    let logger: Logger
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully {
+            do {
+                let expired = try await store.sweepExpired(now: Timestamp.now())
+                if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }
+            } catch {
+                logger.warning("session sweep failed", metadata: ["error": .string(String(reflecting: error))])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+import Storage
+
+/// An issued access/refresh token pair.
+struct TokenPair: Sendable {
+    var accessToken: String
+    var refreshToken: String
+    var expiresIn: Int
+}
+
+/// Issues, verifies and revokes tokens. Revoked access-token ids are kept in the store; an LRU in front
+/// answers repeated checks without a query.
+final class TokenService: Sendable {
+    let signer: JWTSigner
+    let store: any ChatStore
+    let accessTTL: Int
+    let refreshTTL: Int
+    /// jti → revoked?; negative answers expire after `negativeCacheSeconds` so other instances' revocations show.
+    private let revocations = LRUCache<String, (revoked: Bool, until: Double)>(maxEntries: 50_000)
+    private let negativeCacheSeconds = 30.0
+
+    init(signer: JWTSigner, store: any ChatStore, accessTTL: Int, refreshTTL: Int) {
+        self.signer = signer
+        self.store = store
+        self.accessTTL = accessTTL
+        self.refreshTTL = refreshTTL
+    }
+
+    /// Issues a new access token and a new refresh-token family for a user (login, register).
+    func issue(for user: User) async throws -> TokenPair {
+        let family = UUID()
+        let refresh = Self.newRefreshToken()
+        let now = Timestamp.now()
+        try await store.insertRefreshToken(RefreshTokenRecord(
+            id: UUID(), userId: user.id, familyId: family, tokenHash: Self.hash(refresh),
+            expiresAt: now.addingTimeInterval(Double(refreshTTL)), createdAt: now
+        ))
+        return TokenPair(accessToken: accessToken(userId: user.id, role: user.role, family: family, now: now), refreshToken: refresh, expiresIn: accessTTL)
+    }
+
+    /// Rotates a refresh token. Returns the user and the new pair, or throws 401.
+    func refresh(_ token: String) async throws -> (User, TokenPair) {
+        let refresh = Self.newRefreshToken()
+        let now = Timestamp.now()
+        let replacement = RefreshTokenRecord(
+            id: UUID(), userId: UUID(), familyId: UUID(), tokenHash: Self.hash(refresh),
+            expiresAt: now.addingTimeInterval(Double(refreshTTL)), createdAt: now
+        )
+        switch try await store.rotateRefreshToken(hash: Self.hash(token), replacement: replacement, now: now) {
+        case .rotated(let userId, let familyId):
+            guard let user = try await store.user(id: userId) else { throw Self.refreshRefused("the user no longer exists") }
+            return (user, TokenPair(accessToken: accessToken(userId: user.id, role: user.role, family: familyId, now: now), refreshToken: refresh, expiresIn: accessTTL))
+        case .reused:
+            throw Self.refreshRefused("refresh token was already used; every session of that login is now signed out")
+        case .expired:
+            throw Self.refreshRefused("refresh token expired")
+        case .invalid:
+            throw Self.refreshRefused("refresh token is not valid")
+        }
+    }
+
+    /// Logout: revokes the token's refresh family and the access token itself until it expires.
+    func revoke(_ claims: AccessClaims) async throws {
+        if let family = claims.family {
+            try await store.revokeRefreshFamily(family, now: Timestamp.now())
+        }
+        try await store.revokeAccessToken(jti: claims.jti, expiresAt: Date(timeIntervalSince1970: Double(claims.expiresAt)))
+        revocations.set(claims.jti, (true, Double(claims.expiresAt)))
+    }
+
+    /// Verifies an `Authorization` header value and that the token is not revoked.
+    func authenticate(authorizationHeader: String, logger: Logger) async throws -> AccessClaims {
+        let parts = authorizationHeader.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+            throw APIError(.unauthorized, code: "unauthenticated", message: "Authorization must be 'Bearer <token>'")
+        }
+        let claims: AccessClaims
+        do {
+            claims = try signer.verify(String(parts[1]))
+        } catch {
+            logger.debug("token refused", metadata: ["reason": "\(error)"])
+            throw APIError(.unauthorized, code: error == .expired ? "token_expired" : "invalid_token", message: Self.message(for: error))
+        }
+        if try await isRevoked(claims.jti) {
+            throw APIError(.unauthorized, code: "token_revoked", message: "token was revoked (signed out)")
+        }
+        return claims
+    }
+
+    private func isRevoked(_ jti: String) async throws -> Bool {
+        let now = Date().timeIntervalSince1970
+        if let cached = revocations.get(jti), cached.until > now { return cached.revoked }
+        let revoked = try await store.isAccessTokenRevoked(jti: jti)
+        revocations.set(jti, (revoked, revoked ? now + Double(accessTTL) : now + negativeCacheSeconds))
+        return revoked
+    }
+
+    private func accessToken(userId: UUID, role: Role, family: UUID, now: Date) -> String {
+        let iat = Int64(now.timeIntervalSince1970)
+        return signer.sign(AccessClaims(subject: userId, role: role, issuedAt: iat, expiresAt: iat + Int64(accessTTL), jti: UUID().lowercased, family: family))
+    }
+
+    static func newRefreshToken() -> String { Base64.urlEncode(Crypto.randomBytes(32)) }
+
+    static func hash(_ token: String) -> String { Crypto.hex(Crypto.sha256(Array(token.utf8))) }
+
+    private static func refreshRefused(_ message: String) -> APIError {
+        APIError(.unauthorized, code: "invalid_refresh_token", message: message)
+    }
+
+    private static func message(for error: JWTError) -> String {
+        switch error {
+        case .malformed: return "token is malformed"
+        case .unsupportedAlgorithm: return "token algorithm is not accepted (HS256 only)"
+        case .badSignature: return "token signature is invalid"
+        case .expired: return "token expired"
+        case .notYetValid: return "token is not valid yet"
+        case .invalidClaims: return "token claims are invalid"
+        }
+    }
+}

@@ -1,0 +1,107 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import HTTPTypes
+import Hummingbird
+import Storage
+
+/// `/auth`: register, login, refresh, logout.
+struct AuthController {
+    let store: any ChatStore
+    let tokens: TokenService
+    let hasher: PasswordHasher
+    let limiter: RateLimiter
+    let rule: RateLimit?
+    let maxBodyBytes: Int
+
+    func addRoutes(to group: RouterGroup<ChatRequestContext>) {
+        group.post("register", use: register)
+        group.post("login", use: login)
+        group.post("refresh", use: refresh)
+        group.group(context: AuthenticatedContext.self).post("logout", use: logout)
+    }
+
+    /// Auth tier: per client IP, and per username for attempts naming one (brute force on one account).
+    private func limit(_ context: ChatRequestContext, username: String?) throws {
+        guard let rule else { return }
+        try limiter.take("auth:ip:\(context.clientIP)", rule: rule).enforce()
+        if let username {
+            try limiter.take("auth:user:\(username.lowercased())", rule: rule).enforce()
+        }
+    }
+
+    private static let usernameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+    @Sendable func register(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        try limit(context, username: nil)
+        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password", "email"])
+        let username = try body.string("username", required: true, length: Limits.usernameLength)!
+        guard username.allSatisfy(Self.usernameCharacters.contains) else {
+            throw APIError.invalid("username", "may contain only letters, digits, '_', '.' and '-'")
+        }
+        let password = try body.string("password", required: true, length: Limits.passwordLength)!
+        let email = try body.string("email", length: Limits.emailLength)
+        if let email, !Self.looksLikeEmail(email) { throw APIError.invalid("email", "must be an email address") }
+        if try await store.user(username: username) != nil { throw Self.usernameTaken }
+        let now = Timestamp.now()
+        let user = User(
+            id: UUID(), username: username, email: email, passwordHash: try await hasher.hash(password), role: .user,
+            createdAt: now, updatedAt: now
+        )
+        do {
+            try await store.createUser(user)
+        } catch let error as StoreError where error.kind == .conflict {
+            throw Self.usernameTaken
+        }
+        context.logger.info("user registered", metadata: ["user_id": .string(user.id.lowercased)])
+        return try await tokenResponse(.created, user: user, pair: tokens.issue(for: user))
+    }
+
+    @Sendable func login(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        try limit(context, username: nil)
+        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password"])
+        let username = try body.string("username", required: true, length: 1...256)!
+        let password = try body.string("password", required: true, length: 1...1024)!
+        try limit(context, username: username)
+        guard let user = try await store.user(username: username) else {
+            try await hasher.dummyVerify(password)
+            throw Self.badCredentials
+        }
+        guard try await hasher.verify(password, against: user.passwordHash) else { throw Self.badCredentials }
+        return try await tokenResponse(.ok, user: user, pair: tokens.issue(for: user))
+    }
+
+    @Sendable func refresh(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        try limit(context, username: nil)
+        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["refreshToken"])
+        let token = try body.string("refreshToken", required: true, length: 1...512)!
+        let (user, pair) = try await tokens.refresh(token)
+        return tokenResponse(.ok, user: user, pair: pair)
+    }
+
+    @Sendable func logout(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        try await tokens.revoke(context.claims)
+        return Response(status: .noContent)
+    }
+
+    private func tokenResponse(_ status: HTTPResponse.Status, user: User, pair: TokenPair) -> Response {
+        JSONResponse.make(status, .object([
+            "user": Wire.user(user), "accessToken": .string(pair.accessToken), "refreshToken": .string(pair.refreshToken),
+            "tokenType": .string("Bearer"), "expiresIn": .int(Int64(pair.expiresIn)),
+        ]))
+    }
+
+    private static let badCredentials = APIError(.unauthorized, code: "invalid_credentials", message: "username or password is wrong")
+    private static let usernameTaken = APIError(.conflict, code: "username_taken", message: "username is already taken", details: .object(["field": "username"]))
+
+    private static func looksLikeEmail(_ text: String) -> Bool {
+        let parts = text.split(separator: "@", omittingEmptySubsequences: false)
+        return parts.count == 2 && !parts[0].isEmpty && parts[1].contains(".") && !text.contains(where: \.isWhitespace)
+    }
+}
+
+extension JSONValue: ExpressibleByStringLiteral {
+    public init(stringLiteral value: String) { self = .string(value) }
+}

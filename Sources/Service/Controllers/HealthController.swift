@@ -1,0 +1,91 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Hummingbird
+import NIOCore
+import Prometheus
+import Storage
+
+/// `/health`, `/api/health`, `/api/status`, `/api/metrics` and `/openapi.yaml`.
+struct HealthController {
+    let store: any ChatStore
+    let registry: PrometheusCollectorRegistry
+    let version: String
+    let startedAt: ContinuousClock.Instant
+    let startedAtDate: Date
+
+    func addRoutes(to router: Router<ChatRequestContext>) {
+        router.get("health", use: alive)
+        router.get("openapi.yaml", use: openAPI)
+    }
+
+    func addAPIRoutes(to api: RouterGroup<ChatRequestContext>) {
+        api.get("health", use: health)
+        api.get("status", use: status)
+        api.get("metrics", use: metrics)
+    }
+
+    private var uptimeSeconds: Double {
+        let elapsed = ContinuousClock.now - startedAt
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+
+    /// Liveness: the process answers; storage is not touched.
+    @Sendable func alive(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        JSONResponse.make(.ok, .object(["status": "ok", "version": .string(version)]))
+    }
+
+    /// Readiness: storage answers a query.
+    @Sendable func health(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        let started = ContinuousClock.now
+        do {
+            try await store.ping()
+            let latency = ContinuousClock.now - started
+            let ms = Double(latency.components.attoseconds) / 1e15 + Double(latency.components.seconds) * 1000
+            return JSONResponse.make(.ok, .object([
+                "status": "ok", "version": .string(version),
+                "storage": .object(["backend": .string(store.backend), "status": "up", "latencyMs": .double((ms * 1000).rounded() / 1000)]),
+            ]))
+        } catch {
+            context.logger.warning("storage health check failed", metadata: ["error": .string(String(reflecting: error))])
+            return JSONResponse.make(.serviceUnavailable, .object([
+                "status": "unavailable", "version": .string(version),
+                "storage": .object(["backend": .string(store.backend), "status": "down"]),
+            ]))
+        }
+    }
+
+    @Sendable func status(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        let stats = try await store.statistics()
+        return JSONResponse.make(.ok, .object([
+            "version": .string(version), "uptimeSeconds": .double((uptimeSeconds * 1000).rounded() / 1000),
+            "startedAt": .string(Timestamp.format(startedAtDate)),
+            "storage": .object(["backend": .string(store.backend)]),
+            "statistics": .object([
+                "users": .int(Int64(stats.totalUsers)), "sessions": .int(Int64(stats.totalSessions)),
+                "activeSessions": .int(Int64(stats.activeSessions)), "expiredSessions": .int(Int64(stats.expiredSessions)),
+                "resolvedSessions": .int(Int64(stats.resolvedSessions)), "messages": .int(Int64(stats.totalMessages)),
+            ]),
+        ]))
+    }
+
+    @Sendable func metrics(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        registry.makeGauge(name: "process_uptime_seconds", help: "seconds since start").set(uptimeSeconds)
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(16 * 1024)
+        registry.emit(into: &buffer)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: buffer))
+        )
+    }
+
+    @Sendable func openAPI(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        Response(
+            status: .ok, headers: [.contentType: "application/yaml; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.yaml))
+        )
+    }
+}

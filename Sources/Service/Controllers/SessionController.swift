@@ -1,0 +1,170 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Hummingbird
+import Storage
+
+/// `/api/sessions…` and `/api/users/:userId/sessions`: sessions and their messages.
+struct SessionController {
+    let store: any ChatStore
+    let limiter: RateLimiter
+    let messageRule: RateLimit?
+    let sessionTTL: Int
+    let maxBodyBytes: Int
+    let metrics: HTTPMetrics
+
+    func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
+        api.post("sessions", use: create)
+        api.get("sessions/:sessionId", use: get)
+        api.delete("sessions/:sessionId", use: delete)
+        api.post("sessions/:sessionId/resume", use: resume)
+        api.post("sessions/:sessionId/resolve", use: resolve)
+        api.post("sessions/:sessionId/messages", use: sendMessage)
+        api.get("sessions/:sessionId/messages", use: listMessages)
+        api.get("sessions/:sessionId/messages/:messageId", use: getMessage)
+        api.get("users/:userId/sessions", use: listForUser)
+    }
+
+    static let maxUUID = UUID(uuid: (255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255))
+
+    /// The session if the caller may see it. Another user's session is a 404 like a missing one: no leak.
+    private func visibleSession(_ context: AuthenticatedContext) throws -> UUID {
+        try context.parameters.uuid("sessionId")
+    }
+
+    private func loadVisible(_ id: UUID, _ context: AuthenticatedContext) async throws -> ChatSession {
+        guard let session = try await store.session(id: id), session.userId == context.userId || context.isAdmin else {
+            throw APIError.notFound("session")
+        }
+        return session
+    }
+
+    @Sendable func create(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["metadata"], emptyIsObject: true)
+        let metadata = try body.object("metadata", maxBytes: Limits.metadataBytes) ?? .emptyObject
+        let now = Timestamp.now()
+        let session = ChatSession(
+            id: UUID(), userId: context.userId, metadata: metadata, state: .active, isResolved: false,
+            expiresAt: now.addingTimeInterval(Double(sessionTTL)), resolvedAt: nil, createdAt: now, updatedAt: now
+        )
+        try await store.createSession(session)
+        return JSONResponse.make(.created, Wire.session(session, now: now))
+    }
+
+    @Sendable func get(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let session = try await loadVisible(visibleSession(context), context)
+        return JSONResponse.make(.ok, Wire.session(session))
+    }
+
+    @Sendable func delete(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        _ = try await loadVisible(id, context)
+        guard try await store.deleteSession(id: id) else { throw APIError.notFound("session") }
+        return Response(status: .noContent)
+    }
+
+    @Sendable func resume(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        _ = try await loadVisible(id, context)
+        let now = Timestamp.now()
+        switch try await store.resumeSession(id: id, expiresAt: now.addingTimeInterval(Double(sessionTTL)), now: now) {
+        case .resumed(let session):
+            // The newest page: everything before the largest possible id.
+            let recent = try await store.messages(MessageQuery(sessionId: id, before: Self.maxUUID, limit: 50))
+            return JSONResponse.make(.ok, .object([
+                "session": Wire.session(session, now: now), "messages": .array(recent.messages.map(Wire.message)),
+                "hasMoreMessages": .bool(recent.hasMore),
+            ]))
+        case .notFound:
+            throw APIError.notFound("session")
+        case .resolved:
+            throw APIError(.conflict, code: "session_resolved", message: "a resolved session cannot be resumed")
+        }
+    }
+
+    @Sendable func resolve(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        _ = try await loadVisible(id, context)
+        guard let session = try await store.resolveSession(id: id, now: Timestamp.now()) else { throw APIError.notFound("session") }
+        return JSONResponse.make(.ok, Wire.session(session))
+    }
+
+    @Sendable func sendMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        if let messageRule {
+            try limiter.take("messages:user:\(context.userId.lowercased)", rule: messageRule).enforce()
+        }
+        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["content", "type", "metadata", "clientMessageId"])
+        let content = try body.string("content", required: true, length: Limits.contentCharacters)!
+        let type = try body.string("type") ?? "text"
+        guard Limits.messageTypes.contains(type) else {
+            throw APIError.invalid("type", "must be one of \(Limits.messageTypes.sorted().joined(separator: ", "))")
+        }
+        let metadata = try body.object("metadata", maxBytes: Limits.metadataBytes) ?? .emptyObject
+        let clientMessageId = try body.string("clientMessageId", length: Limits.clientMessageIdLength)
+        if let clientMessageId, !clientMessageId.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 32 && $0.value < 127 }) {
+            throw APIError.invalid("clientMessageId", "must be printable ASCII without spaces")
+        }
+        _ = try await loadVisible(id, context)
+        let now = Timestamp.now()
+        let message = ChatMessage(
+            id: UUIDv7.make(now: now), sessionId: id, userId: context.userId, content: content, type: type, direction: .inbound,
+            metadata: metadata, clientMessageId: clientMessageId, createdAt: now, updatedAt: now
+        )
+        switch try await store.appendMessage(message, now: now) {
+        case .created(let stored):
+            metrics.messageStored()
+            return JSONResponse.make(.created, Wire.message(stored))
+        case .duplicate(let existing):
+            return JSONResponse.make(.ok, Wire.message(existing))
+        case .sessionNotFound:
+            throw APIError.notFound("session")
+        case .sessionResolved:
+            throw APIError(.conflict, code: "session_resolved", message: "session is resolved; start a new session")
+        case .sessionExpired:
+            throw APIError(.gone, code: "session_expired", message: "session expired; resume it first")
+        }
+    }
+
+    @Sendable func listMessages(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        let query = try QueryParameters(request, allowed: ["after", "before", "limit"])
+        let page = MessageQuery(
+            sessionId: id, after: try query.uuid("after"), before: try query.uuid("before"),
+            limit: try query.int("limit", default: 50, range: Limits.pageLimit)
+        )
+        _ = try await loadVisible(id, context)
+        let result = try await store.messages(page)
+        return JSONResponse.make(.ok, .object([
+            "sessionId": .string(id.lowercased), "messages": .array(result.messages.map(Wire.message)), "hasMore": .bool(result.hasMore),
+        ]))
+    }
+
+    @Sendable func getMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        let messageId = try context.parameters.uuid("messageId")
+        _ = try await loadVisible(id, context)
+        guard let message = try await store.message(sessionId: id, id: messageId) else { throw APIError.notFound("message") }
+        return JSONResponse.make(.ok, Wire.message(message))
+    }
+
+    @Sendable func listForUser(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let userId = try context.parameters.uuid("userId")
+        guard userId == context.userId || context.isAdmin else {
+            throw APIError(.forbidden, code: "forbidden", message: "you may list only your own sessions")
+        }
+        let query = try QueryParameters(request, allowed: ["state", "resolved", "limit", "offset"])
+        let limit = try query.int("limit", default: 20, range: Limits.sessionPageLimit)
+        let offset = try query.int("offset", default: 0, range: 0...Limits.maxOffset)
+        let page = try await store.sessions(SessionQuery(
+            userId: userId, state: try query.oneOf("state", SessionState.self), isResolved: try query.bool("resolved"), limit: limit, offset: offset
+        ))
+        let now = Date()
+        return JSONResponse.make(.ok, .object([
+            "sessions": .array(page.sessions.map { Wire.session($0, now: now) }), "total": .int(Int64(page.total)),
+            "limit": .int(Int64(limit)), "offset": .int(Int64(offset)),
+        ]))
+    }
+}

@@ -1,0 +1,117 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import HTTPTypes
+import Hummingbird
+import Logging
+import Storage
+
+/// Outermost middleware: gives every request an id, turns every error into the one JSON error shape,
+/// adds security headers, and records metrics and an access log line.
+struct RequestMiddleware: RouterMiddleware {
+    typealias Context = ChatRequestContext
+
+    let metrics: HTTPMetrics
+    let hstsMaxAge: Int?
+    let trustProxy: Bool
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        context.requestId = Self.requestId(from: request)
+        context.logger[metadataKey: "request_id"] = .string(context.requestId)
+        if trustProxy, let forwarded = request.headers[.xForwardedFor]?.split(separator: ",").first {
+            let ip = String(forwarded).trimmingWhitespace()
+            if !ip.isEmpty, ip.utf8.count <= 64 { context.clientIP = ip }
+        }
+        let started = ContinuousClock.now
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            response = Self.errorResponse(error, context: context)
+        }
+        applyHeaders(&response, request: request, requestId: context.requestId)
+        let route = context.endpointPath ?? "unmatched"
+        metrics.record(method: request.method.rawValue, route: route, status: response.status.code, duration: ContinuousClock.now - started)
+        context.logger.debug(
+            "request",
+            metadata: ["method": .string(request.method.rawValue), "path": .string(request.uri.path), "status": .stringConvertible(response.status.code)]
+        )
+        return response
+    }
+
+    /// Accepts a client's `X-Request-Id` when it is short and plain, else makes one.
+    static func requestId(from request: Request) -> String {
+        if let given = request.headers[.xRequestId], (1...64).contains(given.utf8.count), given.utf8.allSatisfy(Self.isIdByte) {
+            return given
+        }
+        return UUID().lowercased
+    }
+
+    private static func isIdByte(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."):
+            return true
+        default:
+            return false
+        }
+    }
+
+    static func errorResponse(_ error: any Error, context: Context) -> Response {
+        let apiError: APIError
+        if let mapped = APIError.from(error) {
+            apiError = mapped
+            if mapped.status.code >= 500 {
+                context.logger.error("request failed", metadata: ["error": .string(String(reflecting: error))])
+            } else {
+                context.logger.debug("request refused", metadata: ["error": .string(mapped.message)])
+            }
+        } else {
+            context.logger.error("unexpected error", metadata: ["error": .string(String(reflecting: error))])
+            apiError = APIError(
+                .internalServerError, code: "internal_error",
+                message: "internal error; quote request id \(context.requestId) when reporting it"
+            )
+        }
+        var response = JSONResponse.make(apiError.status, apiError.body)
+        for field in apiError.headers { response.headers.append(field) }
+        return response
+    }
+
+    func applyHeaders(_ response: inout Response, request: Request, requestId: String) {
+        response.headers[.xRequestId] = requestId
+        // helmet's defaults, with a CSP for JSON APIs: nothing may load or frame a response.
+        response.headers[.xContentTypeOptions] = "nosniff"
+        response.headers[.xFrameOptions] = "DENY"
+        response.headers[.referrerPolicy] = "no-referrer"
+        response.headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        response.headers[.crossOriginResourcePolicy] = "same-origin"
+        response.headers[.crossOriginOpenerPolicy] = "same-origin"
+        response.headers[.xDNSPrefetchControl] = "off"
+        response.headers[.xPermittedCrossDomainPolicies] = "none"
+        if let hstsMaxAge {
+            response.headers[.strictTransportSecurity] = "max-age=\(hstsMaxAge); includeSubDomains"
+        }
+        if response.headers[.cacheControl] == nil {
+            response.headers[.cacheControl] = "no-store"
+        }
+    }
+}
+
+extension HTTPField.Name {
+    static let xRequestId = Self("X-Request-Id")!
+    static let xForwardedFor = Self("X-Forwarded-For")!
+    static let xContentTypeOptions = Self("X-Content-Type-Options")!
+    static let xFrameOptions = Self("X-Frame-Options")!
+    static let referrerPolicy = Self("Referrer-Policy")!
+    static let crossOriginResourcePolicy = Self("Cross-Origin-Resource-Policy")!
+    static let crossOriginOpenerPolicy = Self("Cross-Origin-Opener-Policy")!
+    static let xDNSPrefetchControl = Self("X-DNS-Prefetch-Control")!
+    static let xPermittedCrossDomainPolicies = Self("X-Permitted-Cross-Domain-Policies")!
+    static let rateLimitLimit = Self("RateLimit-Limit")!
+    static let rateLimitRemaining = Self("RateLimit-Remaining")!
+    static let rateLimitReset = Self("RateLimit-Reset")!
+}

@@ -1,0 +1,47 @@
+/// Settings the chat service runs with. The appliance fills it from the env file, the environment and flags.
+public struct ServiceConfig: Sendable {
+    /// HS256 key for access tokens.
+    public var jwtSecret: [UInt8]
+    public var accessTokenTTL: Int = 15 * 60
+    public var refreshTokenTTL: Int = 30 * 86400
+    public var sessionTTL: Int = 24 * 3600
+    /// Origins allowed to make cross-origin requests; empty means none.
+    public var corsOrigins: [String] = []
+    public var rateLimitAPI: RateLimit? = RateLimit(limit: 300, windowSeconds: 60)
+    public var rateLimitAuth: RateLimit? = RateLimit(limit: 10, windowSeconds: 60)
+    public var rateLimitMessages: RateLimit? = RateLimit(limit: 60, windowSeconds: 60)
+    /// Largest accepted request body.
+    public var maxBodyBytes: Int = 1 << 20
+    /// `Strict-Transport-Security` max-age; nil sends no HSTS header (set it when TLS terminates in front).
+    public var hstsMaxAge: Int? = nil
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    public var trustProxy: Bool = false
+    /// How often expired sessions are marked.
+    public var sweepIntervalSeconds: Int = 30
+    public var passwordParameters: PasswordHasher.Parameters = .owasp
+    /// Version reported by `/health` and `/api/status`.
+    public var version: String = ChatBackendVersion.current
+
+    public init(jwtSecret: [UInt8]) {
+        self.jwtSecret = jwtSecret
+    }
+}
+
+/// Limits on what a client may send.
+enum Limits {
+    static let usernameLength = 3...64
+    static let passwordLength = 8...128
+    static let emailLength = 3...254
+    static let contentCharacters = 1...10_000
+    static let metadataBytes = 16 * 1024
+    static let clientMessageIdLength = 1...128
+    static let messageTypes: Set<String> = ["text", "markdown", "image", "file", "event"]
+    static let pageLimit = 1...200
+    static let sessionPageLimit = 1...100
+    static let maxOffset = 1_000_000
+}
+
+/// The release version.
+public enum ChatBackendVersion {
+    public static let current = "0.1.0"
+}

@@ -1,0 +1,70 @@
+import Hummingbird
+import HTTPTypes
+import Storage
+
+/// An error answered to the client as `{"error":{"code","message","details"}}` with its status.
+public struct APIError: Error, Sendable {
+    public var status: HTTPResponse.Status
+    public var code: String
+    public var message: String
+    public var details: JSONValue?
+    public var headers: HTTPFields
+
+    public init(_ status: HTTPResponse.Status, code: String, message: String, details: JSONValue? = nil, headers: HTTPFields = [:]) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = headers
+    }
+
+    /// 400 naming the offending field.
+    public static func invalid(_ field: String, _ message: String) -> APIError {
+        APIError(.badRequest, code: "validation_failed", message: "\(field): \(message)", details: .object(["field": .string(field)]))
+    }
+
+    public static let unauthenticated = APIError(.unauthorized, code: "unauthenticated", message: "a valid access token is required")
+
+    public static func notFound(_ what: String) -> APIError {
+        APIError(.notFound, code: "not_found", message: "\(what) not found")
+    }
+
+    public static let storageUnavailable = APIError(.serviceUnavailable, code: "storage_unavailable", message: "storage is unavailable, try again later")
+
+    /// The response body.
+    var body: JSONValue {
+        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
+        error["details"] = details ?? .null
+        return .object(["error": .object(error)])
+    }
+}
+
+extension APIError {
+    /// Maps any error to what the client sees. Unknown errors become a 500 without internals.
+    static func from(_ error: any Error) -> APIError? {
+        switch error {
+        case let error as APIError:
+            return error
+        case let error as StoreError:
+            switch error.kind {
+            case .unavailable: return .storageUnavailable
+            case .notFound: return .notFound("resource")
+            case .conflict: return APIError(.conflict, code: "conflict", message: error.message)
+            case .invalid, .failed: return nil
+            }
+        case let error as HTTPError:
+            switch error.status {
+            case .contentTooLarge:
+                return APIError(.contentTooLarge, code: "payload_too_large", message: "request body is too large")
+            case .notFound:
+                return APIError(.notFound, code: "not_found", message: "no such route")
+            case .methodNotAllowed:
+                return APIError(.methodNotAllowed, code: "method_not_allowed", message: "method not allowed on this route")
+            default:
+                return APIError(error.status, code: error.status.code < 500 ? "bad_request" : "internal_error", message: error.body ?? error.status.reasonPhrase)
+            }
+        default:
+            return nil
+        }
+    }
+}

@@ -1,0 +1,178 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import Storage
+
+/// JSON responses from `JSONValue`s, so every field (explicit nulls included) is spelled out.
+enum JSONResponse {
+    static func make(_ status: HTTPResponse.Status, _ value: JSONValue, headers: HTTPFields = [:]) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        let data = (try? encoder.encode(value)) ?? Data("null".utf8)
+        var fields = headers
+        fields[.contentType] = "application/json; charset=utf-8"
+        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// A request's JSON object body with typed, validated field access. Every failure is a 4xx naming the field.
+struct JSONBody {
+    let fields: [String: JSONValue]
+
+    /// Reads and parses the body. Rejects non-JSON content types (415), bodies over `maxBytes` (413),
+    /// invalid JSON or a non-object (400) and keys outside `allowed` (400).
+    static func read(_ request: Request, maxBytes: Int, allowed: Set<String>, emptyIsObject: Bool = false) async throws -> JSONBody {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: maxBytes)
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            throw APIError(.contentTooLarge, code: "payload_too_large", message: "request body is larger than \(maxBytes) bytes")
+        }
+        if buffer.readableBytes == 0 {
+            if emptyIsObject { return JSONBody(fields: [:]) }
+            throw APIError(.badRequest, code: "invalid_json", message: "request body must be a JSON object")
+        }
+        if let type = request.headers[.contentType] {
+            let mediaType = type.split(separator: ";").first.map { String($0).trimmingWhitespace().lowercased() } ?? ""
+            guard mediaType == "application/json" || mediaType.hasSuffix("+json") else {
+                throw APIError(.unsupportedMediaType, code: "unsupported_media_type", message: "Content-Type must be application/json")
+            }
+        }
+        let value: JSONValue
+        do {
+            value = try JSONValue.parse(bytes: buffer.readableBytesView)
+        } catch {
+            throw APIError(.badRequest, code: "invalid_json", message: "request body is not valid JSON")
+        }
+        guard case .object(let fields) = value else {
+            throw APIError(.badRequest, code: "invalid_json", message: "request body must be a JSON object")
+        }
+        if let unknown = fields.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw APIError.invalid(unknown, "unknown field")
+        }
+        return JSONBody(fields: fields)
+    }
+
+    /// A string field; nil when absent (or null and `required` is false).
+    func string(_ key: String, required: Bool = false, length: ClosedRange<Int>? = nil) throws -> String? {
+        switch fields[key] {
+        case nil, .null?:
+            if required { throw APIError.invalid(key, "is required") }
+            return nil
+        case .string(let s)?:
+            if let length, !length.contains(s.count) {
+                throw APIError.invalid(key, "must be \(length.lowerBound) to \(length.upperBound) characters")
+            }
+            return s
+        default:
+            throw APIError.invalid(key, "must be a string")
+        }
+    }
+
+    /// An object field; nil when absent. Serialized size is capped at `maxBytes`.
+    func object(_ key: String, maxBytes: Int) throws -> JSONValue? {
+        switch fields[key] {
+        case nil, .null?:
+            return nil
+        case .object?:
+            let value = fields[key]!
+            if value.jsonText().utf8.count > maxBytes { throw APIError.invalid(key, "must be at most \(maxBytes) bytes of JSON") }
+            return value
+        default:
+            throw APIError.invalid(key, "must be an object")
+        }
+    }
+}
+
+/// Query-string access with the same rules: unknown parameters and bad values are 400s naming the parameter.
+struct QueryParameters {
+    let values: [String: String]
+
+    init(_ request: Request, allowed: Set<String>) throws {
+        var values: [String: String] = [:]
+        for (key, value) in request.uri.queryParameters {
+            let name = String(key)
+            guard allowed.contains(name) else { throw APIError.invalid(name, "unknown query parameter") }
+            guard values[name] == nil else { throw APIError.invalid(name, "given more than once") }
+            values[name] = String(value)
+        }
+        self.values = values
+    }
+
+    func int(_ key: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let text = values[key] else { return value }
+        guard let n = Int(text), range.contains(n) else {
+            throw APIError.invalid(key, "must be an integer from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return n
+    }
+
+    func uuid(_ key: String) throws -> UUID? {
+        guard let text = values[key] else { return nil }
+        guard let id = UUID(uuidString: text) else { throw APIError.invalid(key, "must be a UUID") }
+        return id
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let text = values[key] else { return nil }
+        switch text {
+        case "true": return true
+        case "false": return false
+        default: throw APIError.invalid(key, "must be true or false")
+        }
+    }
+
+    func oneOf<T: RawRepresentable>(_ key: String, _ type: T.Type) throws -> T? where T.RawValue == String, T: CaseIterable {
+        guard let text = values[key] else { return nil }
+        guard let value = T(rawValue: text) else {
+            throw APIError.invalid(key, "must be one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
+    }
+}
+
+extension Parameters {
+    /// A path parameter that must be a UUID (400 otherwise).
+    func uuid(_ name: String) throws -> UUID {
+        guard let text = self.get(name), let id = UUID(uuidString: text) else {
+            throw APIError.invalid(name, "must be a UUID")
+        }
+        return id
+    }
+}
+
+/// JSON shapes of the records, camelCase as the original API.
+enum Wire {
+    static func user(_ u: User) -> JSONValue {
+        .object([
+            "id": .string(u.id.lowercased), "username": .string(u.username), "role": .string(u.role.rawValue),
+            "email": u.email.map(JSONValue.string) ?? .null, "createdAt": .string(Timestamp.format(u.createdAt)),
+        ])
+    }
+
+    static func session(_ s: ChatSession, now: Date = Date()) -> JSONValue {
+        // A session past its expiry is expired even before the sweeper marks it.
+        let state = s.state == .active && s.expiresAt <= now ? SessionState.expired : s.state
+        return .object([
+            "sessionId": .string(s.id.lowercased), "userId": .string(s.userId.lowercased), "metadata": s.metadata,
+            "state": .string(state.rawValue), "isResolved": .bool(s.isResolved), "expiresAt": .string(Timestamp.format(s.expiresAt)),
+            "resolvedAt": s.resolvedAt.map { .string(Timestamp.format($0)) } ?? .null,
+            "createdAt": .string(Timestamp.format(s.createdAt)), "updatedAt": .string(Timestamp.format(s.updatedAt)),
+        ])
+    }
+
+    static func message(_ m: ChatMessage) -> JSONValue {
+        .object([
+            "id": .string(m.id.lowercased), "sessionId": .string(m.sessionId.lowercased), "userId": m.userId.map { .string($0.lowercased) } ?? .null,
+            "content": .string(m.content), "type": .string(m.type), "direction": .string(m.direction.rawValue), "metadata": m.metadata,
+            "clientMessageId": m.clientMessageId.map(JSONValue.string) ?? .null,
+            "createdAt": .string(Timestamp.format(m.createdAt)), "updatedAt": .string(Timestamp.format(m.updatedAt)),
+        ])
+    }
+}

@@ -1,0 +1,76 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Everything chat-backend keeps. Implemented by `SQLiteStore` and `PostgresStore`; both pass one contract suite.
+///
+/// Methods never block the caller's thread: blocking driver calls run on the store's own threads.
+/// Failures are `StoreError`s.
+public protocol ChatStore: Sendable {
+    /// Short name of the backend (`sqlite`, `postgres`).
+    var backend: String { get }
+
+    /// Checks that the database answers a trivial query.
+    func ping() async throws
+
+    /// Status of every known migration.
+    func migrationStatus() async throws -> [MigrationStatus]
+
+    // MARK: Users
+
+    /// Inserts a user; `conflict` when the username (case-insensitive) is taken.
+    func createUser(_ user: User) async throws
+    /// The user with this id.
+    func user(id: UUID) async throws -> User?
+    /// The user with this username, compared case-insensitively.
+    func user(username: String) async throws -> User?
+
+    // MARK: Tokens
+
+    /// Stores a new refresh token (its hash).
+    func insertRefreshToken(_ token: RefreshTokenRecord) async throws
+    /// Marks the token with `hash` used and stores `replacement` in the same family, atomically
+    /// (the replacement's `userId` and `familyId` are taken from the presented token).
+    /// A token presented a second time revokes its whole family.
+    func rotateRefreshToken(hash: String, replacement: RefreshTokenRecord, now: Date) async throws -> RotateOutcome
+    /// Revokes every token of a family (logout).
+    func revokeRefreshFamily(_ familyId: UUID, now: Date) async throws
+    /// Records an access token id as revoked until `expiresAt`.
+    func revokeAccessToken(jti: String, expiresAt: Date) async throws
+    /// Whether an access token id was revoked.
+    func isAccessTokenRevoked(jti: String) async throws -> Bool
+
+    // MARK: Sessions
+
+    /// Inserts a session.
+    func createSession(_ session: ChatSession) async throws
+    /// The session with this id.
+    func session(id: UUID) async throws -> ChatSession?
+    /// A user's sessions, newest first, filtered and paged.
+    func sessions(_ query: SessionQuery) async throws -> SessionPage
+    /// Makes an unresolved session active again with a new expiry.
+    func resumeSession(id: UUID, expiresAt: Date, now: Date) async throws -> ResumeOutcome
+    /// Marks a session resolved; a resolved session is returned unchanged. Nil when it does not exist.
+    func resolveSession(id: UUID, now: Date) async throws -> ChatSession?
+    /// Deletes a session and its messages. False when it did not exist.
+    func deleteSession(id: UUID) async throws -> Bool
+    /// Marks active sessions whose expiry passed as expired and drops stale token rows. Returns the sessions expired.
+    func sweepExpired(now: Date) async throws -> Int
+
+    // MARK: Messages
+
+    /// Stores a message unless its session is missing, resolved or expired, or its clientMessageId was seen.
+    func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome
+    /// A page of a session's messages in id order.
+    func messages(_ query: MessageQuery) async throws -> MessagePage
+    /// One message of a session.
+    func message(sessionId: UUID, id: UUID) async throws -> ChatMessage?
+
+    /// Counts from the `session_statistics` view.
+    func statistics() async throws -> SessionStatistics
+
+    /// Finishes pending writes, checkpoints and closes connections. Further calls fail with `unavailable`.
+    func close() async
+}

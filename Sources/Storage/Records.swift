@@ -1,0 +1,221 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A user's role: ordinary users own sessions, admins see all, agents are human support staff.
+public enum Role: String, Sendable, Codable, CaseIterable {
+    case user
+    case admin
+    case agent
+}
+
+/// A registered account.
+public struct User: Sendable, Equatable {
+    public var id: UUID
+    public var username: String
+    public var email: String?
+    public var passwordHash: String
+    public var role: Role
+    public var createdAt: Date
+    public var updatedAt: Date
+
+    public init(id: UUID, username: String, email: String?, passwordHash: String, role: Role, createdAt: Date, updatedAt: Date) {
+        self.id = id
+        self.username = username
+        self.email = email
+        self.passwordHash = passwordHash
+        self.role = role
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// Lifecycle state of a chat session.
+public enum SessionState: String, Sendable, Codable, CaseIterable {
+    case active
+    case expired
+    case resolved
+}
+
+/// A conversation owned by one user.
+public struct ChatSession: Sendable, Equatable {
+    public var id: UUID
+    public var userId: UUID
+    public var metadata: JSONValue
+    public var state: SessionState
+    public var isResolved: Bool
+    public var expiresAt: Date
+    public var resolvedAt: Date?
+    public var createdAt: Date
+    public var updatedAt: Date
+
+    public init(
+        id: UUID, userId: UUID, metadata: JSONValue, state: SessionState, isResolved: Bool,
+        expiresAt: Date, resolvedAt: Date?, createdAt: Date, updatedAt: Date
+    ) {
+        self.id = id
+        self.userId = userId
+        self.metadata = metadata
+        self.state = state
+        self.isResolved = isResolved
+        self.expiresAt = expiresAt
+        self.resolvedAt = resolvedAt
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// Whether a message came from the session's user (`inbound`) or was sent to them (`outbound`).
+public enum MessageDirection: String, Sendable, Codable, CaseIterable {
+    case inbound
+    case outbound
+}
+
+/// One message in a chat session.
+public struct ChatMessage: Sendable, Equatable {
+    public var id: UUID
+    public var sessionId: UUID
+    public var userId: UUID?
+    public var content: String
+    public var type: String
+    public var direction: MessageDirection
+    public var metadata: JSONValue
+    public var clientMessageId: String?
+    public var createdAt: Date
+    public var updatedAt: Date
+
+    public init(
+        id: UUID, sessionId: UUID, userId: UUID?, content: String, type: String, direction: MessageDirection,
+        metadata: JSONValue, clientMessageId: String?, createdAt: Date, updatedAt: Date
+    ) {
+        self.id = id
+        self.sessionId = sessionId
+        self.userId = userId
+        self.content = content
+        self.type = type
+        self.direction = direction
+        self.metadata = metadata
+        self.clientMessageId = clientMessageId
+        self.createdAt = createdAt
+        self.updatedAt = updatedAt
+    }
+}
+
+/// Aggregated counts over the `session_statistics` view.
+public struct SessionStatistics: Sendable, Equatable {
+    public var totalSessions: Int
+    public var activeSessions: Int
+    public var expiredSessions: Int
+    public var resolvedSessions: Int
+    public var totalMessages: Int
+    public var totalUsers: Int
+
+    public init(totalSessions: Int, activeSessions: Int, expiredSessions: Int, resolvedSessions: Int, totalMessages: Int, totalUsers: Int) {
+        self.totalSessions = totalSessions
+        self.activeSessions = activeSessions
+        self.expiredSessions = expiredSessions
+        self.resolvedSessions = resolvedSessions
+        self.totalMessages = totalMessages
+        self.totalUsers = totalUsers
+    }
+}
+
+/// A stored refresh token. Only the SHA-256 hash of the token is kept.
+public struct RefreshTokenRecord: Sendable, Equatable {
+    public var id: UUID
+    public var userId: UUID
+    public var familyId: UUID
+    public var tokenHash: String
+    public var expiresAt: Date
+    public var createdAt: Date
+    public var usedAt: Date?
+    public var revokedAt: Date?
+
+    public init(id: UUID, userId: UUID, familyId: UUID, tokenHash: String, expiresAt: Date, createdAt: Date, usedAt: Date? = nil, revokedAt: Date? = nil) {
+        self.id = id
+        self.userId = userId
+        self.familyId = familyId
+        self.tokenHash = tokenHash
+        self.expiresAt = expiresAt
+        self.createdAt = createdAt
+        self.usedAt = usedAt
+        self.revokedAt = revokedAt
+    }
+}
+
+/// Filter and page for listing a user's sessions.
+public struct SessionQuery: Sendable, Equatable {
+    public var userId: UUID
+    public var state: SessionState?
+    public var isResolved: Bool?
+    public var limit: Int
+    public var offset: Int
+
+    public init(userId: UUID, state: SessionState? = nil, isResolved: Bool? = nil, limit: Int = 50, offset: Int = 0) {
+        self.userId = userId
+        self.state = state
+        self.isResolved = isResolved
+        self.limit = limit
+        self.offset = offset
+    }
+}
+
+/// A page of sessions and the total that match the filter.
+public struct SessionPage: Sendable, Equatable {
+    public var sessions: [ChatSession]
+    public var total: Int
+}
+
+/// A cursor query over a session's messages, ordered by id (time).
+public struct MessageQuery: Sendable, Equatable {
+    public var sessionId: UUID
+    /// Only messages with ids greater than this.
+    public var after: UUID?
+    /// Only messages with ids less than this; without `after`, the newest page before it.
+    public var before: UUID?
+    public var limit: Int
+
+    public init(sessionId: UUID, after: UUID? = nil, before: UUID? = nil, limit: Int = 50) {
+        self.sessionId = sessionId
+        self.after = after
+        self.before = before
+        self.limit = limit
+    }
+}
+
+/// A page of messages in ascending order; `hasMore` tells whether the page was cut by `limit`.
+public struct MessagePage: Sendable, Equatable {
+    public var messages: [ChatMessage]
+    public var hasMore: Bool
+}
+
+/// Outcome of appending a message.
+public enum AppendOutcome: Sendable, Equatable {
+    /// Stored now.
+    case created(ChatMessage)
+    /// A message with the same clientMessageId already existed; nothing was stored.
+    case duplicate(ChatMessage)
+    case sessionNotFound
+    case sessionResolved
+    case sessionExpired
+}
+
+/// Outcome of resuming a session.
+public enum ResumeOutcome: Sendable, Equatable {
+    case resumed(ChatSession)
+    case notFound
+    case resolved
+}
+
+/// Outcome of presenting a refresh token for rotation.
+public enum RotateOutcome: Sendable, Equatable {
+    /// The token was valid; it is now used and `newToken` belongs to the same family.
+    case rotated(userId: UUID, familyId: UUID)
+    /// The token had been used before: its whole family is now revoked.
+    case reused
+    case expired
+    /// Unknown or revoked.
+    case invalid
+}

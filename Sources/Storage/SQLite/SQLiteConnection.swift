@@ -1,0 +1,208 @@
+import CSQLite
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A value bound to or read from a statement.
+public enum SQLValue: Sendable, Equatable {
+    case null
+    case integer(Int64)
+    case real(Double)
+    case text(String)
+}
+
+/// One result row.
+struct SQLRow {
+    var values: [SQLValue]
+
+    func string(_ i: Int) throws -> String {
+        guard case .text(let s) = values[i] else { throw StoreError(.failed, "column \(i) is not text") }
+        return s
+    }
+
+    func optionalString(_ i: Int) -> String? {
+        if case .text(let s) = values[i] { return s }
+        return nil
+    }
+
+    func int(_ i: Int) throws -> Int64 {
+        switch values[i] {
+        case .integer(let v): return v
+        case .real(let d): return Int64(d)
+        case .text(let s): if let v = Int64(s) { return v }
+        case .null: break
+        }
+        throw StoreError(.failed, "column \(i) is not an integer")
+    }
+
+    func uuid(_ i: Int) throws -> UUID {
+        guard let id = UUID(uuidString: try string(i)) else { throw StoreError(.failed, "column \(i) is not a UUID") }
+        return id
+    }
+
+    func optionalUUID(_ i: Int) -> UUID? { optionalString(i).flatMap(UUID.init(uuidString:)) }
+
+    func date(_ i: Int) throws -> Date {
+        guard let d = Timestamp.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not a timestamp") }
+        return d
+    }
+
+    func optionalDate(_ i: Int) -> Date? { optionalString(i).flatMap(Timestamp.parse) }
+
+    func json(_ i: Int) throws -> JSONValue {
+        guard let v = JSONValue.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not JSON") }
+        return v
+    }
+}
+
+// Extended result codes are C macros that Swift does not import.
+private let SQLITE_CONSTRAINT_UNIQUE: Int32 = 2067
+private let SQLITE_CONSTRAINT_PRIMARYKEY: Int32 = 1555
+private let SQLITE_CONSTRAINT_FOREIGNKEY: Int32 = 787
+private let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// A prepared statement, finalized when released.
+final class SQLiteStatement {
+    let handle: OpaquePointer
+    init(handle: OpaquePointer) { self.handle = handle }
+    deinit { sqlite3_finalize(handle) }
+}
+
+/// One SQLite connection. Not thread-safe: each is used by one thread at a time (the store's writer
+/// or one of its readers). Prepared statements are cached by SQL text.
+final class SQLiteConnection {
+    let handle: OpaquePointer
+    let path: String
+    private var statements: [String: SQLiteStatement] = [:]
+
+    init(path: String, readOnly: Bool = false) throws {
+        var db: OpaquePointer?
+        let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
+        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        guard rc == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close_v2(db)
+            throw StoreError(.unavailable, "cannot open SQLite database", detail: "\(path): \(message) (code \(rc))")
+        }
+        self.handle = db
+        self.path = path
+        sqlite3_extended_result_codes(db, 1)
+        sqlite3_busy_timeout(db, 5000)
+    }
+
+    deinit {
+        statements.removeAll()
+        sqlite3_close_v2(handle)
+    }
+
+    /// Turns a result code into a typed error carrying the SQL.
+    func error(_ rc: Int32, sql: String?) -> StoreError {
+        let message = String(cString: sqlite3_errmsg(handle))
+        let kind: StoreError.Kind
+        switch rc {
+        case SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY:
+            kind = .conflict
+        case SQLITE_CONSTRAINT_FOREIGNKEY:
+            kind = .notFound
+        case _ where rc & 0xFF == SQLITE_CONSTRAINT, _ where rc & 0xFF == SQLITE_MISMATCH, _ where rc & 0xFF == SQLITE_TOOBIG:
+            kind = .invalid
+        case _ where [SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_PROTOCOL].contains(rc & 0xFF):
+            kind = .unavailable
+        default:
+            kind = .failed
+        }
+        return StoreError(kind, "SQLite error", detail: "\(message) (code \(rc))", sql: sql)
+    }
+
+    /// Runs one or more statements without parameters (DDL, pragmas, transaction control).
+    func execute(_ sql: String) throws {
+        var errmsg: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(handle, sql, nil, nil, &errmsg)
+        if let errmsg { sqlite3_free(errmsg) }
+        guard rc == SQLITE_OK else { throw error(rc, sql: sql) }
+    }
+
+    private func prepared(_ sql: String) throws -> SQLiteStatement {
+        if let cached = statements[sql] { return cached }
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw error(rc, sql: sql) }
+        let statement = SQLiteStatement(handle: stmt)
+        statements[sql] = statement
+        return statement
+    }
+
+    /// Runs a statement with bound parameters and returns all rows.
+    @discardableResult
+    func query(_ sql: String, _ params: [SQLValue] = []) throws -> [SQLRow] {
+        let statement = try prepared(sql)
+        let stmt = statement.handle
+        defer {
+            sqlite3_reset(stmt)
+            sqlite3_clear_bindings(stmt)
+        }
+        for (index, value) in params.enumerated() {
+            let position = Int32(index + 1)
+            let rc: Int32
+            switch value {
+            case .null: rc = sqlite3_bind_null(stmt, position)
+            case .integer(let v): rc = sqlite3_bind_int64(stmt, position, v)
+            case .real(let d): rc = sqlite3_bind_double(stmt, position, d)
+            case .text(let s): rc = sqlite3_bind_text(stmt, position, s, -1, SQLITE_TRANSIENT)
+            }
+            guard rc == SQLITE_OK else { throw error(rc, sql: sql) }
+        }
+        var rows: [SQLRow] = []
+        let columns = sqlite3_column_count(stmt)
+        while true {
+            let rc = sqlite3_step(stmt)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw error(rc, sql: sql) }
+            var values: [SQLValue] = []
+            values.reserveCapacity(Int(columns))
+            for c in 0..<columns {
+                switch sqlite3_column_type(stmt, c) {
+                case SQLITE_INTEGER: values.append(.integer(sqlite3_column_int64(stmt, c)))
+                case SQLITE_FLOAT: values.append(.real(sqlite3_column_double(stmt, c)))
+                case SQLITE_NULL: values.append(.null)
+                default:
+                    if let text = sqlite3_column_text(stmt, c) {
+                        values.append(.text(String(cString: text)))
+                    } else {
+                        values.append(.null)
+                    }
+                }
+            }
+            rows.append(SQLRow(values: values))
+        }
+        return rows
+    }
+
+    /// Runs a statement and returns the number of rows it changed.
+    @discardableResult
+    func run(_ sql: String, _ params: [SQLValue] = []) throws -> Int {
+        try query(sql, params)
+        return Int(sqlite3_changes(handle))
+    }
+}
+
+extension SQLiteConnection {
+    /// Copies this database into a new file with the online backup API, then syncs it.
+    func backup(to destination: String) throws {
+        let target = try SQLiteConnection(path: destination)
+        guard let backup = sqlite3_backup_init(target.handle, "main", handle, "main") else {
+            throw target.error(sqlite3_errcode(target.handle), sql: nil)
+        }
+        var rc: Int32
+        repeat {
+            rc = sqlite3_backup_step(backup, 256)
+            if rc == SQLITE_BUSY || rc == SQLITE_LOCKED { sqlite3_sleep(10) }
+        } while rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED
+        let finish = sqlite3_backup_finish(backup)
+        guard rc == SQLITE_DONE, finish == SQLITE_OK else { throw target.error(rc == SQLITE_DONE ? finish : rc, sql: nil) }
+        try target.execute("PRAGMA journal_mode=DELETE")
+    }
+}
