@@ -23,19 +23,22 @@ struct AuthController {
         group.group(context: AuthenticatedContext.self).post("logout", use: logout)
     }
 
-    /// Auth tier: per client IP, and per username for attempts naming one (brute force on one account).
-    private func limit(_ context: ChatRequestContext, username: String?) throws {
+    /// Auth tier, per client IP.
+    private func limitClient(_ context: ChatRequestContext) throws {
         guard let rule else { return }
         try limiter.take("auth:ip:\(context.clientIP)", rule: rule).enforce()
-        if let username {
-            try limiter.take("auth:user:\(username.lowercased())", rule: rule).enforce()
-        }
+    }
+
+    /// Auth tier, per username named in a login: brute force on one account from many addresses.
+    private func limitUsername(_ username: String) throws {
+        guard let rule else { return }
+        try limiter.take("auth:user:\(username.lowercased())", rule: rule).enforce()
     }
 
     private static let usernameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
     @Sendable func register(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        try limit(context, username: nil)
+        try limitClient(context)
         let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password", "email"])
         let username = try body.string("username", required: true, length: Limits.usernameLength)!
         guard username.allSatisfy(Self.usernameCharacters.contains) else {
@@ -60,11 +63,11 @@ struct AuthController {
     }
 
     @Sendable func login(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        try limit(context, username: nil)
+        try limitClient(context)
         let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password"])
         let username = try body.string("username", required: true, length: 1...256)!
         let password = try body.string("password", required: true, length: 1...1024)!
-        try limit(context, username: username)
+        try limitUsername(username)
         guard let user = try await store.user(username: username) else {
             try await hasher.dummyVerify(password)
             throw Self.badCredentials
@@ -74,7 +77,7 @@ struct AuthController {
     }
 
     @Sendable func refresh(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        try limit(context, username: nil)
+        try limitClient(context)
         let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["refreshToken"])
         let token = try body.string("refreshToken", required: true, length: 1...512)!
         let (user, pair) = try await tokens.refresh(token)

@@ -42,7 +42,7 @@ public final class SQLiteStore: ChatStore {
         path: String,
         options: Options = Options(),
         migrations: MigrationSet = .sqlite,
-        logger: Logger = Logger(label: "chat-backend.storage")
+        logger: Logger = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
     ) async throws -> SQLiteStore {
         let writerConnection = try SQLiteConnection(path: path)
         let writer = SQLiteWriter(connection: writerConnection)

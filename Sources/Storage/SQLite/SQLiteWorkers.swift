@@ -154,6 +154,7 @@ final class SQLiteWriter: Sendable {
 final class SQLiteReaders: Sendable {
     private let threads: NIOThreadPool
     private let idle: Mutex<[UnsafeTransfer<SQLiteConnection>]>
+    private let closed = Atomic<Bool>(false)
 
     init(connections: [SQLiteConnection]) {
         self.idle = Mutex(connections.map(UnsafeTransfer.init))
@@ -163,6 +164,7 @@ final class SQLiteReaders: Sendable {
 
     /// Runs `body` with a reader connection on a reader thread.
     func read<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        guard !closed.load(ordering: .relaxed) else { throw StoreError(.unavailable, "the store is closed") }
         do {
             return try await threads.runIfActive { [self] in
                 // There are as many connections as threads, so one is always free here.
@@ -178,6 +180,7 @@ final class SQLiteReaders: Sendable {
     }
 
     func close() async {
+        closed.store(true, ordering: .relaxed)
         try? await threads.shutdownGracefully()
         idle.withLock { $0.removeAll() }
     }

@@ -1,0 +1,83 @@
+import Foundation
+import Testing
+@testable import Service
+@testable import Storage
+
+@Suite("Building blocks")
+struct UnitTests {
+    @Test("JWTs round-trip and refuse tampering, other algorithms and expiry")
+    func jwt() throws {
+        let signer = JWTSigner(secret: Array("k".utf8))
+        let now = Int64(Date().timeIntervalSince1970)
+        let claims = AccessClaims(subject: UUID(), role: .admin, issuedAt: now, expiresAt: now + 60, jti: "j", family: UUID())
+        let token = signer.sign(claims)
+        #expect(try signer.verify(token) == claims)
+        #expect(throws: JWTError.badSignature) { try JWTSigner(secret: Array("other".utf8)).verify(token) }
+        #expect(throws: JWTError.expired) { try signer.verify(token, now: Date(timeIntervalSince1970: Double(now + 61))) }
+        let parts = token.split(separator: ".")
+        let none = Base64.urlEncode(Array(#"{"alg":"none"}"#.utf8)) + "." + parts[1] + "."
+        #expect(throws: JWTError.unsupportedAlgorithm) { try signer.verify(none) }
+        #expect(throws: JWTError.malformed) { try signer.verify("x.y") }
+    }
+
+    @Test("scrypt hashes use the OWASP parameters and verify only the right password")
+    func passwords() async throws {
+        let hasher = PasswordHasher()
+        let hash = try await hasher.hash("hunter2hunter2")
+        #expect(hash.hasPrefix("$scrypt$ln=14,r=8,p=5$"))
+        #expect(try await hasher.verify("hunter2hunter2", against: hash))
+        #expect(try await hasher.verify("hunter3hunter3", against: hash) == false)
+        #expect(try await hasher.verify("x", against: "$bcrypt$nonsense") == false)
+        #expect(try await hasher.hash("hunter2hunter2") != hash)
+    }
+
+    @Test("the LRU evicts least recently used entries by count and by cost")
+    func lru() {
+        let cache = LRUCache<String, Int>(maxEntries: 3, maxCost: 10)
+        cache.set("a", 1)
+        cache.set("b", 2)
+        cache.set("c", 3)
+        _ = cache.get("a")
+        cache.set("d", 4)
+        #expect(cache.get("b") == nil && cache.get("a") == 1 && cache.count == 3)
+        cache.set("big", 5, cost: 9)
+        #expect(cache.totalCost <= 10)
+        #expect(cache.get("big") == 5)
+        for i in 0..<1000 { cache.set("k\(i)", i) }
+        #expect(cache.count == 3)
+    }
+
+    @Test("token buckets refill at limit per window")
+    func buckets() {
+        let limiter = RateLimiter()
+        let rule = RateLimit(limit: 2, windowSeconds: 10)
+        #expect(limiter.take("k", rule: rule, now: 100).allowed)
+        #expect(limiter.take("k", rule: rule, now: 100).allowed)
+        let refused = limiter.take("k", rule: rule, now: 100)
+        #expect(!refused.allowed && refused.retryAfterSeconds == 5)
+        #expect(limiter.take("k", rule: rule, now: 105).allowed)
+        #expect(limiter.take("other", rule: rule, now: 100).allowed)
+    }
+
+    @Test("rate and duration texts parse as configured")
+    func parsing() {
+        #expect(RateLimit.parse("300/1m") == .some(RateLimit(limit: 300, windowSeconds: 60)))
+        #expect(RateLimit.parse("10/m") == .some(RateLimit(limit: 10, windowSeconds: 60)))
+        #expect(RateLimit.parse("off") == .some(nil))
+        #expect(RateLimit.parse("lots") == nil)
+        #expect(RateLimit.parse("-1/1m") == nil)
+        #expect(DurationText.parse("15m") == 900 && DurationText.parse("30d") == 2_592_000 && DurationText.parse("30s") == 30)
+        #expect(DurationText.parse("15x") == nil && DurationText.parse("") == nil && DurationText.parse("m") == nil)
+    }
+
+    @Test("base64 round-trips in both alphabets")
+    func base64() {
+        for n in 0..<40 {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 * 37 + 11) }
+            #expect(Base64.decode(Base64.encode(bytes)) == bytes)
+            #expect(Base64.decode(Base64.urlEncode(bytes)) == bytes)
+            #expect(Base64.encode(bytes) == Data(bytes).base64EncodedString())
+        }
+        #expect(Base64.decode("a") == nil && Base64.decode("ab$c") == nil)
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+@testable import Storage
+
+@Suite("SQLite specifics")
+struct SQLiteStoreTests {
+    @Test("an applied migration that changed stops start-up with a clear error")
+    func editedMigration() async throws {
+        let fixture = StoreBackends.sqlite()
+        defer { fixture.cleanup() }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("edit-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.db").path
+        await try SQLiteStore.open(path: path).close()
+
+        var edited = MigrationSet.sqlite.migrations
+        edited[0].sql += "\n-- edited"
+        do {
+            _ = try await SQLiteStore.open(path: path, migrations: MigrationSet(dialect: "sqlite", migrations: edited))
+            Issue.record("opened with an edited migration")
+        } catch let error as StoreError {
+            #expect(error.kind == .invalid)
+            #expect(error.message.contains("V1") && error.message.contains("changed after it was applied"))
+        }
+
+        // A database migrated by a newer release (unknown version) is refused too.
+        do {
+            _ = try await SQLiteStore.open(path: path, migrations: MigrationSet(dialect: "sqlite", migrations: Array(MigrationSet.sqlite.migrations.prefix(3))))
+            Issue.record("opened a newer database")
+        } catch let error as StoreError {
+            #expect(error.message.contains("newer release"))
+        }
+    }
+
+    @Test("a failing migration leaves no partial schema")
+    func failingMigration() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fail-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.db").path
+        let broken = MigrationSet(dialect: "sqlite", migrations: [
+            Migration(version: 1, fileName: "V1__ok.sql", sql: "CREATE TABLE a (x INTEGER);"),
+            Migration(version: 2, fileName: "V2__broken.sql", sql: "CREATE TABLE b (y INTEGER); SELECT * FROM missing_table;"),
+        ])
+        await #expect(throws: StoreError.self) { _ = try await SQLiteStore.open(path: path, migrations: broken) }
+        let db = try SQLiteConnection(path: path)
+        #expect(try db.query("SELECT version FROM schema_history").count == 1)
+        #expect(try db.query("SELECT name FROM sqlite_master WHERE name = 'b'").isEmpty)
+    }
+
+    @Test("the database runs in WAL mode with foreign keys and full sync")
+    func pragmas() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pragma-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.db").path
+        let store = try await SQLiteStore.open(path: path)
+        let db = try SQLiteConnection(path: path)
+        #expect(try db.query("PRAGMA journal_mode").first?.string(0) == "wal")
+        await store.close()
+        // After close the WAL is checkpointed and truncated.
+        let wal = try? FileManager.default.attributesOfItem(atPath: path + "-wal")[.size] as? Int
+        #expect((wal ?? 0) == 0)
+    }
+
+    @Test("online backup copies a consistent database")
+    func backup() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("backup-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("chat.db").path)
+        let session = Make.session(userId: UUID())
+        try await store.createSession(session)
+        for i in 0..<50 { try await store.appendMessage(Make.message(session.id, userId: nil, content: "b\(i)"), now: Timestamp.now()).expectCreated() }
+        let target = dir.appendingPathComponent("copy.db").path
+        try await store.backup(to: target)
+        await store.close()
+        let copy = try await SQLiteStore.open(path: target)
+        #expect(try await copy.statistics().totalMessages == 50)
+        await copy.close()
+    }
+
+    @Test("embedded migrations match the files under migrations/")
+    func embeddedMatchFiles() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for set in [MigrationSet.sqlite, MigrationSet.postgres] {
+            let dir = root.appendingPathComponent("migrations/\(set.dialect)")
+            let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".sql") }.sorted()
+            #expect(files.sorted() == set.migrations.map(\.fileName).sorted())
+            for migration in set.migrations {
+                let text = try String(contentsOf: dir.appendingPathComponent(migration.fileName), encoding: .utf8)
+                #expect(text.trimmingCharacters(in: .newlines) == migration.sql, "\(migration.fileName) differs; run make resources")
+            }
+        }
+    }
+}
+
+@Suite("Storage values")
+struct StorageValueTests {
+    @Test("timestamps are RFC 3339 UTC with milliseconds and parse back")
+    func timestamps() throws {
+        let date = Date(timeIntervalSince1970: 1_767_323_045.678)
+        #expect(Timestamp.format(date) == "2026-01-02T03:04:05.678Z")
+        #expect(Timestamp.parse("2026-01-02T03:04:05.678Z") == date)
+        #expect(Timestamp.parse("2026-01-02T04:04:05.678+01:00") == date)
+        #expect(Timestamp.parse("2026-01-02T03:04:05Z") == Date(timeIntervalSince1970: 1_767_323_045))
+        #expect(Timestamp.parse("2026-13-02T03:04:05Z") == nil)
+        #expect(Timestamp.parse("yesterday") == nil)
+        #expect(Timestamp.format(Date(timeIntervalSince1970: -0.5)) == "1969-12-31T23:59:59.500Z")
+    }
+
+    @Test("UUIDv7 ids are version 7 and strictly increasing within one millisecond")
+    func uuidv7() {
+        let now = Date()
+        let ids = (0..<2000).map { _ in UUIDv7.make(now: now) }
+        let texts = ids.map(\.lowercased)
+        #expect(texts == texts.sorted())
+        #expect(Set(texts).count == ids.count)
+        #expect(texts.allSatisfy { $0[$0.index($0.startIndex, offsetBy: 14)] == "7" })
+        let later = UUIDv7.make(now: now.addingTimeInterval(1))
+        #expect(later.lowercased > texts.last!)
+    }
+
+    @Test("migration checksums are CRC-32 and names come from file names")
+    func checksum() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        let m = Migration(version: 3, fileName: "V3__create_updated_at_trigger.sql", sql: "x")
+        #expect(m.name == "create_updated_at_trigger")
+    }
+}

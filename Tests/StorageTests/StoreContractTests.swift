@@ -1,0 +1,249 @@
+import Foundation
+import Testing
+@testable import Storage
+
+/// The contract every `ChatStore` must meet; runs against each backend in `StoreBackends.all`.
+@Suite("ChatStore contract")
+struct StoreContractTests {
+    static let backends = StoreBackends.all
+
+    @Test("migrations are applied once and listed", arguments: backends)
+    func migrations(_ make: @Sendable () -> StoreFixture) async throws {
+        let fixture = make()
+        defer { fixture.cleanup() }
+        let first = try await fixture.open()
+        let status = try await first.migrationStatus()
+        await first.close()
+        #expect(status.map(\.version) == Array(1...8))
+        #expect(status.allSatisfy { $0.appliedAt != nil })
+        let second = try await fixture.open()
+        #expect(try await second.migrationStatus() == status)
+        await second.close()
+    }
+
+    @Test("users: create, find case-insensitively, refuse a taken name", arguments: backends)
+    func users(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let alice = Make.user("Alice")
+            try await store.createUser(alice)
+            #expect(try await store.user(username: "alice") == alice)
+            #expect(try await store.user(id: alice.id) == alice)
+            #expect(try await store.user(username: "bob") == nil)
+            await #expect(throws: StoreError.self) { try await store.createUser(Make.user("ALICE")) }
+            do {
+                try await store.createUser(Make.user("aLiCe"))
+            } catch let error as StoreError {
+                #expect(error.kind == .conflict)
+            }
+        }
+    }
+
+    @Test("sessions: create, list with filters and paging, resume, resolve, delete", arguments: backends)
+    func sessions(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let owner = Make.user()
+            try await store.createUser(owner)
+            let base = Timestamp.now()
+            var created: [ChatSession] = []
+            for i in 0..<5 {
+                let s = Make.session(userId: owner.id, now: base.addingTimeInterval(Double(i)), metadata: .object(["n": .int(Int64(i))]))
+                try await store.createSession(s)
+                created.append(s)
+            }
+            try await store.createSession(Make.session(userId: UUID()))
+            #expect(try await store.session(id: created[2].id) == created[2])
+
+            let page = try await store.sessions(SessionQuery(userId: owner.id, limit: 2, offset: 1))
+            #expect(page.total == 5)
+            #expect(page.sessions.map(\.id) == [created[3].id, created[2].id])
+
+            let resolved = try #require(try await store.resolveSession(id: created[0].id, now: base))
+            #expect(resolved.isResolved && resolved.state == .resolved && resolved.resolvedAt != nil)
+            #expect(try await store.resolveSession(id: created[0].id, now: base.addingTimeInterval(5)) == resolved)
+            #expect(try await store.sessions(SessionQuery(userId: owner.id, isResolved: true)).sessions.map(\.id) == [created[0].id])
+            #expect(try await store.sessions(SessionQuery(userId: owner.id, state: .active)).total == 4)
+
+            #expect(try await store.resumeSession(id: created[0].id, expiresAt: base, now: base) == .resolved)
+            #expect(try await store.resumeSession(id: UUID(), expiresAt: base, now: base) == .notFound)
+            let later = base.addingTimeInterval(7200)
+            guard case .resumed(let resumed) = try await store.resumeSession(id: created[1].id, expiresAt: later, now: base) else {
+                Issue.record("expected resumed")
+                return
+            }
+            #expect(resumed.expiresAt == later && resumed.state == .active)
+
+            try await store.appendMessage(Make.message(created[1].id, userId: owner.id), now: base).expectCreated()
+            #expect(try await store.deleteSession(id: created[1].id))
+            #expect(try await store.deleteSession(id: created[1].id) == false)
+            #expect(try await store.session(id: created[1].id) == nil)
+            #expect(try await store.messages(MessageQuery(sessionId: created[1].id)).messages.isEmpty)
+        }
+    }
+
+    @Test("expired sessions are swept and refuse messages until resumed", arguments: backends)
+    func expiry(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let now = Timestamp.now()
+            let session = Make.session(userId: UUID(), ttl: 10, now: now)
+            try await store.createSession(session)
+            #expect(try await store.sweepExpired(now: now) == 0)
+            #expect(try await store.appendMessage(Make.message(session.id, userId: nil), now: now.addingTimeInterval(11)) == .sessionExpired)
+            #expect(try await store.sweepExpired(now: now.addingTimeInterval(11)) == 1)
+            #expect(try await store.session(id: session.id)?.state == .expired)
+            #expect(try await store.appendMessage(Make.message(session.id, userId: nil), now: now) == .sessionExpired)
+            _ = try await store.resumeSession(id: session.id, expiresAt: now.addingTimeInterval(100), now: now)
+            try await store.appendMessage(Make.message(session.id, userId: nil), now: now).expectCreated()
+            #expect(try await store.appendMessage(Make.message(UUID(), userId: nil), now: now) == .sessionNotFound)
+        }
+    }
+
+    @Test("messages page in id order with after, before and limit", arguments: backends)
+    func paging(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let session = Make.session(userId: UUID())
+            try await store.createSession(session)
+            var ids: [UUID] = []
+            for i in 0..<25 {
+                let m = Make.message(session.id, userId: session.userId, content: "m\(i)")
+                try await store.appendMessage(m, now: Timestamp.now()).expectCreated()
+                ids.append(m.id)
+            }
+            let first = try await store.messages(MessageQuery(sessionId: session.id, limit: 10))
+            #expect(first.messages.map(\.id) == Array(ids[0..<10]) && first.hasMore)
+            let second = try await store.messages(MessageQuery(sessionId: session.id, after: ids[9], limit: 10))
+            #expect(second.messages.map(\.id) == Array(ids[10..<20]) && second.hasMore)
+            let last = try await store.messages(MessageQuery(sessionId: session.id, after: ids[19], limit: 10))
+            #expect(last.messages.map(\.id) == Array(ids[20...]) && !last.hasMore)
+            let back = try await store.messages(MessageQuery(sessionId: session.id, before: ids[5], limit: 3))
+            #expect(back.messages.map(\.id) == Array(ids[2..<5]) && back.hasMore)
+            let between = try await store.messages(MessageQuery(sessionId: session.id, after: ids[3], before: ids[7], limit: 50))
+            #expect(between.messages.map(\.id) == Array(ids[4..<7]))
+            let one = try #require(try await store.message(sessionId: session.id, id: ids[4]))
+            #expect(one.content == "m4" && one.metadata == .object(["k": .int(1)]))
+            #expect(try await store.message(sessionId: UUID(), id: ids[4]) == nil)
+        }
+    }
+
+    @Test("concurrent retries with one clientMessageId store one message", arguments: backends)
+    func idempotentSends(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let session = Make.session(userId: UUID())
+            try await store.createSession(session)
+            let outcomes = try await withThrowingTaskGroup(of: AppendOutcome.self) { group in
+                for _ in 0..<20 {
+                    group.addTask { try await store.appendMessage(Make.message(session.id, userId: nil, clientId: "retry-1"), now: Timestamp.now()) }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            let created = outcomes.filter { if case .created = $0 { true } else { false } }
+            #expect(created.count == 1)
+            let ids = Set(outcomes.compactMap { outcome -> UUID? in
+                switch outcome {
+                case .created(let m), .duplicate(let m): m.id
+                default: nil
+                }
+            })
+            #expect(ids.count == 1)
+            #expect(try await store.messages(MessageQuery(sessionId: session.id)).messages.count == 1)
+        }
+    }
+
+    @Test("many concurrent writes all commit (group commit)", arguments: backends)
+    func groupCommit(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let session = Make.session(userId: UUID())
+            try await store.createSession(session)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<400 {
+                    group.addTask { try await store.appendMessage(Make.message(session.id, userId: nil, content: "c\(i)"), now: Timestamp.now()).expectCreated() }
+                }
+                try await group.waitForAll()
+            }
+            var count = 0
+            var after: UUID?
+            while true {
+                let page = try await store.messages(MessageQuery(sessionId: session.id, after: after, limit: 200))
+                count += page.messages.count
+                after = page.messages.last?.id
+                if !page.hasMore { break }
+            }
+            #expect(count == 400)
+            #expect(try await store.statistics().totalMessages == 400)
+        }
+    }
+
+    @Test("refresh tokens rotate; reuse revokes the family", arguments: backends)
+    func refreshTokens(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let user = Make.user()
+            try await store.createUser(user)
+            let now = Timestamp.now()
+            let family = UUID()
+            func record(_ hash: String, expires: Date = now.addingTimeInterval(3600)) -> RefreshTokenRecord {
+                RefreshTokenRecord(id: UUID(), userId: user.id, familyId: family, tokenHash: hash, expiresAt: expires, createdAt: now)
+            }
+            try await store.insertRefreshToken(record("h1"))
+            #expect(try await store.rotateRefreshToken(hash: "h1", replacement: record("h2"), now: now) == .rotated(userId: user.id, familyId: family))
+            #expect(try await store.rotateRefreshToken(hash: "h1", replacement: record("h3"), now: now) == .reused)
+            // The reuse revoked the whole family, so the newest token is dead too.
+            #expect(try await store.rotateRefreshToken(hash: "h2", replacement: record("h4"), now: now) == .invalid)
+            #expect(try await store.rotateRefreshToken(hash: "nope", replacement: record("h5"), now: now) == .invalid)
+
+            let other = UUID()
+            try await store.insertRefreshToken(RefreshTokenRecord(id: UUID(), userId: user.id, familyId: other, tokenHash: "old", expiresAt: now, createdAt: now))
+            #expect(try await store.rotateRefreshToken(hash: "old", replacement: record("h6"), now: now.addingTimeInterval(1)) == .expired)
+
+            try await store.insertRefreshToken(RefreshTokenRecord(id: UUID(), userId: user.id, familyId: other, tokenHash: "x1", expiresAt: now.addingTimeInterval(60), createdAt: now))
+            try await store.revokeRefreshFamily(other, now: now)
+            #expect(try await store.rotateRefreshToken(hash: "x1", replacement: record("h7"), now: now) == .invalid)
+
+            #expect(try await store.isAccessTokenRevoked(jti: "j1") == false)
+            try await store.revokeAccessToken(jti: "j1", expiresAt: now.addingTimeInterval(60))
+            try await store.revokeAccessToken(jti: "j1", expiresAt: now.addingTimeInterval(60))
+            #expect(try await store.isAccessTokenRevoked(jti: "j1"))
+        }
+    }
+
+    @Test("statistics count users, sessions by state and messages", arguments: backends)
+    func statistics(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            try await store.createUser(Make.user())
+            let a = Make.session(userId: UUID())
+            let b = Make.session(userId: UUID())
+            try await store.createSession(a)
+            try await store.createSession(b)
+            try await store.appendMessage(Make.message(a.id, userId: nil), now: Timestamp.now()).expectCreated()
+            try await store.appendMessage(Make.message(a.id, userId: nil), now: Timestamp.now()).expectCreated()
+            _ = try await store.resolveSession(id: b.id, now: Timestamp.now())
+            let stats = try await store.statistics()
+            #expect(stats == SessionStatistics(totalSessions: 2, activeSessions: 1, expiredSessions: 0, resolvedSessions: 1, totalMessages: 2, totalUsers: 1))
+        }
+    }
+
+    @Test("a closed store answers unavailable", arguments: backends)
+    func closed(_ make: @Sendable () -> StoreFixture) async throws {
+        let fixture = make()
+        defer { fixture.cleanup() }
+        let store = try await fixture.open()
+        await store.close()
+        do {
+            try await store.createUser(Make.user())
+            Issue.record("write after close succeeded")
+        } catch let error as StoreError {
+            #expect(error.kind == .unavailable)
+        }
+        do {
+            try await store.ping()
+            Issue.record("read after close succeeded")
+        } catch let error as StoreError {
+            #expect(error.kind == .unavailable)
+        }
+    }
+}
+
+extension AppendOutcome {
+    func expectCreated(sourceLocation: SourceLocation = #_sourceLocation) {
+        if case .created = self { return }
+        Issue.record("expected created, got \(self)", sourceLocation: sourceLocation)
+    }
+}

@@ -1,0 +1,63 @@
+import Foundation
+@testable import Storage
+
+/// A store under test with a way to open it again on the same data and clean up.
+struct StoreFixture: Sendable, CustomStringConvertible {
+    let name: String
+    let open: @Sendable () async throws -> any ChatStore
+    let cleanup: @Sendable () -> Void
+
+    var description: String { name }
+}
+
+/// Every backend the contract runs against.
+enum StoreBackends {
+    static func sqlite() -> StoreFixture {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chat-store-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("chat.db").path
+        return StoreFixture(
+            name: "sqlite",
+            open: { try await SQLiteStore.open(path: path) },
+            cleanup: { try? FileManager.default.removeItem(at: dir) }
+        )
+    }
+
+    static let all: [@Sendable () -> StoreFixture] = [sqlite]
+}
+
+/// Opens a fresh store, runs `body`, closes and removes it.
+func withStore<T>(_ make: @Sendable () -> StoreFixture, _ body: (any ChatStore, StoreFixture) async throws -> T) async throws -> T {
+    let fixture = make()
+    defer { fixture.cleanup() }
+    let store = try await fixture.open()
+    do {
+        let result = try await body(store, fixture)
+        await store.close()
+        return result
+    } catch {
+        await store.close()
+        throw error
+    }
+}
+
+enum Make {
+    static func user(_ name: String = "user\(UUID().uuidString.prefix(8))", role: Role = .user) -> User {
+        let now = Timestamp.now()
+        return User(id: UUID(), username: name, email: nil, passwordHash: "$scrypt$x", role: role, createdAt: now, updatedAt: now)
+    }
+
+    static func session(userId: UUID, ttl: TimeInterval = 3600, now: Date = Timestamp.now(), metadata: JSONValue = .emptyObject) -> ChatSession {
+        ChatSession(
+            id: UUID(), userId: userId, metadata: metadata, state: .active, isResolved: false,
+            expiresAt: now.addingTimeInterval(ttl), resolvedAt: nil, createdAt: now, updatedAt: now
+        )
+    }
+
+    static func message(_ sessionId: UUID, userId: UUID?, content: String = "hello", clientId: String? = nil, now: Date = Timestamp.now()) -> ChatMessage {
+        ChatMessage(
+            id: UUIDv7.make(now: now), sessionId: sessionId, userId: userId, content: content, type: "text", direction: .inbound,
+            metadata: .object(["k": .int(1)]), clientMessageId: clientId, createdAt: now, updatedAt: now
+        )
+    }
+}
