@@ -1,0 +1,140 @@
+"""systemd integration: readiness/status/stopping notifications and socket activation."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import JWT_SECRET, Server, create_session, free_port, post_json, register
+
+
+@pytest.fixture
+def notify_socket():
+    """An AF_UNIX datagram socket the server reports to (a short path: sun_path is 108 bytes)."""
+    directory = Path(tempfile.mkdtemp(prefix="cb-notify-"))
+    path = directory / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    try:
+        yield sock, path
+    finally:
+        sock.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def receive(sock: socket.socket, until: str, deadline: float, seen: list[str]) -> str:
+    """Reads datagrams into `seen` until one has a line equal to `until`; returns that datagram."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no datagram with {until!r} arrived; got {seen!r}")
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(4096).decode()
+        except socket.timeout:
+            continue
+        seen.append(data)
+        if until in data.split("\n"):
+            return data
+
+
+def test_notify_ready_status_stopping(bin_path, tmp_path, notify_socket):
+    sock, path = notify_socket
+    server = Server(bin_path, tmp_path / "srv", env={"NOTIFY_SOCKET": str(path)})
+    server.start(wait=False)
+    try:
+        seen: list[str] = []
+        ready = receive(sock, "READY=1", time.monotonic() + 15, seen)
+
+        # READY=1 means the listener accepts: connect and ask right now, no retry.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2):
+            pass
+        r = requests.get(server.url("/health"), timeout=2)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+
+        statuses = [line for d in seen for line in d.split("\n") if line.startswith("STATUS=")]
+        assert statuses, f"no STATUS= line before READY=1: {seen!r}"
+        ready_status = [line for line in ready.split("\n") if line.startswith("STATUS=")]
+        assert ready_status and str(server.port) in ready_status[0], ready
+        # Storage is opened (and migrated) before readiness is announced.
+        assert any("migration" in s.lower() or "storage" in s.lower() for s in statuses[:-1]), statuses
+
+        server.proc.send_signal(signal.SIGTERM)
+        stopping = receive(sock, "STOPPING=1", time.monotonic() + 15, seen)
+        assert "STOPPING=1" in stopping
+        assert server.proc.wait(timeout=15) == 0, server.logs()
+    finally:
+        server.stop()
+
+
+def test_no_notify_socket_still_serves(start_server):
+    """Outside systemd (no NOTIFY_SOCKET) notifications are no-ops and the server just runs."""
+    server = start_server()
+    assert requests.get(server.url("/api/health"), timeout=5).json()["storage"]["status"] == "up"
+
+
+def test_socket_activation(bin_path, tmp_path):
+    activate = shutil.which("systemd-socket-activate")
+    if activate is None:
+        pytest.skip("systemd-socket-activate is not installed (Debian package 'systemd')")
+    directory = tmp_path / "activated"
+    directory.mkdir()
+    port = free_port()
+    # The configured port is a different, unused one: the server must use the passed socket, not bind its own.
+    unused_port = free_port()
+    env_pass = {
+        "JWT_SECRET": JWT_SECRET,
+        "STATE_DIRECTORY": str(directory),
+        "CHAT_BACKEND_CONFIG": str(directory / "none.env"),
+        "RATE_LIMIT_API": "off",
+        "RATE_LIMIT_AUTH": "off",
+        "RATE_LIMIT_MESSAGES": "off",
+        "LOG_LEVEL": "info",
+    }
+    command = [activate, "-l", f"127.0.0.1:{port}"]
+    for key, value in env_pass.items():
+        command += ["-E", f"{key}={value}"]
+    command += [bin_path, "serve", "--host", "127.0.0.1", "--port", str(unused_port),
+                "--database-url", f"sqlite://{directory}/chat.db"]
+
+    server = Server(bin_path, directory, port=port)
+    server.start(command=command, wait=False)
+    try:
+        deadline = time.monotonic() + 10
+        while f"Listening on 127.0.0.1:{port}" not in server.stderr():
+            assert server.proc.poll() is None, f"systemd-socket-activate exited early:\n{server.logs()}"
+            assert time.monotonic() < deadline, f"systemd-socket-activate did not listen:\n{server.logs()}"
+            time.sleep(0.02)
+        assert "Execing" not in server.stderr(), "the server must start only on the first connection"
+        # systemd-socket-activate starts the server on the first connection; that request must be answered.
+        r = requests.get(server.url("/health"), timeout=15)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ok"
+
+        user = register(server)
+        session = create_session(server, user["accessToken"])
+        r = post_json(server.url(f"/api/sessions/{session['sessionId']}/messages"),
+                      {"content": "over an inherited socket", "clientMessageId": "sa-1"}, token=user["accessToken"])
+        assert r.status_code == 201, r.text
+        message = r.json()
+        r = requests.get(server.url(f"/api/sessions/{session['sessionId']}/messages"),
+                         headers={"Authorization": f"Bearer {user['accessToken']}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        assert [m["id"] for m in r.json()["messages"]] == [message["id"]]
+
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{unused_port}/health", timeout=2)
+
+        logs = server.stdout() + server.stderr()
+        assert "the socket passed by systemd" in logs, server.logs()
+        assert f"127.0.0.1:{unused_port}" not in logs, server.logs()
+    finally:
+        server.stop()
