@@ -18,7 +18,7 @@ import Storage
 struct ChatBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat-backend",
-        abstract: "A chat server: REST and WebSocket chat sessions on SQLite or Postgres.",
+        abstract: "A chat server: REST chat sessions with JWT auth and rate limits, stored in SQLite.",
         version: ChatBackendVersion.current,
         subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, Backup.self, Version.self],
         defaultSubcommand: Serve.self
@@ -32,9 +32,11 @@ func openStore(_ config: AppConfig, logger: Logger) async throws -> any ChatStor
         try AppConfig.makeDirectory(parentOf: path)
         return try await SQLiteStore.open(path: path, options: .init(synchronous: config.synchronous), logger: logger)
     case .postgres:
-        throw ConfigError("DATABASE_URL: Postgres is not supported by this build yet; use sqlite://")
+        throw ConfigError(postgresUnsupported)
     }
 }
+
+let postgresUnsupported = "DATABASE_URL: Postgres is not supported by this release yet; use sqlite:///path/chat.db"
 
 func makeLogger(_ level: Logger.Level) -> Logger {
     var logger = Logger(label: "chat-backend")
@@ -155,6 +157,7 @@ struct CheckConfig: AsyncParsableCommand {
             for (key, value) in config.summary {
                 print(key + String(repeating: " ", count: width - key.count) + "  " + value)
             }
+            if case .postgres = config.database { throw ConfigError(postgresUnsupported) }
             print("configuration is valid")
         }
     }
@@ -237,6 +240,8 @@ struct Backup: AsyncParsableCommand {
                 throw ConfigError("backup copies SQLite databases; for Postgres use pg_dump")
             }
             guard !FileManager.default.fileExists(atPath: file) else { throw ValidationError("\(file) already exists") }
+            // The copy holds password hashes: only the owner may read it.
+            umask(0o077)
             let store = try await openStore(config, logger: makeLogger(.warning))
             guard let sqlite = store as? SQLiteStore else { throw ConfigError("not a SQLite store") }
             do {

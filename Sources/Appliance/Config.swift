@@ -108,6 +108,7 @@ struct AppConfig {
         let stateDirectory = environment["STATE_DIRECTORY"].flatMap { $0.split(separator: ":").first.map(String.init) } ?? "./data"
         let databaseText = value("database.url", secret: true) ?? "sqlite://\(stateDirectory)/chat.db"
         let database = try DatabaseLocation.parse(databaseText)
+
         summary.append(("DATABASE_URL", maskURL(databaseText)))
 
         let levelText = (value("log.level") ?? "info").lowercased()

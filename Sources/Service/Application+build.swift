@@ -54,8 +54,9 @@ public func buildRouter(config: ServiceConfig, dependencies: ApplicationDependen
     router.addMiddleware {
         RequestMiddleware(metrics: metrics, hstsMaxAge: config.hstsMaxAge, trustProxy: config.trustProxy)
         CORSMiddleware(allowedOrigins: Set(config.corsOrigins))
-        IdentityMiddleware(tokens: tokens)
     }
+    // Tokens are read only where they matter: a stale token sent to /health or /auth/refresh is ignored.
+    let identity = IdentityMiddleware(tokens: tokens)
     let health = HealthController(
         store: store, registry: dependencies.registry, version: config.version, startedAt: .now, startedAtDate: Date()
     )
@@ -64,10 +65,11 @@ public func buildRouter(config: ServiceConfig, dependencies: ApplicationDependen
     let auth = router.group("auth")
     if let rule = config.rateLimitAPI { auth.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     AuthController(
-        store: store, tokens: tokens, hasher: hasher, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes
+        store: store, tokens: tokens, hasher: hasher, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes,
+        identity: identity
     ).addRoutes(to: auth)
 
-    let api = router.group("api")
+    let api = router.group("api").add(middleware: identity)
     if let rule = config.rateLimitAPI { api.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     health.addAPIRoutes(to: api)
     SessionController(

@@ -62,7 +62,8 @@ public protocol ChatStore: Sendable {
     // MARK: Messages
 
     /// Stores a message unless its session is missing, resolved or expired, or its clientMessageId was seen.
-    func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome
+    /// With `owner`, a session belonging to someone else counts as missing (checked in the same transaction).
+    func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome
     /// A page of a session's messages in id order.
     func messages(_ query: MessageQuery) async throws -> MessagePage
     /// One message of a session.
@@ -73,4 +74,11 @@ public protocol ChatStore: Sendable {
 
     /// Finishes pending writes, checkpoints and closes connections. Further calls fail with `unavailable`.
     func close() async
+}
+
+extension ChatStore {
+    /// Stores a message without an ownership check.
+    public func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome {
+        try await appendMessage(message, now: now, owner: nil)
+    }
 }

@@ -51,20 +51,24 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     /// Compact JSON text with sorted keys.
     public func jsonText() -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        // Encoding a JSONValue cannot fail: every case maps to a JSON value.
-        let data = (try? encoder.encode(self)) ?? Data("null".utf8)
-        return String(decoding: data, as: UTF8.self)
+        JSONCodec.write(self, sortKeys: true)
+    }
+
+    /// Compact JSON bytes, keys in no particular order (responses).
+    public func jsonBytes() -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(512)
+        JSONCodec.write(self, into: &out, sortKeys: false)
+        return out
     }
 
     /// Parses JSON text; nil when it is not valid JSON.
     public static func parse(_ text: String) -> JSONValue? {
-        try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        try? JSONCodec.parse(text.utf8)
     }
 
-    /// Parses JSON bytes, throwing the decoder's error when invalid.
+    /// Parses JSON bytes strictly (RFC 8259, at most 64 levels deep), throwing on anything invalid.
     public static func parse(bytes: some Collection<UInt8>) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+        try JSONCodec.parse(bytes)
     }
 }

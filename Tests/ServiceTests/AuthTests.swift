@@ -50,6 +50,18 @@ struct AuthTests {
         }
     }
 
+    @Test("a stale token sent to public routes is ignored, so an expired client can still refresh")
+    func staleTokenOnPublicRoutes() async throws {
+        try await TestApp.make().run { client in
+            let user = try await client.register()
+            let stale = "Bearer not.a.token"
+            #expect(try await client.call(.get, "/health", headers: [.authorization: stale]).status == .ok)
+            let refreshed = try await client.call(.post, "/auth/refresh", body: #"{"refreshToken":"\#(user.refresh)"}"#, headers: [.authorization: stale])
+            #expect(refreshed.status == .ok)
+            #expect(try await client.call(.post, "/auth/logout", headers: [.authorization: stale]).status == .unauthorized)
+        }
+    }
+
     @Test("wrong password and unknown user get the same 401")
     func badCredentials() async throws {
         try await TestApp.make().run { client in

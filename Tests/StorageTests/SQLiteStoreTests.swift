@@ -129,3 +129,35 @@ struct StorageValueTests {
         #expect(m.name == "create_updated_at_trigger")
     }
 }
+
+@Suite("JSON codec")
+struct JSONCodecTests {
+    @Test("parses every JSON form and writes it back")
+    func roundTrip() throws {
+        let text = #"{"a":[1,-2,3.5,1e3,true,false,null],"b":"q\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00","c":{},"d":[]}"#
+        let value = try JSONValue.parse(bytes: Array(text.utf8))
+        #expect(value["a"] == .array([.int(1), .int(-2), .double(3.5), .double(1000), .bool(true), .bool(false), .null]))
+        #expect(value["b"] == .string("q\"\\/\u{8}\u{c}\n\r\té😀"))
+        #expect(JSONValue.parse(value.jsonText()) == value)
+    }
+
+    @Test("refuses invalid documents", arguments: [
+        "", "{", "[1,]", "{\"a\":1,}", "01", "1.", "-", "+1", "\"\\x\"", "\"\\ud800\"", "\"a\nb\"", "tru", "{} x", "{'a':1}", "NaN", "1e400",
+        String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+    ])
+    func invalid(_ text: String) {
+        #expect(JSONValue.parse(text) == nil, "\(text)")
+    }
+
+    @Test("refuses invalid UTF-8")
+    func badUTF8() {
+        #expect(throws: (any Error).self) { try JSONValue.parse(bytes: [0x22, 0xFF, 0x22]) }
+    }
+}
+
+extension JSONValue {
+    subscript(_ key: String) -> JSONValue? {
+        if case .object(let o) = self { return o[key] }
+        return nil
+    }
+}

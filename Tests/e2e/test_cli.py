@@ -73,14 +73,15 @@ def test_migrate_fresh_then_nothing_new(bin_path, workdir, env):
 def test_check_config_masks_secrets(bin_path, workdir, env):
     env = dict(env, DATABASE_URL="postgres://u:secretpw@h/db")
     r = run_cli(bin_path, ["check-config"], workdir, env)
-    assert r.returncode == 0, r.stderr
+    # The URL is printed masked; the Postgres store is not in this release, which check-config says.
+    assert r.returncode == 78, r.stderr
+    assert "Postgres is not supported" in r.stderr
     out = r.stdout + r.stderr
     assert "postgres://u:********@h/db" in r.stdout, r.stdout
     assert "secretpw" not in out
     assert JWT_SECRET not in out
     assert JWT_SECRET[:16] not in out
     assert re.search(r"^JWT_SECRET\s+\*+", r.stdout, re.M), r.stdout
-    assert "configuration is valid" in r.stdout
 
 
 def test_check_config_reports_values_in_effect(bin_path, workdir, env):

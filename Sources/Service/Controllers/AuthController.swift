@@ -15,12 +15,13 @@ struct AuthController {
     let limiter: RateLimiter
     let rule: RateLimit?
     let maxBodyBytes: Int
+    let identity: IdentityMiddleware
 
     func addRoutes(to group: RouterGroup<ChatRequestContext>) {
         group.post("register", use: register)
         group.post("login", use: login)
         group.post("refresh", use: refresh)
-        group.group(context: AuthenticatedContext.self).post("logout", use: logout)
+        group.group().add(middleware: identity).group(context: AuthenticatedContext.self).post("logout", use: logout)
     }
 
     /// Auth tier, per client IP.

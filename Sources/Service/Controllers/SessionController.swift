@@ -107,13 +107,13 @@ struct SessionController {
         if let clientMessageId, !clientMessageId.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 32 && $0.value < 127 }) {
             throw APIError.invalid("clientMessageId", "must be printable ASCII without spaces")
         }
-        _ = try await loadVisible(id, context)
         let now = Timestamp.now()
         let message = ChatMessage(
             id: UUIDv7.make(now: now), sessionId: id, userId: context.userId, content: content, type: type, direction: .inbound,
             metadata: metadata, clientMessageId: clientMessageId, createdAt: now, updatedAt: now
         )
-        switch try await store.appendMessage(message, now: now) {
+        // Ownership is checked inside the write: one round trip to the store per send.
+        switch try await store.appendMessage(message, now: now, owner: context.isAdmin ? nil : context.userId) {
         case .created(let stored):
             metrics.messageStored()
             return JSONResponse.make(.created, Wire.message(stored))

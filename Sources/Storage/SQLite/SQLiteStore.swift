@@ -352,8 +352,12 @@ public final class SQLiteStore: ChatStore {
         )
     }
 
-    public func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome {
+    public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
         try await writer.write { db in
+            guard let session = try db.query(
+                "SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = ?", [.text(message.sessionId.lowercased)]
+            ).first else { return .sessionNotFound }
+            if let owner, try session.uuid(3) != owner { return .sessionNotFound }
             if let clientId = message.clientMessageId,
                let existing = try db.query(
                    "SELECT \(Self.messageColumns) FROM chat_messages WHERE session_id = ? AND client_message_id = ?",
@@ -361,9 +365,6 @@ public final class SQLiteStore: ChatStore {
                ).first {
                 return .duplicate(try Self.message(existing))
             }
-            guard let session = try db.query(
-                "SELECT is_resolved, state, expires_at FROM chat_sessions WHERE session_id = ?", [.text(message.sessionId.lowercased)]
-            ).first else { return .sessionNotFound }
             if try session.int(0) != 0 { return .sessionResolved }
             if try session.string(1) == SessionState.expired.rawValue || (try session.date(2)) <= now { return .sessionExpired }
             try db.run(

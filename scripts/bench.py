@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""make bench: wrk on loopback against a release chat-backend.
+
+Scenarios (each beside a bare GET /health in the same run):
+  - POST /api/sessions/:id/messages  (persisted, SQLITE_SYNCHRONOUS=FULL, rate limits off)
+  - GET  /api/sessions/:id/messages?limit=50
+Prints requests/s, p50/p99 latency and the ratio to /health as a Markdown table.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BIN = os.environ.get("CHAT_BACKEND_BIN", ".build/release/chat-backend")
+DURATION = os.environ.get("BENCH_DURATION", "10s")
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(method, url, body=None, token=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read() or b"null")
+
+
+def parse_wrk(text):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    lat = {}
+    for pct, value, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+        lat[pct] = float(value) * scale
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    return rps, lat, errors
+
+
+def wrk(url, script=None):
+    cmd = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{DURATION}", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    cmd.append(url)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def main():
+    if not shutil.which("wrk"):
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    work = tempfile.mkdtemp(prefix="chat-bench-")
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "STATE_DIRECTORY": work,
+        "CHAT_BACKEND_CONFIG": os.path.join(work, "none.env"),
+        "JWT_SECRET": "bench-secret-bench-secret-bench-secret-0123",
+        "RATE_LIMIT_API": "off",
+        "RATE_LIMIT_AUTH": "off",
+        "RATE_LIMIT_MESSAGES": "off",
+        "SQLITE_SYNCHRONOUS": "FULL",
+        "LOG_LEVEL": "warning",
+    }
+    server = subprocess.Popen(
+        [os.path.abspath(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                request("GET", base + "/health")
+                break
+            except Exception:
+                time.sleep(0.1)
+        auth = request("POST", base + "/auth/register", {"username": "bench", "password": "bench-password"})
+        token = auth["accessToken"]
+        session = request("POST", base + "/api/sessions", {}, token)["sessionId"]
+        for i in range(100):
+            request("POST", f"{base}/api/sessions/{session}/messages", {"content": f"seed {i}"}, token)
+
+        post_lua = os.path.join(work, "post.lua")
+        with open(post_lua, "w") as f:
+            f.write(
+                'wrk.method = "POST"\n'
+                'wrk.headers["Content-Type"] = "application/json"\n'
+                f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+                'wrk.body = \'{"content":"hello from wrk, a message of ordinary length for a chat"}\'\n'
+            )
+        get_lua = os.path.join(work, "get.lua")
+        with open(get_lua, "w") as f:
+            f.write(f'wrk.headers["Authorization"] = "Bearer {token}"\n')
+
+        rows = []
+        health = wrk(base + "/health")
+        rows.append(("GET /health", health, None))
+        post = wrk(f"{base}/api/sessions/{session}/messages", post_lua)
+        rows.append(("POST /api/sessions/:id/messages", post, post[0] / health[0]))
+        health2 = wrk(base + "/health")
+        rows.append(("GET /health (again)", health2, None))
+        get = wrk(f"{base}/api/sessions/{session}/messages?limit=50", get_lua)
+        rows.append(("GET /api/sessions/:id/messages?limit=50", get, get[0] / health2[0]))
+
+        stats = request("GET", base + "/api/status")["statistics"]
+        print(f"\nwrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} --latency, server {BIN}, SQLite synchronous=FULL, rate limits off\n")
+        print("| scenario | requests/s | p50 ms | p99 ms | errors | ratio to /health |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, (rps, lat, errors), ratio in rows:
+            print(f"| {name} | {rps:,.0f} | {lat.get('50', 0):.2f} | {lat.get('99', 0):.2f} | {errors} | {'' if ratio is None else f'{ratio:.0%}'} |")
+        print(f"\nmessages stored during the run: {stats['messages']:,}")
+        failed = sum(r[1][2] for r in rows)
+        if failed:
+            sys.exit(f"{failed} failed requests")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
