@@ -19,9 +19,25 @@ public enum Timestamp {
         let millis = Int(totalMillis - Int64(seconds) * 1000)
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        return pad(Int(parts.tm_year) + 1900, 4) + "-" + pad(Int(parts.tm_mon) + 1, 2) + "-" + pad(Int(parts.tm_mday), 2)
-            + "T" + pad(Int(parts.tm_hour), 2) + ":" + pad(Int(parts.tm_min), 2) + ":" + pad(Int(parts.tm_sec), 2)
-            + "." + pad(millis, 3) + "Z"
+        let fields: [(Int, Int)] = [
+            (Int(parts.tm_year) + 1900, 4), (Int(parts.tm_mon) + 1, 2), (Int(parts.tm_mday), 2),
+            (Int(parts.tm_hour), 2), (Int(parts.tm_min), 2), (Int(parts.tm_sec), 2), (millis, 3),
+        ]
+        let separators: [UInt8] = [45, 45, 84, 58, 58, 46, 90]  // - - T : : . Z
+        return String(unsafeUninitializedCapacity: 24) { out in
+            var j = 0
+            for (k, (value, width)) in fields.enumerated() {
+                var v = value
+                for p in stride(from: width - 1, through: 0, by: -1) {
+                    out[j + p] = UInt8(48 + v % 10)
+                    v /= 10
+                }
+                j += width
+                out[j] = separators[k]
+                j += 1
+            }
+            return j
+        }
     }
 
     /// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction). Returns nil when malformed.
@@ -86,10 +102,5 @@ public enum Timestamp {
     /// Truncates a date to whole milliseconds.
     public static func truncate(_ date: Date) -> Date {
         Date(timeIntervalSince1970: (date.timeIntervalSince1970 * 1000).rounded(.down) / 1000)
-    }
-
-    private static func pad(_ value: Int, _ width: Int) -> String {
-        let s = String(value)
-        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
     }
 }

@@ -44,7 +44,57 @@ public enum UUIDv7 {
     }
 }
 
+private let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
 extension UUID {
     /// Lowercase canonical text, the form stored in the databases and sent on the wire.
-    public var lowercased: String { uuidString.lowercased() }
+    public var lowercased: String {
+        withUnsafeBytes(of: uuid) { raw in
+            String(unsafeUninitializedCapacity: 36) { out in
+                var j = 0
+                for (i, b) in raw.enumerated() {
+                    if i == 4 || i == 6 || i == 8 || i == 10 {
+                        out[j] = UInt8(ascii: "-")
+                        j += 1
+                    }
+                    out[j] = hexDigits[Int(b >> 4)]
+                    out[j + 1] = hexDigits[Int(b & 0x0F)]
+                    j += 2
+                }
+                return 36
+            }
+        }
+    }
+
+    /// Parses the canonical 36-character form (either case); nil otherwise.
+    public init?(text: some StringProtocol) {
+        let parsed = text.utf8.withContiguousStorageIfAvailable { UUID.parse($0) }
+            ?? Array(text.utf8).withUnsafeBufferPointer { UUID.parse($0) }
+        guard let parsed else { return nil }
+        self = parsed
+    }
+
+    private static func parse(_ b: UnsafeBufferPointer<UInt8>) -> UUID? {
+        guard b.count == 36, b[8] == 45, b[13] == 45, b[18] == 45, b[23] == 45 else { return nil }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        var i = 0
+        var k = 0
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 48...57: return c - 48
+            case 97...102: return c - 87
+            case 65...70: return c - 55
+            default: return nil
+            }
+        }
+        while k < 16 {
+            if i == 8 || i == 13 || i == 18 || i == 23 { i += 1 }
+            guard let hi = nibble(b[i]), let lo = nibble(b[i + 1]) else { return nil }
+            bytes[k] = hi << 4 | lo
+            k += 1
+            i += 2
+        }
+        return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+                           bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
+    }
 }

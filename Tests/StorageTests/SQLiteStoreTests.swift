@@ -122,6 +122,18 @@ struct StorageValueTests {
         #expect(later.lowercased > texts.last!)
     }
 
+    @Test("UUID text is canonical lowercase and parses back in either case")
+    func uuidText() {
+        for _ in 0..<100 {
+            let id = UUID()
+            #expect(id.lowercased == id.uuidString.lowercased())
+            #expect(UUID(text: id.lowercased) == id && UUID(text: id.uuidString) == id)
+        }
+        #expect(UUID(text: "not-a-uuid") == nil)
+        #expect(UUID(text: "0123456789abcdef0123456789abcdef0123") == nil)
+        #expect(UUID(text: "0123456g-89ab-cdef-0123-456789abcdef") == nil)
+    }
+
     @Test("migration checksums are CRC-32 and names come from file names")
     func checksum() {
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)

@@ -75,7 +75,7 @@ public struct JWTSigner: Sendable {
         let signingInput = Array(token.utf8.prefix(parts[0].utf8.count + 1 + parts[1].utf8.count))
         guard Crypto.constantTimeEqual(Crypto.hmacSHA256(key: key, data: signingInput), signature) else { throw .badSignature }
         guard case .object(let payload)? = try? JSONValue.parse(bytes: payloadBytes) else { throw .malformed }
-        guard case .string(let sub)? = payload["sub"], let subject = UUID(uuidString: sub),
+        guard case .string(let sub)? = payload["sub"], let subject = UUID(text: sub),
               case .string(let roleText)? = payload["role"], let role = Role(rawValue: roleText),
               case .string(let jti)? = payload["jti"], !jti.isEmpty, jti.utf8.count <= 128,
               let exp = Self.number(payload["exp"]), let iat = Self.number(payload["iat"])
@@ -84,7 +84,7 @@ public struct JWTSigner: Sendable {
         if exp + leeway <= nowSeconds { throw .expired }
         if let nbf = Self.number(payload["nbf"]), nbf - leeway > nowSeconds { throw .notYetValid }
         var family: UUID?
-        if case .string(let fid)? = payload["fid"] { family = UUID(uuidString: fid) }
+        if case .string(let fid)? = payload["fid"] { family = UUID(text: fid) }
         return AccessClaims(subject: subject, role: role, issuedAt: iat, expiresAt: exp, jti: jti, family: family)
     }
 

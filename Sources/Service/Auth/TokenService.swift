@@ -23,6 +23,8 @@ final class TokenService: Sendable {
     /// jti → revoked?; negative answers expire after `negativeCacheSeconds` so other instances' revocations show.
     private let revocations = LRUCache<String, (revoked: Bool, until: Double)>(maxEntries: 50_000)
     private let negativeCacheSeconds = 30.0
+    /// Tokens already verified, so a busy client's requests skip parsing and HMAC; expiry is still checked each time.
+    private let verified = LRUCache<String, AccessClaims>(maxEntries: 20_000)
 
     init(signer: JWTSigner, store: any ChatStore, accessTTL: Int, refreshTTL: Int) {
         self.signer = signer
@@ -79,12 +81,18 @@ final class TokenService: Sendable {
         guard parts.count == 2, parts[0].lowercased() == "bearer" else {
             throw APIError(.unauthorized, code: "unauthenticated", message: "Authorization must be 'Bearer <token>'")
         }
+        let token = String(parts[1])
         let claims: AccessClaims
-        do {
-            claims = try signer.verify(String(parts[1]))
-        } catch {
-            logger.debug("token refused", metadata: ["reason": "\(error)"])
-            throw APIError(.unauthorized, code: error == .expired ? "token_expired" : "invalid_token", message: Self.message(for: error))
+        if let cached = verified.get(token), cached.expiresAt > Int64(Date().timeIntervalSince1970) {
+            claims = cached
+        } else {
+            do {
+                claims = try signer.verify(token)
+                verified.set(token, claims)
+            } catch {
+                logger.debug("token refused", metadata: ["reason": "\(error)"])
+                throw APIError(.unauthorized, code: error == .expired ? "token_expired" : "invalid_token", message: Self.message(for: error))
+            }
         }
         if try await isRevoked(claims.jti) {
             throw APIError(.unauthorized, code: "token_revoked", message: "token was revoked (signed out)")

@@ -114,7 +114,7 @@ struct QueryParameters {
 
     func uuid(_ key: String) throws -> UUID? {
         guard let text = values[key] else { return nil }
-        guard let id = UUID(uuidString: text) else { throw APIError.invalid(key, "must be a UUID") }
+        guard let id = UUID(text: text) else { throw APIError.invalid(key, "must be a UUID") }
         return id
     }
 
@@ -139,7 +139,7 @@ struct QueryParameters {
 extension Parameters {
     /// A path parameter that must be a UUID (400 otherwise).
     func uuid(_ name: String) throws -> UUID {
-        guard let text = self.get(name), let id = UUID(uuidString: text) else {
+        guard let text = self.get(name), let id = UUID(text: text) else {
             throw APIError.invalid(name, "must be a UUID")
         }
         return id

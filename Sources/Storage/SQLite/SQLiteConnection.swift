@@ -39,11 +39,11 @@ struct SQLRow {
     }
 
     func uuid(_ i: Int) throws -> UUID {
-        guard let id = UUID(uuidString: try string(i)) else { throw StoreError(.failed, "column \(i) is not a UUID") }
+        guard let id = UUID(text: try string(i)) else { throw StoreError(.failed, "column \(i) is not a UUID") }
         return id
     }
 
-    func optionalUUID(_ i: Int) -> UUID? { optionalString(i).flatMap(UUID.init(uuidString:)) }
+    func optionalUUID(_ i: Int) -> UUID? { optionalString(i).flatMap { UUID(text: $0) } }
 
     func date(_ i: Int) throws -> Date {
         guard let d = Timestamp.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not a timestamp") }
