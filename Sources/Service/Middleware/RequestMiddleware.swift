@@ -7,6 +7,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import Storage
+import Synchronization
 
 /// Outermost middleware: gives every request an id, turns every error into the one JSON error shape,
 /// adds security headers, and records metrics and an access log line.
@@ -34,7 +35,9 @@ struct RequestMiddleware: RouterMiddleware {
         }
         applyHeaders(&response, request: request, requestId: context.requestId)
         let route = context.endpointPath ?? "unmatched"
-        metrics.record(method: request.method.rawValue, route: route, status: response.status.code, duration: ContinuousClock.now - started)
+        // Label values must stay a small set: unknown methods share one series.
+        let method = Self.knownMethods.contains(request.method) ? request.method.rawValue : "OTHER"
+        metrics.record(method: method, route: route, status: response.status.code, duration: ContinuousClock.now - started)
         context.logger.debug(
             "request",
             metadata: ["method": .string(request.method.rawValue), "path": .string(request.uri.path), "status": .stringConvertible(response.status.code)]
@@ -42,12 +45,14 @@ struct RequestMiddleware: RouterMiddleware {
         return response
     }
 
+    private static let knownMethods: Set<HTTPRequest.Method> = [.get, .head, .post, .put, .delete, .options, .patch]
+
     /// Accepts a client's `X-Request-Id` when it is short and plain, else makes one.
     static func requestId(from request: Request) -> String {
         if let given = request.headers[.xRequestId], (1...64).contains(given.utf8.count), given.utf8.allSatisfy(Self.isIdByte) {
             return given
         }
-        return UUID().lowercased
+        return RequestIDs.next()
     }
 
     private static func isIdByte(_ b: UInt8) -> Bool {
@@ -98,6 +103,27 @@ struct RequestMiddleware: RouterMiddleware {
         if response.headers[.cacheControl] == nil {
             response.headers[.cacheControl] = "no-store"
         }
+    }
+}
+
+/// Request ids: a random per-process prefix and a counter, unique without a random draw per request.
+enum RequestIDs {
+    private static let prefix: String = {
+        var rng = SystemRandomNumberGenerator()
+        let value = rng.next() as UInt64
+        return String(value, radix: 16).leftPadded(to: 16)
+    }()
+    private static let counter = Atomic<UInt64>(0)
+
+    static func next() -> String {
+        let n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+        return prefix + "-" + String(n, radix: 16).leftPadded(to: 8)
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }
 
