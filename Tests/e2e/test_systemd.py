@@ -75,6 +75,25 @@ def test_notify_ready_status_stopping(bin_path, tmp_path, notify_socket):
         server.stop()
 
 
+def test_watchdog_pings_at_half_the_interval(bin_path, tmp_path, notify_socket):
+    """With WATCHDOG_USEC set (WatchdogSec=), WATCHDOG=1 arrives about every half interval."""
+    sock, path = notify_socket
+    server = Server(bin_path, tmp_path / "srv", env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    server.start(wait=False)
+    try:
+        seen: list[str] = []
+        receive(sock, "READY=1", time.monotonic() + 15, seen)
+        start = time.monotonic()
+        pings = 0
+        while time.monotonic() - start < 1.5:
+            receive(sock, "WATCHDOG=1", time.monotonic() + 1, seen)
+            pings += 1
+        # 1.5 s at one ping per 0.2 s is about 7; allow for scheduling.
+        assert 4 <= pings <= 12, pings
+    finally:
+        server.stop()
+
+
 def test_no_notify_socket_still_serves(start_server):
     """Outside systemd (no NOTIFY_SOCKET) notifications are no-ops and the server just runs."""
     server = start_server()
