@@ -5,7 +5,7 @@ BUILD_DIR ?= .build
 BIN := $(BUILD_DIR)/debug/chat-backend
 RELEASE_BIN := $(BUILD_DIR)/release/chat-backend
 APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev pkg-config
-APT_TEST_DEPS := systemd python3-venv curl
+APT_TEST_DEPS := systemd python3-venv curl postgresql postgresql-client
 APT_BENCH_DEPS := wrk
 VENV := .venv
 
@@ -43,14 +43,21 @@ test-deps: deps
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@$(VENV)/bin/pip install -q -r Tests/e2e/requirements.txt
 
-# Everything: Swift unit and HTTP tests, then end-to-end tests against the built binary.
+# Everything, against a throwaway PostgreSQL started here (scripts/pg-test.sh) and stopped after:
+# Swift unit, store-contract and HTTP tests (the HTTP tests once per store), then end-to-end tests
+# against the built binary.
 test: test-deps resources
-	$(MAKE) test-swift
+	@set -e; trap 'scripts/pg-test.sh stop' EXIT; \
+	export CHAT_TEST_POSTGRES="$$(scripts/pg-test.sh start)"; \
+	echo "test Postgres: $$CHAT_TEST_POSTGRES"; \
+	$(MAKE) test-swift; \
 	$(MAKE) test-e2e
 
 test-swift: resources
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	@if [ -n "$$CHAT_TEST_POSTGRES" ]; then echo "HTTP API tests on Postgres:"; \
+	  CHAT_TEST_BACKEND=postgres $(SWIFT) test --skip-build --filter ServiceTests; fi
 
 test-e2e: build
 	CHAT_BACKEND_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q Tests/e2e

@@ -18,9 +18,9 @@ import Storage
 struct ChatBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat-backend",
-        abstract: "A chat server: REST chat sessions with JWT auth and rate limits, stored in SQLite.",
+        abstract: "A chat server: REST chat sessions with JWT auth and rate limits, stored in SQLite or Postgres.",
         version: ChatBackendVersion.current,
-        subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, Backup.self, Version.self],
+        subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, Backup.self, Copy.self, Version.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -31,12 +31,10 @@ func openStore(_ config: AppConfig, logger: Logger) async throws -> any ChatStor
     case .sqlite(let path):
         try AppConfig.makeDirectory(parentOf: path)
         return try await SQLiteStore.open(path: path, options: .init(synchronous: config.synchronous), logger: logger)
-    case .postgres:
-        throw ConfigError(postgresUnsupported)
+    case .postgres(let conninfo):
+        return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: config.databasePoolSize), logger: logger)
     }
 }
-
-let postgresUnsupported = "DATABASE_URL: Postgres is not supported by this release yet; use sqlite:///path/chat.db"
 
 func makeLogger(_ level: Logger.Level) -> Logger {
     var logger = Logger(label: "chat-backend")
@@ -157,7 +155,17 @@ struct CheckConfig: AsyncParsableCommand {
             for (key, value) in config.summary {
                 print(key + String(repeating: " ", count: width - key.count) + "  " + value)
             }
-            if case .postgres = config.database { throw ConfigError(postgresUnsupported) }
+            let inspection: StoreInspection
+            switch config.database {
+            case .sqlite(let path):
+                inspection = try await SQLiteStore.inspect(path: path)
+                print("\nstorage: SQLite \(inspection.serverVersion)\(inspection.exists ? "" : " (the database file is created on first start)")")
+            case .postgres(let conninfo):
+                inspection = try await PostgresStore.inspect(conninfo: conninfo)
+                print("\nstorage: connected to PostgreSQL \(inspection.serverVersion)")
+            }
+            let pending = inspection.migrations.filter { $0.appliedAt == nil }
+            print("migrations: \(inspection.migrations.count - pending.count) applied, \(pending.count) pending\(pending.isEmpty ? "" : " (applied on start: " + pending.map { "V\($0.version)" }.joined(separator: ", ") + ")")")
             print("configuration is valid")
         }
     }
@@ -253,6 +261,110 @@ struct Backup: AsyncParsableCommand {
             await store.close()
             print("backup written to \(file)")
         }
+    }
+}
+
+struct Copy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy every user, session, message and token from one database to another (SQLite ⇄ Postgres).",
+        discussion: "Stop the server first. The target is migrated, then filled in id order; counts are compared at the end."
+    )
+
+    @Option(help: "Source DATABASE_URL, e.g. sqlite:///var/lib/chat-backend/chat.db")
+    var from: String
+
+    @Option(help: "Target DATABASE_URL, e.g. postgresql://chat@localhost/chat")
+    var to: String
+
+    @Flag(name: .customLong("allow-non-empty"), help: "Write into a target that already has records (records with existing ids are skipped).")
+    var allowNonEmpty = false
+
+    @Option(name: .customLong("batch-size"), help: "Records per transaction.")
+    var batchSize = 1000
+
+    func validate() throws {
+        guard (1...50_000).contains(batchSize) else { throw ValidationError("--batch-size must be 1 to 50000") }
+    }
+
+    func run() async throws {
+        try await reportingErrors {
+            let logger = makeLogger(.warning)
+            let source = try await openCopyStore(from, logger: logger)
+            let target: any ChatStore
+            do {
+                target = try await openCopyStore(to, logger: logger)
+            } catch {
+                await source.close()
+                throw error
+            }
+            do {
+                try await copyAll(from: source, to: target)
+            } catch {
+                await source.close()
+                await target.close()
+                throw error
+            }
+            await source.close()
+            await target.close()
+        }
+    }
+
+    private func openCopyStore(_ url: String, logger: Logger) async throws -> any ChatStore {
+        switch try DatabaseLocation.parse(url) {
+        case .sqlite(let path):
+            try AppConfig.makeDirectory(parentOf: path)
+            return try await SQLiteStore.open(path: path, logger: logger)
+        case .postgres(let conninfo):
+            return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: 2), logger: logger)
+        }
+    }
+
+    private func copyAll(from source: any ChatStore, to target: any ChatStore) async throws {
+        let before = try await target.recordCounts()
+        guard before.isEmpty || allowNonEmpty else {
+            throw ConfigError("the target already holds \(before); refusing to copy into it (pass --allow-non-empty to merge)")
+        }
+        let expected = try await source.recordCounts()
+        print("copying \(expected)")
+        var userCursor: UUID?
+        while true {
+            let users = try await source.exportUsers(after: userCursor, limit: batchSize)
+            guard let last = users.last else { break }
+            try await target.importRecords(RecordBatch(users: users))
+            userCursor = last.id
+        }
+        var tokenCursor: UUID?
+        while true {
+            let tokens = try await source.exportRefreshTokens(after: tokenCursor, limit: batchSize)
+            guard let last = tokens.last else { break }
+            try await target.importRecords(RecordBatch(refreshTokens: tokens))
+            tokenCursor = last.id
+        }
+        try await target.importRecords(RecordBatch(revokedAccessTokens: try await source.exportRevokedAccessTokens()))
+        var sessionCursor: UUID?
+        while true {
+            let sessions = try await source.exportSessions(after: sessionCursor, limit: batchSize)
+            guard let last = sessions.last else { break }
+            try await target.importRecords(RecordBatch(sessions: sessions))
+            sessionCursor = last.id
+        }
+        var messageCursor: UUID?
+        var copied = 0
+        while true {
+            let messages = try await source.exportMessages(after: messageCursor, limit: batchSize)
+            guard let last = messages.last else { break }
+            try await target.importRecords(RecordBatch(messages: messages))
+            messageCursor = last.id
+            copied += messages.count
+        }
+        let after = try await target.recordCounts()
+        let complete = before.isEmpty
+            ? after == expected
+            : after.users >= expected.users && after.sessions >= expected.sessions && after.messages >= expected.messages
+        guard complete else {
+            throw ConfigError("copy verification failed: source has \(expected), target has \(after)")
+        }
+        print("done: target now holds \(after)")
     }
 }
 

@@ -67,6 +67,7 @@ struct AppConfig {
     var stateDirectory: String
     var logLevel: Logger.Level
     var synchronous: SQLiteStore.Synchronous
+    var databasePoolSize: Int
     var agentsFile: String
     var jwtSecretSource: String
     var service: ServiceConfig
@@ -110,6 +111,12 @@ struct AppConfig {
         let database = try DatabaseLocation.parse(databaseText)
 
         summary.append(("DATABASE_URL", maskURL(databaseText)))
+
+        let poolText = value("database.pool.size") ?? "8"
+        guard let poolSize = Int(poolText), (1...100).contains(poolSize) else {
+            throw ConfigError("DATABASE_POOL_SIZE: must be 1 to 100 (got '\(poolText)')")
+        }
+        summary.append(("DATABASE_POOL_SIZE", String(poolSize)))
 
         let levelText = (value("log.level") ?? "info").lowercased()
         guard let logLevel = Logger.Level(rawValue: levelText) else {
@@ -187,7 +194,7 @@ struct AppConfig {
 
         return AppConfig(
             host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory, logLevel: logLevel,
-            synchronous: synchronous, agentsFile: agentsFile, jwtSecretSource: secretSource, service: service, summary: summary
+            synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, jwtSecretSource: secretSource, service: service, summary: summary
         )
     }
 

@@ -4,5 +4,1488 @@
 enum OpenAPIDocument {
     static let yaml = #"""
 openapi: 3.0.3
+info:
+  title: chat-backend
+  version: 0.1.0
+  description: |
+    HTTP API of **chat-backend**, a self-hosted chat server: users register, open chat
+    sessions and exchange messages in them. The same document is served by every running
+    server at `GET /openapi.yaml`.
+
+    This document covers the HTTP API of this release. Realtime delivery (WebSocket /
+    Socket.IO) is not part of this release and is not described here.
+
+    ## Conventions
+
+    * Request and response bodies are JSON objects with camelCase field names. Requests that
+      carry a body must send `Content-Type: application/json` (any `…+json` media type is
+      accepted too); other content types are refused with 415. A request without a
+      `Content-Type` header is read as JSON.
+    * Request bodies are strict: a field the endpoint does not know is a 400
+      (`validation_failed`, `details.field` names it). So is an unknown or repeated query
+      parameter.
+    * Identifiers are lowercase UUIDs. Message ids are time-ordered UUIDv7, so ordering by
+      id is ordering by time, and they serve as paging cursors.
+    * Timestamps are RFC 3339 in UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
+    * Fields that may be empty are always present and `null` when empty; no field is ever
+      left out of a response.
+    * Lengths are counted in characters. Request bodies are limited to `MAX_BODY_BYTES`
+      (1 MiB by default); a larger body is refused with 413.
+    * Every response carries `X-Request-Id`. A client may send its own `X-Request-Id`
+      (1–64 characters of `A-Z a-z 0-9 . _ -`); otherwise the server makes one. Quote it
+      when reporting a problem: server logs carry it on every line of the request.
+
+    ## Authentication
+
+    `POST /auth/register` and `POST /auth/login` return a token pair:
+
+    * an **access token**, a JWT signed with HS256, valid for 15 minutes by default
+      (`JWT_ACCESS_TTL`; `expiresIn` gives the lifetime in seconds). Send it as
+      `Authorization: Bearer <accessToken>` on every authenticated route;
+    * a **refresh token**, an opaque random string valid for 30 days by default
+      (`JWT_REFRESH_TTL`). Exchange it at `POST /auth/refresh` for a new pair.
+
+    Refresh tokens **rotate**: each one can be used once, and every refresh returns a new
+    refresh token that replaces it. All refresh tokens descending from one login form a
+    *family*. Presenting a refresh token that was already used is treated as theft: the
+    whole family is revoked, so every refresh token of that login stops working and the user
+    must log in again. Access tokens already issued stay valid until they expire.
+
+    `POST /auth/logout` revokes the access token it is called with and its refresh-token
+    family.
+
+    An `Authorization` header is checked on **every** route, public ones included: a header
+    that is present but not a valid, unexpired, unrevoked bearer token is refused with 401
+    (`unauthenticated`, `invalid_token`, `token_expired` or `token_revoked`). Send no
+    `Authorization` header at all to public routes if you have no valid token.
+
+    Roles: `user` sees only their own sessions; `admin` may read, change and list any user's
+    sessions; `agent` is a support-staff account with the rights of `user` in this API.
+    Admin and agent accounts are created with the `chat-backend user add` command.
+    Another user's session answers 404, exactly like a session that does not exist.
+
+    ## Rate limits
+
+    Three token-bucket tiers, each configured as `N/window` (or `off`). A bucket holds N
+    requests and refills continuously at N per window.
+
+    | tier | default | applies to | keyed by |
+    |---|---|---|---|
+    | API (`RATE_LIMIT_API`) | 300/1m | every request under `/auth/` and `/api/` | the user when a valid token is sent, else the client IP |
+    | auth (`RATE_LIMIT_AUTH`) | 10/1m | `POST /auth/register`, `/auth/login`, `/auth/refresh` | client IP; login also per username |
+    | messages (`RATE_LIMIT_MESSAGES`) | 60/1m | `POST /api/sessions/{sessionId}/messages` | the user |
+
+    `GET /health` and `GET /openapi.yaml` are not rate limited. Responses of the API tier
+    carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the
+    bucket is full again). A refused request gets 429 with `Retry-After` (seconds until the
+    next request is allowed), the `RateLimit-*` headers of the tier that refused it, and
+    `details.retryAfter`.
+
+    ## Errors
+
+    Every error has one shape:
+
+    ```json
+    {"error": {"code": "validation_failed", "message": "content: must be 1 to 10000 characters", "details": {"field": "content"}}}
+    ```
+
+    `code` is stable and meant for programs; `message` is for people; `details` is `null` or
+    an object (`{"field": …}` for validation errors, `{"retryAfter": …}` for 429).
+
+    | status | codes |
+    |---|---|
+    | 400 | `validation_failed`, `invalid_json`, `bad_request` |
+    | 401 | `unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`, `invalid_credentials`, `invalid_refresh_token` |
+    | 403 | `forbidden`, `cors_origin_not_allowed` (CORS preflight from an origin not in `CORS_ORIGINS`) |
+    | 404 | `not_found` (also for routes that do not exist) |
+    | 409 | `username_taken`, `session_resolved`, `conflict` |
+    | 410 | `session_expired` |
+    | 413 | `payload_too_large` |
+    | 415 | `unsupported_media_type` |
+    | 429 | `rate_limited` |
+    | 500 | `internal_error` (the message quotes the request id) |
+    | 503 | `storage_unavailable` |
+servers:
+  - url: http://localhost:3006
+    description: A local server on the default port
+tags:
+  - name: health
+    description: Liveness, readiness, status and metrics
+  - name: auth
+    description: Accounts and tokens
+  - name: sessions
+    description: Chat sessions
+  - name: messages
+    description: Messages of a chat session
+paths:
+  /health:
+    get:
+      tags: [health]
+      operationId: getLiveness
+      summary: Liveness
+      description: Answers as long as the process runs. Storage is not touched and no rate limit applies.
+      responses:
+        '200':
+          description: The process is alive.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Liveness'
+              example:
+                status: ok
+                version: 0.1.0
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '500':
+          $ref: '#/components/responses/InternalError'
+  /openapi.yaml:
+    get:
+      tags: [health]
+      operationId: getOpenAPIDocument
+      summary: This API description
+      description: Returns this OpenAPI document. No rate limit applies.
+      responses:
+        '200':
+          description: The OpenAPI 3.0 document.
+          content:
+            application/yaml:
+              schema:
+                type: string
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '500':
+          $ref: '#/components/responses/InternalError'
+  /auth/register:
+    post:
+      tags: [auth]
+      operationId: register
+      summary: Create an account
+      description: |
+        Creates a user with the `user` role and signs them in: the response holds the same
+        token pair as a login. Usernames are unique regardless of case.
+        Rate limits: auth tier (per client IP) and API tier.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              $ref: '#/components/schemas/RegisterRequest'
+            example:
+              username: alice
+              password: correct-horse-battery
+              email: alice@example.com
+      responses:
+        '201':
+          description: Account created; the user is signed in.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/TokenResponse'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '409':
+          description: The username is already taken (compared case-insensitively).
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: username_taken
+                  message: username is already taken
+                  details:
+                    field: username
+        '413':
+          $ref: '#/components/responses/PayloadTooLarge'
+        '415':
+          $ref: '#/components/responses/UnsupportedMediaType'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /auth/login:
+    post:
+      tags: [auth]
+      operationId: login
+      summary: Sign in
+      description: |
+        Checks a username (case-insensitive) and password and issues a new token pair, which
+        starts a new refresh-token family. A wrong username and a wrong password get the same
+        answer. Rate limits: auth tier per client IP and per username, and API tier.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              $ref: '#/components/schemas/LoginRequest'
+            example:
+              username: alice
+              password: correct-horse-battery
+      responses:
+        '200':
+          description: Signed in.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/TokenResponse'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          description: |
+            Wrong username or password (`invalid_credentials`), or an invalid
+            `Authorization` header was sent (see the 401 codes above).
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: invalid_credentials
+                  message: username or password is wrong
+                  details: null
+        '413':
+          $ref: '#/components/responses/PayloadTooLarge'
+        '415':
+          $ref: '#/components/responses/UnsupportedMediaType'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /auth/refresh:
+    post:
+      tags: [auth]
+      operationId: refreshTokens
+      summary: Exchange a refresh token for a new token pair
+      description: |
+        Rotates the refresh token: the one presented is used up and a new access token and
+        refresh token are returned. Presenting a refresh token a second time revokes its whole
+        family (every refresh token of that login) and answers 401.
+        Rate limits: auth tier (per client IP) and API tier.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              $ref: '#/components/schemas/RefreshRequest'
+      responses:
+        '200':
+          description: A new token pair.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/TokenResponse'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          description: |
+            `invalid_refresh_token`: the refresh token is unknown, revoked, expired, was
+            already used (its family is now revoked), or its user no longer exists. Also any
+            401 of an invalid `Authorization` header, if one was sent.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: invalid_refresh_token
+                  message: refresh token was already used; every session of that login is now signed out
+                  details: null
+        '413':
+          $ref: '#/components/responses/PayloadTooLarge'
+        '415':
+          $ref: '#/components/responses/UnsupportedMediaType'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /auth/logout:
+    post:
+      tags: [auth]
+      operationId: logout
+      summary: Sign out
+      description: |
+        Revokes the access token the request is made with (until it would have expired) and
+        every refresh token of its family. No request body. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '204':
+          description: Signed out.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/health:
+    get:
+      tags: [health]
+      operationId: getReadiness
+      summary: Readiness
+      description: Checks that storage answers a query. Rate limit API tier.
+      responses:
+        '200':
+          description: Storage is up.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Health'
+              example:
+                status: ok
+                version: 0.1.0
+                storage:
+                  backend: sqlite
+                  status: up
+                  latencyMs: 0.37
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          description: Storage does not answer. The body is the health report, not an error object.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Health'
+              example:
+                status: unavailable
+                version: 0.1.0
+                storage:
+                  backend: sqlite
+                  status: down
+  /api/status:
+    get:
+      tags: [health]
+      operationId: getStatus
+      summary: Version, uptime and counts
+      description: |
+        Counts users, sessions by recorded state, and messages. A session's recorded state
+        becomes `expired` within about 30 seconds after its expiry. Rate limit: API tier.
+      responses:
+        '200':
+          description: Service status.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Status'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/metrics:
+    get:
+      tags: [health]
+      operationId: getMetrics
+      summary: Prometheus metrics
+      description: |
+        Metrics in the Prometheus text exposition format: `http_requests_total` (by method,
+        route and status), `http_request_duration_seconds` (histogram by method and route),
+        `chat_messages_stored_total` and `process_uptime_seconds`. Rate limit: API tier.
+      responses:
+        '200':
+          description: Metrics.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            text/plain:
+              schema:
+                type: string
+              example: |
+                # HELP http_requests_total HTTP requests answered
+                # TYPE http_requests_total counter
+                http_requests_total{method="GET",route="/health",status="200"} 1
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+  /api/sessions:
+    post:
+      tags: [sessions]
+      operationId: createSession
+      summary: Open a chat session
+      description: |
+        Creates an `active` session owned by the caller that expires after `SESSION_TTL`
+        (24 hours by default). The body is optional: an empty body is the same as `{}`.
+        Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      requestBody:
+        required: false
+        content:
+          application/json:
+            schema:
+              $ref: '#/components/schemas/CreateSessionRequest'
+            example:
+              metadata:
+                topic: billing
+      responses:
+        '201':
+          description: The new session.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Session'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '413':
+          $ref: '#/components/responses/PayloadTooLarge'
+        '415':
+          $ref: '#/components/responses/UnsupportedMediaType'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/sessions/{sessionId}:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+    get:
+      tags: [sessions]
+      operationId: getSession
+      summary: Read a session
+      description: |
+        The session, if it is the caller's (or the caller is an admin). `state` reads
+        `expired` as soon as `expiresAt` has passed. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The session.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Session'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+    delete:
+      tags: [sessions]
+      operationId: deleteSession
+      summary: Delete a session and all its messages
+      description: Permanent. Rate limit API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '204':
+          description: Deleted.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/sessions/{sessionId}/resume:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+    post:
+      tags: [sessions]
+      operationId: resumeSession
+      summary: Resume an unresolved session
+      description: |
+        Makes an unresolved session (active or expired) `active` again with a new expiry of
+        now + `SESSION_TTL`, and returns it with its newest messages (at most 50, oldest
+        first). Page further back with `GET /api/sessions/{sessionId}/messages?before=<id of
+        the first message>`. No request body. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The resumed session and its newest messages.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/ResumeResponse'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '409':
+          description: The session is resolved; a resolved session cannot be resumed.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: session_resolved
+                  message: a resolved session cannot be resumed
+                  details: null
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/sessions/{sessionId}/resolve:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+    post:
+      tags: [sessions]
+      operationId: resolveSession
+      summary: Mark a session resolved
+      description: |
+        Sets `state` to `resolved`, `isResolved` to true and `resolvedAt`. Resolving is final:
+        a resolved session takes no more messages and cannot be resumed. Resolving a resolved
+        session returns it unchanged. No request body. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The resolved session.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Session'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/sessions/{sessionId}/messages:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+    post:
+      tags: [messages]
+      operationId: sendMessage
+      summary: Send a message
+      description: |
+        Stores a message from the caller (`direction: inbound`) in an active session.
+
+        **Idempotency:** with a `clientMessageId`, a retry of the same send is safe: if the
+        session already has a message with that `clientMessageId`, nothing is stored and that
+        message is returned with status 200 instead of 201.
+
+        Rate limits: messages tier (per user) and API tier.
+      security:
+        - bearerAuth: []
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              $ref: '#/components/schemas/SendMessageRequest'
+            example:
+              content: Hello, I have a question about my invoice.
+              clientMessageId: 7f1c2a9e-01
+      responses:
+        '201':
+          description: The message was stored.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Message'
+        '200':
+          description: A message with this `clientMessageId` already exists in the session; it is returned and nothing new is stored.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Message'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '409':
+          description: |
+            `session_resolved`: the session is resolved; start a new session. (`conflict`
+            if two sends with the same `clientMessageId` race; retrying returns the stored
+            message.)
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: session_resolved
+                  message: session is resolved; start a new session
+                  details: null
+        '410':
+          description: The session has expired; resume it first (`POST /api/sessions/{sessionId}/resume`).
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: session_expired
+                  message: session expired; resume it first
+                  details: null
+        '413':
+          $ref: '#/components/responses/PayloadTooLarge'
+        '415':
+          $ref: '#/components/responses/UnsupportedMediaType'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+    get:
+      tags: [messages]
+      operationId: listMessages
+      summary: Read message history
+      description: |
+        A page of the session's messages, always oldest first. Messages are ordered by id
+        (time-ordered UUIDv7), and ids are the cursors:
+
+        * no cursor: the oldest `limit` messages;
+        * `after=<id>`: the next `limit` messages after that one (reading forward);
+        * `before=<id>`: the newest `limit` messages before that one (reading back in
+          history);
+        * both: messages strictly between the two, oldest first.
+
+        `hasMore` is true when more messages matched than the page holds. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      parameters:
+        - $ref: '#/components/parameters/After'
+        - $ref: '#/components/parameters/Before'
+        - $ref: '#/components/parameters/MessageLimit'
+      responses:
+        '200':
+          description: A page of messages.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/MessagePage'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/sessions/{sessionId}/messages/{messageId}:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+      - $ref: '#/components/parameters/MessageId'
+    get:
+      tags: [messages]
+      operationId: getMessage
+      summary: Read one message
+      description: Rate limit API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The message.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Message'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/users/{userId}/sessions:
+    parameters:
+      - name: userId
+        in: path
+        required: true
+        description: The user whose sessions to list; must be the caller unless the caller is an admin.
+        schema:
+          type: string
+          format: uuid
+    get:
+      tags: [sessions]
+      operationId: listUserSessions
+      summary: List a user's sessions
+      description: |
+        The user's sessions, newest first, with the number of sessions matching the filter
+        in `total`. The `state` filter matches the recorded state, which becomes `expired`
+        within about 30 seconds after a session's expiry. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      parameters:
+        - $ref: '#/components/parameters/State'
+        - $ref: '#/components/parameters/Resolved'
+        - $ref: '#/components/parameters/SessionLimit'
+        - $ref: '#/components/parameters/Offset'
+      responses:
+        '200':
+          description: A page of sessions.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/SessionList'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '403':
+          description: The caller is not this user and not an admin.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: forbidden
+                  message: you may list only your own sessions
+                  details: null
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+components:
+  securitySchemes:
+    bearerAuth:
+      type: http
+      scheme: bearer
+      bearerFormat: JWT
+      description: |
+        The `accessToken` from `/auth/register`, `/auth/login` or `/auth/refresh`, sent as
+        `Authorization: Bearer <accessToken>`. HS256-signed JWT with claims `sub` (user id),
+        `role`, `iat`, `exp`, `jti` and `fid` (refresh-token family).
+  parameters:
+    SessionId:
+      name: sessionId
+      in: path
+      required: true
+      description: A session id. Not a UUID is a 400.
+      schema:
+        type: string
+        format: uuid
+    MessageId:
+      name: messageId
+      in: path
+      required: true
+      description: A message id. Not a UUID is a 400.
+      schema:
+        type: string
+        format: uuid
+    After:
+      name: after
+      in: query
+      required: false
+      description: Only messages with an id greater than this one (newer).
+      schema:
+        type: string
+        format: uuid
+    Before:
+      name: before
+      in: query
+      required: false
+      description: Only messages with an id less than this one (older); without `after`, the newest such page.
+      schema:
+        type: string
+        format: uuid
+    MessageLimit:
+      name: limit
+      in: query
+      required: false
+      description: Page size.
+      schema:
+        type: integer
+        minimum: 1
+        maximum: 200
+        default: 50
+    SessionLimit:
+      name: limit
+      in: query
+      required: false
+      description: Page size.
+      schema:
+        type: integer
+        minimum: 1
+        maximum: 100
+        default: 20
+    Offset:
+      name: offset
+      in: query
+      required: false
+      description: Sessions to skip.
+      schema:
+        type: integer
+        minimum: 0
+        maximum: 1000000
+        default: 0
+    State:
+      name: state
+      in: query
+      required: false
+      description: Only sessions in this recorded state.
+      schema:
+        type: string
+        enum: [active, expired, resolved]
+    Resolved:
+      name: resolved
+      in: query
+      required: false
+      description: Only resolved (`true`) or unresolved (`false`) sessions. Exactly `true` or `false`.
+      schema:
+        type: boolean
+  headers:
+    Retry-After:
+      description: Seconds until the next request is allowed.
+      schema:
+        type: integer
+        minimum: 1
+    RateLimit-Limit:
+      description: Requests the bucket holds (N of the tier's `N/window`).
+      schema:
+        type: integer
+        minimum: 1
+    RateLimit-Remaining:
+      description: Requests left in the bucket now.
+      schema:
+        type: integer
+        minimum: 0
+    RateLimit-Reset:
+      description: Seconds until the bucket is full again.
+      schema:
+        type: integer
+        minimum: 0
+  responses:
+    BadRequest:
+      description: |
+        Invalid input. `validation_failed` names the field, parameter or path segment in
+        `details.field` (unknown field, missing required field, wrong type, out-of-range value,
+        path id not a UUID, unknown or repeated query parameter); `invalid_json` when the body
+        is empty (where one is required), not JSON, or not a JSON object.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: validation_failed
+              message: 'content: must be 1 to 10000 characters'
+              details:
+                field: content
+    Unauthorized:
+      description: |
+        No valid access token: `unauthenticated` (no `Authorization` header on an
+        authenticated route, or not of the form `Bearer <token>`), `invalid_token`
+        (malformed, wrong signature or algorithm, bad claims), `token_expired` or
+        `token_revoked` (signed out). On public routes only when an invalid `Authorization`
+        header was sent.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: token_expired
+              message: token expired
+              details: null
+    NotFound:
+      description: The session or message does not exist, or belongs to another user.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: not_found
+              message: session not found
+              details: null
+    PayloadTooLarge:
+      description: The request body is larger than `MAX_BODY_BYTES` (1 MiB by default).
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: payload_too_large
+              message: request body is larger than 1048576 bytes
+              details: null
+    UnsupportedMediaType:
+      description: The body was sent with a `Content-Type` other than `application/json` (or `…+json`).
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: unsupported_media_type
+              message: Content-Type must be application/json
+              details: null
+    TooManyRequests:
+      description: A rate-limit tier refused the request; retry after `Retry-After` seconds.
+      headers:
+        Retry-After:
+          $ref: '#/components/headers/Retry-After'
+        RateLimit-Limit:
+          $ref: '#/components/headers/RateLimit-Limit'
+        RateLimit-Remaining:
+          $ref: '#/components/headers/RateLimit-Remaining'
+        RateLimit-Reset:
+          $ref: '#/components/headers/RateLimit-Reset'
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: rate_limited
+              message: too many requests, retry in 17s
+              details:
+                retryAfter: 17
+    ServiceUnavailable:
+      description: Storage is unavailable right now; retry later.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: storage_unavailable
+              message: storage is unavailable, try again later
+              details: null
+    InternalError:
+      description: An unexpected error. The message quotes the request id (also in `X-Request-Id`); details are in the server log.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: internal_error
+              message: internal error; quote request id 6bbe4d33-6587-431b-b364-913c5db4533a when reporting it
+              details: null
+  schemas:
+    Error:
+      type: object
+      additionalProperties: false
+      required: [error]
+      properties:
+        error:
+          type: object
+          additionalProperties: false
+          required: [code, message, details]
+          properties:
+            code:
+              type: string
+              description: Stable, machine-readable error code.
+              example: validation_failed
+            message:
+              type: string
+              description: Human-readable explanation.
+            details:
+              type: object
+              nullable: true
+              description: '`{"field": "<name>"}` for validation errors and `username_taken`, `{"retryAfter": <seconds>}` for `rate_limited`, otherwise null.'
+              additionalProperties: true
+              properties:
+                field:
+                  type: string
+                retryAfter:
+                  type: integer
+    RegisterRequest:
+      type: object
+      additionalProperties: false
+      required: [username, password]
+      properties:
+        username:
+          type: string
+          minLength: 3
+          maxLength: 64
+          pattern: '^[A-Za-z0-9_.-]{3,64}$'
+          description: Letters, digits, `_`, `.` and `-`. Unique regardless of case.
+        password:
+          type: string
+          minLength: 8
+          maxLength: 128
+        email:
+          type: string
+          nullable: true
+          minLength: 3
+          maxLength: 254
+          pattern: '^[^@\s]+@[^@\s]*\.[^@\s]*$'
+          description: Optional. One `@` with something before it, a `.` after it, no whitespace.
+    LoginRequest:
+      type: object
+      additionalProperties: false
+      required: [username, password]
+      properties:
+        username:
+          type: string
+          minLength: 1
+          maxLength: 256
+        password:
+          type: string
+          minLength: 1
+          maxLength: 1024
+    RefreshRequest:
+      type: object
+      additionalProperties: false
+      required: [refreshToken]
+      properties:
+        refreshToken:
+          type: string
+          minLength: 1
+          maxLength: 512
+    CreateSessionRequest:
+      type: object
+      additionalProperties: false
+      properties:
+        metadata:
+          $ref: '#/components/schemas/RequestMetadata'
+    SendMessageRequest:
+      type: object
+      additionalProperties: false
+      required: [content]
+      properties:
+        content:
+          type: string
+          minLength: 1
+          maxLength: 10000
+          description: 1 to 10000 characters.
+        type:
+          type: string
+          nullable: true
+          enum: [text, markdown, image, file, event, null]
+          default: text
+          description: Absent or null means `text`.
+        metadata:
+          $ref: '#/components/schemas/RequestMetadata'
+        clientMessageId:
+          type: string
+          nullable: true
+          minLength: 1
+          maxLength: 128
+          pattern: '^[!-~]{1,128}$'
+          description: |
+            Client-chosen id, unique per session, that makes the send idempotent:
+            1 to 128 printable ASCII characters without spaces.
+    RequestMetadata:
+      type: object
+      nullable: true
+      additionalProperties: true
+      description: Any JSON object, at most 16 KiB (16384 bytes) when serialized. Absent or null means `{}`.
+    TokenResponse:
+      type: object
+      additionalProperties: false
+      required: [user, accessToken, refreshToken, tokenType, expiresIn]
+      properties:
+        user:
+          $ref: '#/components/schemas/User'
+        accessToken:
+          type: string
+          description: JWT (HS256) for `Authorization` headers.
+        refreshToken:
+          type: string
+          description: Opaque, single-use token for `POST /auth/refresh`.
+        tokenType:
+          type: string
+          enum: [Bearer]
+        expiresIn:
+          type: integer
+          description: Lifetime of the access token in seconds (900 by default).
+          example: 900
+    User:
+      type: object
+      additionalProperties: false
+      required: [id, username, role, email, createdAt]
+      properties:
+        id:
+          type: string
+          format: uuid
+        username:
+          type: string
+        role:
+          type: string
+          enum: [user, admin, agent]
+        email:
+          type: string
+          nullable: true
+        createdAt:
+          type: string
+          format: date-time
+    Session:
+      type: object
+      additionalProperties: false
+      required: [sessionId, userId, metadata, state, isResolved, expiresAt, resolvedAt, createdAt, updatedAt]
+      properties:
+        sessionId:
+          type: string
+          format: uuid
+        userId:
+          type: string
+          format: uuid
+          description: The owner.
+        metadata:
+          type: object
+          additionalProperties: true
+          description: The metadata given at creation (`{}` if none).
+        state:
+          type: string
+          enum: [active, expired, resolved]
+          description: '`expired` as soon as `expiresAt` has passed, unless resolved.'
+        isResolved:
+          type: boolean
+        expiresAt:
+          type: string
+          format: date-time
+        resolvedAt:
+          type: string
+          format: date-time
+          nullable: true
+        createdAt:
+          type: string
+          format: date-time
+        updatedAt:
+          type: string
+          format: date-time
+      example:
+        sessionId: f532ed1f-0e5e-4956-a9da-63496c1935a0
+        userId: 010f4334-0518-479f-8f7b-51b32ec95592
+        metadata:
+          topic: billing
+        state: active
+        isResolved: false
+        expiresAt: '2026-11-26T10:27:52.071Z'
+        resolvedAt: null
+        createdAt: '2026-11-25T10:27:52.071Z'
+        updatedAt: '2026-11-25T10:27:52.071Z'
+    Message:
+      type: object
+      additionalProperties: false
+      required: [id, sessionId, userId, content, type, direction, metadata, clientMessageId, createdAt, updatedAt]
+      properties:
+        id:
+          type: string
+          format: uuid
+          description: Time-ordered UUIDv7.
+        sessionId:
+          type: string
+          format: uuid
+        userId:
+          type: string
+          format: uuid
+          nullable: true
+          description: The sender; null for messages not sent by a user.
+        content:
+          type: string
+        type:
+          type: string
+          enum: [text, markdown, image, file, event]
+        direction:
+          type: string
+          enum: [inbound, outbound]
+          description: '`inbound` from the session''s user, `outbound` to them.'
+        metadata:
+          type: object
+          additionalProperties: true
+        clientMessageId:
+          type: string
+          nullable: true
+        createdAt:
+          type: string
+          format: date-time
+        updatedAt:
+          type: string
+          format: date-time
+      example:
+        id: 01a2123f-5cea-7197-8f32-ba19dd783536
+        sessionId: f532ed1f-0e5e-4956-a9da-63496c1935a0
+        userId: 010f4334-0518-479f-8f7b-51b32ec95592
+        content: Hello
+        type: text
+        direction: inbound
+        metadata: {}
+        clientMessageId: c-1
+        createdAt: '2026-11-25T10:27:52.170Z'
+        updatedAt: '2026-11-25T10:27:52.170Z'
+    MessagePage:
+      type: object
+      additionalProperties: false
+      required: [sessionId, messages, hasMore]
+      properties:
+        sessionId:
+          type: string
+          format: uuid
+        messages:
+          type: array
+          description: Oldest first.
+          items:
+            $ref: '#/components/schemas/Message'
+        hasMore:
+          type: boolean
+          description: More messages match beyond this page (in the direction read).
+    ResumeResponse:
+      type: object
+      additionalProperties: false
+      required: [session, messages, hasMoreMessages]
+      properties:
+        session:
+          $ref: '#/components/schemas/Session'
+        messages:
+          type: array
+          description: The newest messages, at most 50, oldest first.
+          maxItems: 50
+          items:
+            $ref: '#/components/schemas/Message'
+        hasMoreMessages:
+          type: boolean
+          description: Older messages exist before the first one returned.
+    SessionList:
+      type: object
+      additionalProperties: false
+      required: [sessions, total, limit, offset]
+      properties:
+        sessions:
+          type: array
+          description: Newest first.
+          items:
+            $ref: '#/components/schemas/Session'
+        total:
+          type: integer
+          minimum: 0
+          description: Sessions matching the filter, over all pages.
+        limit:
+          type: integer
+        offset:
+          type: integer
+    Liveness:
+      type: object
+      additionalProperties: false
+      required: [status, version]
+      properties:
+        status:
+          type: string
+          enum: [ok]
+        version:
+          type: string
+    Health:
+      type: object
+      additionalProperties: false
+      required: [status, version, storage]
+      properties:
+        status:
+          type: string
+          enum: [ok, unavailable]
+        version:
+          type: string
+        storage:
+          type: object
+          additionalProperties: false
+          required: [backend, status]
+          properties:
+            backend:
+              type: string
+              description: '`sqlite` in this release.'
+            status:
+              type: string
+              enum: [up, down]
+            latencyMs:
+              type: number
+              description: Round trip of a trivial query in milliseconds; present only when up.
+    Status:
+      type: object
+      additionalProperties: false
+      required: [version, uptimeSeconds, startedAt, storage, statistics]
+      properties:
+        version:
+          type: string
+        uptimeSeconds:
+          type: number
+        startedAt:
+          type: string
+          format: date-time
+        storage:
+          type: object
+          additionalProperties: false
+          required: [backend]
+          properties:
+            backend:
+              type: string
+        statistics:
+          type: object
+          additionalProperties: false
+          required: [users, sessions, activeSessions, expiredSessions, resolvedSessions, messages]
+          properties:
+            users:
+              type: integer
+            sessions:
+              type: integer
+            activeSessions:
+              type: integer
+            expiredSessions:
+              type: integer
+            resolvedSessions:
+              type: integer
+            messages:
+              type: integer
 """#
 }

@@ -72,6 +72,23 @@ public protocol ChatStore: Sendable {
     /// Counts from the `session_statistics` view.
     func statistics() async throws -> SessionStatistics
 
+    // MARK: Copying between stores
+
+    /// Records per table.
+    func recordCounts() async throws -> RecordCounts
+    /// Up to `limit` users with ids greater than `after`, in id order.
+    func exportUsers(after: UUID?, limit: Int) async throws -> [User]
+    /// Up to `limit` sessions with ids greater than `after`, in id order.
+    func exportSessions(after: UUID?, limit: Int) async throws -> [ChatSession]
+    /// Up to `limit` messages (of all sessions) with ids greater than `after`, in id order.
+    func exportMessages(after: UUID?, limit: Int) async throws -> [ChatMessage]
+    /// Up to `limit` refresh tokens with ids greater than `after`, in id order.
+    func exportRefreshTokens(after: UUID?, limit: Int) async throws -> [RefreshTokenRecord]
+    /// Every revoked access token id.
+    func exportRevokedAccessTokens() async throws -> [RevokedAccessToken]
+    /// Inserts records as they are, in one transaction; a record whose id exists already is skipped.
+    func importRecords(_ batch: RecordBatch) async throws
+
     /// Finishes pending writes, checkpoints and closes connections. Further calls fail with `unavailable`.
     func close() async
 }

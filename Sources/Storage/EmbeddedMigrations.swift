@@ -114,5 +114,114 @@ ALTER TABLE chat_sessions ADD COLUMN resolved_at TEXT;
     ])
     /// The postgres migrations, in version order.
     public static let postgres = MigrationSet(dialect: "postgres", migrations: [
+        Migration(version: 1, fileName: "V1__create_chat_sessions_table.sql", sql: #"""
+-- Chat sessions: one conversation owned by one user.
+CREATE TABLE chat_sessions (
+    session_id  UUID        PRIMARY KEY,
+    user_id     UUID        NOT NULL,
+    metadata    JSONB       NOT NULL DEFAULT '{}'::jsonb,
+    state       VARCHAR(20) NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'expired', 'resolved')),
+    is_resolved BOOLEAN     NOT NULL DEFAULT FALSE,
+    expires_at  TIMESTAMPTZ NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""#),
+        Migration(version: 2, fileName: "V2__create_chat_messages_table.sql", sql: #"""
+-- Chat messages; ids are time-ordered UUIDv7, so ordering by id is ordering by time.
+CREATE TABLE chat_messages (
+    id         UUID        PRIMARY KEY,
+    session_id UUID        NOT NULL REFERENCES chat_sessions (session_id) ON DELETE CASCADE,
+    user_id    UUID,
+    content    TEXT        NOT NULL,
+    type       VARCHAR(32) NOT NULL DEFAULT 'text',
+    direction  VARCHAR(10) NOT NULL DEFAULT 'inbound' CHECK (direction IN ('inbound', 'outbound')),
+    metadata   JSONB       NOT NULL DEFAULT '{}'::jsonb,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""#),
+        Migration(version: 3, fileName: "V3__create_updated_at_trigger.sql", sql: #"""
+-- Keep updated_at current for updates that do not set it themselves.
+CREATE OR REPLACE FUNCTION set_updated_at() RETURNS TRIGGER AS $$
+BEGIN
+    IF NEW.updated_at = OLD.updated_at THEN
+        NEW.updated_at = now();
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER chat_sessions_set_updated_at
+BEFORE UPDATE ON chat_sessions FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+
+CREATE TRIGGER chat_messages_set_updated_at
+BEFORE UPDATE ON chat_messages FOR EACH ROW EXECUTE FUNCTION set_updated_at();
+"""#),
+        Migration(version: 4, fileName: "V4__create_indexes_for_queries.sql", sql: #"""
+CREATE INDEX idx_chat_sessions_user_created ON chat_sessions (user_id, created_at);
+CREATE INDEX idx_chat_sessions_state_expires ON chat_sessions (state, expires_at);
+CREATE INDEX idx_chat_messages_session_id ON chat_messages (session_id, id);
+CREATE INDEX idx_chat_messages_created_at ON chat_messages (created_at);
+"""#),
+        Migration(version: 5, fileName: "V5__create_session_statistics_view.sql", sql: #"""
+-- One row per session with its message counts.
+CREATE VIEW session_statistics AS
+SELECT
+    s.session_id,
+    s.user_id,
+    s.state,
+    s.is_resolved,
+    s.created_at,
+    COUNT(m.id) AS message_count,
+    COUNT(m.id) FILTER (WHERE m.direction = 'inbound') AS inbound_count,
+    COUNT(m.id) FILTER (WHERE m.direction = 'outbound') AS outbound_count,
+    MIN(m.created_at) AS first_message_at,
+    MAX(m.created_at) AS last_message_at
+FROM chat_sessions s
+LEFT JOIN chat_messages m ON m.session_id = s.session_id
+GROUP BY s.session_id;
+"""#),
+        Migration(version: 6, fileName: "V6__create_users_table.sql", sql: #"""
+CREATE TABLE users (
+    id            UUID         PRIMARY KEY,
+    username      VARCHAR(64)  NOT NULL,
+    email         VARCHAR(254),
+    password_hash TEXT         NOT NULL,
+    role          VARCHAR(16)  NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin', 'agent')),
+    created_at    TIMESTAMPTZ  NOT NULL,
+    updated_at    TIMESTAMPTZ  NOT NULL
+);
+-- Usernames are unique regardless of case.
+CREATE UNIQUE INDEX idx_users_username ON users (lower(username));
+"""#),
+        Migration(version: 7, fileName: "V7__create_refresh_tokens_table.sql", sql: #"""
+-- Refresh tokens are stored as SHA-256 hashes; a family is one login's chain of rotations.
+CREATE TABLE refresh_tokens (
+    id         UUID        PRIMARY KEY,
+    user_id    UUID        NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    family_id  UUID        NOT NULL,
+    token_hash CHAR(64)    NOT NULL UNIQUE,
+    expires_at TIMESTAMPTZ NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    used_at    TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ
+);
+CREATE INDEX idx_refresh_tokens_family ON refresh_tokens (family_id);
+
+-- Access tokens revoked by logout, kept until they would have expired anyway.
+CREATE TABLE revoked_access_tokens (
+    jti        VARCHAR(128) PRIMARY KEY,
+    expires_at TIMESTAMPTZ  NOT NULL
+);
+"""#),
+        Migration(version: 8, fileName: "V8__add_message_idempotency_and_resolved_at.sql", sql: #"""
+-- clientMessageId makes sends idempotent: one message per (session, client id).
+ALTER TABLE chat_messages ADD COLUMN client_message_id VARCHAR(128);
+CREATE UNIQUE INDEX idx_chat_messages_client_id
+    ON chat_messages (session_id, client_message_id) WHERE client_message_id IS NOT NULL;
+
+ALTER TABLE chat_sessions ADD COLUMN resolved_at TIMESTAMPTZ;
+"""#),
     ])
 }

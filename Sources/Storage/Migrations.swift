@@ -101,3 +101,18 @@ enum CRC32 {
         return crc ^ 0xFFFF_FFFF
     }
 }
+
+/// What `check-config` reports about a database without changing it.
+public struct StoreInspection: Sendable {
+    /// The server's version (Postgres) or the library's (SQLite).
+    public var serverVersion: String
+    /// Whether the database exists yet (a SQLite file is created on first start).
+    public var exists: Bool
+    public var migrations: [MigrationStatus]
+
+    public init(serverVersion: String, exists: Bool, migrations: [MigrationStatus]) {
+        self.serverVersion = serverVersion
+        self.exists = exists
+        self.migrations = migrations
+    }
+}

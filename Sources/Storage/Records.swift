@@ -219,3 +219,54 @@ public enum RotateOutcome: Sendable, Equatable {
     /// Unknown or revoked.
     case invalid
 }
+
+/// An access token id revoked by logout.
+public struct RevokedAccessToken: Sendable, Equatable {
+    public var jti: String
+    public var expiresAt: Date
+
+    public init(jti: String, expiresAt: Date) {
+        self.jti = jti
+        self.expiresAt = expiresAt
+    }
+}
+
+/// How many records each table holds (`chat-backend copy` compares them).
+public struct RecordCounts: Sendable, Equatable, CustomStringConvertible {
+    public var users = 0
+    public var sessions = 0
+    public var messages = 0
+    public var refreshTokens = 0
+    public var revokedAccessTokens = 0
+
+    public init(users: Int = 0, sessions: Int = 0, messages: Int = 0, refreshTokens: Int = 0, revokedAccessTokens: Int = 0) {
+        self.users = users
+        self.sessions = sessions
+        self.messages = messages
+        self.refreshTokens = refreshTokens
+        self.revokedAccessTokens = revokedAccessTokens
+    }
+
+    public var isEmpty: Bool { self == RecordCounts() }
+
+    public var description: String {
+        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens"
+    }
+}
+
+/// Records copied as they are, ids and timestamps kept.
+public struct RecordBatch: Sendable {
+    public var users: [User] = []
+    public var sessions: [ChatSession] = []
+    public var messages: [ChatMessage] = []
+    public var refreshTokens: [RefreshTokenRecord] = []
+    public var revokedAccessTokens: [RevokedAccessToken] = []
+
+    public init(users: [User] = [], sessions: [ChatSession] = [], messages: [ChatMessage] = [], refreshTokens: [RefreshTokenRecord] = [], revokedAccessTokens: [RevokedAccessToken] = []) {
+        self.users = users
+        self.sessions = sessions
+        self.messages = messages
+        self.refreshTokens = refreshTokens
+        self.revokedAccessTokens = revokedAccessTokens
+    }
+}

@@ -76,9 +76,23 @@ public enum Timestamp {
         if b[i] == 90 || b[i] == 122 {
             i += 1
         } else if b[i] == 43 || b[i] == 45 {
-            guard let oh = num(i + 1, 2), b.count > i + 3, b[i + 3] == 58, let om = num(i + 4, 2) else { return nil }
+            // ±hh:mm (RFC 3339), or ±hh and ±hhmm as Postgres prints them.
+            guard let oh = num(i + 1, 2) else { return nil }
+            var om = 0
+            var length = 3
+            if b.count > i + 3 {
+                if b[i + 3] == 58, let m = num(i + 4, 2) {
+                    om = m
+                    length = 6
+                } else if let m = num(i + 3, 2) {
+                    om = m
+                    length = 5
+                } else {
+                    return nil
+                }
+            }
             offset = (oh * 3600 + om * 60) * (b[i] == 43 ? 1 : -1)
-            i += 6
+            i += length
         } else {
             return nil
         }

@@ -12,7 +12,7 @@ struct HealthTests {
             let alive = try await client.call(.get, "/health")
             #expect(alive.status == .ok && alive["status"]?.string == "ok")
             let health = try await client.call(.get, "/api/health")
-            #expect(health.status == .ok && health["storage"]?["backend"]?.string == "sqlite" && health["storage"]?["status"]?.string == "up")
+            #expect(health.status == .ok && health["storage"]?["backend"]?.string == TestApp.backend && health["storage"]?["status"]?.string == "up")
             let user = try await client.register()
             let id = try await client.createSession(user.token)
             _ = try await client.call(.post, "/api/sessions/\(id)/messages", token: user.token, body: #"{"content":"hi"}"#)
@@ -40,7 +40,7 @@ struct HealthTests {
             let create = try await client.call(.post, "/api/sessions", token: user.token, body: "{}")
             #expect(create.status == .serviceUnavailable && create.errorCode == "storage_unavailable")
         }
-        try? FileManager.default.removeItem(at: test.dir)
+        test.cleanup()
     }
 
     @Test("every response carries security headers and a request id; unknown routes are JSON 404s")

@@ -7,17 +7,32 @@ import Testing
 @testable import Service
 @testable import Storage
 
-/// A chat application over a temporary SQLite store.
+/// A chat application over a temporary store: SQLite, or Postgres when `CHAT_TEST_BACKEND=postgres`
+/// (with `CHAT_TEST_POSTGRES` naming the server; `make test` runs the API tests on both).
 struct TestApp {
     let app: ChatApplication
-    let store: SQLiteStore
+    let store: any ChatStore
     let config: ServiceConfig
     let dir: URL
+    let cleanup: @Sendable () -> Void
+
+    static var backend: String { ProcessInfo.processInfo.environment["CHAT_TEST_BACKEND"] ?? "sqlite" }
 
     static func make(_ configure: (inout ServiceConfig) -> Void = { _ in }) async throws -> TestApp {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("chat-app-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let store = try await SQLiteStore.open(path: dir.appendingPathComponent("chat.db").path)
+        let store: any ChatStore
+        var dropSchema: @Sendable () -> Void = {}
+        if backend == "postgres" {
+            let base = ProcessInfo.processInfo.environment["CHAT_TEST_POSTGRES"] ?? ""
+            let schema = "t_" + UUID().lowercased.replacingOccurrences(of: "-", with: "")
+            let admin = try PostgresConnection(conninfo: base)
+            try admin.execute("CREATE SCHEMA \(schema)")
+            store = try await PostgresStore.open(conninfo: base + " options='-c search_path=\(schema)'", options: .init(poolSize: 4))
+            dropSchema = { if let admin = try? PostgresConnection(conninfo: base) { try? admin.execute("DROP SCHEMA IF EXISTS \(schema) CASCADE") } }
+        } else {
+            store = try await SQLiteStore.open(path: dir.appendingPathComponent("chat.db").path)
+        }
         var config = ServiceConfig(jwtSecret: Array("test-secret-test-secret-test-secret!!".utf8))
         config.passwordParameters = .init(logN: 10, r: 8, p: 1)
         config.rateLimitAPI = nil
@@ -25,20 +40,24 @@ struct TestApp {
         config.rateLimitMessages = nil
         configure(&config)
         let app = buildApplication(config: config, dependencies: ApplicationDependencies(store: store))
-        return TestApp(app: app, store: store, config: config, dir: dir)
+        let remove = dropSchema
+        return TestApp(app: app, store: store, config: config, dir: dir, cleanup: {
+            remove()
+            try? FileManager.default.removeItem(at: dir)
+        })
     }
 
-    /// Runs `body` against the router, then closes the store and deletes its files.
+    /// Runs `body` against the router, then closes the store and deletes its data.
     func run(_ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         do {
             try await app.test(.router, body)
         } catch {
             await store.close()
-            try? FileManager.default.removeItem(at: dir)
+            cleanup()
             throw error
         }
         await store.close()
-        try? FileManager.default.removeItem(at: dir)
+        cleanup()
     }
 }
 

@@ -104,6 +104,8 @@ struct StorageValueTests {
         #expect(Timestamp.format(date) == "2026-01-02T03:04:05.678Z")
         #expect(Timestamp.parse("2026-01-02T03:04:05.678Z") == date)
         #expect(Timestamp.parse("2026-01-02T04:04:05.678+01:00") == date)
+        #expect(Timestamp.parse("2026-01-02 03:04:05.678+00") == date)
+        #expect(Timestamp.parse("2026-01-02 04:04:05.678+0100") == date)
         #expect(Timestamp.parse("2026-01-02T03:04:05Z") == Date(timeIntervalSince1970: 1_767_323_045))
         #expect(Timestamp.parse("2026-13-02T03:04:05Z") == nil)
         #expect(Timestamp.parse("yesterday") == nil)

@@ -23,7 +23,27 @@ enum StoreBackends {
         )
     }
 
-    static let all: [@Sendable () -> StoreFixture] = [sqlite]
+    /// A Postgres store in a schema of its own, when `CHAT_TEST_POSTGRES` names a server (`make test` starts one).
+    static func postgres() -> StoreFixture {
+        let base = ProcessInfo.processInfo.environment["CHAT_TEST_POSTGRES"] ?? ""
+        let schema = "t_" + UUID().lowercased.replacingOccurrences(of: "-", with: "")
+        let conninfo = base + " options='-c search_path=\(schema)'"
+        return StoreFixture(
+            name: "postgres",
+            open: {
+                let admin = try PostgresConnection(conninfo: base)
+                try admin.execute("CREATE SCHEMA IF NOT EXISTS \(schema)")
+                return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: 4))
+            },
+            cleanup: {
+                if let admin = try? PostgresConnection(conninfo: base) { try? admin.execute("DROP SCHEMA IF EXISTS \(schema) CASCADE") }
+            }
+        )
+    }
+
+    static var postgresConfigured: Bool { !(ProcessInfo.processInfo.environment["CHAT_TEST_POSTGRES"] ?? "").isEmpty }
+
+    static let all: [@Sendable () -> StoreFixture] = postgresConfigured ? [sqlite, postgres] : [sqlite]
 }
 
 /// Opens a fresh store, runs `body`, closes and removes it.

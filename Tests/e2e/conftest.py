@@ -83,8 +83,9 @@ class Server:
     _counter = itertools.count()
 
     def __init__(self, bin_path: str, directory: Path, env: dict[str, str] | None = None,
-                 db_path: Path | None = None, port: int | None = None):
+                 db_path: Path | None = None, port: int | None = None, database_url: str | None = None):
         self.bin_path = bin_path
+        self.database_url = database_url
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = db_path or (directory / "chat.db")
@@ -104,7 +105,7 @@ class Server:
 
     def command(self) -> list[str]:
         return [self.bin_path, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--database-url", f"sqlite://{self.db_path}"]
+                "--database-url", self.database_url or f"sqlite://{self.db_path}"]
 
     def start(self, command: list[str] | None = None, wait: bool = True, **popen_kwargs) -> "Server":
         self._out = open(self.stdout_path, "wb")
@@ -183,9 +184,9 @@ def start_server(bin_path, tmp_path):
     servers: list[Server] = []
 
     def start(env: dict[str, str] | None = None, name: str | None = None, db_path: Path | None = None,
-              wait: bool = True) -> Server:
+              wait: bool = True, database_url: str | None = None) -> Server:
         directory = tmp_path / (name or f"srv{len(servers)}")
-        server = Server(bin_path, directory, env=env, db_path=db_path)
+        server = Server(bin_path, directory, env=env, db_path=db_path, database_url=database_url)
         servers.append(server)
         return server.start(wait=wait)
 
@@ -204,6 +205,38 @@ def start_server(bin_path, tmp_path):
 def server(start_server) -> Server:
     """A server with default test settings (JWT_SECRET set, rate limits off)."""
     return start_server()
+
+
+# ---- Postgres ----------------------------------------------------------------------------------------------
+
+PG_BASE = os.environ.get("CHAT_TEST_POSTGRES", "")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def psql(conninfo: str, sql: str) -> str:
+    r = subprocess.run(["psql", conninfo, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture
+def pg_url():
+    """A libpq connection string for a fresh schema on the test Postgres (`make test` starts it)."""
+    if not PG_BASE:
+        pytest.skip("CHAT_TEST_POSTGRES is not set (make test starts a Postgres and sets it)")
+    schema = f"e2e_{uuid.uuid4().hex[:12]}"
+    psql(PG_BASE, f"CREATE SCHEMA {schema}")
+    yield f"{PG_BASE} options='-c search_path={schema}'"
+    try:
+        psql(PG_BASE, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    except AssertionError:
+        pass  # the server may be down after an outage test that failed
+
+
+def pg_control(action: str) -> None:
+    """Stops (`halt`) or starts (`resume`) the test Postgres, as scripts/pg-test.sh does."""
+    r = subprocess.run([str(ROOT / "scripts" / "pg-test.sh"), action], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 # ---- HTTP helpers -------------------------------------------------------------------------------------------

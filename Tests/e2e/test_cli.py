@@ -71,13 +71,13 @@ def test_migrate_fresh_then_nothing_new(bin_path, workdir, env):
 
 
 def test_check_config_masks_secrets(bin_path, workdir, env):
-    env = dict(env, DATABASE_URL="postgres://u:secretpw@h/db")
+    env = dict(env, DATABASE_URL="postgres://u:secretpw@127.0.0.1:1/db")
     r = run_cli(bin_path, ["check-config"], workdir, env)
-    # The URL is printed masked; the Postgres store is not in this release, which check-config says.
-    assert r.returncode == 78, r.stderr
-    assert "Postgres is not supported" in r.stderr
+    # The URL is printed masked, then the connection test fails (nothing listens on port 1): exit 69.
+    assert r.returncode == 69, r.stderr
+    assert "cannot connect to Postgres" in r.stderr
     out = r.stdout + r.stderr
-    assert "postgres://u:********@h/db" in r.stdout, r.stdout
+    assert "postgres://u:********@127.0.0.1:1/db" in r.stdout, r.stdout
     assert "secretpw" not in out
     assert JWT_SECRET not in out
     assert JWT_SECRET[:16] not in out

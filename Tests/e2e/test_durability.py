@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import requests
 
 from conftest import create_session, post_json, register
@@ -56,8 +57,10 @@ def read_all_messages(server, token, session_id):
         after = page["messages"][-1]["id"]
 
 
-def test_kill_9_loses_no_acknowledged_message(start_server):
-    first = start_server(name="db")
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_kill_9_loses_no_acknowledged_message(start_server, backend, request):
+    database_url = request.getfixturevalue("pg_url") if backend == "postgres" else None
+    first = start_server(name="db", database_url=database_url)
     user = register(first)
     token = user["accessToken"]
     session_id = create_session(first, token)["sessionId"]
@@ -78,7 +81,7 @@ def test_kill_9_loses_no_acknowledged_message(start_server):
     assert not unexpected, f"non-201 answers during the burst: {unexpected[:5]}"
     assert len(acked) >= 20, f"only {len(acked)} messages were acknowledged in {BURST_SECONDS}s"
 
-    second = start_server(name="db", db_path=first.db_path)
+    second = start_server(name="db", db_path=first.db_path, database_url=database_url)
     stored, pages = read_all_messages(second, token, session_id)
     ids = [m["id"] for m in stored]
     assert ids == sorted(ids) and len(set(ids)) == len(ids), "message ids must be strictly increasing"

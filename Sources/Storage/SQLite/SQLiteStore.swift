@@ -28,8 +28,8 @@ public final class SQLiteStore: ChatStore {
 
     public let backend = "sqlite"
     public let path: String
-    private let writer: SQLiteWriter
-    private let readers: SQLiteReaders
+    let writer: SQLiteWriter
+    let readers: SQLiteReaders
 
     private init(path: String, writer: SQLiteWriter, readers: SQLiteReaders) {
         self.path = path
@@ -140,9 +140,9 @@ public final class SQLiteStore: ChatStore {
 
     // MARK: Users
 
-    private static let userColumns = "id, username, email, password_hash, role, created_at, updated_at"
+    static let userColumns = "id, username, email, password_hash, role, created_at, updated_at"
 
-    private static func user(_ row: SQLRow) throws -> User {
+    static func user(_ row: SQLRow) throws -> User {
         guard let role = Role(rawValue: try row.string(4)) else { throw StoreError(.failed, "unknown role") }
         return User(
             id: try row.uuid(0), username: try row.string(1), email: row.optionalString(2), passwordHash: try row.string(3),
@@ -184,7 +184,7 @@ public final class SQLiteStore: ChatStore {
         }
     }
 
-    private static func insertRefreshToken(_ token: RefreshTokenRecord, db: SQLiteConnection) throws {
+    static func insertRefreshToken(_ token: RefreshTokenRecord, db: SQLiteConnection) throws {
         try db.run(
             "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             [.text(token.id.lowercased), .text(token.userId.lowercased), .text(token.familyId.lowercased), .text(token.tokenHash),
@@ -244,9 +244,9 @@ public final class SQLiteStore: ChatStore {
 
     // MARK: Sessions
 
-    private static let sessionColumns = "session_id, user_id, metadata, state, is_resolved, expires_at, resolved_at, created_at, updated_at"
+    static let sessionColumns = "session_id, user_id, metadata, state, is_resolved, expires_at, resolved_at, created_at, updated_at"
 
-    private static func session(_ row: SQLRow) throws -> ChatSession {
+    static func session(_ row: SQLRow) throws -> ChatSession {
         guard let state = SessionState(rawValue: try row.string(3)) else { throw StoreError(.failed, "unknown session state") }
         return ChatSession(
             id: try row.uuid(0), userId: try row.uuid(1), metadata: try row.json(2), state: state, isResolved: try row.int(4) != 0,
@@ -342,9 +342,9 @@ public final class SQLiteStore: ChatStore {
 
     // MARK: Messages
 
-    private static let messageColumns = "id, session_id, user_id, content, type, direction, metadata, client_message_id, created_at, updated_at"
+    static let messageColumns = "id, session_id, user_id, content, type, direction, metadata, client_message_id, created_at, updated_at"
 
-    private static func message(_ row: SQLRow) throws -> ChatMessage {
+    static func message(_ row: SQLRow) throws -> ChatMessage {
         guard let direction = MessageDirection(rawValue: try row.string(5)) else { throw StoreError(.failed, "unknown direction") }
         return ChatMessage(
             id: try row.uuid(0), sessionId: try row.uuid(1), userId: row.optionalUUID(2), content: try row.string(3), type: try row.string(4),

@@ -1,0 +1,203 @@
+import CLibPQ
+#if canImport(Glibc)
+import Glibc
+#endif
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// One libpq connection. Not thread-safe: used by one pool thread at a time. Statements are prepared
+/// once per connection (named by a counter) and executed with bound text parameters.
+final class PostgresConnection {
+    private let handle: OpaquePointer
+    private var prepared: [String: String] = [:]
+
+    /// Connects with any libpq connection string (URI or key=value).
+    init(conninfo: String) throws {
+        guard let conn = PQconnectdb(conninfo) else { throw StoreError(.unavailable, "cannot allocate a Postgres connection") }
+        guard PQstatus(conn) == CONNECTION_OK else {
+            let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
+            PQfinish(conn)
+            throw StoreError(.unavailable, "cannot connect to Postgres", detail: message)
+        }
+        self.handle = conn
+        // UTC text timestamps, so they parse as RFC 3339.
+        try execute("SET TIME ZONE 'UTC'")
+    }
+
+    deinit {
+        PQfinish(handle)
+    }
+
+    /// Whether libpq still considers the connection usable.
+    var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK && PQtransactionStatus(handle) == PQTRANS_IDLE }
+
+    /// Server version as `15.18`.
+    var serverVersion: String {
+        let v = Int(PQserverVersion(handle))
+        return "\(v / 10000).\(v % 10000)"
+    }
+
+    /// Runs statements without parameters (DDL, transaction control; may contain several statements).
+    func execute(_ sql: String) throws {
+        guard let result = PQexec(handle, sql) else { throw connectionError(sql: sql) }
+        defer { PQclear(result) }
+        try check(result, sql: sql)
+    }
+
+    /// Runs one statement with bound parameters and returns its rows as text values (nil for NULL).
+    @discardableResult
+    func query(_ sql: String, _ params: [SQLValue] = []) throws -> [PGRow] {
+        let name = try statementName(for: sql, parameterCount: params.count)
+        let texts: [String?] = params.map {
+            switch $0 {
+            case .null: return nil
+            case .integer(let v): return String(v)
+            case .real(let d): return String(d)
+            case .text(let s): return s
+            }
+        }
+        let result = try withCStrings(texts) { pointers in
+            PQexecPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0)
+        }
+        guard let result else { throw connectionError(sql: sql) }
+        defer { PQclear(result) }
+        try check(result, sql: sql)
+        let rows = Int(PQntuples(result))
+        let columns = Int(PQnfields(result))
+        var out: [PGRow] = []
+        out.reserveCapacity(rows)
+        for r in 0..<rows {
+            var values: [String?] = []
+            values.reserveCapacity(columns)
+            for c in 0..<columns {
+                if PQgetisnull(result, Int32(r), Int32(c)) == 1 {
+                    values.append(nil)
+                } else {
+                    values.append(String(cString: PQgetvalue(result, Int32(r), Int32(c))))
+                }
+            }
+            out.append(PGRow(values: values))
+        }
+        return out
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    @discardableResult
+    func run(_ sql: String, _ params: [SQLValue] = []) throws -> Int {
+        let name = try statementName(for: sql, parameterCount: params.count)
+        let texts: [String?] = params.map {
+            switch $0 {
+            case .null: return nil
+            case .integer(let v): return String(v)
+            case .real(let d): return String(d)
+            case .text(let s): return s
+            }
+        }
+        let result = try withCStrings(texts) { pointers in
+            PQexecPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0)
+        }
+        guard let result else { throw connectionError(sql: sql) }
+        defer { PQclear(result) }
+        try check(result, sql: sql)
+        return Int(String(cString: PQcmdTuples(result))) ?? 0
+    }
+
+    private func statementName(for sql: String, parameterCount: Int) throws -> String {
+        if let name = prepared[sql] { return name }
+        let name = "s\(prepared.count + 1)"
+        guard let result = PQprepare(handle, name, sql, Int32(parameterCount), nil) else { throw connectionError(sql: sql) }
+        defer { PQclear(result) }
+        try check(result, sql: sql)
+        prepared[sql] = name
+        return name
+    }
+
+    private func check(_ result: OpaquePointer, sql: String) throws {
+        let status = PQresultStatus(result)
+        guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY else {
+            let message = String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines
+            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? ""
+            throw StoreError(Self.kind(sqlState: state, healthy: PQstatus(handle) == CONNECTION_OK), "Postgres error", detail: "\(state) \(message)", sql: sql)
+        }
+    }
+
+    private func connectionError(sql: String) -> StoreError {
+        StoreError(.unavailable, "Postgres connection failed", detail: String(cString: PQerrorMessage(handle)).trimmingTrailingNewlines, sql: sql)
+    }
+
+    /// Maps SQLSTATE classes to the store's error kinds.
+    static func kind(sqlState: String, healthy: Bool) -> StoreError.Kind {
+        if !healthy { return .unavailable }
+        switch sqlState {
+        case "23505": return .conflict
+        case "23503": return .notFound
+        case _ where sqlState.hasPrefix("22") || sqlState.hasPrefix("23"): return .invalid
+        case _ where sqlState.hasPrefix("08") || sqlState.hasPrefix("57") || sqlState.hasPrefix("53") || sqlState == "40001" || sqlState == "40P01":
+            return .unavailable
+        default: return .failed
+        }
+    }
+}
+
+/// One result row in text format.
+struct PGRow {
+    var values: [String?]
+
+    func string(_ i: Int) throws -> String {
+        guard let v = values[i] else { throw StoreError(.failed, "column \(i) is NULL") }
+        return v
+    }
+
+    func optionalString(_ i: Int) -> String? { values[i] }
+
+    func int(_ i: Int) throws -> Int64 {
+        guard let v = values[i], let n = Int64(v) else { throw StoreError(.failed, "column \(i) is not an integer") }
+        return n
+    }
+
+    func bool(_ i: Int) throws -> Bool {
+        switch values[i] {
+        case "t": return true
+        case "f": return false
+        default: throw StoreError(.failed, "column \(i) is not a boolean")
+        }
+    }
+
+    func uuid(_ i: Int) throws -> UUID {
+        guard let id = UUID(text: try string(i)) else { throw StoreError(.failed, "column \(i) is not a UUID") }
+        return id
+    }
+
+    func optionalUUID(_ i: Int) -> UUID? { values[i].flatMap { UUID(text: $0) } }
+
+    func date(_ i: Int) throws -> Date {
+        guard let d = Timestamp.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not a timestamp") }
+        return d
+    }
+
+    func optionalDate(_ i: Int) -> Date? { values[i].flatMap(Timestamp.parse) }
+
+    func json(_ i: Int) throws -> JSONValue {
+        guard let v = JSONValue.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not JSON") }
+        return v
+    }
+}
+
+/// Calls `body` with C strings for each value (nil stays a null pointer), valid for the call only.
+private func withCStrings<R>(_ values: [String?], _ body: ([UnsafePointer<CChar>?]) throws -> R) rethrows -> R {
+    let storage: [UnsafeMutablePointer<CChar>?] = values.map { $0.map { strdup($0) } ?? nil }
+    defer { for p in storage { free(p) } }
+    return try body(storage.map { UnsafePointer($0) })
+}
+
+extension String {
+    var trimmingTrailingNewlines: String {
+        var s = self
+        while s.last == "\n" || s.last == " " { s.removeLast() }
+        return s
+    }
+}

@@ -1,0 +1,65 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOPosix
+import Synchronization
+
+/// A small pool of libpq connections, each used on one of the pool's own threads, never on an event loop.
+///
+/// Connections are made lazily and dropped when libpq reports them broken, so after a Postgres outage the
+/// pool reconnects on the next request without a restart.
+final class PostgresPool: Sendable {
+    let conninfo: String
+    let size: Int
+    private let threads: NIOThreadPool
+    private let idle = Mutex<[UnsafeTransfer<PostgresConnection>]>([])
+    private let closed = Atomic<Bool>(false)
+
+    init(conninfo: String, size: Int) {
+        self.conninfo = conninfo
+        self.size = max(1, size)
+        // A host that does not answer must fail a request in seconds, not after the TCP timeout.
+        setenv("PGCONNECT_TIMEOUT", "5", 0)
+        self.threads = NIOThreadPool(numberOfThreads: self.size)
+        self.threads.start()
+    }
+
+    /// Runs `body` with a healthy connection on a pool thread.
+    func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        guard !closed.load(ordering: .relaxed) else { throw StoreError(.unavailable, "the store is closed") }
+        do {
+            return try await threads.runIfActive { [self] in
+                let connection = try self.idle.withLock({ $0.popLast() })?.value ?? PostgresConnection(conninfo: self.conninfo)
+                defer {
+                    if connection.isHealthy, !self.closed.load(ordering: .relaxed) {
+                        self.idle.withLock { $0.append(UnsafeTransfer(connection)) }
+                    }
+                }
+                return try body(connection)
+            }
+        } catch is NIOThreadPoolError.ThreadPoolInactive {
+            throw StoreError(.unavailable, "the store is closed")
+        }
+    }
+
+    /// Runs `body` inside BEGIN … COMMIT; rolls back when it throws.
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
+        try await withConnection { db in
+            try db.execute("BEGIN")
+            do {
+                let result = try body(db)
+                try db.execute("COMMIT")
+                return result
+            } catch {
+                try? db.execute("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    func close() async {
+        closed.store(true, ordering: .relaxed)
+        try? await threads.shutdownGracefully()
+        idle.withLock { $0.removeAll() }
+    }
+}

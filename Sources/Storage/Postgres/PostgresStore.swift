@@ -1,0 +1,424 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+
+/// `ChatStore` over the system libpq: a small pool of connections on their own threads, every statement
+/// prepared with bound parameters, migrations serialized across instances by an advisory lock.
+public final class PostgresStore: ChatStore {
+    /// Tuning for one store.
+    public struct Options: Sendable {
+        /// Connections (and threads) in the pool.
+        public var poolSize: Int
+
+        public init(poolSize: Int = 8) {
+            self.poolSize = poolSize
+        }
+    }
+
+    public let backend = "postgres"
+    let pool: PostgresPool
+
+    private init(pool: PostgresPool) {
+        self.pool = pool
+    }
+
+    /// Key of the advisory lock that makes instances starting together migrate one at a time.
+    static let migrationLockKey: Int64 = 0x6368_6174_6d69_6772  // "chatmigr"
+
+    /// Connects, applies pending migrations under an advisory lock, and returns the store.
+    public static func open(
+        conninfo: String,
+        options: Options = Options(),
+        migrations: MigrationSet = .postgres,
+        logger: Logger = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) async throws -> PostgresStore {
+        let pool = PostgresPool(conninfo: conninfo, size: options.poolSize)
+        do {
+            let applied = try await pool.withConnection { db in try migrate(db, migrations: migrations) }
+            for migration in applied {
+                logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+            }
+            return PostgresStore(pool: pool)
+        } catch {
+            await pool.close()
+            throw error
+        }
+    }
+
+    static func migrate(_ db: PostgresConnection, migrations: MigrationSet) throws -> [Migration] {
+        try db.query("SELECT pg_advisory_lock($1)", [.integer(migrationLockKey)])
+        defer { _ = try? db.query("SELECT pg_advisory_unlock($1)", [.integer(migrationLockKey)]) }
+        try db.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_history (
+                version      INTEGER     PRIMARY KEY,
+                name         TEXT        NOT NULL,
+                checksum     INTEGER     NOT NULL,
+                applied_at   TIMESTAMPTZ NOT NULL,
+                execution_ms INTEGER     NOT NULL
+            )
+            """
+        )
+        let pending = try migrations.pending(applied: appliedMigrations(db))
+        for migration in pending {
+            let started = ContinuousClock.now
+            try db.execute("BEGIN")
+            do {
+                try db.execute(migration.sql)
+                let elapsed = ContinuousClock.now - started
+                try db.run(
+                    "INSERT INTO schema_history (version, name, checksum, applied_at, execution_ms) VALUES ($1, $2, $3, $4, $5)",
+                    [.integer(Int64(migration.version)), .text(migration.name), .integer(Int64(migration.checksum)),
+                     .text(Timestamp.format(Date())), .integer(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)]
+                )
+                try db.execute("COMMIT")
+            } catch {
+                try? db.execute("ROLLBACK")
+                throw StoreError(.invalid, "migration V\(migration.version) \(migration.fileName) failed", detail: String(reflecting: error))
+            }
+        }
+        return pending
+    }
+
+    static func appliedMigrations(_ db: PostgresConnection) throws -> [AppliedMigration] {
+        try db.query("SELECT version, name, checksum, applied_at FROM schema_history ORDER BY version").map {
+            AppliedMigration(
+                version: Int(try $0.int(0)), name: try $0.string(1), checksum: Int32(truncatingIfNeeded: try $0.int(2)),
+                appliedAt: Timestamp.format(try $0.date(3))
+            )
+        }
+    }
+
+    public func migrationStatus() async throws -> [MigrationStatus] {
+        try await pool.withConnection { db in MigrationSet.postgres.status(applied: try Self.appliedMigrations(db)) }
+    }
+
+    public func ping() async throws {
+        _ = try await pool.withConnection { db in try db.query("SELECT 1").count }
+    }
+
+    /// The server's version (`15.18`).
+    public func serverVersion() async throws -> String {
+        try await pool.withConnection { db in db.serverVersion }
+    }
+
+    public func close() async {
+        await pool.close()
+    }
+
+    // MARK: Users
+
+    static let userColumns = "id, username, email, password_hash, role, created_at, updated_at"
+
+    static func user(_ row: PGRow) throws -> User {
+        guard let role = Role(rawValue: try row.string(4)) else { throw StoreError(.failed, "unknown role") }
+        return User(
+            id: try row.uuid(0), username: try row.string(1), email: row.optionalString(2), passwordHash: try row.string(3),
+            role: role, createdAt: try row.date(5), updatedAt: try row.date(6)
+        )
+    }
+
+    public func createUser(_ user: User) async throws {
+        try await pool.withConnection { db in
+            do {
+                try db.run(
+                    "INSERT INTO users (\(Self.userColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    [.text(user.id.lowercased), .text(user.username), user.email.map(SQLValue.text) ?? .null, .text(user.passwordHash),
+                     .text(user.role.rawValue), .text(Timestamp.format(user.createdAt)), .text(Timestamp.format(user.updatedAt))]
+                )
+            } catch let error as StoreError where error.kind == .conflict {
+                throw StoreError(.conflict, "username is taken", detail: error.debugDescription)
+            }
+        }
+    }
+
+    public func user(id: UUID) async throws -> User? {
+        try await pool.withConnection { db in
+            try db.query("SELECT \(Self.userColumns) FROM users WHERE id = $1", [.text(id.lowercased)]).first.map(Self.user)
+        }
+    }
+
+    public func user(username: String) async throws -> User? {
+        try await pool.withConnection { db in
+            try db.query("SELECT \(Self.userColumns) FROM users WHERE lower(username) = lower($1)", [.text(username)]).first.map(Self.user)
+        }
+    }
+
+    // MARK: Tokens
+
+    static func insertRefreshToken(_ token: RefreshTokenRecord, db: PostgresConnection) throws {
+        try db.run(
+            "INSERT INTO refresh_tokens (id, user_id, family_id, token_hash, expires_at, created_at, used_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [.text(token.id.lowercased), .text(token.userId.lowercased), .text(token.familyId.lowercased), .text(token.tokenHash),
+             .text(Timestamp.format(token.expiresAt)), .text(Timestamp.format(token.createdAt)),
+             token.usedAt.map { .text(Timestamp.format($0)) } ?? .null, token.revokedAt.map { .text(Timestamp.format($0)) } ?? .null]
+        )
+    }
+
+    public func insertRefreshToken(_ token: RefreshTokenRecord) async throws {
+        try await pool.withConnection { db in try Self.insertRefreshToken(token, db: db) }
+    }
+
+    public func rotateRefreshToken(hash: String, replacement: RefreshTokenRecord, now: Date) async throws -> RotateOutcome {
+        try await pool.transaction { db in
+            // FOR UPDATE: two concurrent uses of one token are serialized, so the second sees it used.
+            guard let row = try db.query(
+                "SELECT id, user_id, family_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+                [.text(hash)]
+            ).first else { return .invalid }
+            let familyId = try row.uuid(2)
+            let userId = try row.uuid(1)
+            let nowText = Timestamp.format(now)
+            if row.optionalString(5) != nil { return .invalid }
+            if row.optionalString(4) != nil {
+                try db.run(
+                    "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+                    [.text(nowText), .text(familyId.lowercased)]
+                )
+                return .reused
+            }
+            if try row.date(3) <= now { return .expired }
+            try db.run("UPDATE refresh_tokens SET used_at = $1 WHERE id = $2", [.text(nowText), .text(try row.string(0))])
+            var next = replacement
+            next.userId = userId
+            next.familyId = familyId
+            try Self.insertRefreshToken(next, db: db)
+            return .rotated(userId: userId, familyId: familyId)
+        }
+    }
+
+    public func revokeRefreshFamily(_ familyId: UUID, now: Date) async throws {
+        try await pool.withConnection { db in
+            try db.run(
+                "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+                [.text(Timestamp.format(now)), .text(familyId.lowercased)]
+            )
+        }
+    }
+
+    public func revokeAccessToken(jti: String, expiresAt: Date) async throws {
+        try await pool.withConnection { db in
+            try db.run(
+                "INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                [.text(jti), .text(Timestamp.format(expiresAt))]
+            )
+        }
+    }
+
+    public func isAccessTokenRevoked(jti: String) async throws -> Bool {
+        try await pool.withConnection { db in
+            try !db.query("SELECT 1 FROM revoked_access_tokens WHERE jti = $1", [.text(jti)]).isEmpty
+        }
+    }
+
+    // MARK: Sessions
+
+    static let sessionColumns = "session_id, user_id, metadata, state, is_resolved, expires_at, resolved_at, created_at, updated_at"
+
+    static func session(_ row: PGRow) throws -> ChatSession {
+        guard let state = SessionState(rawValue: try row.string(3)) else { throw StoreError(.failed, "unknown session state") }
+        return ChatSession(
+            id: try row.uuid(0), userId: try row.uuid(1), metadata: try row.json(2), state: state, isResolved: try row.bool(4),
+            expiresAt: try row.date(5), resolvedAt: row.optionalDate(6), createdAt: try row.date(7), updatedAt: try row.date(8)
+        )
+    }
+
+    private static func loadSession(_ id: UUID, db: PostgresConnection, lock: Bool = false) throws -> ChatSession? {
+        try db.query(
+            "SELECT \(sessionColumns) FROM chat_sessions WHERE session_id = $1\(lock ? " FOR UPDATE" : "")", [.text(id.lowercased)]
+        ).first.map(session)
+    }
+
+    static func insertSession(_ session: ChatSession, db: PostgresConnection) throws {
+        try db.run(
+            "INSERT INTO chat_sessions (\(sessionColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [.text(session.id.lowercased), .text(session.userId.lowercased), .text(session.metadata.jsonText()), .text(session.state.rawValue),
+             .text(session.isResolved ? "true" : "false"), .text(Timestamp.format(session.expiresAt)),
+             session.resolvedAt.map { .text(Timestamp.format($0)) } ?? .null,
+             .text(Timestamp.format(session.createdAt)), .text(Timestamp.format(session.updatedAt))]
+        )
+    }
+
+    public func createSession(_ session: ChatSession) async throws {
+        try await pool.withConnection { db in try Self.insertSession(session, db: db) }
+    }
+
+    public func session(id: UUID) async throws -> ChatSession? {
+        try await pool.withConnection { db in try Self.loadSession(id, db: db) }
+    }
+
+    public func sessions(_ query: SessionQuery) async throws -> SessionPage {
+        try await pool.withConnection { db in
+            var filter = "user_id = $1"
+            var params: [SQLValue] = [.text(query.userId.lowercased)]
+            if let state = query.state {
+                params.append(.text(state.rawValue))
+                filter += " AND state = $\(params.count)"
+            }
+            if let resolved = query.isResolved {
+                params.append(.text(resolved ? "true" : "false"))
+                filter += " AND is_resolved = $\(params.count)"
+            }
+            let total = try db.query("SELECT COUNT(*) FROM chat_sessions WHERE \(filter)", params).first?.int(0) ?? 0
+            let rows = try db.query(
+                "SELECT \(Self.sessionColumns) FROM chat_sessions WHERE \(filter) ORDER BY created_at DESC, session_id DESC LIMIT $\(params.count + 1) OFFSET $\(params.count + 2)",
+                params + [.integer(Int64(query.limit)), .integer(Int64(query.offset))]
+            )
+            return SessionPage(sessions: try rows.map(Self.session), total: Int(total))
+        }
+    }
+
+    public func resumeSession(id: UUID, expiresAt: Date, now: Date) async throws -> ResumeOutcome {
+        try await pool.transaction { db in
+            guard let current = try Self.loadSession(id, db: db, lock: true) else { return .notFound }
+            if current.isResolved { return .resolved }
+            try db.run(
+                "UPDATE chat_sessions SET state = 'active', expires_at = $1, updated_at = $2 WHERE session_id = $3",
+                [.text(Timestamp.format(expiresAt)), .text(Timestamp.format(now)), .text(id.lowercased)]
+            )
+            guard let updated = try Self.loadSession(id, db: db) else { return .notFound }
+            return .resumed(updated)
+        }
+    }
+
+    public func resolveSession(id: UUID, now: Date) async throws -> ChatSession? {
+        try await pool.transaction { db in
+            guard let current = try Self.loadSession(id, db: db, lock: true) else { return nil }
+            if current.isResolved { return current }
+            let nowText = Timestamp.format(now)
+            try db.run(
+                "UPDATE chat_sessions SET state = 'resolved', is_resolved = TRUE, resolved_at = $1, updated_at = $2 WHERE session_id = $3",
+                [.text(nowText), .text(nowText), .text(id.lowercased)]
+            )
+            return try Self.loadSession(id, db: db)
+        }
+    }
+
+    public func deleteSession(id: UUID) async throws -> Bool {
+        try await pool.withConnection { db in
+            try db.run("DELETE FROM chat_sessions WHERE session_id = $1", [.text(id.lowercased)]) > 0
+        }
+    }
+
+    public func sweepExpired(now: Date) async throws -> Int {
+        try await pool.transaction { db in
+            let nowText = Timestamp.format(now)
+            let expired = try db.run(
+                "UPDATE chat_sessions SET state = 'expired', updated_at = $1 WHERE state = 'active' AND expires_at <= $2",
+                [.text(nowText), .text(nowText)]
+            )
+            try db.run("DELETE FROM revoked_access_tokens WHERE expires_at <= $1", [.text(nowText)])
+            try db.run("DELETE FROM refresh_tokens WHERE expires_at <= $1", [.text(nowText)])
+            return expired
+        }
+    }
+
+    // MARK: Messages
+
+    static let messageColumns = "id, session_id, user_id, content, type, direction, metadata, client_message_id, created_at, updated_at"
+
+    static func message(_ row: PGRow) throws -> ChatMessage {
+        guard let direction = MessageDirection(rawValue: try row.string(5)) else { throw StoreError(.failed, "unknown direction") }
+        return ChatMessage(
+            id: try row.uuid(0), sessionId: try row.uuid(1), userId: row.optionalUUID(2), content: try row.string(3), type: try row.string(4),
+            direction: direction, metadata: try row.json(6), clientMessageId: row.optionalString(7), createdAt: try row.date(8), updatedAt: try row.date(9)
+        )
+    }
+
+    static func messageParams(_ message: ChatMessage) -> [SQLValue] {
+        [.text(message.id.lowercased), .text(message.sessionId.lowercased), message.userId.map { .text($0.lowercased) } ?? .null,
+         .text(message.content), .text(message.type), .text(message.direction.rawValue), .text(message.metadata.jsonText()),
+         message.clientMessageId.map(SQLValue.text) ?? .null,
+         .text(Timestamp.format(message.createdAt)), .text(Timestamp.format(message.updatedAt))]
+    }
+
+    public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
+        try await pool.transaction { db in
+            // FOR SHARE: a concurrent resolve or delete waits for this insert instead of racing it.
+            guard let session = try db.query(
+                "SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $1 FOR SHARE",
+                [.text(message.sessionId.lowercased)]
+            ).first else { return .sessionNotFound }
+            if let owner, try session.uuid(3) != owner { return .sessionNotFound }
+            let existingQuery = "SELECT \(Self.messageColumns) FROM chat_messages WHERE session_id = $1 AND client_message_id = $2"
+            if let clientId = message.clientMessageId,
+               let existing = try db.query(existingQuery, [.text(message.sessionId.lowercased), .text(clientId)]).first {
+                return .duplicate(try Self.message(existing))
+            }
+            if try session.bool(0) { return .sessionResolved }
+            if try session.string(1) == SessionState.expired.rawValue || (try session.date(2)) <= now { return .sessionExpired }
+            if let clientId = message.clientMessageId {
+                // A concurrent retry may have inserted the same client id since the check above.
+                let inserted = try db.run(
+                    """
+                    INSERT INTO chat_messages (\(Self.messageColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
+                    """,
+                    Self.messageParams(message)
+                )
+                if inserted == 0, let existing = try db.query(existingQuery, [.text(message.sessionId.lowercased), .text(clientId)]).first {
+                    return .duplicate(try Self.message(existing))
+                }
+            } else {
+                try db.run(
+                    "INSERT INTO chat_messages (\(Self.messageColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    Self.messageParams(message)
+                )
+            }
+            return .created(message)
+        }
+    }
+
+    public func messages(_ query: MessageQuery) async throws -> MessagePage {
+        try await pool.withConnection { db in
+            var filter = "session_id = $1"
+            var params: [SQLValue] = [.text(query.sessionId.lowercased)]
+            if let after = query.after {
+                params.append(.text(after.lowercased))
+                filter += " AND id > $\(params.count)"
+            }
+            if let before = query.before {
+                params.append(.text(before.lowercased))
+                filter += " AND id < $\(params.count)"
+            }
+            let backwards = query.before != nil && query.after == nil
+            params.append(.integer(Int64(query.limit + 1)))
+            let rows = try db.query(
+                "SELECT \(Self.messageColumns) FROM chat_messages WHERE \(filter) ORDER BY id \(backwards ? "DESC" : "ASC") LIMIT $\(params.count)",
+                params
+            )
+            var messages = try rows.prefix(query.limit).map(Self.message)
+            if backwards { messages.reverse() }
+            return MessagePage(messages: messages, hasMore: rows.count > query.limit)
+        }
+    }
+
+    public func message(sessionId: UUID, id: UUID) async throws -> ChatMessage? {
+        try await pool.withConnection { db in
+            try db.query(
+                "SELECT \(Self.messageColumns) FROM chat_messages WHERE session_id = $1 AND id = $2",
+                [.text(sessionId.lowercased), .text(id.lowercased)]
+            ).first.map(Self.message)
+        }
+    }
+
+    public func statistics() async throws -> SessionStatistics {
+        try await pool.withConnection { db in
+            guard let row = try db.query(
+                """
+                SELECT COUNT(*),
+                       COUNT(*) FILTER (WHERE state = 'active'), COUNT(*) FILTER (WHERE state = 'expired'),
+                       COUNT(*) FILTER (WHERE state = 'resolved'), COALESCE(SUM(message_count), 0), (SELECT COUNT(*) FROM users)
+                FROM session_statistics
+                """
+            ).first else { throw StoreError(.failed, "statistics returned no row") }
+            return SessionStatistics(
+                totalSessions: Int(try row.int(0)), activeSessions: Int(try row.int(1)), expiredSessions: Int(try row.int(2)),
+                resolvedSessions: Int(try row.int(3)), totalMessages: Int(try row.int(4)), totalUsers: Int(try row.int(5))
+            )
+        }
+    }
+}

@@ -1,0 +1,136 @@
+"""The same product on Postgres: configuration, outage and recovery, concurrent start-up, and moving data."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import requests
+
+from conftest import (PASSWORD, assert_json_error, auth_get, create_session, pg_control, post_json, psql, register,
+                      run_cli, base_env)
+
+
+def test_check_config_reports_server_version_and_migrations(bin_path, tmp_path, pg_url):
+    env = base_env(tmp_path, DATABASE_URL=pg_url)
+    before = run_cli(bin_path, ["check-config"], tmp_path, env)
+    assert before.returncode == 0, before.stderr
+    assert "connected to PostgreSQL 15" in before.stdout, before.stdout
+    assert "0 applied, 8 pending" in before.stdout, before.stdout
+    migrate = run_cli(bin_path, ["migrate"], tmp_path, env)
+    assert migrate.returncode == 0, migrate.stderr
+    assert migrate.stdout.count("applied 20") == 8, migrate.stdout
+    after = run_cli(bin_path, ["check-config"], tmp_path, env)
+    assert "8 applied, 0 pending" in after.stdout, after.stdout
+
+    bad = run_cli(bin_path, ["check-config"], tmp_path, base_env(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"))
+    assert bad.returncode != 0
+    assert "cannot connect to Postgres" in bad.stderr, bad.stderr
+
+
+def test_rest_flow_on_postgres(start_server, pg_url):
+    server = start_server(database_url=pg_url)
+    health = requests.get(server.url("/api/health"), timeout=5).json()
+    assert health["storage"]["backend"] == "postgres" and health["storage"]["status"] == "up"
+    user = register(server)
+    token = user["accessToken"]
+    sid = create_session(server, token, {"plan": "pro"})["sessionId"]
+    first = post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "héllo", "clientMessageId": "c-1", "metadata": {"n": 1.5}}, token=token)
+    again = post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "héllo", "clientMessageId": "c-1"}, token=token)
+    assert first.status_code == 201 and again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert first.json()["metadata"] == {"n": 1.5}
+    history = auth_get(server.url(f"/api/sessions/{sid}/messages"), token).json()
+    assert [m["content"] for m in history["messages"]] == ["héllo"]
+    status = requests.get(server.url("/api/status"), timeout=5).json()
+    assert status["storage"]["backend"] == "postgres" and status["statistics"]["messages"] == 1
+
+
+def test_outage_answers_503_and_recovers_without_restart(start_server, pg_url):
+    server = start_server(database_url=pg_url)
+    user = register(server)
+    token = user["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    pg_control("halt")
+    try:
+        assert requests.get(server.url("/health"), timeout=10).status_code == 200
+        r = requests.get(server.url("/api/health"), timeout=15)
+        assert r.status_code == 503 and r.json()["storage"]["status"] == "down"
+        assert_json_error(post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "lost?"}, token=token, timeout=15),
+                          503, "storage_unavailable")
+        assert_json_error(post_json(server.url("/api/sessions"), {}, token=token, timeout=15), 503, "storage_unavailable")
+        assert server.proc.poll() is None, "the server must survive the outage"
+    finally:
+        pg_control("resume")
+    deadline = time.monotonic() + 30
+    while True:
+        r = requests.get(server.url("/api/health"), timeout=10)
+        if r.status_code == 200:
+            break
+        assert time.monotonic() < deadline, f"not recovered: {r.status_code} {r.text}"
+        time.sleep(0.5)
+    r = post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "after the outage"}, token=token)
+    assert r.status_code == 201, r.text
+    history = auth_get(server.url(f"/api/sessions/{sid}/messages"), token).json()["messages"]
+    assert [m["content"] for m in history] == ["after the outage"]
+
+
+def test_two_instances_starting_together_migrate_once(start_server, pg_url):
+    servers = []
+    threads = [threading.Thread(target=lambda n=n: servers.append(start_server(name=f"i{n}", database_url=pg_url))) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(servers) == 2
+    assert psql(pg_url, "SELECT count(*) FROM schema_history") == "8"
+    # Both serve the same data.
+    user = register(servers[0])
+    r = post_json(servers[1].url("/auth/login"), {"username": user["user"]["username"], "password": PASSWORD})
+    assert r.status_code == 200, r.text
+
+
+def test_copy_sqlite_to_postgres_and_back(start_server, bin_path, tmp_path, pg_url):
+    source = start_server(name="sqlite-source")
+    alice = register(source)
+    token = alice["accessToken"]
+    sessions = []
+    for n in range(3):
+        sid = create_session(source, token, {"n": n})["sessionId"]
+        sessions.append(sid)
+        for i in range(5):
+            assert post_json(source.url(f"/api/sessions/{sid}/messages"), {"content": f"s{n} m{i}", "clientMessageId": f"{n}-{i}"},
+                             token=token).status_code == 201
+    assert requests.post(source.url(f"/api/sessions/{sessions[2]}/resolve"), headers={"Authorization": f"Bearer {token}"},
+                         timeout=5).status_code == 200
+    before = {sid: auth_get(source.url(f"/api/sessions/{sid}/messages"), token).json()["messages"] for sid in sessions}
+    source_db = source.db_path
+    source.stop()
+
+    env = base_env(tmp_path)
+    r = run_cli(bin_path, ["copy", "--from", f"sqlite://{source_db}", "--to", pg_url], tmp_path, env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "done" in r.stdout and "15 messages" in r.stdout, r.stdout
+
+    # A second copy into the now non-empty target is refused and changes nothing.
+    again = run_cli(bin_path, ["copy", "--from", f"sqlite://{source_db}", "--to", pg_url], tmp_path, env, timeout=120)
+    assert again.returncode != 0 and "refusing" in again.stderr, again.stdout + again.stderr
+    assert psql(pg_url, "SELECT count(*) FROM chat_messages") == "15"
+
+    moved = start_server(name="pg", database_url=pg_url)
+    login = post_json(moved.url("/auth/login"), {"username": alice["user"]["username"], "password": PASSWORD})
+    assert login.status_code == 200, login.text
+    token2 = login.json()["accessToken"]
+    for sid in sessions:
+        assert auth_get(moved.url(f"/api/sessions/{sid}/messages"), token2).json()["messages"] == before[sid]
+    assert auth_get(moved.url(f"/api/sessions/{sessions[2]}"), token2).json()["state"] == "resolved"
+    # The old refresh token still works after the move (tokens were copied).
+    assert post_json(moved.url("/auth/refresh"), {"refreshToken": alice["refreshToken"]}).status_code == 200
+    moved.stop()
+
+    back = tmp_path / "back" / "chat.db"
+    r = run_cli(bin_path, ["copy", "--from", pg_url, "--to", f"sqlite://{back}"], tmp_path, env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with sqlite3.connect(back) as conn:
+        assert conn.execute("SELECT count(*) FROM chat_messages").fetchone()[0] == 15
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
