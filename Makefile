@@ -64,7 +64,7 @@ test-e2e: build
 
 bench: release test-deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH_DEPS); }
-	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench.py
+	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench.py sqlite postgres
 
 clean:
 	rm -rf $(BUILD_DIR) $(VENV)

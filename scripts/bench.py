@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""make bench: wrk on loopback against a release chat-backend.
+"""make bench: wrk on loopback against a release chat-backend, on SQLite and on Postgres.
 
 Scenarios (each beside a bare GET /health in the same run):
-  - POST /api/sessions/:id/messages  (persisted, SQLITE_SYNCHRONOUS=FULL, rate limits off)
+  - POST /api/sessions/:id/messages  (persisted: SQLite synchronous=FULL / Postgres fsync on; rate limits off)
   - GET  /api/sessions/:id/messages?limit=50
-Prints requests/s, p50/p99 latency and the ratio to /health as a Markdown table.
+Prints requests/s, p50/p99 latency and the ratio to /health as a Markdown table per backend.
+`scripts/bench.py sqlite` or `scripts/bench.py postgres` runs one; no argument runs both.
+The Postgres run starts a throwaway PostgreSQL with scripts/pg-test.sh on port 54331.
 """
 import json
 import os
@@ -65,9 +67,30 @@ def wrk(url, script=None):
     return parse_wrk(out)
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PG_ENV = dict(os.environ, PGTEST_DIR="/tmp/chat-backend-bench-pg", PGTEST_PORT="54331")
+
+
 def main():
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
+    backends = sys.argv[1:] or ["sqlite", "postgres"]
+    failed = 0
+    for backend in backends:
+        if backend == "postgres":
+            conninfo = subprocess.run([os.path.join(ROOT, "scripts", "pg-test.sh"), "start"], env=PG_ENV,
+                                      capture_output=True, text=True, check=True).stdout.strip()
+            try:
+                failed += run(backend, conninfo)
+            finally:
+                subprocess.run([os.path.join(ROOT, "scripts", "pg-test.sh"), "stop"], env=PG_ENV, check=False)
+        else:
+            failed += run(backend, None)
+    if failed:
+        sys.exit(f"{failed} failed requests")
+
+
+def run(backend, conninfo):
     work = tempfile.mkdtemp(prefix="chat-bench-")
     port = free_port()
     env = {
@@ -81,6 +104,8 @@ def main():
         "SQLITE_SYNCHRONOUS": "FULL",
         "LOG_LEVEL": "warning",
     }
+    if conninfo:
+        env["DATABASE_URL"] = conninfo
     server = subprocess.Popen(
         [os.path.abspath(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -122,15 +147,14 @@ def main():
         rows.append(("GET /api/sessions/:id/messages?limit=50", get, get[0] / health2[0]))
 
         stats = request("GET", base + "/api/status")["statistics"]
-        print(f"\nwrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} --latency, server {BIN}, SQLite synchronous=FULL, rate limits off\n")
+        store = "SQLite synchronous=FULL" if backend == "sqlite" else "PostgreSQL (fsync on, synchronous_commit on)"
+        print(f"\n## {backend}\n\nwrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} --latency, server {BIN}, {store}, rate limits off\n")
         print("| scenario | requests/s | p50 ms | p99 ms | errors | ratio to /health |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, (rps, lat, errors), ratio in rows:
             print(f"| {name} | {rps:,.0f} | {lat.get('50', 0):.2f} | {lat.get('99', 0):.2f} | {errors} | {'' if ratio is None else f'{ratio:.0%}'} |")
         print(f"\nmessages stored during the run: {stats['messages']:,}")
-        failed = sum(r[1][2] for r in rows)
-        if failed:
-            sys.exit(f"{failed} failed requests")
+        return sum(r[1][2] for r in rows)
     finally:
         server.send_signal(signal.SIGTERM)
         try:

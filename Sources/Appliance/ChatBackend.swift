@@ -289,7 +289,7 @@ struct Copy: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let logger = makeLogger(.warning)
-            let source = try await openCopyStore(from, logger: logger)
+            let source = try await openCopyStore(from, logger: logger, isSource: true)
             let target: any ChatStore
             do {
                 target = try await openCopyStore(to, logger: logger)
@@ -309,9 +309,12 @@ struct Copy: AsyncParsableCommand {
         }
     }
 
-    private func openCopyStore(_ url: String, logger: Logger) async throws -> any ChatStore {
+    private func openCopyStore(_ url: String, logger: Logger, isSource: Bool = false) async throws -> any ChatStore {
         switch try DatabaseLocation.parse(url) {
         case .sqlite(let path):
+            if isSource, !FileManager.default.fileExists(atPath: path) {
+                throw ConfigError("--from: \(path) does not exist")
+            }
             try AppConfig.makeDirectory(parentOf: path)
             return try await SQLiteStore.open(path: path, logger: logger)
         case .postgres(let conninfo):

@@ -131,6 +131,10 @@ def test_copy_sqlite_to_postgres_and_back(start_server, bin_path, tmp_path, pg_u
     back = tmp_path / "back" / "chat.db"
     r = run_cli(bin_path, ["copy", "--from", pg_url, "--to", f"sqlite://{back}"], tmp_path, env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+    missing = run_cli(bin_path, ["copy", "--from", f"sqlite://{tmp_path}/no-such.db", "--to", f"sqlite://{tmp_path}/x.db"], tmp_path, env)
+    assert missing.returncode == 78 and "does not exist" in missing.stderr, missing.stderr
+    assert not (tmp_path / "no-such.db").exists()
+    assert "NOTICE" not in r.stderr, r.stderr
     with sqlite3.connect(back) as conn:
         assert conn.execute("SELECT count(*) FROM chat_messages").fetchone()[0] == 15
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1

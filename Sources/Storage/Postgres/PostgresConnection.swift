@@ -24,8 +24,8 @@ final class PostgresConnection {
             throw StoreError(.unavailable, "cannot connect to Postgres", detail: message)
         }
         self.handle = conn
-        // UTC text timestamps, so they parse as RFC 3339.
-        try execute("SET TIME ZONE 'UTC'")
+        // UTC text timestamps, so they parse as RFC 3339; no NOTICE chatter on stderr.
+        try execute("SET TIME ZONE 'UTC'; SET client_min_messages TO WARNING")
     }
 
     deinit {

@@ -12,7 +12,9 @@ final class PostgresPool: Sendable {
     let conninfo: String
     let size: Int
     private let threads: NIOThreadPool
-    private let idle = Mutex<[UnsafeTransfer<PostgresConnection>]>([])
+    private let idle = Mutex<[(connection: UnsafeTransfer<PostgresConnection>, since: ContinuousClock.Instant)]>([])
+    /// A connection idle longer than this is checked with a trivial query before it is used again.
+    private let validateAfter = Duration.seconds(30)
     private let closed = Atomic<Bool>(false)
 
     init(conninfo: String, size: Int) {
@@ -29,10 +31,10 @@ final class PostgresPool: Sendable {
         guard !closed.load(ordering: .relaxed) else { throw StoreError(.unavailable, "the store is closed") }
         do {
             return try await threads.runIfActive { [self] in
-                let connection = try self.idle.withLock({ $0.popLast() })?.value ?? PostgresConnection(conninfo: self.conninfo)
+                let connection = try self.checkout()
                 defer {
                     if connection.isHealthy, !self.closed.load(ordering: .relaxed) {
-                        self.idle.withLock { $0.append(UnsafeTransfer(connection)) }
+                        self.idle.withLock { $0.append((UnsafeTransfer(connection), .now)) }
                     }
                 }
                 return try body(connection)
@@ -40,6 +42,17 @@ final class PostgresPool: Sendable {
         } catch is NIOThreadPoolError.ThreadPoolInactive {
             throw StoreError(.unavailable, "the store is closed")
         }
+    }
+
+    /// The most recently used idle connection that still answers, or a new one.
+    private func checkout() throws -> PostgresConnection {
+        while let (candidate, since) = idle.withLock({ $0.popLast() }) {
+            let connection = candidate.value
+            if ContinuousClock.now - since < validateAfter { return connection }
+            // Idle for a while: the server may have restarted or dropped it.
+            if (try? connection.execute("SELECT 1")) != nil, connection.isHealthy { return connection }
+        }
+        return try PostgresConnection(conninfo: conninfo)
     }
 
     /// Runs `body` inside BEGIN … COMMIT; rolls back when it throws.
