@@ -172,6 +172,8 @@ struct SessionTests {
             (#"{"content":"x","metadata":[1]}"#, "metadata"),
             (#"{"content":"x","clientMessageId":"has space"}"#, "clientMessageId"),
             (#"{"content":"x","sender":"me"}"#, "sender"),
+            (#"{"content":"nul\u0000byte"}"#, "content"),
+            (#"{"content":"x","metadata":{"k":"\u0000"}}"#, "metadata"),
             ("{\"content\":\"\(String(repeating: "a", count: 10_001))\"}", "content"),
             ("{\"content\":\"x\",\"metadata\":{\"k\":\"\(String(repeating: "m", count: 17_000))\"}}", "metadata"),
         ]

@@ -172,6 +172,27 @@ struct StoreContractTests {
         }
     }
 
+    @Test("one failing write among concurrent ones fails alone", arguments: backends)
+    func failureIsolation(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, fixture in
+            let session = Make.session(userId: UUID())
+            try await store.createSession(session)
+            let clash = Make.message(session.id, userId: nil, content: "first")
+            var twin = Make.message(session.id, userId: nil, content: "twin")
+            twin.id = clash.id
+            let results = await withTaskGroup(of: Result<AppendOutcome, any Error>.self) { group in
+                for i in 0..<60 {
+                    let message = i == 10 ? clash : (i == 20 ? twin : Make.message(session.id, userId: nil, content: "m\(i)"))
+                    group.addTask { await Result(catching: { try await store.appendMessage(message, now: Timestamp.now()) }) }
+                }
+                return await group.reduce(into: []) { $0.append($1) }
+            }
+            let failures = results.compactMap { r -> StoreError? in if case .failure(let e) = r { e as? StoreError } else { nil } }
+            #expect(failures.count == 1 && failures.first?.kind == .conflict, "\(failures.count) failures: \(Set(failures.map(\.kind.rawValue)))")
+            #expect(try await store.statistics().totalMessages == 59, "\(fixture.name)")
+        }
+    }
+
     @Test("refresh tokens rotate; reuse revokes the family", arguments: backends)
     func refreshTokens(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, _ in

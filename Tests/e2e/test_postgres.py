@@ -138,3 +138,18 @@ def test_copy_sqlite_to_postgres_and_back(start_server, bin_path, tmp_path, pg_u
     with sqlite3.connect(back) as conn:
         assert conn.execute("SELECT count(*) FROM chat_messages").fetchone()[0] == 15
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 1
+
+
+def test_unix_socket_key_value_connection_string(start_server, pg_url):
+    """libpq key=value strings work, here over the server's unix socket instead of TCP."""
+    import os
+    socket_dir = os.environ.get("PGTEST_DIR", "/tmp/chat-backend-pgtest")
+    port = os.environ.get("PGTEST_PORT", "54329")
+    options = pg_url[pg_url.index("options="):]
+    url = f"host={socket_dir} port={port} user=postgres dbname=chat_test {options}"
+    server = start_server(database_url=url)
+    user = register(server)
+    sid = create_session(server, user["accessToken"])["sessionId"]
+    assert post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "via unix socket"}, token=user["accessToken"]).status_code == 201
+    # The same schema seen over TCP holds the message.
+    assert psql(pg_url, "SELECT content FROM chat_messages") == "via unix socket"

@@ -50,7 +50,8 @@ extension APIError {
             case .unavailable: return .storageUnavailable
             case .notFound: return .notFound("resource")
             case .conflict: return APIError(.conflict, code: "conflict", message: error.message)
-            case .invalid, .failed: return nil
+            case .invalid: return APIError(.badRequest, code: "invalid_input", message: "the request could not be stored as given")
+            case .failed: return nil
             }
         case let error as HTTPError:
             switch error.status {

@@ -55,6 +55,10 @@ struct JSONBody {
         if let unknown = fields.keys.sorted().first(where: { !allowed.contains($0) }) {
             throw APIError.invalid(unknown, "unknown field")
         }
+        // Databases cannot keep NUL in text (Postgres refuses it, C strings end at it).
+        for (key, field) in fields where field.containsNUL {
+            throw APIError.invalid(key, "must not contain NUL (\\u0000) characters")
+        }
         return JSONBody(fields: fields)
     }
 
@@ -173,5 +177,17 @@ enum Wire {
             "clientMessageId": m.clientMessageId.map(JSONValue.string) ?? .null,
             "createdAt": .string(Timestamp.format(m.createdAt)), "updatedAt": .string(Timestamp.format(m.updatedAt)),
         ])
+    }
+}
+
+extension JSONValue {
+    /// Whether any string or key inside holds a NUL character.
+    var containsNUL: Bool {
+        switch self {
+        case .string(let s): return s.utf8.contains(0)
+        case .array(let items): return items.contains { $0.containsNUL }
+        case .object(let fields): return fields.contains { $0.key.utf8.contains(0) || $0.value.containsNUL }
+        default: return false
+        }
     }
 }

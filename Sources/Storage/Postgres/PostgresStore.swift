@@ -20,9 +20,14 @@ public final class PostgresStore: ChatStore {
 
     public let backend = "postgres"
     let pool: PostgresPool
+    let appender: PostgresAppender
 
     private init(pool: PostgresPool) {
         self.pool = pool
+        self.appender = PostgresAppender(
+            conninfo: pool.conninfo, statement: Self.appendSQL, parameters: Self.appendParameters,
+            single: Self.appendOne, decide: { db, message, owner, row in try Self.decideAppend(db, message, owner: owner, row: row) }
+        )
     }
 
     /// Key of the advisory lock that makes instances starting together migrate one at a time.
@@ -106,6 +111,7 @@ public final class PostgresStore: ChatStore {
     }
 
     public func close() async {
+        await appender.close()
         await pool.close()
     }
 
@@ -335,41 +341,50 @@ public final class PostgresStore: ChatStore {
          .text(Timestamp.format(message.createdAt)), .text(Timestamp.format(message.updatedAt))]
     }
 
+    /// Checks the session and inserts in one statement (one round trip, its own transaction): the insert
+    /// happens only when the session exists, belongs to `owner`, is open and unexpired, and the client id is new.
+    private static let appendSQL = """
+        WITH s AS (
+            SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $2::uuid
+        ), ins AS (
+            INSERT INTO chat_messages (\(messageColumns))
+            SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::varchar, $6::varchar, $7::jsonb, $8::varchar, $9::timestamptz, $10::timestamptz
+            FROM s
+            WHERE NOT s.is_resolved AND s.state = 'active' AND s.expires_at > $11::timestamptz
+              AND ($12::uuid IS NULL OR s.user_id = $12::uuid)
+            ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
+            RETURNING id
+        )
+        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (SELECT count(*) FROM ins) FROM s
+        """
+
     public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
-        try await pool.transaction { db in
-            // FOR SHARE: a concurrent resolve or delete waits for this insert instead of racing it.
-            guard let session = try db.query(
-                "SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $1 FOR SHARE",
-                [.text(message.sessionId.lowercased)]
-            ).first else { return .sessionNotFound }
-            if let owner, try session.uuid(3) != owner { return .sessionNotFound }
-            let existingQuery = "SELECT \(Self.messageColumns) FROM chat_messages WHERE session_id = $1 AND client_message_id = $2"
-            if let clientId = message.clientMessageId,
-               let existing = try db.query(existingQuery, [.text(message.sessionId.lowercased), .text(clientId)]).first {
-                return .duplicate(try Self.message(existing))
-            }
-            if try session.bool(0) { return .sessionResolved }
-            if try session.string(1) == SessionState.expired.rawValue || (try session.date(2)) <= now { return .sessionExpired }
-            if let clientId = message.clientMessageId {
-                // A concurrent retry may have inserted the same client id since the check above.
-                let inserted = try db.run(
-                    """
-                    INSERT INTO chat_messages (\(Self.messageColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                    ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
-                    """,
-                    Self.messageParams(message)
-                )
-                if inserted == 0, let existing = try db.query(existingQuery, [.text(message.sessionId.lowercased), .text(clientId)]).first {
-                    return .duplicate(try Self.message(existing))
-                }
-            } else {
-                try db.run(
-                    "INSERT INTO chat_messages (\(Self.messageColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    Self.messageParams(message)
-                )
-            }
-            return .created(message)
+        try await appender.append(message, now: now, owner: owner)
+    }
+
+    static func appendParameters(_ message: ChatMessage, now: Date, owner: UUID?) -> [SQLValue] {
+        messageParams(message) + [.text(Timestamp.format(now)), owner.map { .text($0.lowercased) } ?? .null]
+    }
+
+    /// One append on its own.
+    static func appendOne(_ db: PostgresConnection, _ message: ChatMessage, now: Date, owner: UUID?) throws -> AppendOutcome {
+        try decideAppend(db, message, owner: owner, row: db.query(appendSQL, appendParameters(message, now: now, owner: owner)).first)
+    }
+
+    /// The outcome of an append from the row its statement returned (nil: no such session).
+    static func decideAppend(_ db: PostgresConnection, _ message: ChatMessage, owner: UUID?, row: PGRow?) throws -> AppendOutcome {
+        guard let session = row else { return .sessionNotFound }
+        if let owner, try session.uuid(3) != owner { return .sessionNotFound }
+        if try session.int(4) == 1 { return .created(message) }
+        if let clientId = message.clientMessageId,
+           let existing = try db.query(
+               "SELECT \(messageColumns) FROM chat_messages WHERE session_id = $1 AND client_message_id = $2",
+               [.text(message.sessionId.lowercased), .text(clientId)]
+           ).first {
+            return .duplicate(try Self.message(existing))
         }
+        if try session.bool(0) { return .sessionResolved }
+        return .sessionExpired
     }
 
     public func messages(_ query: MessageQuery) async throws -> MessagePage {

@@ -1,0 +1,124 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import NIOPosix
+import Synchronization
+
+/// Group commit for message appends on Postgres: appends that arrive while a batch is in flight are sent
+/// together as one pipelined transaction on a dedicated connection, so one round trip and one WAL flush
+/// cover many messages. Each append keeps its own checks (one statement each).
+final class PostgresAppender: Sendable {
+    struct Job: @unchecked Sendable {
+        var message: ChatMessage
+        var now: Date
+        var owner: UUID?
+        var continuation: CheckedContinuation<AppendOutcome, any Error>
+    }
+
+    private struct State {
+        var jobs: [Job] = []
+        var draining = false
+        var closed = false
+    }
+
+    private let conninfo: String
+    private let thread = NIOThreadPool(numberOfThreads: 1)
+    private let state = Mutex(State())
+    // Touched only on the appender's thread.
+    private let connection = Mutex<UnsafeTransfer<PostgresConnection>?>(nil)
+    private let maxBatch = 256
+    private let decide: @Sendable (PostgresConnection, ChatMessage, UUID?, PGRow?) throws -> AppendOutcome
+    private let single: @Sendable (PostgresConnection, ChatMessage, Date, UUID?) throws -> AppendOutcome
+    private let statement: String
+    private let parameters: @Sendable (ChatMessage, Date, UUID?) -> [SQLValue]
+
+    init(
+        conninfo: String, statement: String, parameters: @escaping @Sendable (ChatMessage, Date, UUID?) -> [SQLValue],
+        single: @escaping @Sendable (PostgresConnection, ChatMessage, Date, UUID?) throws -> AppendOutcome,
+        decide: @escaping @Sendable (PostgresConnection, ChatMessage, UUID?, PGRow?) throws -> AppendOutcome
+    ) {
+        self.conninfo = conninfo
+        self.statement = statement
+        self.parameters = parameters
+        self.single = single
+        self.decide = decide
+        thread.start()
+    }
+
+    func append(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
+        try await withCheckedThrowingContinuation { continuation in
+            let start = state.withLock { s -> Bool? in
+                if s.closed { return nil }
+                s.jobs.append(Job(message: message, now: now, owner: owner, continuation: continuation))
+                if s.draining { return false }
+                s.draining = true
+                return true
+            }
+            switch start {
+            case nil: continuation.resume(throwing: StoreError(.unavailable, "the store is closed"))
+            case true?: thread.submit { [self] _ in drain() }
+            case false?: break
+            }
+        }
+    }
+
+    private func drain() {
+        while true {
+            let batch = state.withLock { s -> [Job] in
+                if s.jobs.isEmpty {
+                    s.draining = false
+                    return []
+                }
+                let count = min(s.jobs.count, maxBatch)
+                let batch = Array(s.jobs.prefix(count))
+                s.jobs.removeFirst(count)
+                return batch
+            }
+            if batch.isEmpty { return }
+            run(batch)
+        }
+    }
+
+    private func currentConnection() throws -> PostgresConnection {
+        if let existing = connection.withLock({ $0 })?.value, existing.isHealthy { return existing }
+        let fresh = try PostgresConnection(conninfo: conninfo)
+        connection.withLock { $0 = UnsafeTransfer(fresh) }
+        return fresh
+    }
+
+    private func run(_ batch: [Job]) {
+        let db: PostgresConnection
+        do {
+            db = try currentConnection()
+        } catch {
+            for job in batch { job.continuation.resume(throwing: error) }
+            return
+        }
+        if batch.count == 1 {
+            let job = batch[0]
+            job.continuation.resume(with: Result { try single(db, job.message, job.now, job.owner) })
+            return
+        }
+        do {
+            let rows = try db.pipelined(statement, batch.map { parameters($0.message, $0.now, $0.owner) })
+            for (job, row) in zip(batch, rows) {
+                job.continuation.resume(with: Result { try decide(db, job.message, job.owner, row) })
+            }
+        } catch let error as StoreError where error.kind != .unavailable && db.isHealthy {
+            // One append failed and aborted the batch; nothing was committed. Run each on its own.
+            for job in batch {
+                job.continuation.resume(with: Result { try single(db, job.message, job.now, job.owner) })
+            }
+        } catch {
+            for job in batch { job.continuation.resume(throwing: error) }
+        }
+    }
+
+    func close() async {
+        state.withLock { $0.closed = true }
+        _ = try? await thread.runIfActive { [self] in connection.withLock { $0 = nil } }
+        try? await thread.shutdownGracefully()
+    }
+}
