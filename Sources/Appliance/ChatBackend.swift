@@ -96,7 +96,8 @@ struct Serve: AsyncParsableCommand {
             let app = buildApplication(
                 config: config.service,
                 dependencies: ApplicationDependencies(
-                    store: store, registry: registry, logger: logger,
+                    store: store, hub: RealtimeHub(maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser),
+                    registry: registry, logger: logger,
                     onListening: {
                         logger.info("chat-backend listening", metadata: ["on": .string(where_), "storage": .string(backend)])
                         Systemd.notify("READY=1\nSTATUS=Serving on \(where_) with \(backend) storage")

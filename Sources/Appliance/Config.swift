@@ -189,6 +189,17 @@ struct AppConfig {
         }
         service.trustProxy = ["true", "1", "yes"].contains(trustText)
         summary.append(("TRUST_PROXY", String(service.trustProxy)))
+        func bounded(_ key: ConfigKey, _ name: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
+            let text = value(key) ?? String(fallback)
+            guard let n = Int(text), range.contains(n) else {
+                throw ConfigError("\(name): must be \(range.lowerBound) to \(range.upperBound) (got '\(text)')")
+            }
+            summary.append((name, String(n)))
+            return n
+        }
+        service.realtimeAuthTimeoutSeconds = try duration("realtime.auth.timeout", "REALTIME_AUTH_TIMEOUT", "10s")
+        service.realtimeMaxConnectionsPerUser = try bounded("realtime.max.connections.per.user", "REALTIME_MAX_CONNECTIONS_PER_USER", 20, 1...10_000)
+        service.realtimeQueueLength = try bounded("realtime.queue.length", "REALTIME_QUEUE_LENGTH", 256, 8...100_000)
         let agentsFile = value("agents.file") ?? "/etc/chat-backend/agents.yaml"
         summary.append(("AGENTS_FILE", agentsFile))
 

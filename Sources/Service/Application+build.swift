@@ -4,6 +4,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Hummingbird
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import Prometheus
@@ -21,6 +22,8 @@ public enum Listener: Sendable {
 /// Everything the application needs from outside; nothing is looked up globally.
 public struct ApplicationDependencies: Sendable {
     public var store: any ChatStore
+    /// Realtime connections by chat session.
+    public var hub: RealtimeHub
     public var registry: PrometheusCollectorRegistry
     public var logger: Logger
     /// Called once the listener accepts connections (systemd readiness).
@@ -29,10 +32,11 @@ public struct ApplicationDependencies: Sendable {
     public var services: [any Service]
 
     public init(
-        store: any ChatStore, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger = Logger(label: "chat-backend"),
-        onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = []
+        store: any ChatStore, hub: RealtimeHub = RealtimeHub(), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+        logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = []
     ) {
         self.store = store
+        self.hub = hub
         self.registry = registry
         self.logger = logger
         self.onListening = onListening
@@ -40,15 +44,23 @@ public struct ApplicationDependencies: Sendable {
     }
 }
 
-/// Builds the router with every route and middleware.
-public func buildRouter(config: ServiceConfig, dependencies: ApplicationDependencies) -> Router<ChatRequestContext> {
+/// The HTTP router and the WebSocket upgrade router, with every route and middleware.
+public struct ChatRouters {
+    public let http: Router<ChatRequestContext>
+    public let webSocket: Router<ChatWebSocketContext>
+}
+
+/// Builds the routers with every route and middleware.
+public func buildRouters(config: ServiceConfig, dependencies: ApplicationDependencies) -> ChatRouters {
     let store = dependencies.store
+    let hub = dependencies.hub
     let metrics = HTTPMetrics(registry: dependencies.registry)
     let limiter = RateLimiter()
     let tokens = TokenService(
         signer: JWTSigner(secret: config.jwtSecret), store: store, accessTTL: config.accessTokenTTL, refreshTTL: config.refreshTokenTTL
     )
     let hasher = PasswordHasher(parameters: config.passwordParameters)
+    let messages = MessageService(store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics)
 
     let router = Router(context: ChatRequestContext.self)
     router.addMiddleware {
@@ -65,7 +77,7 @@ public func buildRouter(config: ServiceConfig, dependencies: ApplicationDependen
     let auth = router.group("auth")
     if let rule = config.rateLimitAPI { auth.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     AuthController(
-        store: store, tokens: tokens, hasher: hasher, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes,
+        store: store, tokens: tokens, hasher: hasher, hub: hub, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes,
         identity: identity
     ).addRoutes(to: auth)
 
@@ -73,17 +85,27 @@ public func buildRouter(config: ServiceConfig, dependencies: ApplicationDependen
     if let rule = config.rateLimitAPI { api.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     health.addAPIRoutes(to: api)
     SessionController(
-        store: store, limiter: limiter, messageRule: config.rateLimitMessages, sessionTTL: config.sessionTTL,
-        maxBodyBytes: config.maxBodyBytes, metrics: metrics
+        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes
     ).addRoutes(to: api.group(context: AuthenticatedContext.self))
-    return router
+
+    let webSocket = Router(context: ChatWebSocketContext.self)
+    WebSocketController(
+        store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,
+        authTimeout: .seconds(config.realtimeAuthTimeoutSeconds), maxQueued: config.realtimeQueueLength
+    ).addRoutes(to: webSocket)
+    return ChatRouters(http: router, webSocket: webSocket)
 }
+
+/// Limits of the WebSocket server.
+let webSocketConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
+    ws: .init(maxFrameSize: 64 * 1024, autoPing: .enabled(timePeriod: .seconds(30)), closeTimeout: .seconds(10), validateUTF8: true)
+)
 
 /// The one builder used by `main` and by tests.
 public func buildApplication(
     config: ServiceConfig, dependencies: ApplicationDependencies, listener: Listener = .address(host: "127.0.0.1", port: 3006)
 ) -> ChatApplication {
-    let router = buildRouter(config: config, dependencies: dependencies)
+    let routers = buildRouters(config: config, dependencies: dependencies)
     let host: String
     let port: Int
     switch listener {
@@ -92,14 +114,16 @@ public func buildApplication(
     }
     let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
     let onListening = dependencies.onListening
+    let webSocketResponder = routers.webSocket.buildResponder()
     let inner = Application(
-        router: router,
+        router: routers.http,
+        server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
         services: [sweeper] + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )
-    return ChatApplication(inner: inner, listener: listener)
+    return ChatApplication(inner: inner, listener: listener, webSocketResponder: webSocketResponder)
 }
 
 /// The chat server: Hummingbird's application, able to serve on an inherited socket as well as an address.
@@ -108,6 +132,7 @@ public struct ChatApplication: ApplicationProtocol {
 
     let inner: Application<Responder>
     public let listener: Listener
+    let webSocketResponder: RouterResponder<ChatWebSocketContext>
 
     public var responder: Responder { inner.responder }
     public var configuration: ApplicationConfiguration { inner.configuration }
@@ -122,7 +147,8 @@ public struct ChatApplication: ApplicationProtocol {
             try await inner.run()
         case .inheritedSocket(let fd):
             let server = InheritedSocketServer(
-                socket: fd, responder: inner.responder, eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
+                socket: fd, responder: inner.responder, webSocketResponder: webSocketResponder,
+                eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
                 onListening: { channel in await inner.onServerRunning(channel) }
             )
             let group = ServiceGroup(configuration: .init(services: inner.services + [server], logger: inner.logger))

@@ -1,5 +1,6 @@
 import Hummingbird
 import HummingbirdCore
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOExtras
@@ -7,20 +8,22 @@ import NIOPosix
 import ServiceLifecycle
 
 /// An HTTP/1.1 server on a listening socket it was handed (systemd socket activation), built from
-/// Hummingbird's own `HTTP1Channel`, so routing and middleware are exactly Hummingbird's.
+/// Hummingbird's own `HTTP1WebSocketUpgradeChannel`, so routing, middleware and WebSocket upgrades are
+/// exactly Hummingbird's.
 ///
 /// On graceful shutdown it stops accepting, lets in-flight requests finish and closes idle connections.
 /// The listening socket stays open in systemd, which queues new connections for the next process.
 struct InheritedSocketServer: Service {
     let socket: CInt
     let responder: RouterResponder<ChatRequestContext>
+    let webSocketResponder: RouterResponder<ChatWebSocketContext>
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     let onListening: @Sendable (any Channel) async -> Void
 
     func run() async throws {
         let responder = self.responder
-        let http = HTTP1Channel(responder: { request, responseWriter, channel in
+        let http = HTTP1WebSocketUpgradeChannel(responder: { request, responseWriter, channel in
             let logger = self.logger
             let context = ChatRequestContext(source: .init(channel: channel, logger: logger))
             let response: Response
@@ -30,7 +33,7 @@ struct InheritedSocketServer: Service {
                 response = Response(status: .internalServerError)
             }
             try await responseWriter.write(response: response.head, body: response.body)
-        })
+        }, webSocketResponder: webSocketResponder, configuration: webSocketConfiguration)
         let quiesce = ServerQuiescingHelper(group: eventLoopGroup)
         let logger = self.logger
         let channel = try await ServerBootstrap(group: eventLoopGroup)

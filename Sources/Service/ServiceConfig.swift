@@ -19,6 +19,12 @@ public struct ServiceConfig: Sendable {
     /// How often expired sessions are marked.
     public var sweepIntervalSeconds: Int = 30
     public var passwordParameters: PasswordHasher.Parameters = .owasp
+    /// A realtime connection must authenticate within this many seconds.
+    public var realtimeAuthTimeoutSeconds: Int = 10
+    /// Realtime connections one user may hold at once.
+    public var realtimeMaxConnectionsPerUser: Int = 20
+    /// Frames queued for one realtime connection before it is dropped as too slow.
+    public var realtimeQueueLength: Int = 256
     /// Version reported by `/health` and `/api/status`.
     public var version: String = ChatBackendVersion.current
 

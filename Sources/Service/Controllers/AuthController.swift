@@ -12,6 +12,7 @@ struct AuthController {
     let store: any ChatStore
     let tokens: TokenService
     let hasher: PasswordHasher
+    let hub: RealtimeHub
     let limiter: RateLimiter
     let rule: RateLimit?
     let maxBodyBytes: Int
@@ -87,6 +88,8 @@ struct AuthController {
 
     @Sendable func logout(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         try await tokens.revoke(context.claims)
+        // Realtime connections opened with this token end too.
+        hub.disconnect(jti: context.claims.jti)
         return Response(status: .noContent)
     }
 

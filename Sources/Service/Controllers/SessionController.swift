@@ -9,11 +9,9 @@ import Storage
 /// `/api/sessions…` and `/api/users/:userId/sessions`: sessions and their messages.
 struct SessionController {
     let store: any ChatStore
-    let limiter: RateLimiter
-    let messageRule: RateLimit?
+    let messages: MessageService
     let sessionTTL: Int
     let maxBodyBytes: Int
-    let metrics: HTTPMetrics
 
     func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
         api.post("sessions", use: create)
@@ -93,39 +91,11 @@ struct SessionController {
 
     @Sendable func sendMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
-        if let messageRule {
-            try limiter.take("messages:user:\(context.userId.lowercased)", rule: messageRule).enforce()
-        }
+        try messages.checkRate(userId: context.userId)
         let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["content", "type", "metadata", "clientMessageId"])
-        let content = try body.string("content", required: true, length: Limits.contentCharacters)!
-        let type = try body.string("type") ?? "text"
-        guard Limits.messageTypes.contains(type) else {
-            throw APIError.invalid("type", "must be one of \(Limits.messageTypes.sorted().joined(separator: ", "))")
-        }
-        let metadata = try body.object("metadata", maxBytes: Limits.metadataBytes) ?? .emptyObject
-        let clientMessageId = try body.string("clientMessageId", length: Limits.clientMessageIdLength)
-        if let clientMessageId, !clientMessageId.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 32 && $0.value < 127 }) {
-            throw APIError.invalid("clientMessageId", "must be printable ASCII without spaces")
-        }
-        let now = Timestamp.now()
-        let message = ChatMessage(
-            id: UUIDv7.make(now: now), sessionId: id, userId: context.userId, content: content, type: type, direction: .inbound,
-            metadata: metadata, clientMessageId: clientMessageId, createdAt: now, updatedAt: now
-        )
-        // Ownership is checked inside the write: one round trip to the store per send.
-        switch try await store.appendMessage(message, now: now, owner: context.isAdmin ? nil : context.userId) {
-        case .created(let stored):
-            metrics.messageStored()
-            return JSONResponse.make(.created, Wire.message(stored))
-        case .duplicate(let existing):
-            return JSONResponse.make(.ok, Wire.message(existing))
-        case .sessionNotFound:
-            throw APIError.notFound("session")
-        case .sessionResolved:
-            throw APIError(.conflict, code: "session_resolved", message: "session is resolved; start a new session")
-        case .sessionExpired:
-            throw APIError(.gone, code: "session_expired", message: "session expired; resume it first")
-        }
+        let input = try MessageInput.parse(body)
+        let (message, created) = try await messages.send(sessionId: id, userId: context.userId, isAdmin: context.isAdmin, input: input)
+        return JSONResponse.make(created ? .created : .ok, Wire.message(message))
     }
 
     @Sendable func listMessages(_ request: Request, context: AuthenticatedContext) async throws -> Response {

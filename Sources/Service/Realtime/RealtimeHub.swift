@@ -1,0 +1,237 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Storage
+import Synchronization
+
+/// What a connection's writer sends next.
+enum OutboundItem: Sendable {
+    case text(String)
+    /// Close the connection with a code and reason (1001 going away, 1008 policy, 1013 slow consumer).
+    case close(code: Int, reason: String)
+}
+
+/// One realtime connection (a /ws socket or a Socket.IO client) as the hub sees it.
+///
+/// Outbound frames go through a bounded queue: a client that stops reading is disconnected when the queue
+/// is full, so it can never make the server hold more than `maxQueued` frames for it.
+final class RealtimeClient: Sendable {
+    let id: UInt64
+    let stream: AsyncStream<OutboundItem>
+    private let continuation: AsyncStream<OutboundItem>.Continuation
+    private let queued = Atomic<Int>(0)
+    private let maxQueued: Int
+    private struct State {
+        var identity: AccessClaims?
+        var sessions: Set<UUID> = []
+        /// Live messages held back per session while missed ones are replayed from storage.
+        var recovering: [UUID: [(UUID, String)]] = [:]
+        var lastTyping: [UUID: ContinuousClock.Instant] = [:]
+    }
+    private let state = Mutex(State())
+
+    private static let nextID = Atomic<UInt64>(1)
+
+    init(maxQueued: Int) {
+        self.id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        self.maxQueued = maxQueued
+        (stream, continuation) = AsyncStream.makeStream(of: OutboundItem.self, bufferingPolicy: .unbounded)
+    }
+
+    var identity: AccessClaims? { state.withLock { $0.identity } }
+    var sessions: Set<UUID> { state.withLock { $0.sessions } }
+
+    func setIdentity(_ claims: AccessClaims) { state.withLock { $0.identity = claims } }
+
+    /// Queues a frame; false (and the connection is closing) when the client is too far behind.
+    @discardableResult
+    func send(_ text: String) -> Bool {
+        if queued.wrappingAdd(1, ordering: .relaxed).newValue > maxQueued {
+            continuation.yield(.close(code: 1013, reason: "too slow: outbound queue full"))
+            continuation.finish()
+            return false
+        }
+        continuation.yield(.text(text))
+        return true
+    }
+
+    /// The writer took a frame off the queue.
+    func didSend() { queued.wrappingSubtract(1, ordering: .relaxed) }
+
+    /// Ends the connection after what is queued, with a close frame.
+    func close(code: Int, reason: String) {
+        continuation.yield(.close(code: code, reason: reason))
+        continuation.finish()
+    }
+
+    /// Ends the outbound stream (the connection is gone).
+    func finish() { continuation.finish() }
+
+    // MARK: Rooms
+
+    func joined(_ session: UUID, recovering: Bool) {
+        state.withLock {
+            $0.sessions.insert(session)
+            if recovering { $0.recovering[session] = [] }
+        }
+    }
+
+    func left(_ session: UUID) {
+        state.withLock {
+            $0.sessions.remove(session)
+            $0.recovering[session] = nil
+        }
+    }
+
+    /// A live message for a session: sent now, or held while that session is recovering.
+    func deliver(messageId: UUID, session: UUID, text: String) {
+        let held = state.withLock { s -> Bool in
+            guard s.recovering[session] != nil else { return false }
+            s.recovering[session]!.append((messageId, text))
+            return true
+        }
+        if !held { send(text) }
+    }
+
+    /// Replay is done up to `lastId`: sends the held live messages that came after it, in order.
+    func finishRecovery(_ session: UUID, after lastId: UUID?) {
+        let held = state.withLock { $0.recovering.removeValue(forKey: session) } ?? []
+        for (id, text) in held where lastId.map({ id.lowercased > $0.lowercased }) ?? true {
+            send(text)
+        }
+    }
+
+    /// Whether a typing event may go out now (at most one per session every 500 ms).
+    func mayType(in session: UUID) -> Bool {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            if let last = s.lastTyping[session], now - last < .milliseconds(500) { return false }
+            s.lastTyping[session] = now
+            return true
+        }
+    }
+}
+
+/// Connections by chat session. Messages are stored first, then published here; every connection joined to
+/// the session gets them through its bounded queue.
+public final class RealtimeHub: Sendable {
+    private struct State {
+        var rooms: [UUID: [UInt64: RealtimeClient]] = [:]
+        var clients: [UInt64: RealtimeClient] = [:]
+        var perUser: [UUID: Int] = [:]
+    }
+    private let state = Mutex(State())
+    /// Connections one user may hold at once.
+    public let maxConnectionsPerUser: Int
+
+    public init(maxConnectionsPerUser: Int = 20) {
+        self.maxConnectionsPerUser = maxConnectionsPerUser
+    }
+
+    /// Number of open connections.
+    public var connectionCount: Int { state.withLock { $0.clients.count } }
+
+    /// Counts an authenticated connection against its user's cap; false when the cap is reached.
+    func admit(_ client: RealtimeClient, userId: UUID) -> Bool {
+        state.withLock { s in
+            if s.clients[client.id] != nil { return true }
+            let count = s.perUser[userId, default: 0]
+            guard count < maxConnectionsPerUser else { return false }
+            s.perUser[userId] = count + 1
+            s.clients[client.id] = client
+            return true
+        }
+    }
+
+    /// Removes a connection from every room; returns the sessions it was in.
+    @discardableResult
+    func remove(_ client: RealtimeClient) -> Set<UUID> {
+        let sessions = client.sessions
+        state.withLock { s in
+            guard s.clients.removeValue(forKey: client.id) != nil else { return }
+            if let user = client.identity?.subject {
+                s.perUser[user] = max(0, s.perUser[user, default: 1] - 1)
+                if s.perUser[user] == 0 { s.perUser[user] = nil }
+            }
+            for session in sessions {
+                s.rooms[session]?[client.id] = nil
+                if s.rooms[session]?.isEmpty == true { s.rooms[session] = nil }
+            }
+        }
+        return sessions
+    }
+
+    func join(_ client: RealtimeClient, session: UUID, recovering: Bool) {
+        client.joined(session, recovering: recovering)
+        state.withLock { $0.rooms[session, default: [:]][client.id] = client }
+    }
+
+    func leave(_ client: RealtimeClient, session: UUID) {
+        client.left(session)
+        state.withLock { s in
+            s.rooms[session]?[client.id] = nil
+            if s.rooms[session]?.isEmpty == true { s.rooms[session] = nil }
+        }
+    }
+
+    private func members(_ session: UUID) -> [RealtimeClient] {
+        state.withLock { s in s.rooms[session].map { Array($0.values) } ?? [] }
+    }
+
+    /// Publishes a stored message to every connection joined to its session (but `exceptClient`).
+    func publish(message: ChatMessage, exceptClient: UInt64? = nil) {
+        let targets = members(message.sessionId).filter { $0.id != exceptClient }
+        guard !targets.isEmpty else { return }
+        let text = RealtimeEvent.message(message)
+        for client in targets { client.deliver(messageId: message.id, session: message.sessionId, text: text) }
+    }
+
+    /// Sends an event to the session's connections except those of `exceptUser`.
+    func broadcast(_ text: String, session: UUID, exceptUser: UUID?) {
+        for client in members(session) where exceptUser == nil || client.identity?.subject != exceptUser {
+            client.send(text)
+        }
+    }
+
+    /// Closes every connection authenticated with the token `jti` (it was revoked).
+    public func disconnect(jti: String) {
+        let targets = state.withLock { s in s.clients.values.filter { $0.identity?.jti == jti } }
+        for client in targets { client.close(code: 1008, reason: "token revoked") }
+    }
+
+    /// Closes every connection with 1001 (server going away).
+    public func closeAll() {
+        let targets = state.withLock { Array($0.clients.values) }
+        for client in targets { client.close(code: 1001, reason: "server shutting down") }
+    }
+}
+
+/// Server events as JSON text.
+enum RealtimeEvent {
+    static func message(_ m: ChatMessage) -> String {
+        JSONValue.object(["type": "message", "message": Wire.message(m)]).jsonText()
+    }
+
+    static func typing(session: UUID, user: UUID, isTyping: Bool) -> String {
+        JSONValue.object(["type": "typing", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "isTyping": .bool(isTyping)]).jsonText()
+    }
+
+    static func presence(session: UUID, user: UUID, status: String) -> String {
+        JSONValue.object(["type": "presence", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "status": .string(status)]).jsonText()
+    }
+
+    static func ack(_ id: JSONValue?, _ fields: [String: JSONValue] = [:]) -> String {
+        var body = fields
+        body["type"] = "ack"
+        body["id"] = id ?? .null
+        return JSONValue.object(body).jsonText()
+    }
+
+    static func error(_ id: JSONValue?, _ error: APIError) -> String {
+        var body: [String: JSONValue] = ["type": "error", "id": id ?? .null]
+        body["error"] = .object(["code": .string(error.code), "message": .string(error.message), "details": error.details ?? .null])
+        return JSONValue.object(body).jsonText()
+    }
+}

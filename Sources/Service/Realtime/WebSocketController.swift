@@ -1,0 +1,239 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import HTTPTypes
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOWebSocket
+import ServiceLifecycle
+import Storage
+
+/// Request context of the WebSocket upgrade router.
+public struct ChatWebSocketContext: RequestContext, WebSocketRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let webSocket: WebSocketHandlerReference<Self>
+
+    public init(source: ApplicationRequestContextSource) {
+        self.coreContext = .init(source: source)
+        self.webSocket = .init()
+    }
+}
+
+/// `/ws`: the plain JSON WebSocket. Client events `authenticate`, `join`, `leave`, `message`, `typing`;
+/// server events `message`, `typing`, `presence`, `ack`, `error` (see README, "Realtime").
+struct WebSocketController: Sendable {
+    let store: any ChatStore
+    let hub: RealtimeHub
+    let tokens: TokenService
+    let messages: MessageService
+    let limiter: RateLimiter
+    let eventRule: RateLimit?
+    var authTimeout: Duration = .seconds(10)
+    var maxQueued = 256
+    var maxEventBytes = 64 * 1024
+    var maxReplay = 10_000
+
+    func addRoutes(to router: Router<ChatWebSocketContext>) {
+        router.ws("ws") { inbound, outbound, context in
+            await handle(inbound: inbound, outbound: outbound, headers: context.request.headers, logger: context.logger)
+        }
+    }
+
+    func handle(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, headers: HTTPFields, logger: Logger) async {
+        let client = RealtimeClient(maxQueued: maxQueued)
+        if let header = headers[.authorization] {
+            do {
+                try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
+            } catch {
+                client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
+                client.close(code: 1008, reason: "authentication failed")
+            }
+        }
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await write(client, to: outbound) }
+                group.addTask {
+                    // An unauthenticated connection may only authenticate, and only for a while.
+                    try? await Task.sleep(for: authTimeout)
+                    if client.identity == nil, !Task.isCancelled {
+                        client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
+                        client.close(code: 1008, reason: "authentication timeout")
+                    }
+                }
+                do {
+                    for try await message in inbound.messages(maxSize: maxEventBytes) {
+                        await receive(message, client: client, logger: logger)
+                    }
+                } catch {
+                    logger.debug("websocket read ended", metadata: ["error": "\(error)"])
+                }
+                client.finish()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            client.close(code: 1001, reason: "server shutting down")
+        }
+        for session in hub.remove(client) {
+            if let user = client.identity?.subject {
+                hub.broadcast(RealtimeEvent.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
+            }
+        }
+    }
+
+    /// Drains the client's queue into the socket; a close item ends the connection.
+    private func write(_ client: RealtimeClient, to outbound: WebSocketOutboundWriter) async {
+        for await item in client.stream {
+            switch item {
+            case .text(let text):
+                client.didSend()
+                do { try await outbound.write(.text(text)) } catch { return }
+            case .close(let code, let reason):
+                try? await outbound.close(WebSocketErrorCode(codeNumber: code), reason: reason)
+                return
+            }
+        }
+    }
+
+    private func authenticate(_ client: RealtimeClient, claims: AccessClaims) throws {
+        client.setIdentity(claims)
+        guard hub.admit(client, userId: claims.subject) else {
+            throw APIError(.tooManyRequests, code: "too_many_connections", message: "at most \(hub.maxConnectionsPerUser) connections per user")
+        }
+    }
+
+    private func receive(_ message: WebSocketMessage, client: RealtimeClient, logger: Logger) async {
+        var requestId: JSONValue?
+        do {
+            guard case .text(let text) = message else {
+                throw APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")
+            }
+            guard case .object(let fields)? = try? JSONValue.parse(bytes: Array(text.utf8)) else {
+                throw APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")
+            }
+            requestId = fields["id"]
+            if let id = requestId, !(id.isString || id.isInteger) { throw APIError.invalid("id", "must be a string or an integer") }
+            guard case .string(let type)? = fields["type"] else { throw APIError.invalid("type", "is required") }
+            let event = JSONBody(fields: fields.filter { $0.key != "type" && $0.key != "id" })
+            if event.fields.values.contains(where: \.containsNUL) { throw APIError.invalid(type, "must not contain NUL characters") }
+
+            if type == "authenticate" {
+                try event.allowOnly(["token"])
+                guard client.identity == nil else { throw APIError(.badRequest, code: "already_authenticated", message: "this connection is authenticated") }
+                let token = try event.string("token", required: true, length: 1...4096)!
+                let claims = try await tokens.authenticate(authorizationHeader: "Bearer " + token, logger: logger)
+                try authenticate(client, claims: claims)
+                client.send(RealtimeEvent.ack(requestId, ["event": "authenticate", "userId": .string(claims.subject.lowercased)]))
+                return
+            }
+            guard let claims = client.identity else { throw APIError.unauthenticated }
+            if type != "typing", let eventRule {
+                try limiter.take("ws:user:\(claims.subject.lowercased)", rule: eventRule).enforce()
+            }
+            switch type {
+            case "join":
+                try event.allowOnly(["sessionId", "lastMessageId"])
+                let session = try event.uuid("sessionId")
+                let last = try event.optionalUUID("lastMessageId")
+                try await join(client, claims: claims, session: session, after: last, requestId: requestId)
+            case "leave":
+                try event.allowOnly(["sessionId"])
+                let session = try event.uuid("sessionId")
+                hub.leave(client, session: session)
+                hub.broadcast(RealtimeEvent.presence(session: session, user: claims.subject, status: "offline"), session: session, exceptUser: claims.subject)
+                client.send(RealtimeEvent.ack(requestId, ["event": "leave", "sessionId": .string(session.lowercased)]))
+            case "message":
+                try event.allowOnly(["sessionId", "content", "messageType", "metadata", "clientMessageId"])
+                let session = try event.uuid("sessionId")
+                try messages.checkRate(userId: claims.subject)
+                let input = try MessageInput.parse(event, typeKey: "messageType")
+                let (stored, created) = try await messages.send(
+                    sessionId: session, userId: claims.subject, isAdmin: claims.role == .admin, input: input, exceptClient: client.id
+                )
+                client.send(RealtimeEvent.ack(requestId, ["event": "message", "message": Wire.message(stored), "duplicate": .bool(!created)]))
+            case "typing":
+                try event.allowOnly(["sessionId", "isTyping"])
+                let session = try event.uuid("sessionId")
+                let isTyping = try event.bool("isTyping") ?? true
+                guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "join the session first") }
+                if client.mayType(in: session) {
+                    hub.broadcast(RealtimeEvent.typing(session: session, user: claims.subject, isTyping: isTyping), session: session, exceptUser: claims.subject)
+                }
+            default:
+                throw APIError.invalid("type", "unknown event '\(type.prefix(64))'")
+            }
+        } catch {
+            let apiError = APIError.from(error) ?? APIError(.internalServerError, code: "internal_error", message: "internal error")
+            if apiError.status.code >= 500 { logger.error("websocket event failed", metadata: ["error": .string(String(reflecting: error))]) }
+            client.send(RealtimeEvent.error(requestId, apiError))
+        }
+    }
+
+    /// Joins a session the user may see; with `after`, first replays every stored message after it, in order,
+    /// while live ones wait, so nothing is lost or duplicated across a reconnect.
+    private func join(_ client: RealtimeClient, claims: AccessClaims, session: UUID, after: UUID?, requestId: JSONValue?) async throws {
+        guard let found = try await store.session(id: session), found.userId == claims.subject || claims.role == .admin else {
+            throw APIError.notFound("session")
+        }
+        hub.join(client, session: session, recovering: after != nil)
+        var replayed = 0
+        if let after {
+            var cursor = after
+            var lastSent: UUID? = after
+            do {
+                while replayed < maxReplay {
+                    let page = try await store.messages(MessageQuery(sessionId: session, after: cursor, limit: 200))
+                    for message in page.messages { client.send(RealtimeEvent.message(message)) }
+                    replayed += page.messages.count
+                    if let last = page.messages.last {
+                        cursor = last.id
+                        lastSent = last.id
+                    }
+                    if !page.hasMore { break }
+                }
+            } catch {
+                client.finishRecovery(session, after: lastSent)
+                throw error
+            }
+            client.finishRecovery(session, after: lastSent)
+        }
+        client.send(RealtimeEvent.ack(requestId, ["event": "join", "sessionId": .string(session.lowercased), "replayed": .int(Int64(replayed))]))
+        hub.broadcast(RealtimeEvent.presence(session: session, user: claims.subject, status: "online"), session: session, exceptUser: claims.subject)
+    }
+}
+
+extension JSONValue {
+    var isString: Bool { if case .string = self { true } else { false } }
+    var isInteger: Bool { if case .int = self { true } else { false } }
+}
+
+extension JSONBody {
+    func allowOnly(_ keys: Set<String>) throws {
+        if let unknown = fields.keys.sorted().first(where: { !keys.contains($0) }) {
+            throw APIError.invalid(unknown, "unknown field")
+        }
+    }
+
+    func uuid(_ key: String) throws -> UUID {
+        guard let text = try string(key, required: true, length: 1...64), let id = UUID(text: text) else {
+            throw APIError.invalid(key, "must be a UUID")
+        }
+        return id
+    }
+
+    func optionalUUID(_ key: String) throws -> UUID? {
+        guard let text = try string(key, length: 1...64) else { return nil }
+        guard let id = UUID(text: text) else { throw APIError.invalid(key, "must be a UUID") }
+        return id
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        switch fields[key] {
+        case nil, .null?: return nil
+        case .bool(let b)?: return b
+        default: throw APIError.invalid(key, "must be true or false")
+        }
+    }
+}
