@@ -30,7 +30,7 @@ struct WatchdogService: Service {
     let interval: Duration
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
             Systemd.notify("WATCHDOG=1")
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval / 2) }
         }

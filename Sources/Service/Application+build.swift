@@ -113,13 +113,14 @@ public func buildApplication(
     case .inheritedSocket: (host, port) = ("127.0.0.1", 0)
     }
     let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
+    let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, logger: dependencies.logger)
     let onListening = dependencies.onListening
     let webSocketResponder = routers.webSocket.buildResponder()
     let inner = Application(
         router: routers.http,
         server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
-        services: [sweeper] + dependencies.services,
+        services: [sweeper, relay] + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )
@@ -164,7 +165,7 @@ struct SessionSweeper: Service {
     let logger: Logger
 
     func run() async throws {
-        while !Task.isShuttingDownGracefully {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
                 let expired = try await store.sweepExpired(now: Timestamp.now())
                 if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }

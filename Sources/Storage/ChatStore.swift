@@ -89,11 +89,25 @@ public protocol ChatStore: Sendable {
     /// Inserts records as they are, in one transaction; a record whose id exists already is skipped.
     func importRecords(_ batch: RecordBatch) async throws
 
+    /// Messages stored by other instances sharing this database, for as long as the stream is consumed.
+    /// Nil when the store has no such instances (SQLite).
+    func externalMessages() -> AsyncStream<ExternalChange>?
+
     /// Finishes pending writes, checkpoints and closes connections. Further calls fail with `unavailable`.
     func close() async
 }
 
+/// A change made by another instance sharing the database.
+public enum ExternalChange: Sendable, Equatable {
+    /// A message was stored.
+    case message(sessionId: UUID, messageId: UUID)
+    /// The feed (re)connected; changes made while it was away were not announced.
+    case resync
+}
+
 extension ChatStore {
+    public func externalMessages() -> AsyncStream<ExternalChange>? { nil }
+
     /// Stores a message without an ownership check.
     public func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome {
         try await appendMessage(message, now: now, owner: nil)

@@ -153,3 +153,40 @@ def test_unix_socket_key_value_connection_string(start_server, pg_url):
     assert post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "via unix socket"}, token=user["accessToken"]).status_code == 201
     # The same schema seen over TCP holds the message.
     assert psql(pg_url, "SELECT content FROM chat_messages") == "via unix socket"
+
+
+def test_two_instances_fan_out_messages_over_listen_notify(start_server, pg_url):
+    """A client on instance A receives messages posted through instance B (Postgres NOTIFY carries the id)."""
+    import json
+    from websockets.sync.client import connect
+
+    a = start_server(name="a", database_url=pg_url)
+    b = start_server(name="b", database_url=pg_url)
+    user = register(a)
+    token = user["accessToken"]
+    sid = create_session(a, token)["sessionId"]
+    with connect(f"ws://127.0.0.1:{a.port}/ws", additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        ws.send(json.dumps({"type": "join", "sessionId": sid, "id": 1}))
+        ack = json.loads(ws.recv(timeout=5))
+        assert ack["type"] == "ack" and ack["event"] == "join", ack
+        sent = []
+        for i in range(20):
+            r = post_json(b.url(f"/api/sessions/{sid}/messages"), {"content": f"from b {i}"}, token=token)
+            assert r.status_code == 201, r.text
+            sent.append(r.json()["id"])
+        got = []
+        while len(got) < len(sent):
+            event = json.loads(ws.recv(timeout=5))
+            if event["type"] == "message":
+                got.append(event["message"]["id"])
+        assert got == sent
+        # A message posted on A itself is delivered once, not again through the feed.
+        r = post_json(a.url(f"/api/sessions/{sid}/messages"), {"content": "from a"}, token=token)
+        assert r.status_code == 201
+        event = json.loads(ws.recv(timeout=5))
+        assert event["message"]["id"] == r.json()["id"]
+        try:
+            extra = ws.recv(timeout=0.7)
+        except TimeoutError:
+            extra = None
+        assert extra is None, f"duplicate delivery: {extra}"

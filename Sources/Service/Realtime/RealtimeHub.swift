@@ -121,6 +121,24 @@ public final class RealtimeHub: Sendable {
         var rooms: [UUID: [UInt64: RealtimeClient]] = [:]
         var clients: [UInt64: RealtimeClient] = [:]
         var perUser: [UUID: Int] = [:]
+        /// Per room, the ids published lately, so a message announced twice (locally and by the change feed
+        /// after a resync) goes out once.
+        var recent: [UUID: RecentIDs] = [:]
+    }
+
+    struct RecentIDs {
+        var order: [UUID] = []
+        var set: Set<UUID> = []
+        var newest: UUID?
+
+        /// Records an id; false when it was recorded already.
+        mutating func insert(_ id: UUID) -> Bool {
+            guard set.insert(id).inserted else { return false }
+            order.append(id)
+            if order.count > 512 { set.remove(order.removeFirst()) }
+            if newest.map({ id.lowercased > $0.lowercased }) ?? true { newest = id }
+            return true
+        }
     }
     private let state = Mutex(State())
     /// Connections one user may hold at once.
@@ -157,7 +175,10 @@ public final class RealtimeHub: Sendable {
             }
             for session in sessions {
                 s.rooms[session]?[client.id] = nil
-                if s.rooms[session]?.isEmpty == true { s.rooms[session] = nil }
+                if s.rooms[session]?.isEmpty == true {
+                    s.rooms[session] = nil
+                    s.recent[session] = nil
+                }
             }
         }
         return sessions
@@ -172,17 +193,29 @@ public final class RealtimeHub: Sendable {
         client.left(session)
         state.withLock { s in
             s.rooms[session]?[client.id] = nil
-            if s.rooms[session]?.isEmpty == true { s.rooms[session] = nil }
+            if s.rooms[session]?.isEmpty == true {
+                s.rooms[session] = nil
+                s.recent[session] = nil
+            }
         }
+    }
+
+    /// Rooms with connections, and the newest message id each has published (nil: none yet).
+    func activeRooms() -> [(session: UUID, newest: UUID?)] {
+        state.withLock { s in s.rooms.keys.map { ($0, s.recent[$0]?.newest) } }
     }
 
     private func members(_ session: UUID) -> [RealtimeClient] {
         state.withLock { s in s.rooms[session].map { Array($0.values) } ?? [] }
     }
 
-    /// Publishes a stored message to every connection joined to its session (but `exceptClient`).
+    /// Publishes a stored message to every connection joined to its session (but `exceptClient`), once.
     func publish(message: ChatMessage, exceptClient: UInt64? = nil) {
-        let targets = members(message.sessionId).filter { $0.id != exceptClient }
+        let targets = state.withLock { s -> [RealtimeClient] in
+            guard let room = s.rooms[message.sessionId] else { return [] }
+            guard s.recent[message.sessionId, default: RecentIDs()].insert(message.id) else { return [] }
+            return room.values.filter { $0.id != exceptClient }
+        }
         guard !targets.isEmpty else { return }
         let text = RealtimeEvent.message(message)
         for client in targets { client.deliver(messageId: message.id, session: message.sessionId, text: text) }

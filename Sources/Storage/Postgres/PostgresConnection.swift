@@ -35,6 +35,19 @@ final class PostgresConnection {
     /// Whether libpq still considers the connection usable.
     var isHealthy: Bool { PQstatus(handle) == CONNECTION_OK && PQtransactionStatus(handle) == PQTRANS_IDLE }
 
+    /// The connection's socket, for waiting on notifications.
+    var socketDescriptor: Int32 { PQsocket(handle) }
+
+    /// Reads whatever the server sent; false when the connection is broken.
+    func consumeInput() -> Bool { PQconsumeInput(handle) == 1 && PQstatus(handle) == CONNECTION_OK }
+
+    /// The next queued NOTIFY payload, if any.
+    func nextNotification() -> String? {
+        guard let notify = PQnotifies(handle) else { return nil }
+        defer { PQfreemem(notify) }
+        return notify.pointee.extra.map { String(cString: $0) } ?? ""
+    }
+
     /// Server version as `15.18`.
     var serverVersion: String {
         let v = Int(PQserverVersion(handle))

@@ -21,9 +21,11 @@ public final class PostgresStore: ChatStore {
     public let backend = "postgres"
     let pool: PostgresPool
     let appender: PostgresAppender
+    let listener: PostgresListener
 
     private init(pool: PostgresPool) {
         self.pool = pool
+        self.listener = PostgresListener(conninfo: pool.conninfo, channel: "chat_messages", instanceID: Self.instanceID)
         self.appender = PostgresAppender(
             conninfo: pool.conninfo, statement: Self.appendSQL, parameters: Self.appendParameters,
             single: Self.appendOne, decide: { db, message, owner, row in try Self.decideAppend(db, message, owner: owner, row: row) }
@@ -111,8 +113,13 @@ public final class PostgresStore: ChatStore {
     }
 
     public func close() async {
+        listener.stop()
         await appender.close()
         await pool.close()
+    }
+
+    public func externalMessages() -> AsyncStream<ExternalChange>? {
+        listener.start()
     }
 
     // MARK: Users
@@ -354,16 +361,21 @@ public final class PostgresStore: ChatStore {
               AND ($12::uuid IS NULL OR s.user_id = $12::uuid)
             ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
             RETURNING id
+        ), announced AS (
+            SELECT pg_notify('chat_messages', $13::text || ' ' || $2::text || ' ' || $1::text) FROM ins
         )
-        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (SELECT count(*) FROM ins) FROM s
+        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (SELECT count(*) FROM ins), (SELECT count(*) FROM announced) FROM s
         """
 
     public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
         try await appender.append(message, now: now, owner: owner)
     }
 
+    /// Identifies this process in NOTIFY payloads, so it ignores its own announcements.
+    static let instanceID = UUID().lowercased
+
     static func appendParameters(_ message: ChatMessage, now: Date, owner: UUID?) -> [SQLValue] {
-        messageParams(message) + [.text(Timestamp.format(now)), owner.map { .text($0.lowercased) } ?? .null]
+        messageParams(message) + [.text(Timestamp.format(now)), owner.map { .text($0.lowercased) } ?? .null, .text(instanceID)]
     }
 
     /// One append on its own.

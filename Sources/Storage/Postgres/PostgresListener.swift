@@ -1,0 +1,83 @@
+import CLibPQ
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import NIOPosix
+import Synchronization
+
+/// A dedicated LISTEN connection: turns other instances' NOTIFY announcements of stored messages into a
+/// stream. It reconnects by itself (yielding `.resync`, since announcements made meanwhile are lost) and runs
+/// on its own thread, waiting on the socket with `poll`, never on an event loop.
+final class PostgresListener: Sendable {
+    private let conninfo: String
+    private let channel: String
+    private let instanceID: String
+    private let thread = NIOThreadPool(numberOfThreads: 1)
+    private let running = Atomic<Bool>(false)
+    private let stopped = Atomic<Bool>(false)
+
+    init(conninfo: String, channel: String, instanceID: String) {
+        self.conninfo = conninfo
+        self.channel = channel
+        self.instanceID = instanceID
+    }
+
+    /// Starts listening (once) and returns the stream of changes; the stream ends when the store closes.
+    func start() -> AsyncStream<ExternalChange>? {
+        guard running.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return nil }
+        let (stream, continuation) = AsyncStream.makeStream(of: ExternalChange.self, bufferingPolicy: .bufferingNewest(10_000))
+        thread.start()
+        thread.submit { [self] _ in
+            loop(continuation)
+            continuation.finish()
+        }
+        continuation.onTermination = { [self] _ in stopped.store(true, ordering: .relaxed) }
+        return stream
+    }
+
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        if running.load(ordering: .relaxed) { thread.shutdownGracefully { _ in } }
+    }
+
+    private func loop(_ continuation: AsyncStream<ExternalChange>.Continuation) {
+        var backoff: UInt32 = 100_000
+        while !stopped.load(ordering: .relaxed) {
+            do {
+                let connection = try PostgresConnection(conninfo: conninfo)
+                try connection.execute("LISTEN \(channel)")
+                backoff = 100_000
+                continuation.yield(.resync)
+                try connection.waitForNotifications(until: { self.stopped.load(ordering: .relaxed) }) { payload in
+                    // "<instance> <session> <message>"; our own are published locally already.
+                    let parts = payload.split(separator: " ")
+                    guard parts.count == 3, parts[0] != self.instanceID,
+                          let session = UUID(text: parts[1]), let message = UUID(text: parts[2]) else { return }
+                    continuation.yield(.message(sessionId: session, messageId: message))
+                }
+            } catch {
+                usleep(backoff)
+                backoff = min(backoff * 2, 5_000_000)
+            }
+        }
+    }
+}
+
+extension PostgresConnection {
+    /// Waits for notifications, calling `handle` with each payload, until `stop` says so or the connection fails.
+    func waitForNotifications(until stop: () -> Bool, _ handle: (String) -> Void) throws {
+        let fd = socketDescriptor
+        while !stop() {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pfd, 1, 500)
+            if ready < 0, errno != EINTR { throw StoreError(.unavailable, "poll on the LISTEN connection failed") }
+            guard consumeInput() else { throw StoreError(.unavailable, "the LISTEN connection was lost") }
+            while let payload = nextNotification() { handle(payload) }
+        }
+    }
+}
