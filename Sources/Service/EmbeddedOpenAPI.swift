@@ -12,8 +12,15 @@ info:
     sessions and exchange messages in them. The same document is served by every running
     server at `GET /openapi.yaml`.
 
-    This document covers the HTTP API of this release. Realtime delivery (WebSocket /
-    Socket.IO) is not part of this release and is not described here.
+    This document covers the HTTP API. Messages are also delivered live over a JSON WebSocket
+    at `GET /ws` (an HTTP upgrade, so not an operation here). Its events, one JSON object per
+    text frame, are: from the client `authenticate {token}`, `join {sessionId, lastMessageId?}`,
+    `leave {sessionId}`, `message {sessionId, content, messageType?, metadata?, clientMessageId?}`
+    and `typing {sessionId, isTyping}`, each with an optional `id` echoed in the reply; from the
+    server `message {message}`, `typing`, `presence {sessionId, userId, status}`,
+    `ack {event, id, …}` and `error {id, error}` (the Error object below). A join with
+    `lastMessageId` first replays every stored message after it, in order. See the README,
+    "Realtime", for the rules and limits.
 
     ## Conventions
 
