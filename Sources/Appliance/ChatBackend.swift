@@ -88,15 +88,16 @@ struct Serve: AsyncParsableCommand {
                 listener = .address(host: config.host, port: config.port)
                 where_ = "\(config.host):\(config.port)"
             }
-            var services: [any Service] = [StoppingNotifier(logger: logger)]
+            var services: [any Service] = []
             if let interval = Systemd.watchdogInterval() {
                 services.append(WatchdogService(interval: interval))
             }
             let backend = store.backend
+            let hub = RealtimeHub(maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser)
             let app = buildApplication(
                 config: config.service,
                 dependencies: ApplicationDependencies(
-                    store: store, hub: RealtimeHub(maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser),
+                    store: store, hub: hub,
                     registry: registry, logger: logger,
                     onListening: {
                         logger.info("chat-backend listening", metadata: ["on": .string(where_), "storage": .string(backend)])
@@ -106,8 +107,9 @@ struct Serve: AsyncParsableCommand {
                 ),
                 listener: listener
             )
+            // Services stop in reverse order: the coordinator hears of shutdown before the server.
             let group = ServiceGroup(configuration: .init(
-                services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
+                services: [app, ShutdownCoordinator(hub: hub, logger: logger)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger
             ))
             do {
                 try await group.run()
@@ -251,15 +253,9 @@ struct Backup: AsyncParsableCommand {
             guard !FileManager.default.fileExists(atPath: file) else { throw ValidationError("\(file) already exists") }
             // The copy holds password hashes: only the owner may read it.
             umask(0o077)
-            let store = try await openStore(config, logger: makeLogger(.warning))
-            guard let sqlite = store as? SQLiteStore else { throw ConfigError("not a SQLite store") }
-            do {
-                try await sqlite.backup(to: file)
-            } catch {
-                await store.close()
-                throw error
-            }
-            await store.close()
+            // Read-only: a backup taken before an upgrade must not migrate the running server's database.
+            guard case .sqlite(let path) = config.database else { throw ConfigError("not a SQLite database") }
+            try SQLiteStore.backup(path: path, to: file)
             print("backup written to \(file)")
         }
     }

@@ -209,15 +209,36 @@ struct AppConfig {
         )
     }
 
-    /// Hides the password of a postgres URL (`postgres://user:secret@host/db` → `postgres://user:********@host/db`).
+    /// Hides every password in a connection string: `user:secret@` in a URI, `password=…` in its query,
+    /// and `password = …` in a key=value string.
     static func maskURL(_ text: String) -> String {
-        let parts = text.split(separator: "://", maxSplits: 1)
-        guard parts.count == 2 else {
-            return text.contains("password=") ? "******** (key=value string with a password)" : text
+        var out = text
+        let parts = out.split(separator: "://", maxSplits: 1)
+        if parts.count == 2 {
+            let rest = parts[1]
+            let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+            if let at = rest[..<authorityEnd].lastIndex(of: "@"), let colon = rest[..<at].firstIndex(of: ":") {
+                out = parts[0] + "://" + rest[..<colon] + ":********" + rest[at...]
+            }
         }
-        let rest = parts[1]
-        guard let at = rest.lastIndex(of: "@"), let colon = rest[..<at].firstIndex(of: ":") else { return text }
-        return parts[0] + "://" + rest[..<colon] + ":********" + rest[at...]
+        // password=… (URI query) or password = … / password='…' (key=value)
+        var result = ""
+        var rest = Substring(out)
+        while let range = rest.range(of: "password") {
+            result += rest[..<range.upperBound]
+            rest = rest[range.upperBound...]
+            let afterSpaces = rest.drop(while: { $0 == " " })
+            guard afterSpaces.first == "=" else { continue }
+            let valueStart = afterSpaces.dropFirst().drop(while: { $0 == " " })
+            result += String(rest[..<valueStart.startIndex]) + "********"
+            if valueStart.first == "'" {
+                let closing = valueStart.dropFirst().firstIndex(of: "'").map { valueStart.index(after: $0) } ?? valueStart.endIndex
+                rest = valueStart[closing...]
+            } else {
+                rest = valueStart.drop(while: { $0 != " " && $0 != "&" })
+            }
+        }
+        return result + rest
     }
 
     /// Reads the generated JWT key, or creates 256 random bits with mode 0600 on first start.

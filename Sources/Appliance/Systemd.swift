@@ -1,5 +1,6 @@
 import CSystemd
 import Logging
+import Service
 import ServiceLifecycle
 
 /// The parts of systemd's service protocol chat-backend speaks: readiness, status, watchdog, socket activation.
@@ -37,13 +38,20 @@ struct WatchdogService: Service {
     }
 }
 
-/// Tells systemd `STOPPING=1` as soon as graceful shutdown begins.
-struct StoppingNotifier: Service {
+/// First to hear of graceful shutdown: tells systemd `STOPPING=1`, then closes realtime connections with
+/// 1001 (going away) and gives them a moment to go, before the HTTP server starts draining.
+struct ShutdownCoordinator: Service {
+    let hub: RealtimeHub
     let logger: Logger
 
     func run() async throws {
         try? await gracefulShutdown()
-        logger.info("shutting down: finishing in-flight requests")
+        logger.info("shutting down: closing realtime connections, finishing in-flight requests")
         Systemd.notify("STOPPING=1\nSTATUS=Stopping: finishing in-flight requests")
+        hub.closeAll()
+        let deadline = ContinuousClock.now + .seconds(2)
+        while hub.connectionCount > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 }

@@ -98,6 +98,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
 
 /// Limits of the WebSocket server.
 let webSocketConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
+    http1: .init(idleTimeout: .seconds(60)),
     ws: .init(maxFrameSize: 64 * 1024, autoPing: .enabled(timePeriod: .seconds(30)), closeTimeout: .seconds(10), validateUTF8: true)
 )
 

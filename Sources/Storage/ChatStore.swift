@@ -41,6 +41,8 @@ public protocol ChatStore: Sendable {
     func revokeAccessToken(jti: String, expiresAt: Date) async throws
     /// Whether an access token id was revoked.
     func isAccessTokenRevoked(jti: String) async throws -> Bool
+    /// Whether a login's refresh-token family was revoked (logout, or a reused refresh token).
+    func isRefreshFamilyRevoked(_ familyId: UUID) async throws -> Bool
 
     // MARK: Sessions
 

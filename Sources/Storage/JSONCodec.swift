@@ -71,7 +71,8 @@ enum JSONCodec {
                     guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
                     i += 1
                     skipWhitespace()
-                    object[key] = try value(depth: depth + 1)
+                    let item = try value(depth: depth + 1)
+                    guard object.updateValue(item, forKey: key) == nil else { throw fail("duplicate key \"\(key.prefix(64))\"") }
                     skipWhitespace()
                     guard i < bytes.count else { throw fail("unexpected end in object") }
                     if bytes[i] == UInt8(ascii: ",") { i += 1; continue }

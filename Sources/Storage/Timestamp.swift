@@ -14,7 +14,9 @@ import Darwin
 public enum Timestamp {
     /// Formats a date as RFC 3339 UTC with milliseconds.
     public static func format(_ date: Date) -> String {
-        let totalMillis = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+        // Clamped to years 0001-9999, so no input can trap the conversion.
+        let millis1970 = min(max(date.timeIntervalSince1970 * 1000, -62_135_596_800_000), 253_402_300_799_999)
+        let totalMillis = Int64(millis1970.rounded(.down))
         var seconds = time_t(totalMillis >= 0 ? totalMillis / 1000 : (totalMillis - 999) / 1000)
         let millis = Int(totalMillis - Int64(seconds) * 1000)
         var parts = tm()

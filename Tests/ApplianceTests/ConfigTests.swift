@@ -86,7 +86,10 @@ struct ConfigTests {
         let printed = config.summary.map { "\($0.0)=\($0.1)" }.joined(separator: "\n")
         #expect(!printed.contains("hunter2") && !printed.contains("zzzz"))
         #expect(printed.contains("postgres://chat:********@db.internal:5432/chat"))
-        #expect(AppConfig.maskURL("host=x password=y") .contains("********"))
+        #expect(AppConfig.maskURL("host=x password=y") == "host=x password=********")
+        #expect(AppConfig.maskURL("host=x password = 'a b' dbname=c") == "host=x password = ******** dbname=c")
+        #expect(AppConfig.maskURL("postgresql://u@h/db?password=hunter2&sslmode=require") == "postgresql://u@h/db?password=********&sslmode=require")
+        #expect(!AppConfig.maskURL("postgres://u:hunter2@h:5432/db?password=hunter2").contains("hunter2"))
         #expect(AppConfig.maskURL("sqlite:///var/lib/chat-backend/chat.db") == "sqlite:///var/lib/chat-backend/chat.db")
     }
 

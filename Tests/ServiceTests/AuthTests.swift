@@ -33,10 +33,15 @@ struct AuthTests {
             let afterReuse = try await client.call(.post, "/auth/refresh", body: #"{"refreshToken":"\#(newRefresh)"}"#)
             #expect(afterReuse.status == .unauthorized)
 
-            let logout = try await client.call(.post, "/auth/logout", token: access)
-            #expect(logout.status == .noContent)
+            // The reuse also ended the login's access tokens.
             let revoked = try await client.call(.get, "/api/sessions/\(UUID().uuidString)", token: access)
             #expect(revoked.status == .unauthorized && revoked.errorCode == "token_revoked")
+
+            let again = try await client.call(.post, "/auth/login", body: #"{"username":"alice","password":"password123"}"#)
+            let fresh = try #require(again["accessToken"]?.string)
+            #expect(try await client.call(.post, "/auth/logout", token: fresh).status == .noContent)
+            let loggedOut = try await client.call(.get, "/api/sessions/\(UUID().uuidString)", token: fresh)
+            #expect(loggedOut.status == .unauthorized && loggedOut.errorCode == "token_revoked")
         }
     }
 
@@ -59,6 +64,42 @@ struct AuthTests {
             let refreshed = try await client.call(.post, "/auth/refresh", body: #"{"refreshToken":"\#(user.refresh)"}"#, headers: [.authorization: stale])
             #expect(refreshed.status == .ok)
             #expect(try await client.call(.post, "/auth/logout", headers: [.authorization: stale]).status == .unauthorized)
+        }
+    }
+
+    @Test("logout ends every access token of that login, not just the one presented")
+    func logoutEndsTheLogin() async throws {
+        try await TestApp.make().run { client in
+            let user = try await client.register()
+            let rotated = try await client.call(.post, "/auth/refresh", body: #"{"refreshToken":"\#(user.refresh)"}"#)
+            let newAccess = try #require(rotated["accessToken"]?.string)
+            let uri = "/api/users/\(user.id)/sessions"
+            #expect(try await client.call(.get, uri, token: user.token).status == .ok)
+            #expect(try await client.call(.post, "/auth/logout", token: newAccess).status == .noContent)
+            let old = try await client.call(.get, uri, token: user.token)
+            #expect(old.status == .unauthorized && old.errorCode == "token_revoked")
+            // Another login of the same user is unaffected.
+            let other = try await client.call(.post, "/auth/login", body: #"{"username":"\#(rotated["user"]?["username"]?.string ?? "")","password":"correct horse"}"#)
+            #expect(try await client.call(.get, uri, token: other["accessToken"]?.string).status == .ok)
+        }
+    }
+
+    @Test("behind a trusted proxy the right-most X-Forwarded-For entry is the client")
+    func forwardedFor() async throws {
+        try await TestApp.make {
+            $0.trustProxy = true
+            $0.rateLimitAuth = RateLimit(limit: 2, windowSeconds: 60)
+        }.run { client in
+            var statuses: [Int] = []
+            for spoof in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+                let r = try await client.call(
+                    .post, "/auth/refresh", body: #"{"refreshToken":"x"}"#,
+                    headers: [HTTPField.Name("X-Forwarded-For")!: "\(spoof), 203.0.113.9"]
+                )
+                statuses.append(r.status.code)
+            }
+            // A client cannot dodge the limit by prepending addresses.
+            #expect(statuses == [401, 401, 429])
         }
     }
 
@@ -112,6 +153,8 @@ struct AuthTests {
         try await test.run { client in
             #expect(try await client.call(.post, "/auth/register", body: "{not json").errorCode == "invalid_json")
             #expect(try await client.call(.post, "/auth/register", body: "[1,2]").errorCode == "invalid_json")
+            let twice = #"{"username":"dup","password":"password123","password":"other-password"}"#
+            #expect(try await client.call(.post, "/auth/register", body: twice).errorCode == "invalid_json")
             #expect(try await client.call(.post, "/auth/register", body: "").status == .badRequest)
             let form = try await client.call(.post, "/auth/login", body: "username=a", headers: [.contentType: "application/x-www-form-urlencoded"])
             #expect(form.status == .unsupportedMediaType)

@@ -76,6 +76,9 @@ struct HealthTests {
             #expect(simple.headers[.accessControlAllowOrigin] == "https://chat.example.com")
             let foreign = try await client.call(.get, "/health", headers: [.origin: "https://evil.example"])
             #expect(foreign.headers[.accessControlAllowOrigin] == nil)
+            // Error responses carry CORS headers too, or browsers could not read them.
+            let error = try await client.call(.get, "/api/sessions/\(UUID())", headers: [.origin: "https://chat.example.com"])
+            #expect(error.status == .unauthorized && error.headers[.accessControlAllowOrigin] == "https://chat.example.com")
         }
     }
 }

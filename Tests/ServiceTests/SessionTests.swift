@@ -173,6 +173,7 @@ struct SessionTests {
             (#"{"content":"x","clientMessageId":"has space"}"#, "clientMessageId"),
             (#"{"content":"x","sender":"me"}"#, "sender"),
             (#"{"content":"nul\u0000byte"}"#, "content"),
+            ("{\"content\":\"a\(String(repeating: "\u{301}", count: 30_000))\"}", "content"),
             (#"{"content":"x","metadata":{"k":"\u0000"}}"#, "metadata"),
             ("{\"content\":\"\(String(repeating: "a", count: 10_001))\"}", "content"),
             ("{\"content\":\"x\",\"metadata\":{\"k\":\"\(String(repeating: "m", count: 17_000))\"}}", "metadata"),

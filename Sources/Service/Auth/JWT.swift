@@ -82,6 +82,8 @@ public struct JWTSigner: Sendable {
         else { throw .invalidClaims }
         let nowSeconds = Int64(now.timeIntervalSince1970)
         if exp + leeway <= nowSeconds { throw .expired }
+        // No token of ours lives longer than a few days; absurd lifetimes are refused, not trusted.
+        guard exp - nowSeconds <= 366 * 86400 else { throw .invalidClaims }
         if let nbf = Self.number(payload["nbf"]), nbf - leeway > nowSeconds { throw .notYetValid }
         var family: UUID?
         if case .string(let fid)? = payload["fid"] { family = UUID(text: fid) }

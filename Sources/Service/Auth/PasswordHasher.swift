@@ -25,9 +25,13 @@ public final class PasswordHasher: Sendable {
 
     public let parameters: Parameters
     private let threads: NIOThreadPool
+    /// Hashes running or waiting; past `maxPending` new ones are refused instead of queued.
+    private let pending = Atomic<Int>(0)
+    private let maxPending: Int
 
-    public init(parameters: Parameters = .owasp, maxConcurrent: Int = 2) {
+    public init(parameters: Parameters = .owasp, maxConcurrent: Int = 2, maxPending: Int = 64) {
         self.parameters = parameters
+        self.maxPending = maxPending
         self.threads = NIOThreadPool(numberOfThreads: max(1, maxConcurrent))
         self.threads.start()
     }
@@ -39,18 +43,28 @@ public final class PasswordHasher: Sendable {
     /// Hashes a password with a fresh 16-byte salt.
     public func hash(_ password: String) async throws -> String {
         let parameters = self.parameters
-        return try await threads.runIfActive {
+        return try await limited { try await self.threads.runIfActive {
             let salt = Crypto.randomBytes(16)
             guard let key = Self.derive(password, salt: salt, parameters: parameters) else {
                 throw PasswordHashError.unsupportedParameters
             }
             return "$scrypt$ln=\(parameters.logN),r=\(parameters.r),p=\(parameters.p)$\(Base64.encode(salt, padded: false))$\(Base64.encode(key, padded: false))"
+        } }
+    }
+
+    /// Runs `body` unless too many hashes are already waiting (then 503: try again shortly).
+    private func limited<T>(_ body: () async throws -> T) async throws -> T {
+        guard pending.wrappingAdd(1, ordering: .relaxed).newValue <= maxPending else {
+            pending.wrappingSubtract(1, ordering: .relaxed)
+            throw PasswordHashError.busy
         }
+        defer { pending.wrappingSubtract(1, ordering: .relaxed) }
+        return try await body()
     }
 
     /// Checks a password against a stored PHC string. False for a malformed string.
     public func verify(_ password: String, against phc: String) async throws -> Bool {
-        try await threads.runIfActive {
+        try await limited { try await self.threads.runIfActive {
             let parts = phc.split(separator: "$", omittingEmptySubsequences: false)
             guard parts.count == 5, parts[0].isEmpty, parts[1] == "scrypt",
                   let parameters = Self.parseParameters(parts[2]),
@@ -58,14 +72,15 @@ public final class PasswordHasher: Sendable {
             else { return false }
             guard let key = Self.derive(password, salt: salt, parameters: parameters, length: expected.count) else { return false }
             return Crypto.constantTimeEqual(key, expected)
-        }
+        } }
     }
 
     /// A hash of nothing in particular, verified when a username is unknown so that the answer takes as long as a real check.
     public func dummyVerify(_ password: String) async throws {
-        _ = try await threads.runIfActive { [parameters] in
+        let parameters = self.parameters
+        _ = try await limited { try await self.threads.runIfActive {
             Self.derive(password, salt: Array(repeating: 0, count: 16), parameters: parameters)
-        }
+        } }
     }
 
     private static func derive(_ password: String, salt: [UInt8], parameters: Parameters, length: Int = 32) -> [UInt8]? {
@@ -90,4 +105,6 @@ public final class PasswordHasher: Sendable {
 
 enum PasswordHashError: Error {
     case unsupportedParameters
+    /// Too many hashes waiting.
+    case busy
 }

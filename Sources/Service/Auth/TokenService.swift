@@ -72,7 +72,8 @@ final class TokenService: Sendable {
             try await store.revokeRefreshFamily(family, now: Timestamp.now())
         }
         try await store.revokeAccessToken(jti: claims.jti, expiresAt: Date(timeIntervalSince1970: Double(claims.expiresAt)))
-        revocations.set(claims.jti, (true, Double(claims.expiresAt)))
+        revocations.set("jti:" + claims.jti, (true, Double(claims.expiresAt)))
+        if let family = claims.family { revocations.set("fid:" + family.lowercased, (true, Date().timeIntervalSince1970 + Double(accessTTL))) }
     }
 
     /// Verifies an `Authorization` header value and that the token is not revoked.
@@ -94,17 +95,25 @@ final class TokenService: Sendable {
                 throw APIError(.unauthorized, code: error == .expired ? "token_expired" : "invalid_token", message: Self.message(for: error))
             }
         }
-        if try await isRevoked(claims.jti) {
+        if try await isRevoked(claims) {
             throw APIError(.unauthorized, code: "token_revoked", message: "token was revoked (signed out)")
         }
         return claims
     }
 
-    private func isRevoked(_ jti: String) async throws -> Bool {
+    /// Revoked when its own id was (logout) or its login's refresh family was (logout elsewhere, or a
+    /// reused refresh token): every access token of a dead login stops working at once.
+    private func isRevoked(_ claims: AccessClaims) async throws -> Bool {
+        if try await cachedLookup("jti:" + claims.jti, { try await self.store.isAccessTokenRevoked(jti: claims.jti) }) { return true }
+        guard let family = claims.family else { return false }
+        return try await cachedLookup("fid:" + family.lowercased, { try await self.store.isRefreshFamilyRevoked(family) })
+    }
+
+    private func cachedLookup(_ key: String, _ query: () async throws -> Bool) async throws -> Bool {
         let now = Date().timeIntervalSince1970
-        if let cached = revocations.get(jti), cached.until > now { return cached.revoked }
-        let revoked = try await store.isAccessTokenRevoked(jti: jti)
-        revocations.set(jti, (revoked, revoked ? now + Double(accessTTL) : now + negativeCacheSeconds))
+        if let cached = revocations.get(key), cached.until > now { return cached.revoked }
+        let revoked = try await query()
+        revocations.set(key, (revoked, revoked ? now + Double(accessTTL) : now + negativeCacheSeconds))
         return revoked
     }
 

@@ -26,7 +26,13 @@ struct CORSMiddleware: RouterMiddleware {
             response.headers[.vary] = "Origin"
             return response
         }
-        var response = try await next(request, context)
+        var response: Response
+        do {
+            response = try await next(request, context)
+        } catch {
+            // Browsers hide error responses without CORS headers; build the error here so they get them.
+            response = RequestMiddleware.errorResponse(error, context: context)
+        }
         if allowed, let origin {
             response.headers[.accessControlAllowOrigin] = origin
             response.headers[.accessControlExposeHeaders] = Self.exposed

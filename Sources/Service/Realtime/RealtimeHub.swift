@@ -6,6 +6,22 @@ import Foundation
 import Storage
 import Synchronization
 
+/// The ids of the last 512 messages seen, to send each message once.
+struct RecentIDs {
+    var order: [UUID] = []
+    var set: Set<UUID> = []
+    var newest: UUID?
+
+    /// Records an id; false when it was recorded already.
+    mutating func insert(_ id: UUID) -> Bool {
+        guard set.insert(id).inserted else { return false }
+        order.append(id)
+        if order.count > 512 { set.remove(order.removeFirst()) }
+        if newest.map({ id.lowercased > $0.lowercased }) ?? true { newest = id }
+        return true
+    }
+}
+
 /// What a connection's writer sends next.
 enum OutboundItem: Sendable {
     case text(String)
@@ -23,20 +39,25 @@ final class RealtimeClient: Sendable {
     private let continuation: AsyncStream<OutboundItem>.Continuation
     private let queued = Atomic<Int>(0)
     private let maxQueued: Int
+    /// Drops the connection at once (a client that stopped reading cannot even receive a close frame).
+    private let abort: @Sendable () -> Void
     private struct State {
         var identity: AccessClaims?
         var sessions: Set<UUID> = []
         /// Live messages held back per session while missed ones are replayed from storage.
         var recovering: [UUID: [(UUID, String)]] = [:]
+        /// Per session, messages this connection was sent lately (replay and live can overlap).
+        var delivered: [UUID: RecentIDs] = [:]
         var lastTyping: [UUID: ContinuousClock.Instant] = [:]
     }
     private let state = Mutex(State())
 
     private static let nextID = Atomic<UInt64>(1)
 
-    init(maxQueued: Int) {
+    init(maxQueued: Int, abort: @escaping @Sendable () -> Void = {}) {
         self.id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.maxQueued = maxQueued
+        self.abort = abort
         (stream, continuation) = AsyncStream.makeStream(of: OutboundItem.self, bufferingPolicy: .unbounded)
     }
 
@@ -45,12 +66,13 @@ final class RealtimeClient: Sendable {
 
     func setIdentity(_ claims: AccessClaims) { state.withLock { $0.identity = claims } }
 
-    /// Queues a frame; false (and the connection is closing) when the client is too far behind.
+    /// Queues a frame; false (and the connection is dropped) when the client is too far behind.
     @discardableResult
     func send(_ text: String) -> Bool {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > maxQueued {
             continuation.yield(.close(code: 1013, reason: "too slow: outbound queue full"))
             continuation.finish()
+            abort()
             return false
         }
         continuation.yield(.text(text))
@@ -82,24 +104,44 @@ final class RealtimeClient: Sendable {
         state.withLock {
             $0.sessions.remove(session)
             $0.recovering[session] = nil
+            $0.delivered[session] = nil
         }
     }
 
-    /// A live message for a session: sent now, or held while that session is recovering.
+    /// A live message for a session: sent now (once), or held while that session is recovering.
     func deliver(messageId: UUID, session: UUID, text: String) {
-        let held = state.withLock { s -> Bool in
-            guard s.recovering[session] != nil else { return false }
-            s.recovering[session]!.append((messageId, text))
-            return true
+        state.withLock { s in
+            if s.recovering[session] != nil {
+                s.recovering[session]!.append((messageId, text))
+            } else if s.delivered[session, default: RecentIDs()].insert(messageId) {
+                // Sent under the lock, so live messages and the end of a replay keep their order.
+                send(text)
+            }
         }
-        if !held { send(text) }
     }
 
-    /// Replay is done up to `lastId`: sends the held live messages that came after it, in order.
-    func finishRecovery(_ session: UUID, after lastId: UUID?) {
-        let held = state.withLock { $0.recovering.removeValue(forKey: session) } ?? []
-        for (id, text) in held where lastId.map({ id.lowercased > $0.lowercased }) ?? true {
-            send(text)
+    /// Sends one replayed message, waiting while the queue is nearly full (a replay can be longer than
+    /// the queue). False when the client stopped reading and was dropped.
+    func replay(messageId: UUID, session: UUID, text: String) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while queued.load(ordering: .relaxed) >= maxQueued - 1 {
+            guard ContinuousClock.now < deadline, !Task.isCancelled else {
+                send(text)  // overflows: drops the connection
+                return false
+            }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+        let fresh = state.withLock { $0.delivered[session, default: RecentIDs()].insert(messageId) }
+        return fresh ? send(text) : true
+    }
+
+    /// Replay is done: sends the held live messages that were not replayed, in order.
+    func finishRecovery(_ session: UUID) {
+        state.withLock { s in
+            let held = s.recovering.removeValue(forKey: session) ?? []
+            for (id, text) in held where s.delivered[session, default: RecentIDs()].insert(id) {
+                send(text)
+            }
         }
     }
 
@@ -126,20 +168,6 @@ public final class RealtimeHub: Sendable {
         var recent: [UUID: RecentIDs] = [:]
     }
 
-    struct RecentIDs {
-        var order: [UUID] = []
-        var set: Set<UUID> = []
-        var newest: UUID?
-
-        /// Records an id; false when it was recorded already.
-        mutating func insert(_ id: UUID) -> Bool {
-            guard set.insert(id).inserted else { return false }
-            order.append(id)
-            if order.count > 512 { set.remove(order.removeFirst()) }
-            if newest.map({ id.lowercased > $0.lowercased }) ?? true { newest = id }
-            return true
-        }
-    }
     private let state = Mutex(State())
     /// Connections one user may hold at once.
     public let maxConnectionsPerUser: Int

@@ -7,6 +7,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
+import NIOCore
 import NIOWebSocket
 import ServiceLifecycle
 import Storage
@@ -15,10 +16,13 @@ import Storage
 public struct ChatWebSocketContext: RequestContext, WebSocketRequestContext {
     public var coreContext: CoreRequestContextStorage
     public let webSocket: WebSocketHandlerReference<Self>
+    /// The connection, so a client that stopped reading can be dropped at once.
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
         self.webSocket = .init()
+        self.channel = source.channel
     }
 }
 
@@ -38,12 +42,18 @@ struct WebSocketController: Sendable {
 
     func addRoutes(to router: Router<ChatWebSocketContext>) {
         router.ws("ws") { inbound, outbound, context in
-            await handle(inbound: inbound, outbound: outbound, headers: context.request.headers, logger: context.logger)
+            let channel = context.requestContext.channel
+            await handle(inbound: inbound, outbound: outbound, headers: context.request.headers, logger: context.logger) {
+                channel.close(mode: .all, promise: nil)
+            }
         }
     }
 
-    func handle(inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, headers: HTTPFields, logger: Logger) async {
-        let client = RealtimeClient(maxQueued: maxQueued)
+    func handle(
+        inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, headers: HTTPFields, logger: Logger,
+        abort: @escaping @Sendable () -> Void
+    ) async {
+        let client = RealtimeClient(maxQueued: maxQueued, abort: abort)
         if let header = headers[.authorization] {
             do {
                 try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
@@ -98,10 +108,11 @@ struct WebSocketController: Sendable {
     }
 
     private func authenticate(_ client: RealtimeClient, claims: AccessClaims) throws {
-        client.setIdentity(claims)
+        // Admitted first: a connection over the user's cap stays unauthenticated.
         guard hub.admit(client, userId: claims.subject) else {
             throw APIError(.tooManyRequests, code: "too_many_connections", message: "at most \(hub.maxConnectionsPerUser) connections per user")
         }
+        client.setIdentity(claims)
     }
 
     private func receive(_ message: WebSocketMessage, client: RealtimeClient, logger: Logger) async {
@@ -141,6 +152,7 @@ struct WebSocketController: Sendable {
             case "leave":
                 try event.allowOnly(["sessionId"])
                 let session = try event.uuid("sessionId")
+                guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "this connection has not joined that session") }
                 hub.leave(client, session: session)
                 hub.broadcast(RealtimeEvent.presence(session: session, user: claims.subject, status: "offline"), session: session, exceptUser: claims.subject)
                 client.send(RealtimeEvent.ack(requestId, ["event": "leave", "sessionId": .string(session.lowercased)]))
@@ -181,23 +193,16 @@ struct WebSocketController: Sendable {
         var replayed = 0
         if let after {
             var cursor = after
-            var lastSent: UUID? = after
-            do {
-                while replayed < maxReplay {
-                    let page = try await store.messages(MessageQuery(sessionId: session, after: cursor, limit: 200))
-                    for message in page.messages { client.send(RealtimeEvent.message(message)) }
-                    replayed += page.messages.count
-                    if let last = page.messages.last {
-                        cursor = last.id
-                        lastSent = last.id
-                    }
-                    if !page.hasMore { break }
+            defer { client.finishRecovery(session) }
+            while replayed < maxReplay {
+                let page = try await store.messages(MessageQuery(sessionId: session, after: cursor, limit: 200))
+                for message in page.messages {
+                    guard await client.replay(messageId: message.id, session: session, text: RealtimeEvent.message(message)) else { return }
                 }
-            } catch {
-                client.finishRecovery(session, after: lastSent)
-                throw error
+                replayed += page.messages.count
+                if let last = page.messages.last { cursor = last.id }
+                if !page.hasMore { break }
             }
-            client.finishRecovery(session, after: lastSent)
         }
         client.send(RealtimeEvent.ack(requestId, ["event": "join", "sessionId": .string(session.lowercased), "replayed": .int(Int64(replayed))]))
         hub.broadcast(RealtimeEvent.presence(session: session, user: claims.subject, status: "online"), session: session, exceptUser: claims.subject)

@@ -53,6 +53,8 @@ extension APIError {
             case .invalid: return APIError(.badRequest, code: "invalid_input", message: "the request could not be stored as given")
             case .failed: return nil
             }
+        case PasswordHashError.busy:
+            return APIError(.serviceUnavailable, code: "busy", message: "too many sign-ins at once, try again shortly", headers: [.retryAfter: "1"])
         case let error as HTTPError:
             switch error.status {
             case .contentTooLarge:

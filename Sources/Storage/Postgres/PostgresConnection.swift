@@ -17,7 +17,7 @@ final class PostgresConnection {
 
     /// Connects with any libpq connection string (URI or key=value).
     init(conninfo: String) throws {
-        guard let conn = PQconnectdb(conninfo) else { throw StoreError(.unavailable, "cannot allocate a Postgres connection") }
+        guard let conn = PQconnectdb(Self.withConnectTimeout(conninfo)) else { throw StoreError(.unavailable, "cannot allocate a Postgres connection") }
         guard PQstatus(conn) == CONNECTION_OK else {
             let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines
             PQfinish(conn)
@@ -25,11 +25,21 @@ final class PostgresConnection {
         }
         self.handle = conn
         // UTC text timestamps, so they parse as RFC 3339; no NOTICE chatter on stderr.
-        try execute("SET TIME ZONE 'UTC'; SET client_min_messages TO WARNING")
+        try execute("SET TIME ZONE 'UTC'; SET DateStyle = 'ISO, YMD'; SET client_min_messages TO WARNING")
     }
 
     deinit {
         PQfinish(handle)
+    }
+
+    /// Adds `connect_timeout=5` unless the string sets one: a host that does not answer must fail a request
+    /// in seconds, not after the TCP timeout.
+    static func withConnectTimeout(_ conninfo: String) -> String {
+        if conninfo.contains("connect_timeout") { return conninfo }
+        if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
+            return conninfo + (conninfo.contains("?") ? "&" : "?") + "connect_timeout=5"
+        }
+        return conninfo + " connect_timeout=5"
     }
 
     /// Whether libpq still considers the connection usable.

@@ -20,8 +20,6 @@ final class PostgresPool: Sendable {
     init(conninfo: String, size: Int) {
         self.conninfo = conninfo
         self.size = max(1, size)
-        // A host that does not answer must fail a request in seconds, not after the TCP timeout.
-        setenv("PGCONNECT_TIMEOUT", "5", 0)
         self.threads = NIOThreadPool(numberOfThreads: self.size)
         self.threads.start()
     }
@@ -48,6 +46,8 @@ final class PostgresPool: Sendable {
     private func checkout() throws -> PostgresConnection {
         while let (candidate, since) = idle.withLock({ $0.popLast() }) {
             let connection = candidate.value
+            // Reading what the server sent notices a connection it terminated (restart, idle kill) for free.
+            guard connection.consumeInput(), connection.isHealthy else { continue }
             if ContinuousClock.now - since < validateAfter { return connection }
             // Idle for a while: the server may have restarted or dropped it.
             if (try? connection.execute("SELECT 1")) != nil, connection.isHealthy { return connection }

@@ -227,6 +227,14 @@ public final class PostgresStore: ChatStore {
         }
     }
 
+    public func isRefreshFamilyRevoked(_ familyId: UUID) async throws -> Bool {
+        try await pool.withConnection { db in
+            try !db.query(
+                "SELECT 1 FROM refresh_tokens WHERE family_id = $1 AND revoked_at IS NOT NULL LIMIT 1", [.text(familyId.lowercased)]
+            ).isEmpty
+        }
+    }
+
     // MARK: Sessions
 
     static let sessionColumns = "session_id, user_id, metadata, state, is_resolved, expires_at, resolved_at, created_at, updated_at"

@@ -95,6 +95,11 @@ public final class SQLiteStore: ChatStore {
         for migration in pending {
             let started = ContinuousClock.now
             try db.execute("BEGIN IMMEDIATE")
+            // Another process (`migrate` beside `serve`) may have applied it since the check above.
+            if try !db.query("SELECT 1 FROM schema_history WHERE version = ?", [.integer(Int64(migration.version))]).isEmpty {
+                try db.execute("COMMIT")
+                continue
+            }
             do {
                 try db.execute(migration.sql)
                 let elapsed = ContinuousClock.now - started
@@ -136,6 +141,12 @@ public final class SQLiteStore: ChatStore {
     /// Copies the live database into `destination` with SQLite's online backup, consistent while writes go on.
     public func backup(to destination: String) async throws {
         try await readers.read { db in try db.backup(to: destination) }
+    }
+
+    /// Backs up the database at `path` without opening it as a store: nothing is migrated or written.
+    public static func backup(path: String, to destination: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else { throw StoreError(.notFound, "no database at \(path)") }
+        try SQLiteConnection(path: path, readOnly: true).backup(to: destination)
     }
 
     // MARK: Users
@@ -239,6 +250,14 @@ public final class SQLiteStore: ChatStore {
     public func isAccessTokenRevoked(jti: String) async throws -> Bool {
         try await readers.read { db in
             try !db.query("SELECT 1 FROM revoked_access_tokens WHERE jti = ?", [.text(jti)]).isEmpty
+        }
+    }
+
+    public func isRefreshFamilyRevoked(_ familyId: UUID) async throws -> Bool {
+        try await readers.read { db in
+            try !db.query(
+                "SELECT 1 FROM refresh_tokens WHERE family_id = ? AND revoked_at IS NOT NULL LIMIT 1", [.text(familyId.lowercased)]
+            ).isEmpty
         }
     }
 
