@@ -56,15 +56,16 @@ info:
     refresh token that replaces it. All refresh tokens descending from one login form a
     *family*. Presenting a refresh token that was already used is treated as theft: the
     whole family is revoked, so every refresh token of that login stops working and the user
-    must log in again. Access tokens already issued stay valid until they expire.
+    must log in again; the access tokens of that login stop working too (`token_revoked`).
 
-    `POST /auth/logout` revokes the access token it is called with and its refresh-token
-    family.
+    `POST /auth/logout` revokes the access token it is called with, every other access token
+    of the same login, and its refresh-token family.
 
-    An `Authorization` header is checked on **every** route, public ones included: a header
-    that is present but not a valid, unexpired, unrevoked bearer token is refused with 401
-    (`unauthenticated`, `invalid_token`, `token_expired` or `token_revoked`). Send no
-    `Authorization` header at all to public routes if you have no valid token.
+    An `Authorization` header is read under `/api/` and by `/auth/logout`: there a header that
+    is present but not a valid, unexpired, unrevoked bearer token is refused with 401
+    (`unauthenticated`, `invalid_token`, `token_expired` or `token_revoked`), even on routes
+    that need no token. `/health`, `/openapi.yaml` and `/auth/register|login|refresh` ignore
+    it, so a client holding an expired access token can still refresh.
 
     Roles: `user` sees only their own sessions; `admin` may read, change and list any user's
     sessions; `agent` is a support-staff account with the rights of `user` in this API.
@@ -141,8 +142,6 @@ paths:
               example:
                 status: ok
                 version: 0.1.0
-        '401':
-          $ref: '#/components/responses/Unauthorized'
         '500':
           $ref: '#/components/responses/InternalError'
   /openapi.yaml:
@@ -158,8 +157,6 @@ paths:
             application/yaml:
               schema:
                 type: string
-        '401':
-          $ref: '#/components/responses/Unauthorized'
         '500':
           $ref: '#/components/responses/InternalError'
   /auth/register:
@@ -197,8 +194,6 @@ paths:
                 $ref: '#/components/schemas/TokenResponse'
         '400':
           $ref: '#/components/responses/BadRequest'
-        '401':
-          $ref: '#/components/responses/Unauthorized'
         '409':
           description: The username is already taken (compared case-insensitively).
           content:
@@ -257,8 +252,7 @@ paths:
           $ref: '#/components/responses/BadRequest'
         '401':
           description: |
-            Wrong username or password (`invalid_credentials`), or an invalid
-            `Authorization` header was sent (see the 401 codes above).
+            Wrong username or password (`invalid_credentials`).
           content:
             application/json:
               schema:
