@@ -307,8 +307,7 @@ paths:
         '401':
           description: |
             `invalid_refresh_token`: the refresh token is unknown, revoked, expired, was
-            already used (its family is now revoked), or its user no longer exists. Also any
-            401 of an invalid `Authorization` header, if one was sent.
+            already used (its family is now revoked), or its user no longer exists.
           content:
             application/json:
               schema:
@@ -1037,8 +1036,8 @@ components:
         No valid access token: `unauthenticated` (no `Authorization` header on an
         authenticated route, or not of the form `Bearer <token>`), `invalid_token`
         (malformed, wrong signature or algorithm, bad claims), `token_expired` or
-        `token_revoked` (signed out). On public routes only when an invalid `Authorization`
-        header was sent.
+        `token_revoked` (signed out, or the login's refresh token was reused). Under `/api/`,
+        also on routes that need no token when an invalid `Authorization` header was sent.
       content:
         application/json:
           schema:
