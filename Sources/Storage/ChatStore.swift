@@ -65,6 +65,7 @@ public protocol ChatStore: Sendable {
 
     /// Stores a message unless its session is missing, resolved or expired, or its clientMessageId was seen.
     /// With `owner`, a session belonging to someone else counts as missing (checked in the same transaction).
+    /// The store gives the message its id (UUIDv7, in commit order); the outcome carries the stored message.
     func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome
     /// A page of a session's messages in id order.
     func messages(_ query: MessageQuery) async throws -> MessagePage

@@ -51,6 +51,10 @@ final class PostgresAppender: Sendable {
         try await withCheckedThrowingContinuation { continuation in
             let start = state.withLock { s -> Bool? in
                 if s.closed { return nil }
+                // Ids are made in queue order, which is commit order (one connection, batches in turn),
+                // so a reader paging with `after` cannot skip a message committed late.
+                var message = message
+                message.id = UUIDv7.make(now: now)
                 s.jobs.append(Job(message: message, now: now, owner: owner, continuation: continuation))
                 if s.draining { return false }
                 s.draining = true

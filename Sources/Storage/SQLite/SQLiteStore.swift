@@ -373,6 +373,10 @@ public final class SQLiteStore: ChatStore {
 
     public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
         try await writer.write { db in
+            // The id is made here, on the one writer thread, so ids are in commit order: a reader paging
+            // with `after` can never see a message before an earlier-id one is committed.
+            var message = message
+            message.id = UUIDv7.make(now: now)
             guard let session = try db.query(
                 "SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = ?", [.text(message.sessionId.lowercased)]
             ).first else { return .sessionNotFound }
