@@ -802,6 +802,23 @@ def test_logout_closes_that_tokens_connections(world):
     run(scenario())
 
 
+def test_connection_ends_when_its_token_expires(start_server):
+    """A connection lasts as long as its access token: then token_expired and close 1008."""
+    server = start_server(env={"JWT_ACCESS_TTL": "2s"})
+    user = register(server)
+    token = user["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+
+    async def scenario():
+        async with ws_connect(server, token) as ws:
+            await join(ws, sid)
+            await expect_error(ws, "token_expired", timeout=5)
+            code, _ = await expect_close(ws, timeout=3)
+            assert code == 1008
+
+    run(scenario())
+
+
 # ---- 11. shutdown -----------------------------------------------------------------------------------------
 
 

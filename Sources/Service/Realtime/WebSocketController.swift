@@ -65,14 +65,7 @@ struct WebSocketController: Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await write(client, to: outbound) }
-                group.addTask {
-                    // An unauthenticated connection may only authenticate, and only for a while.
-                    try? await Task.sleep(for: authTimeout)
-                    if client.identity == nil, !Task.isCancelled {
-                        client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
-                        client.close(code: 1008, reason: "authentication timeout")
-                    }
-                }
+                group.addTask { await watchLifetime(client) }
                 do {
                     for try await message in inbound.messages(maxSize: maxEventBytes) {
                         await receive(message, client: client, logger: logger)
@@ -91,6 +84,27 @@ struct WebSocketController: Sendable {
                 hub.broadcast(RealtimeEvent.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
             }
         }
+    }
+
+    /// An unauthenticated connection may only authenticate, and only for `authTimeout`; an authenticated one
+    /// lasts as long as its token, then must reconnect with a fresh one.
+    private func watchLifetime(_ client: RealtimeClient) async {
+        let deadline = ContinuousClock.now + authTimeout
+        while client.identity == nil {
+            guard ContinuousClock.now < deadline else {
+                client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
+                client.close(code: 1008, reason: "authentication timeout")
+                return
+            }
+            do { try await Task.sleep(for: .milliseconds(100)) } catch { return }
+        }
+        guard let claims = client.identity else { return }
+        let remaining = Double(claims.expiresAt) - Date().timeIntervalSince1970
+        if remaining > 0 {
+            do { try await Task.sleep(for: .seconds(remaining)) } catch { return }
+        }
+        client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "token_expired", message: "token expired; reconnect with a fresh one")))
+        client.close(code: 1008, reason: "token expired")
     }
 
     /// Drains the client's queue into the socket; a close item ends the connection.

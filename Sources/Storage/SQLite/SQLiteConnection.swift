@@ -89,8 +89,9 @@ final class SQLiteConnection {
         }
         self.handle = db
         self.path = path
-        sqlite3_extended_result_codes(db, 1)
-        sqlite3_busy_timeout(db, 5000)
+        let extended = sqlite3_extended_result_codes(db, 1)
+        let busy = sqlite3_busy_timeout(db, 5000)
+        guard extended == SQLITE_OK, busy == SQLITE_OK else { throw error(extended != SQLITE_OK ? extended : busy, sql: nil) }
     }
 
     deinit {

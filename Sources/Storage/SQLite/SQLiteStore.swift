@@ -49,7 +49,10 @@ public final class SQLiteStore: ChatStore {
         do {
             let synchronous = options.synchronous.rawValue
             try await writer.withConnection { db in
-                try db.execute("PRAGMA journal_mode=WAL")
+                // journal_mode answers with the mode it ended up in; anything but WAL is an error.
+                guard try db.query("PRAGMA journal_mode=WAL").first?.optionalString(0)?.lowercased() == "wal" else {
+                    throw StoreError(.unavailable, "cannot switch the database to WAL mode", detail: path)
+                }
                 try db.execute("PRAGMA synchronous=\(synchronous)")
                 try db.execute("PRAGMA foreign_keys=ON")
                 let applied = try migrate(db, migrations: migrations)
