@@ -48,6 +48,7 @@ public struct ApplicationDependencies: Sendable {
 public struct ChatRouters {
     public let http: Router<ChatRequestContext>
     public let webSocket: Router<ChatWebSocketContext>
+    let socketIO: SocketIOController
 }
 
 /// Builds the routers with every route and middleware.
@@ -89,11 +90,14 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     ).addRoutes(to: api.group(context: AuthenticatedContext.self))
 
     let webSocket = Router(context: ChatWebSocketContext.self)
-    WebSocketController(
+    let events = WebSocketController(
         store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,
         authTimeout: .seconds(config.realtimeAuthTimeoutSeconds), maxQueued: config.realtimeQueueLength
-    ).addRoutes(to: webSocket)
-    return ChatRouters(http: router, webSocket: webSocket)
+    )
+    events.addRoutes(to: webSocket)
+    let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
+    socketIO.addRoutes(to: router, webSocket: webSocket)
+    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO)
 }
 
 /// Limits of the WebSocket server.
@@ -121,7 +125,7 @@ public func buildApplication(
         router: routers.http,
         server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
-        services: [sweeper, relay] + dependencies.services,
+        services: [sweeper, relay, SocketIOSweeper(controller: routers.socketIO, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds))] + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )

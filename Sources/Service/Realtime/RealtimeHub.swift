@@ -54,11 +54,19 @@ final class RealtimeClient: Sendable {
 
     private static let nextID = Atomic<UInt64>(1)
 
-    init(maxQueued: Int, abort: @escaping @Sendable () -> Void = {}) {
+    /// Where frames go instead of `stream` (Socket.IO sessions buffer them for long-polling).
+    private let sink: (@Sendable (OutboundItem) -> Void)?
+
+    init(maxQueued: Int, abort: @escaping @Sendable () -> Void = {}, sink: (@Sendable (OutboundItem) -> Void)? = nil) {
         self.id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.maxQueued = maxQueued
         self.abort = abort
+        self.sink = sink
         (stream, continuation) = AsyncStream.makeStream(of: OutboundItem.self, bufferingPolicy: .unbounded)
+    }
+
+    private func emit(_ item: OutboundItem) {
+        if let sink { sink(item) } else { continuation.yield(item) }
     }
 
     var identity: AccessClaims? { state.withLock { $0.identity } }
@@ -70,21 +78,21 @@ final class RealtimeClient: Sendable {
     @discardableResult
     func send(_ text: String) -> Bool {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > maxQueued {
-            continuation.yield(.close(code: 1013, reason: "too slow: outbound queue full"))
+            emit(.close(code: 1013, reason: "too slow: outbound queue full"))
             continuation.finish()
             abort()
             return false
         }
-        continuation.yield(.text(text))
+        emit(.text(text))
         return true
     }
 
     /// The writer took a frame off the queue.
-    func didSend() { queued.wrappingSubtract(1, ordering: .relaxed) }
+    func didSend(_ count: Int = 1) { queued.wrappingSubtract(count, ordering: .relaxed) }
 
     /// Ends the connection after what is queued, with a close frame.
     func close(code: Int, reason: String) {
-        continuation.yield(.close(code: code, reason: reason))
+        emit(.close(code: code, reason: reason))
         continuation.finish()
     }
 

@@ -88,7 +88,7 @@ struct WebSocketController: Sendable {
 
     /// An unauthenticated connection may only authenticate, and only for `authTimeout`; an authenticated one
     /// lasts as long as its token, then must reconnect with a fresh one.
-    private func watchLifetime(_ client: RealtimeClient) async {
+    func watchLifetime(_ client: RealtimeClient) async {
         let deadline = ContinuousClock.now + authTimeout
         while client.identity == nil {
             guard ContinuousClock.now < deadline else {
@@ -121,7 +121,7 @@ struct WebSocketController: Sendable {
         }
     }
 
-    private func authenticate(_ client: RealtimeClient, claims: AccessClaims) throws {
+    func authenticate(_ client: RealtimeClient, claims: AccessClaims) throws {
         // Admitted first: a connection over the user's cap stays unauthenticated.
         guard hub.admit(client, userId: claims.subject) else {
             throw APIError(.tooManyRequests, code: "too_many_connections", message: "at most \(hub.maxConnectionsPerUser) connections per user")
@@ -130,14 +130,22 @@ struct WebSocketController: Sendable {
     }
 
     private func receive(_ message: WebSocketMessage, client: RealtimeClient, logger: Logger) async {
+        guard case .text(let text) = message else {
+            client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
+            return
+        }
+        guard case .object(let fields)? = try? JSONValue.parse(bytes: Array(text.utf8)) else {
+            client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")))
+            return
+        }
+        await handle(fields, client: client, logger: logger)
+    }
+
+    /// Handles one client event (`type`, optional `id`, fields), whatever transport carried it; the reply
+    /// (ack or error) goes to the client's queue.
+    func handle(_ fields: [String: JSONValue], client: RealtimeClient, logger: Logger) async {
         var requestId: JSONValue?
         do {
-            guard case .text(let text) = message else {
-                throw APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")
-            }
-            guard case .object(let fields)? = try? JSONValue.parse(bytes: Array(text.utf8)) else {
-                throw APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")
-            }
             requestId = fields["id"]
             if let id = requestId, !(id.isString || id.isInteger) { throw APIError.invalid("id", "must be a string or an integer") }
             guard case .string(let type)? = fields["type"] else { throw APIError.invalid("type", "is required") }
@@ -199,7 +207,7 @@ struct WebSocketController: Sendable {
 
     /// Joins a session the user may see; with `after`, first replays every stored message after it, in order,
     /// while live ones wait, so nothing is lost or duplicated across a reconnect.
-    private func join(_ client: RealtimeClient, claims: AccessClaims, session: UUID, after: UUID?, requestId: JSONValue?) async throws {
+    func join(_ client: RealtimeClient, claims: AccessClaims, session: UUID, after: UUID?, requestId: JSONValue?) async throws {
         guard let found = try await store.session(id: session), found.userId == claims.subject || claims.role == .admin else {
             throw APIError.notFound("session")
         }
