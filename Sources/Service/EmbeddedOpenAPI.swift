@@ -19,8 +19,10 @@ info:
     and `typing {sessionId, isTyping}`, each with an optional `id` echoed in the reply; from the
     server `message {message}`, `typing`, `presence {sessionId, userId, status}`,
     `ack {event, id, …}` and `error {id, error}` (the Error object below). A join with
-    `lastMessageId` first replays every stored message after it, in order. See the README,
-    "Realtime", for the rules and limits.
+    `lastMessageId` first replays every stored message after it, in order. Socket.IO clients
+    (Engine.IO v4, Socket.IO v5) connect at `/socket.io/` with the same events, the token in
+    the CONNECT `auth` payload and replies as acknowledgements. See the README, "Realtime",
+    for the rules and limits.
 
     ## Conventions
 
