@@ -65,6 +65,7 @@ test-e2e: build
 bench: release test-deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH_DEPS); }
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench.py sqlite postgres
+	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench_realtime.py
 
 clean:
 	rm -rf $(BUILD_DIR) $(VENV)

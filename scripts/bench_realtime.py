@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Realtime benchmark (part of `make bench`): fan-out over /ws and memory per idle connection.
+
+1. Fan-out: 1,000 WebSocket clients in 100 sessions (10 per session); one client per session sends
+   at a steady rate; reports messages delivered per second and send→receive latency (p50/p99).
+2. Idle connections: opens 10,000 authenticated, joined WebSocket connections and reports the
+   server's RSS growth per connection.
+"""
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import websockets
+
+BIN = os.environ.get("CHAT_BACKEND_BIN", ".build/release/chat-backend")
+SESSIONS = int(os.environ.get("BENCH_RT_SESSIONS", "100"))
+PER_SESSION = int(os.environ.get("BENCH_RT_PER_SESSION", "10"))
+RATE = float(os.environ.get("BENCH_RT_RATE", "20"))  # messages per second per session
+SECONDS = float(os.environ.get("BENCH_RT_SECONDS", "10"))
+IDLE = int(os.environ.get("BENCH_RT_IDLE", "10000"))
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 65536)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(method, url, body=None, token=None):
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def open_client(url, token, session):
+    ws = await websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}, max_queue=None, ping_interval=None)
+    await ws.send(json.dumps({"type": "join", "sessionId": session, "id": 1}))
+    while True:
+        event = json.loads(await ws.recv())
+        if event.get("type") == "ack":
+            return ws
+
+
+async def fanout(base, ws_url, users):
+    latencies, delivered = [], 0
+    clients = []  # (ws, session, token)
+    for token, session in users:
+        for _ in range(PER_SESSION):
+            clients.append((await open_client(ws_url, token, session), session, token))
+    stop = asyncio.Event()
+
+    async def reader(ws):
+        nonlocal delivered
+        try:
+            async for frame in ws:
+                event = json.loads(frame)
+                if event.get("type") == "message":
+                    sent = float(event["message"]["content"].split(" ", 1)[0])
+                    latencies.append(time.perf_counter() - sent)
+                    delivered += 1
+        except websockets.ConnectionClosed:
+            pass
+
+    async def sender(ws, session):
+        interval = 1.0 / RATE
+        next_at = time.perf_counter()
+        while not stop.is_set():
+            await ws.send(json.dumps({"type": "message", "sessionId": session, "content": f"{time.perf_counter()} fan-out"}))
+            next_at += interval
+            await asyncio.sleep(max(0, next_at - time.perf_counter()))
+
+    # One sender per session; its acks are read by its own reader (they are not `message` events).
+    readers = [asyncio.create_task(reader(ws)) for ws, _, _ in clients]
+    senders = [asyncio.create_task(sender(clients[i * PER_SESSION][0], users[i][1])) for i in range(len(users))]
+    await asyncio.sleep(1)  # warm up
+    delivered, latencies[:] = 0, []
+    started = time.perf_counter()
+    await asyncio.sleep(SECONDS)
+    elapsed = time.perf_counter() - started
+    count, lat = delivered, sorted(latencies)
+    stop.set()
+    await asyncio.gather(*senders, return_exceptions=True)
+    for ws, _, _ in clients:
+        await ws.close()
+    await asyncio.gather(*readers, return_exceptions=True)
+    return count / elapsed, lat
+
+
+async def idle(ws_url, users, pid):
+    before = rss_kib(pid)
+    sockets = []
+    for i in range(IDLE):
+        token, session = users[i % len(users)]
+        sockets.append(await open_client(ws_url, token, session))
+    await asyncio.sleep(2)
+    after = rss_kib(pid)
+    for ws in sockets:
+        await ws.close()
+    return before, after
+
+
+def main():
+    raise_nofile()
+    work = tempfile.mkdtemp(prefix="chat-bench-rt-")
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "STATE_DIRECTORY": work, "CHAT_BACKEND_CONFIG": os.path.join(work, "none.env"),
+        "JWT_SECRET": "bench-secret-bench-secret-bench-secret-0123", "RATE_LIMIT_API": "off", "RATE_LIMIT_AUTH": "off",
+        "RATE_LIMIT_MESSAGES": "off", "LOG_LEVEL": "warning", "REALTIME_MAX_CONNECTIONS_PER_USER": "10000", "JWT_ACCESS_TTL": "1h",
+    }
+    server = subprocess.Popen([os.path.abspath(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=work, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
+    try:
+        for _ in range(150):
+            try:
+                request("GET", base + "/health")
+                break
+            except Exception:
+                time.sleep(0.1)
+        users = []
+        for i in range(SESSIONS):
+            token = request("POST", base + "/auth/register", {"username": f"rt{i}", "password": "bench-password"})["accessToken"]
+            users.append((token, request("POST", base + "/api/sessions", {}, token)["sessionId"]))
+        rate, lat = asyncio.run(fanout(base, ws_url, users))
+        p50 = lat[len(lat) // 2] * 1000 if lat else 0
+        p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else 0
+        print(f"\n## realtime fan-out (SQLite, /ws)\n")
+        print(f"{SESSIONS * PER_SESSION} clients in {SESSIONS} sessions, {RATE:g} messages/s per session for {SECONDS:g} s\n")
+        print("| delivered messages/s | p50 send→receive ms | p99 send→receive ms |")
+        print("|---:|---:|---:|")
+        print(f"| {rate:,.0f} | {p50:.2f} | {p99:.2f} |")
+        before, after = asyncio.run(idle(ws_url, users, server.pid))
+        print(f"\n{IDLE:,} idle connections (authenticated, joined): RSS {before / 1024:.1f} MiB → {after / 1024:.1f} MiB, "
+              f"{(after - before) / IDLE:.1f} KiB per connection")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
