@@ -74,59 +74,39 @@ final class PostgresConnection {
     /// Runs one statement with bound parameters and returns its rows as text values (nil for NULL).
     @discardableResult
     func query(_ sql: String, _ params: [SQLValue] = []) throws -> [PGRow] {
-        let name = try statementName(for: sql, parameterCount: params.count)
-        let texts: [String?] = params.map {
-            switch $0 {
-            case .null: return nil
-            case .integer(let v): return String(v)
-            case .real(let d): return String(d)
-            case .text(let s): return s
-            }
-        }
-        let result = try withCStrings(texts) { pointers in
-            PQexecPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0)
-        }
-        guard let result else { throw connectionError(sql: sql) }
-        defer { PQclear(result) }
-        try check(result, sql: sql)
-        let rows = Int(PQntuples(result))
-        let columns = Int(PQnfields(result))
-        var out: [PGRow] = []
-        out.reserveCapacity(rows)
-        for r in 0..<rows {
-            var values: [String?] = []
-            values.reserveCapacity(columns)
-            for c in 0..<columns {
-                if PQgetisnull(result, Int32(r), Int32(c)) == 1 {
-                    values.append(nil)
-                } else {
-                    values.append(String(cString: PQgetvalue(result, Int32(r), Int32(c))))
+        try executePrepared(sql, params) { result in
+            let rows = Int(PQntuples(result))
+            let columns = Int(PQnfields(result))
+            var out: [PGRow] = []
+            out.reserveCapacity(rows)
+            for r in 0..<rows {
+                var values: [String?] = []
+                values.reserveCapacity(columns)
+                for c in 0..<columns {
+                    values.append(PQgetisnull(result, Int32(r), Int32(c)) == 1 ? nil : String(cString: PQgetvalue(result, Int32(r), Int32(c))))
                 }
+                out.append(PGRow(values: values))
             }
-            out.append(PGRow(values: values))
+            return out
         }
-        return out
     }
 
     /// Runs a statement and returns the number of rows it affected.
     @discardableResult
     func run(_ sql: String, _ params: [SQLValue] = []) throws -> Int {
+        try executePrepared(sql, params) { result in Int(String(cString: PQcmdTuples(result))) ?? 0 }
+    }
+
+    /// Prepares `sql` once per connection, executes it with `params` as text, checks the result and reads it.
+    private func executePrepared<T>(_ sql: String, _ params: [SQLValue], _ read: (OpaquePointer) -> T) throws -> T {
         let name = try statementName(for: sql, parameterCount: params.count)
-        let texts: [String?] = params.map {
-            switch $0 {
-            case .null: return nil
-            case .integer(let v): return String(v)
-            case .real(let d): return String(d)
-            case .text(let s): return s
-            }
-        }
-        let result = try withCStrings(texts) { pointers in
+        let result = withCStrings(params.map(\.pgText)) { pointers in
             PQexecPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0)
         }
         guard let result else { throw connectionError(sql: sql) }
         defer { PQclear(result) }
         try check(result, sql: sql)
-        return Int(String(cString: PQcmdTuples(result))) ?? 0
+        return read(result)
     }
 
     /// Runs `statement` once per parameter list inside one transaction, sent as a libpq pipeline: one round
@@ -138,15 +118,7 @@ final class PostgresConnection {
         defer { _ = PQexitPipelineMode(handle) }
         guard PQsendQueryParams(handle, "BEGIN", 0, nil, nil, nil, nil, 0) == 1 else { throw connectionError(sql: "BEGIN") }
         for params in paramsList {
-            let texts: [String?] = params.map {
-                switch $0 {
-                case .null: return nil
-                case .integer(let v): return String(v)
-                case .real(let d): return String(d)
-                case .text(let s): return s
-                }
-            }
-            let sent = withCStrings(texts) { pointers in PQsendQueryPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0) }
+            let sent = withCStrings(params.map(\.pgText)) { pointers in PQsendQueryPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0) }
             guard sent == 1 else { throw connectionError(sql: statement) }
         }
         guard PQsendQueryParams(handle, "COMMIT", 0, nil, nil, nil, nil, 0) == 1, PQpipelineSync(handle) == 1 else {
@@ -279,5 +251,17 @@ extension String {
         var s = self
         while s.last == "\n" || s.last == " " { s.removeLast() }
         return s
+    }
+}
+
+extension SQLValue {
+    /// The parameter as Postgres text format (nil is SQL NULL).
+    var pgText: String? {
+        switch self {
+        case .null: return nil
+        case .integer(let v): return String(v)
+        case .real(let d): return String(d)
+        case .text(let s): return s
+        }
     }
 }
