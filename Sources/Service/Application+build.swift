@@ -125,7 +125,10 @@ public func buildApplication(
         router: routers.http,
         server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
-        services: [sweeper, relay, SocketIOSweeper(controller: routers.socketIO, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds))] + dependencies.services,
+        services: [
+            sweeper, relay, SocketIOSweeper(controller: routers.socketIO, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
+            RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
+        ] + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )

@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import ServiceLifecycle
 import Storage
 import Synchronization
 
@@ -35,6 +36,7 @@ enum OutboundItem: Sendable {
 /// is full, so it can never make the server hold more than `maxQueued` frames for it.
 final class RealtimeClient: Sendable {
     let id: UInt64
+    let created = ContinuousClock.now
     let stream: AsyncStream<OutboundItem>
     private let continuation: AsyncStream<OutboundItem>.Continuation
     private let queued = Atomic<Int>(0)
@@ -171,6 +173,8 @@ public final class RealtimeHub: Sendable {
         var rooms: [UUID: [UInt64: RealtimeClient]] = [:]
         var clients: [UInt64: RealtimeClient] = [:]
         var perUser: [UUID: Int] = [:]
+        /// Every open connection, authenticated or not, for the lifetime sweep.
+        var live: [UInt64: RealtimeClient] = [:]
         /// Per room, the ids published lately, so a message announced twice (locally and by the change feed
         /// after a resync) goes out once.
         var recent: [UUID: RecentIDs] = [:]
@@ -186,6 +190,32 @@ public final class RealtimeHub: Sendable {
 
     /// Number of open connections.
     public var connectionCount: Int { state.withLock { $0.clients.count } }
+
+    /// Starts watching a new connection's lifetime (see `sweepLifetimes`).
+    func track(_ client: RealtimeClient) {
+        state.withLock { $0.live[client.id] = client }
+    }
+
+    /// Closes connections that did not authenticate within `authTimeout`, and those whose token expired.
+    /// One pass over all connections replaces a timer per connection.
+    func sweepLifetimes(authTimeout: Duration) {
+        let now = ContinuousClock.now
+        let nowSeconds = Int64(Date().timeIntervalSince1970)
+        let live = state.withLock { Array($0.live.values) }
+        for client in live {
+            if let claims = client.identity {
+                if claims.expiresAt <= nowSeconds {
+                    state.withLock { _ = $0.live.removeValue(forKey: client.id) }
+                    client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "token_expired", message: "token expired; reconnect with a fresh one")))
+                    client.close(code: 1008, reason: "token expired")
+                }
+            } else if now - client.created > authTimeout {
+                state.withLock { _ = $0.live.removeValue(forKey: client.id) }
+                client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
+                client.close(code: 1008, reason: "authentication timeout")
+            }
+        }
+    }
 
     /// Counts an authenticated connection against its user's cap; false when the cap is reached.
     func admit(_ client: RealtimeClient, userId: UUID) -> Bool {
@@ -204,6 +234,7 @@ public final class RealtimeHub: Sendable {
     func remove(_ client: RealtimeClient) -> Set<UUID> {
         let sessions = client.sessions
         state.withLock { s in
+            s.live[client.id] = nil
             guard s.clients.removeValue(forKey: client.id) != nil else { return }
             if let user = client.identity?.subject {
                 s.perUser[user] = max(0, s.perUser[user, default: 1] - 1)
@@ -302,5 +333,18 @@ enum RealtimeEvent {
         var body: [String: JSONValue] = ["type": "error", "id": id ?? .null]
         body["error"] = .object(["code": .string(error.code), "message": .string(error.message), "details": error.details ?? .null])
         return JSONValue.object(body).jsonText()
+    }
+}
+
+/// Runs the hub's lifetime sweep twice a second.
+struct RealtimeSweeper: Service {
+    let hub: RealtimeHub
+    let authTimeout: Duration
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .milliseconds(500)) }
+            hub.sweepLifetimes(authTimeout: authTimeout)
+        }
     }
 }

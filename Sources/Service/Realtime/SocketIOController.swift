@@ -220,6 +220,7 @@ final class SocketIOController: Sendable {
             if case .close = item { session.close() }
         }
         session.attach(client)
+        hub.track(client)
         sessions.withLock { $0[session.sid] = session }
         return session
     }
@@ -398,7 +399,6 @@ final class SocketIOController: Sendable {
                         session.push([EnginePacket.ping("").encoded])
                     }
                 }
-                if let client = session.client { group.addTask { await self.events.watchLifetime(client) } }
                 do {
                     while let frame = try await frames.next() {
                         session.touch()

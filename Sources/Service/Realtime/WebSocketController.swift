@@ -54,6 +54,7 @@ struct WebSocketController: Sendable {
         abort: @escaping @Sendable () -> Void
     ) async {
         let client = RealtimeClient(maxQueued: maxQueued, abort: abort)
+        hub.track(client)
         if let header = headers[.authorization] {
             do {
                 try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
@@ -65,7 +66,6 @@ struct WebSocketController: Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await write(client, to: outbound) }
-                group.addTask { await watchLifetime(client) }
                 do {
                     for try await message in inbound.messages(maxSize: maxEventBytes) {
                         await receive(message, client: client, logger: logger)
@@ -84,27 +84,6 @@ struct WebSocketController: Sendable {
                 hub.broadcast(RealtimeEvent.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
             }
         }
-    }
-
-    /// An unauthenticated connection may only authenticate, and only for `authTimeout`; an authenticated one
-    /// lasts as long as its token, then must reconnect with a fresh one.
-    func watchLifetime(_ client: RealtimeClient) async {
-        let deadline = ContinuousClock.now + authTimeout
-        while client.identity == nil {
-            guard ContinuousClock.now < deadline else {
-                client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
-                client.close(code: 1008, reason: "authentication timeout")
-                return
-            }
-            do { try await Task.sleep(for: .milliseconds(100)) } catch { return }
-        }
-        guard let claims = client.identity else { return }
-        let remaining = Double(claims.expiresAt) - Date().timeIntervalSince1970
-        if remaining > 0 {
-            do { try await Task.sleep(for: .seconds(remaining)) } catch { return }
-        }
-        client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "token_expired", message: "token expired; reconnect with a fresh one")))
-        client.close(code: 1008, reason: "token expired")
     }
 
     /// Drains the client's queue into the socket; a close item ends the connection.
