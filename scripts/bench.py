@@ -8,38 +8,16 @@ Prints requests/s, p50/p99 latency and the ratio to /health as a Markdown table 
 `scripts/bench.py sqlite` or `scripts/bench.py postgres` runs one; no argument runs both.
 The Postgres run starts a throwaway PostgreSQL with scripts/pg-test.sh on port 54331.
 """
-import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 
-BIN = os.environ.get("CHAT_BACKEND_BIN", ".build/release/chat-backend")
+from benchlib import BIN, request, running_server
 DURATION = os.environ.get("BENCH_DURATION", "10s")
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(method, url, body=None, token=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
 
 
 def parse_wrk(text):
@@ -91,33 +69,10 @@ def main():
 
 
 def run(backend, conninfo):
-    work = tempfile.mkdtemp(prefix="chat-bench-")
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "STATE_DIRECTORY": work,
-        "CHAT_BACKEND_CONFIG": os.path.join(work, "none.env"),
-        "JWT_SECRET": "bench-secret-bench-secret-bench-secret-0123",
-        "RATE_LIMIT_API": "off",
-        "RATE_LIMIT_AUTH": "off",
-        "RATE_LIMIT_MESSAGES": "off",
-        "SQLITE_SYNCHRONOUS": "FULL",
-        "LOG_LEVEL": "warning",
-    }
+    settings = {"SQLITE_SYNCHRONOUS": "FULL"}
     if conninfo:
-        env["DATABASE_URL"] = conninfo
-    server = subprocess.Popen(
-        [os.path.abspath(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                request("GET", base + "/health")
-                break
-            except Exception:
-                time.sleep(0.1)
+        settings["DATABASE_URL"] = conninfo
+    with running_server(**settings) as (base, _, work):
         auth = request("POST", base + "/auth/register", {"username": "bench", "password": "bench-password"})
         token = auth["accessToken"]
         session = request("POST", base + "/api/sessions", {}, token)["sessionId"]
@@ -168,13 +123,6 @@ def run(backend, conninfo):
             met = send_ratio >= 0.25
             print(f"target (sends >= 25% of /health): {'met' if met else 'MISSED'} ({send_ratio:.0%})")
         return sum(r[1][2] for r in rows)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -10,19 +10,11 @@ import asyncio
 import json
 import os
 import resource
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 
 import websockets
 
-BIN = os.environ.get("CHAT_BACKEND_BIN", ".build/release/chat-backend")
+from benchlib import request, running_server
 SESSIONS = int(os.environ.get("BENCH_RT_SESSIONS", "100"))
 PER_SESSION = int(os.environ.get("BENCH_RT_PER_SESSION", "10"))
 RATE = float(os.environ.get("BENCH_RT_RATE", "20"))  # messages per second per session
@@ -34,21 +26,6 @@ def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = min(hard, 65536)
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(method, url, body=None, token=None):
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None, method=method)
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read() or b"null")
 
 
 def rss_kib(pid):
@@ -128,23 +105,8 @@ async def idle(ws_url, users, pid):
 
 def main():
     raise_nofile()
-    work = tempfile.mkdtemp(prefix="chat-bench-rt-")
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "STATE_DIRECTORY": work, "CHAT_BACKEND_CONFIG": os.path.join(work, "none.env"),
-        "JWT_SECRET": "bench-secret-bench-secret-bench-secret-0123", "RATE_LIMIT_API": "off", "RATE_LIMIT_AUTH": "off",
-        "RATE_LIMIT_MESSAGES": "off", "LOG_LEVEL": "warning", "REALTIME_MAX_CONNECTIONS_PER_USER": "10000", "JWT_ACCESS_TTL": "1h",
-    }
-    server = subprocess.Popen([os.path.abspath(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=work, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base, ws_url = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
-    try:
-        for _ in range(150):
-            try:
-                request("GET", base + "/health")
-                break
-            except Exception:
-                time.sleep(0.1)
+    with running_server(REALTIME_MAX_CONNECTIONS_PER_USER="10000", JWT_ACCESS_TTL="1h") as (base, server, _):
+        ws_url = base.replace("http://", "ws://") + "/ws"
         users = []
         for i in range(SESSIONS):
             token = request("POST", base + "/auth/register", {"username": f"rt{i}", "password": "bench-password"})["accessToken"]
@@ -152,7 +114,7 @@ def main():
         rate, lat = asyncio.run(fanout(base, ws_url, users))
         p50 = lat[len(lat) // 2] * 1000 if lat else 0
         p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else 0
-        print(f"\n## realtime fan-out (SQLite, /ws)\n")
+        print("\n## realtime fan-out (SQLite, /ws)\n")
         print(f"{SESSIONS * PER_SESSION} clients in {SESSIONS} sessions, {RATE:g} messages/s per session for {SECONDS:g} s\n")
         print("| delivered messages/s | p50 send→receive ms | p99 send→receive ms |")
         print("|---:|---:|---:|")
@@ -160,13 +122,6 @@ def main():
         before, after = asyncio.run(idle(ws_url, users, server.pid))
         print(f"\n{IDLE:,} idle connections (authenticated, joined): RSS {before / 1024:.1f} MiB → {after / 1024:.1f} MiB, "
               f"{(after - before) / IDLE:.1f} KiB per connection")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
