@@ -92,7 +92,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     let webSocket = Router(context: ChatWebSocketContext.self)
     let events = WebSocketController(
         store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,
-        authTimeout: .seconds(config.realtimeAuthTimeoutSeconds), maxQueued: config.realtimeQueueLength
+        maxQueued: config.realtimeQueueLength
     )
     events.addRoutes(to: webSocket)
     let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
@@ -126,7 +126,7 @@ public func buildApplication(
         server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
         services: [
-            sweeper, relay, SocketIOSweeper(controller: routers.socketIO, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
+            sweeper, relay, SocketIOSweeper(controller: routers.socketIO),
             RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
         ] + dependencies.services,
         onServerRunning: { _ in await onListening() },

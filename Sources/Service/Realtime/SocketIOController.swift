@@ -144,7 +144,7 @@ final class SocketIOController: Sendable {
         }) { inbound, outbound, context in
             let query = context.request.uri.queryParameters
             let sid = query["sid"].map(String.init)
-            await self.serveWebSocket(sid: sid, inbound: inbound, outbound: outbound, channel: context.requestContext.channel)
+            await self.serveWebSocket(sid: sid, inbound: inbound, outbound: outbound)
         }
     }
 
@@ -235,8 +235,9 @@ final class SocketIOController: Sendable {
 
     /// Ends a session: its Socket.IO connection leaves every room.
     func end(_ session: EngineSession) {
-        guard session.close() else { return }
-        sessions.withLock { $0[session.sid] = nil }
+        session.close()
+        // Leaving the registry happens once, whoever closed the session first.
+        guard sessions.withLock({ $0.removeValue(forKey: session.sid) }) != nil else { return }
         if let client = session.client {
             for room in hub.remove(client) {
                 if let user = client.identity?.subject {
@@ -353,7 +354,7 @@ final class SocketIOController: Sendable {
 
     // MARK: Engine.IO over WebSocket
 
-    private func serveWebSocket(sid: String?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, channel: any Channel) async {
+    private func serveWebSocket(sid: String?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
         let session: EngineSession
         let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .unbounded)
         var frames = inbound.messages(maxSize: maxPayload).makeAsyncIterator()
@@ -417,17 +418,15 @@ final class SocketIOController: Sendable {
         } onGracefulShutdown: {
             session.client?.close(code: 1001, reason: "server shutting down")
         }
-        _ = channel
     }
 
-    /// Ends polling sessions whose client went away or never connected.
-    func sweep(authTimeout: Duration) {
+    /// Ends polling sessions whose client went away, and forgets sessions that were closed elsewhere
+    /// (the hub's lifetime sweep closes unauthenticated and expired connections, Socket.IO ones included).
+    func sweep() {
         let now = ContinuousClock.now
         let stale = sessions.withLock { s in
             s.values.filter { session in
-                (!session.isUpgraded && now - session.lastActivity > pingInterval + pingTimeout)
-                    || (!session.isConnected && now - session.created > authTimeout)
-                    || (session.isConnected && session.client?.identity == nil && now - session.created > authTimeout)
+                session.isClosed || (!session.isUpgraded && now - session.lastActivity > pingInterval + pingTimeout)
             }
         }
         for session in stale { end(session) }
@@ -437,12 +436,11 @@ final class SocketIOController: Sendable {
 /// Runs the Socket.IO session sweeper.
 struct SocketIOSweeper: Service {
     let controller: SocketIOController
-    let authTimeout: Duration
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
-            controller.sweep(authTimeout: authTimeout)
+            controller.sweep()
         }
     }
 }

@@ -35,7 +35,6 @@ struct WebSocketController: Sendable {
     let messages: MessageService
     let limiter: RateLimiter
     let eventRule: RateLimit?
-    var authTimeout: Duration = .seconds(10)
     var maxQueued = 256
     var maxEventBytes = 64 * 1024
     var maxReplay = 10_000
