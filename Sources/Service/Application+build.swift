@@ -30,11 +30,15 @@ public struct ApplicationDependencies: Sendable {
     public var onListening: @Sendable () async -> Void
     /// Extra long-running services (watchdog, notifier) run alongside the server.
     public var services: [any Service]
+    /// Agents answering in sessions (none: messages are only stored and published).
+    public var agents: AgentsConfig
 
     public init(
         store: any ChatStore, hub: RealtimeHub = RealtimeHub(), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
-        logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = []
+        logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = [],
+        agents: AgentsConfig = .none
     ) {
+        self.agents = agents
         self.store = store
         self.hub = hub
         self.registry = registry
@@ -49,6 +53,8 @@ public struct ChatRouters {
     public let http: Router<ChatRequestContext>
     public let webSocket: Router<ChatWebSocketContext>
     let socketIO: SocketIOController
+    /// Nil without agents.
+    public let orchestrator: AgentOrchestrator?
 }
 
 /// Builds the routers with every route and middleware.
@@ -61,7 +67,12 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         signer: JWTSigner(secret: config.jwtSecret), store: store, accessTTL: config.accessTokenTTL, refreshTTL: config.refreshTokenTTL
     )
     let hasher = PasswordHasher(parameters: config.passwordParameters)
-    let messages = MessageService(store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics)
+    let orchestrator = dependencies.agents.isEmpty
+        ? nil
+        : AgentOrchestrator(config: dependencies.agents, store: store, hub: hub, registry: dependencies.registry, logger: dependencies.logger)
+    let messages = MessageService(
+        store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics, orchestrator: orchestrator
+    )
 
     let router = Router(context: ChatRequestContext.self)
     router.addMiddleware {
@@ -85,9 +96,11 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     let api = router.group("api").add(middleware: identity)
     if let rule = config.rateLimitAPI { api.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     health.addAPIRoutes(to: api)
+    let authenticated = api.group(context: AuthenticatedContext.self)
     SessionController(
-        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes
-    ).addRoutes(to: api.group(context: AuthenticatedContext.self))
+        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes, orchestrator: orchestrator
+    ).addRoutes(to: authenticated)
+    AgentController(store: store, hub: hub, orchestrator: orchestrator).addRoutes(to: authenticated)
 
     let webSocket = Router(context: ChatWebSocketContext.self)
     let events = WebSocketController(
@@ -97,7 +110,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     events.addRoutes(to: webSocket)
     let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
     socketIO.addRoutes(to: router, webSocket: webSocket)
-    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO)
+    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, orchestrator: orchestrator)
 }
 
 /// Limits of the WebSocket server.
@@ -128,7 +141,7 @@ public func buildApplication(
         services: [
             sweeper, relay, SocketIOSweeper(controller: routers.socketIO),
             RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
-        ] + dependencies.services,
+        ] + (routers.orchestrator.map { [$0] } ?? []) + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )

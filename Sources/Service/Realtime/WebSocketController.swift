@@ -162,7 +162,7 @@ struct WebSocketController: Sendable {
                 try messages.checkRate(userId: claims.subject)
                 let input = try MessageInput.parse(event, typeKey: "messageType")
                 let (stored, created) = try await messages.send(
-                    sessionId: session, userId: claims.subject, isAdmin: claims.role == .admin, input: input, exceptClient: client.id
+                    sessionId: session, userId: claims.subject, role: claims.role, input: input, requestId: "ws-\(client.id)", exceptClient: client.id
                 )
                 client.send(RealtimeEvent.ack(requestId, ["event": "message", "message": Wire.message(stored), "duplicate": .bool(!created)]))
             case "typing":
@@ -186,7 +186,7 @@ struct WebSocketController: Sendable {
     /// Joins a session the user may see; with `after`, first replays every stored message after it, in order,
     /// while live ones wait, so nothing is lost or duplicated across a reconnect.
     func join(_ client: RealtimeClient, claims: AccessClaims, session: UUID, after: UUID?, requestId: JSONValue?) async throws {
-        guard let found = try await store.session(id: session), found.userId == claims.subject || claims.role == .admin else {
+        guard let found = try await store.session(id: session), SessionAccess.read.allows(found, userId: claims.subject, role: claims.role) else {
             throw APIError.notFound("session")
         }
         hub.join(client, session: session, recovering: after != nil)
