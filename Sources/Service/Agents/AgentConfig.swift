@@ -328,7 +328,8 @@ private struct Fields {
 
     func url(_ key: String) throws -> String {
         let text = try string(key, required: true)!
-        guard text.hasPrefix("http://") || text.hasPrefix("https://"), text.count > 8, !text.contains(" ") else {
+        let host = text.hasPrefix("http://") ? text.dropFirst(7) : text.hasPrefix("https://") ? text.dropFirst(8) : ""
+        guard let first = host.first, first != "/", first != ":", !text.contains(where: { $0 == " " || $0.isNewline }) else {
             throw error(key, "must be an http:// or https:// URL")
         }
         return text
