@@ -504,6 +504,11 @@ def test_valid_agent_files_in_yaml_and_json_pass_check_config_and_bad_ones_stop_
                      env={"HOOK_SECRET": "x", "LLM_KEY": "y"})
     assert r.returncode == 0, r.stderr
     assert "4 agents: echo, front, hook, llm" in r.stdout
+    # The documented example is valid as shipped, once its two secrets exist.
+    example = (Path(__file__).resolve().parents[2] / "examples" / "agents.yaml").read_text()
+    r = check_config(bin_path, tmp_path, example, env={"BILLING_WEBHOOK_SECRET": "x", "OPENAI_API_KEY": "y"})
+    assert r.returncode == 0, r.stderr
+    assert "4 agents: echo, front, billing, assistant" in r.stdout
     doc = {"default_agent": "e", "agents": [{"name": "e", "kind": "echo"}]}
     r = check_config(bin_path, tmp_path, json.dumps(doc))
     assert r.returncode == 0, r.stderr
