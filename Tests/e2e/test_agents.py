@@ -282,6 +282,9 @@ def test_webhook_failures_become_system_messages_and_trip_the_breaker(agents_wor
     assert note["type"] == "system" and note["metadata"]["error"] == "http_503" and note["metadata"]["agent"] == "hook"
     assert note["metadata"]["requestId"]
     assert len(hook.calls_for("fail")) == 2
+    # The failure is logged with the request id of the user's send.
+    wait_for(lambda: any("agent failed" in line and note["metadata"]["requestId"] in line for line in server.stderr().splitlines()),
+             what="the failure in the log with its request id")
     assert any(m["id"] == failed["id"] for m in history(server, token, sid))
 
     # A timeout is the second failure in a row: the breaker opens (failures: 2).
