@@ -26,6 +26,13 @@ public struct ChatWebSocketContext: RequestContext, WebSocketRequestContext {
     }
 }
 
+/// Runs `body` in a child task and waits for it. A task keeps the memory its deepest call chain needed
+/// until it ends, so event handling (store calls, JSON, replay) runs in short-lived child tasks and the
+/// long-lived task of an idle connection stays small.
+func inShortTask(_ body: @escaping @Sendable () async -> Void) async {
+    await withDiscardingTaskGroup { group in group.addTask { await body() } }
+}
+
 /// `/ws`: the plain JSON WebSocket. Client events `authenticate`, `join`, `leave`, `message`, `typing`;
 /// server events `message`, `typing`, `presence`, `ack`, `error` (see README, "Realtime").
 struct WebSocketController: Sendable {
@@ -55,11 +62,13 @@ struct WebSocketController: Sendable {
         let client = RealtimeClient(maxQueued: maxQueued, abort: abort)
         hub.track(client)
         if let header = headers[.authorization] {
-            do {
-                try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
-            } catch {
-                client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
-                client.close(code: 1008, reason: "authentication failed")
+            await inShortTask {
+                do {
+                    try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
+                } catch {
+                    client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
+                    client.close(code: 1008, reason: "authentication failed")
+                }
             }
         }
         await withGracefulShutdownHandler {
@@ -67,7 +76,7 @@ struct WebSocketController: Sendable {
                 group.addTask { await write(client, to: outbound) }
                 do {
                     for try await message in inbound.messages(maxSize: maxEventBytes) {
-                        await receive(message, client: client, logger: logger)
+                        await inShortTask { await receive(message, client: client, logger: logger) }
                     }
                 } catch {
                     logger.debug("websocket read ended", metadata: ["error": "\(error)"])
