@@ -4,6 +4,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
@@ -53,6 +54,7 @@ public struct ChatRouters {
     public let http: Router<ChatRequestContext>
     public let webSocket: Router<ChatWebSocketContext>
     let socketIO: SocketIOController
+    let events: WebSocketController
     /// Nil without agents.
     public let orchestrator: AgentOrchestrator?
 }
@@ -110,7 +112,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     events.addRoutes(to: webSocket)
     let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
     socketIO.addRoutes(to: router, webSocket: webSocket)
-    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, orchestrator: orchestrator)
+    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, events: events, orchestrator: orchestrator)
 }
 
 /// Limits of the WebSocket server.
@@ -133,10 +135,11 @@ public func buildApplication(
     let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
     let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, logger: dependencies.logger)
     let onListening = dependencies.onListening
-    let webSocketResponder = routers.webSocket.buildResponder()
     let inner = Application(
         router: routers.http,
-        server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
+        server: HTTPServerBuilder { [events = routers.events, socketIO = routers.socketIO] responder in
+            RealtimeServerChannel(responder: responder, configuration: webSocketConfiguration, events: events, socketIO: socketIO)
+        },
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
         services: [
             sweeper, relay, SocketIOSweeper(controller: routers.socketIO),
@@ -145,7 +148,7 @@ public func buildApplication(
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )
-    return ChatApplication(inner: inner, listener: listener, webSocketResponder: webSocketResponder)
+    return ChatApplication(inner: inner, listener: listener, events: routers.events, socketIO: routers.socketIO)
 }
 
 /// The chat server: Hummingbird's application, able to serve on an inherited socket as well as an address.
@@ -154,7 +157,8 @@ public struct ChatApplication: ApplicationProtocol {
 
     let inner: Application<Responder>
     public let listener: Listener
-    let webSocketResponder: RouterResponder<ChatWebSocketContext>
+    let events: WebSocketController
+    let socketIO: SocketIOController
 
     public var responder: Responder { inner.responder }
     public var configuration: ApplicationConfiguration { inner.configuration }
@@ -169,7 +173,7 @@ public struct ChatApplication: ApplicationProtocol {
             try await inner.run()
         case .inheritedSocket(let fd):
             let server = InheritedSocketServer(
-                socket: fd, responder: inner.responder, webSocketResponder: webSocketResponder,
+                socket: fd, responder: inner.responder, events: events, socketIO: socketIO,
                 eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
                 onListening: { channel in await inner.onServerRunning(channel) }
             )

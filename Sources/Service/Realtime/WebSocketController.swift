@@ -62,14 +62,7 @@ struct WebSocketController: Sendable {
         let client = RealtimeClient(maxQueued: maxQueued, abort: abort)
         hub.track(client)
         if let header = headers[.authorization] {
-            await inShortTask {
-                do {
-                    try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
-                } catch {
-                    client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
-                    client.close(code: 1008, reason: "authentication failed")
-                }
-            }
+            await inShortTask { await authenticate(client, header: header, logger: logger) }
         }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -87,6 +80,21 @@ struct WebSocketController: Sendable {
         } onGracefulShutdown: {
             client.close(code: 1001, reason: "server shutting down")
         }
+        disconnected(client)
+    }
+
+    /// Authenticates with the `Authorization` header of the upgrade request; a bad token ends the connection.
+    func authenticate(_ client: RealtimeClient, header: String, logger: Logger) async {
+        do {
+            try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
+        } catch {
+            client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
+            client.close(code: 1008, reason: "authentication failed")
+        }
+    }
+
+    /// The connection is gone: it leaves its sessions, whose other members see it go offline.
+    func disconnected(_ client: RealtimeClient) {
         for session in hub.remove(client) {
             if let user = client.identity?.subject {
                 hub.broadcast(RealtimeEvent.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
@@ -118,9 +126,18 @@ struct WebSocketController: Sendable {
 
     private func receive(_ message: WebSocketMessage, client: RealtimeClient, logger: Logger) async {
         guard case .text(let text) = message else {
-            client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
+            refuseBinary(client)
             return
         }
+        await receive(text: text, client: client, logger: logger)
+    }
+
+    func refuseBinary(_ client: RealtimeClient) {
+        client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
+    }
+
+    /// One text frame: a JSON event.
+    func receive(text: String, client: RealtimeClient, logger: Logger) async {
         guard case .object(let fields)? = try? JSONValue.parse(bytes: Array(text.utf8)) else {
             client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")))
             return
