@@ -58,7 +58,8 @@ def replies_to(messages: list[dict], message_id: str) -> list[dict]:
 def add_user(server: Server, role: str) -> dict:
     """A user with role `agent` or `admin`, created with the CLI; returns its login body."""
     name, password = unique_name(role), "staff-password-1"
-    r = run_cli(server.bin_path, ["user", "add", name, f"--{role}", "--password-stdin", "--database-url", f"sqlite://{server.db_path}"],
+    database = server.database_url or f"sqlite://{server.db_path}"
+    r = run_cli(server.bin_path, ["user", "add", name, f"--{role}", "--password-stdin", "--database-url", database],
                 server.dir, server.env, input=password + "\n")
     assert r.returncode == 0, r.stdout + r.stderr
     r = post_json(server.url("/auth/login"), {"username": name, "password": password})
@@ -453,6 +454,35 @@ def test_handoff_to_a_human_agent(agents_world):
         assert post_json(server.url(f"/api/handoffs/{sid}/claim"), {}, token=other_token).status_code == 200
         r = post_json(server.url(f"/api/sessions/{sid}/resolve"), {}, token=other_token)
         assert r.status_code == 200 and r.json()["isResolved"] is True, r.text
+    finally:
+        ws.close()
+
+
+def test_agents_and_handoff_on_postgres(start_server, tmp_path, pg_url):
+    """The same orchestration on the Postgres store: routing, replies delivered live, handoff, claim, resolve."""
+    agents_file = tmp_path / "agents.yaml"
+    agents_file.write_text(AGENTS_YAML.format(hook_url="http://127.0.0.1:9/hook", llm_url="http://127.0.0.1:9"))
+    server = start_server(env={"AGENTS_FILE": str(agents_file), "HOOK_SECRET": "x", "LLM_KEY": "y"}, database_url=pg_url)
+    token = register(server)["accessToken"]
+    staff = add_user(server, "agent")
+    sid = new_session(server, token)
+    ws = WSListener(server, token, sid)
+    try:
+        hello = send(server, token, sid, "hello from postgres")
+        reply = wait_for(lambda: replies_to(history(server, token, sid), hello["id"]))[0]
+        assert reply["content"] == "Hi! You wrote: hello from postgres"
+        wait_for(lambda: any(m["id"] == reply["id"] for m in ws.messages()), what="the reply over /ws")
+        assert session(server, token, sid)["agent"] == "front"
+
+        send(server, token, sid, "a person please")
+        wait_for(lambda: (session(server, token, sid)["handoff"] or {}).get("status") == "waiting")
+        assert sid in [x["sessionId"] for x in auth_get(server.url("/api/handoffs"), staff["accessToken"]).json()["sessions"]]
+        assert post_json(server.url(f"/api/handoffs/{sid}/claim"), {}, token=staff["accessToken"]).status_code == 200
+        r = post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "Human here."}, token=staff["accessToken"])
+        assert r.status_code == 201 and r.json()["type"] == "agent", r.text
+        wait_for(lambda: any(m["id"] == r.json()["id"] for m in ws.messages()), what="the human reply over /ws")
+        r = post_json(server.url(f"/api/sessions/{sid}/resolve"), {}, token=staff["accessToken"])
+        assert r.status_code == 200 and r.json()["isResolved"] is True
     finally:
         ws.close()
 
