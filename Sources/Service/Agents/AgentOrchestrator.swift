@@ -74,14 +74,19 @@ public final class AgentOrchestrator: Service, Sendable {
             let labels = [("agent", definition.name)]
             entries[definition.name] = Entry(
                 definition: definition, agent: agent, breaker: CircuitBreaker(definition.breaker),
-                requests: registry.makeCounter(name: "chat_agent_requests_total", labels: labels, help: "agent calls"),
-                latency: registry.makeDurationHistogram(
-                    name: "chat_agent_latency_seconds", labels: labels,
-                    buckets: [.milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
-                              .seconds(2.5), .seconds(5), .seconds(10), .seconds(30), .seconds(60)],
-                    help: "time until an agent's answer is complete"
+                requests: registry.makeCounter(
+                    descriptor: MetricNameDescriptor(metricName: "chat_agent_requests", unitName: "total", helpText: "agent calls"), labels: labels
                 ),
-                breakerGauge: registry.makeGauge(name: "chat_agent_breaker_open", labels: labels, help: "1 while the agent's circuit breaker is open")
+                latency: registry.makeDurationHistogram(
+                    descriptor: MetricNameDescriptor(metricName: "chat_agent_latency", unitName: "seconds", helpText: "time until an agent's answer is complete"),
+                    labels: labels,
+                    buckets: [.milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+                              .seconds(2.5), .seconds(5), .seconds(10), .seconds(30), .seconds(60)]
+                ),
+                breakerGauge: registry.makeGauge(
+                    descriptor: MetricNameDescriptor(metricName: "chat_agent_breaker_open", unitName: "", helpText: "1 while the agent's circuit breaker is open"),
+                    labels: labels
+                )
             )
         }
         self.entries = entries
@@ -238,7 +243,7 @@ public final class AgentOrchestrator: Service, Sendable {
             ? try await store.messages(MessageQuery(sessionId: session.id, before: job.message.id, limit: entry.definition.history)).messages
             : []
         guard entry.breaker.permit() else {
-            registry.makeCounter(name: "chat_agent_errors_total", labels: [("agent", name), ("reason", "breaker_open")], help: "failed agent calls").increment()
+            errorCounter(agent: name, reason: "breaker_open").increment()
             try await unavailable(session: session.id, agent: name, code: "breaker_open", job: job, log: log)
             return nil
         }
@@ -269,12 +274,19 @@ public final class AgentOrchestrator: Service, Sendable {
             entry.breaker.failed()
             entry.breakerGauge.set(entry.breaker.isOpen ? 1.0 : 0.0)
             let failure = error as? AgentFailure ?? AgentFailure(code: "internal", detail: String(reflecting: error), retryable: false)
-            registry.makeCounter(name: "chat_agent_errors_total", labels: [("agent", name), ("reason", Self.reason(failure.code))], help: "failed agent calls").increment()
+            errorCounter(agent: name, reason: Self.reason(failure.code)).increment()
             log.error("agent failed", metadata: ["agent": "\(name)", "error": "\(failure)"])
             if Task.isCancelled { throw CancellationError() }
             try await unavailable(session: session.id, agent: name, code: failure.code, job: job, log: log)
             return nil
         }
+    }
+
+    private func errorCounter(agent: String, reason: String) -> Counter {
+        registry.makeCounter(
+            descriptor: MetricNameDescriptor(metricName: "chat_agent_errors", unitName: "total", helpText: "failed agent calls"),
+            labels: [("agent", agent), ("reason", reason)]
+        )
     }
 
     /// Metric label for a failure code: HTTP statuses grouped by class so the series stay few.

@@ -115,8 +115,9 @@ final class LeanWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
             let code = data.readWebSocketErrorCode() ?? .normalClosure
             var reply = context.channel.allocator.buffer(capacity: 2)
             reply.write(webSocketErrorCode: code)
+            let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reply))).whenComplete { _ in
-                context.close(promise: nil)
+                channel.close(promise: nil)
             }
         default:
             fail(context, code: .protocolError, reason: "unknown opcode")
@@ -141,8 +142,9 @@ final class LeanWebSocketHandler: ChannelInboundHandler, RemovableChannelHandler
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.write(webSocketErrorCode: code)
         data.writeString(reason)
+        let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data))).whenComplete { _ in
-            context.close(promise: nil)
+            channel.close(promise: nil)
         }
     }
 }
@@ -258,9 +260,9 @@ final class FrameWriter: Sendable {
     func write(_ item: OutboundItem) {
         let channel = self.channel
         switch item {
-        case .text(let text):
-            var buffer = channel.allocator.buffer(capacity: text.utf8.count)
-            buffer.writeString(text)
+        case .text(let frame):
+            var buffer = channel.allocator.buffer(capacity: frame.json.utf8.count)
+            buffer.writeString(frame.json)
             let client = self.client.withLock { $0 }
             channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, data: buffer)).whenComplete { _ in client?.didSend() }
         case .close(let code, let reason):

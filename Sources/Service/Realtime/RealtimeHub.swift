@@ -23,9 +23,28 @@ struct RecentIDs {
     }
 }
 
+/// One server event as `/ws` JSON text. Fan-out hands the same frame to every connection, so the
+/// Socket.IO form is made once, by the first Socket.IO connection that needs it, and shared.
+final class RealtimeFrame: Sendable {
+    let json: String
+    private let socketIO = Mutex<([String], Int)?>(nil)
+
+    init(_ json: String) {
+        self.json = json
+    }
+
+    /// The frame converted with `convert`, computed once.
+    func socketIOPackets(_ convert: (String) -> ([String], Int)) -> ([String], Int) {
+        if let cached = socketIO.withLock({ $0 }) { return cached }
+        let made = convert(json)
+        socketIO.withLock { $0 = made }
+        return made
+    }
+}
+
 /// What a connection's writer sends next.
 enum OutboundItem: Sendable {
-    case text(String)
+    case text(RealtimeFrame)
     /// Close the connection with a code and reason (1001 going away, 1008 policy, 1013 slow consumer).
     case close(code: Int, reason: String)
 }
@@ -47,7 +66,7 @@ final class RealtimeClient: Sendable {
         var identity: AccessClaims?
         var sessions: Set<UUID> = []
         /// Live messages held back per session while missed ones are replayed from storage.
-        var recovering: [UUID: [(UUID, String)]] = [:]
+        var recovering: [UUID: [(UUID, RealtimeFrame)]] = [:]
         /// Per session, messages this connection was sent lately (replay and live can overlap).
         var delivered: [UUID: RecentIDs] = [:]
         var lastTyping: [UUID: ContinuousClock.Instant] = [:]
@@ -79,13 +98,19 @@ final class RealtimeClient: Sendable {
     /// Queues a frame; false (and the connection is dropped) when the client is too far behind.
     @discardableResult
     func send(_ text: String) -> Bool {
+        send(RealtimeFrame(text))
+    }
+
+    /// Queues a frame shared with other connections.
+    @discardableResult
+    func send(_ frame: RealtimeFrame) -> Bool {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > maxQueued {
             emit(.close(code: 1013, reason: "too slow: outbound queue full"))
             continuation.finish()
             abort()
             return false
         }
-        emit(.text(text))
+        emit(.text(frame))
         return true
     }
 
@@ -119,13 +144,13 @@ final class RealtimeClient: Sendable {
     }
 
     /// A live message for a session: sent now (once), or held while that session is recovering.
-    func deliver(messageId: UUID, session: UUID, text: String) {
+    func deliver(messageId: UUID, session: UUID, frame: RealtimeFrame) {
         state.withLock { s in
             if s.recovering[session] != nil {
-                s.recovering[session]!.append((messageId, text))
+                s.recovering[session]!.append((messageId, frame))
             } else if s.delivered[session, default: RecentIDs()].insert(messageId) {
                 // Sent under the lock, so live messages and the end of a replay keep their order.
-                send(text)
+                send(frame)
             }
         }
     }
@@ -149,8 +174,8 @@ final class RealtimeClient: Sendable {
     func finishRecovery(_ session: UUID) {
         state.withLock { s in
             let held = s.recovering.removeValue(forKey: session) ?? []
-            for (id, text) in held where s.delivered[session, default: RecentIDs()].insert(id) {
-                send(text)
+            for (id, frame) in held where s.delivered[session, default: RecentIDs()].insert(id) {
+                send(frame)
             }
         }
     }
@@ -284,14 +309,15 @@ public final class RealtimeHub: Sendable {
             return room.values.filter { $0.id != exceptClient }
         }
         guard !targets.isEmpty else { return }
-        let text = RealtimeEvent.message(message)
-        for client in targets { client.deliver(messageId: message.id, session: message.sessionId, text: text) }
+        let frame = RealtimeFrame(RealtimeEvent.message(message))
+        for client in targets { client.deliver(messageId: message.id, session: message.sessionId, frame: frame) }
     }
 
     /// Sends an event to the session's connections except those of `exceptUser`.
     func broadcast(_ text: String, session: UUID, exceptUser: UUID?) {
+        let frame = RealtimeFrame(text)
         for client in members(session) where exceptUser == nil || client.identity?.subject != exceptUser {
-            client.send(text)
+            client.send(frame)
         }
     }
 

@@ -330,25 +330,30 @@ final class SocketIOController: Sendable {
         switch item {
         case .close:
             return (["4" + SocketIOPacket(kind: .disconnect).encoded, EnginePacket.close.encoded], 0)
-        case .text(let json):
-            guard case .object(var fields)? = JSONValue.parse(json), case .string(let type)? = fields["type"] else { return ([], 1) }
-            let id = fields["id"]
-            fields["type"] = nil
-            fields["id"] = nil
-            switch type {
-            case "message":
-                return (["4" + SocketIOPacket.event("message", fields["message"] ?? .null).encoded], 1)
-            case "ack":
-                guard case .int(let ack)? = id else { return ([], 1) }
-                return (["4" + SocketIOPacket(kind: .ack, ackId: Int(ack), data: .array([.object(fields)])).encoded], 1)
-            case "error":
-                if case .int(let ack)? = id {
-                    return (["4" + SocketIOPacket(kind: .ack, ackId: Int(ack), data: .array([.object(["error": fields["error"] ?? .null])])).encoded], 1)
-                }
-                return (["4" + SocketIOPacket.event("error", fields["error"] ?? .null).encoded], 1)
-            default:
-                return (["4" + SocketIOPacket.event(type, .object(fields)).encoded], 1)
+        case .text(let frame):
+            return frame.socketIOPackets(convert)
+        }
+    }
+
+    /// A `/ws` event as Socket.IO packets; the count is the frames it takes off the client's queue.
+    private static func convert(_ json: String) -> ([String], Int) {
+        guard case .object(var fields)? = JSONValue.parse(json), case .string(let type)? = fields["type"] else { return ([], 1) }
+        let id = fields["id"]
+        fields["type"] = nil
+        fields["id"] = nil
+        switch type {
+        case "message":
+            return (["4" + SocketIOPacket.event("message", fields["message"] ?? .null).encoded], 1)
+        case "ack":
+            guard case .int(let ack)? = id else { return ([], 1) }
+            return (["4" + SocketIOPacket(kind: .ack, ackId: Int(ack), data: .array([.object(fields)])).encoded], 1)
+        case "error":
+            if case .int(let ack)? = id {
+                return (["4" + SocketIOPacket(kind: .ack, ackId: Int(ack), data: .array([.object(["error": fields["error"] ?? .null])])).encoded], 1)
             }
+            return (["4" + SocketIOPacket.event("error", fields["error"] ?? .null).encoded], 1)
+        default:
+            return (["4" + SocketIOPacket.event(type, .object(fields)).encoded], 1)
         }
     }
 

@@ -106,9 +106,9 @@ struct WebSocketController: Sendable {
     private func write(_ client: RealtimeClient, to outbound: WebSocketOutboundWriter) async {
         for await item in client.stream {
             switch item {
-            case .text(let text):
+            case .text(let frame):
                 client.didSend()
-                do { try await outbound.write(.text(text)) } catch { return }
+                do { try await outbound.write(.text(frame.json)) } catch { return }
             case .close(let code, let reason):
                 try? await outbound.close(WebSocketErrorCode(codeNumber: code), reason: reason)
                 return
