@@ -8,9 +8,10 @@ APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev pkg-config
 APT_TEST_DEPS := systemd python3-venv curl postgresql postgresql-client
 APT_BENCH_DEPS := wrk
 APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3
+APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 
-.PHONY: all build release run test test-swift test-e2e deps test-deps deb deb-deps bench resources clean
+.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench resources clean
 
 all: build
 
@@ -54,6 +55,8 @@ test: test-deps resources
 	echo "test Postgres: $$CHAT_TEST_POSTGRES"; \
 	$(MAKE) test-swift; \
 	$(MAKE) test-e2e
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system; \
+	else echo "test-system skipped: it needs root (debootstrap, systemd-nspawn)"; fi
 
 test-swift: resources
 	$(SWIFT) build --build-tests
@@ -70,6 +73,13 @@ deb-deps: deps
 # The Debian package: packaging/out/chat-backend_<version>_amd64.deb, checked with lintian.
 deb: deb-deps
 	packaging/build-deb.sh
+
+# Installs the package in a Debian 12 container booted with systemd and drives it from outside
+# (Tests/system; DEVELOPERS.md says how it runs). Needs root.
+test-system: deb test-deps
+	$(call apt-ensure,system test,$(APT_SYSTEM_TEST_DEPS))
+	CHAT_BACKEND_DEB=$(abspath packaging/out)/chat-backend_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb \
+	  $(VENV)/bin/python -m pytest -q Tests/system
 
 bench: release test-deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH_DEPS); }
