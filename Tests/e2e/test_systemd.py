@@ -100,13 +100,19 @@ def test_no_notify_socket_still_serves(start_server):
     assert requests.get(server.url("/api/health"), timeout=5).json()["storage"]["status"] == "up"
 
 
-def test_socket_activation(bin_path, tmp_path):
+@pytest.fixture
+def activation(tmp_path):
+    """systemd-socket-activate, a state directory and a free port, for a socket-activated server."""
     activate = shutil.which("systemd-socket-activate")
     if activate is None:
         pytest.skip("systemd-socket-activate is not installed (Debian package 'systemd')")
     directory = tmp_path / "activated"
     directory.mkdir()
-    port = free_port()
+    return activate, directory, free_port()
+
+
+def test_socket_activation(bin_path, activation):
+    activate, directory, port = activation
     # The configured port is a different, unused one: the server must use the passed socket, not bind its own.
     unused_port = free_port()
     env_pass = {
@@ -172,7 +178,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]
     return data, True
 
 
-def test_socket_activation_shutdown_and_connections_accepted_before_it(bin_path, tmp_path):
+def test_socket_activation_shutdown_and_connections_accepted_before_it(bin_path, activation):
     """Connections the server accepted just before SIGTERM, their requests not yet sent.
 
     Under socket activation, connections arriving during a restart wait in systemd's socket, but
@@ -180,12 +186,7 @@ def test_socket_activation_shutdown_and_connections_accepted_before_it(bin_path,
     shutdown began is answered and then closed, one that stays silent is closed, and the process
     exits promptly, well within systemd's stop timeout.
     """
-    activate = shutil.which("systemd-socket-activate")
-    if activate is None:
-        pytest.skip("systemd-socket-activate is not installed (Debian package 'systemd')")
-    directory = tmp_path / "activated"
-    directory.mkdir()
-    port = free_port()
+    activate, directory, port = activation
     command = [activate, "-l", f"127.0.0.1:{port}", "-E", f"JWT_SECRET={JWT_SECRET}",
                "-E", f"STATE_DIRECTORY={directory}", "-E", f"CHAT_BACKEND_CONFIG={directory / 'none.env'}",
                bin_path, "serve", "--database-url", f"sqlite://{directory}/chat.db"]

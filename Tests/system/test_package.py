@@ -51,18 +51,7 @@ state: dict = {}  # what earlier steps created: user, token, session, messages
 # ---- helpers ------------------------------------------------------------------------------------------------
 
 def wait_health(timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            r = requests.get(svc.url("/health"), timeout=5)
-            if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}"
-        except requests.RequestException as e:
-            last = repr(e)
-        time.sleep(0.2)
-    raise AssertionError(f"/health did not answer 200 within {timeout}s (last: {last})")
+    e2e.wait_for_health(svc.url("/health"), timeout, interval=0.2)
 
 
 def storage() -> dict:
