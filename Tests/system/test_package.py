@@ -365,7 +365,9 @@ def test_upgrade_from_previous_version_keeps_data(container: Container, deb: Pat
     token = user["accessToken"]
     session_id = e2e.create_session(svc, token)["sessionId"]
     sent = [send(token, session_id, f"before the upgrade {i}")["content"] for i in range(3)]
-    set_env(c, "RATE_LIMIT_MESSAGES", "off")  # a local change the upgrade must keep
+    # Local changes the upgrade must keep (and room for the request loop below).
+    set_env(c, "RATE_LIMIT_API", "off")
+    set_env(c, "RATE_LIMIT_MESSAGES", "off")
     c.sh("systemctl stop chat-backend.service && systemctl enable --now chat-backend.socket")
     wait_health()
     before = main_pid(c)
@@ -386,6 +388,7 @@ def test_upgrade_from_previous_version_keeps_data(container: Container, deb: Pat
     assert main_pid(c) != before, "the upgrade restarts the service on the new binary"
     assert unit(c, "is-enabled") == "enabled"
     assert unit(c, "is-enabled", "chat-backend.socket") == "enabled"
-    assert "RATE_LIMIT_MESSAGES=off" in c.sh(f"cat {ENV_FILE}").stdout
+    settings = c.sh(f"cat {ENV_FILE}").stdout
+    assert "RATE_LIMIT_API=off" in settings and "RATE_LIMIT_MESSAGES=off" in settings
     assert stat(c, ENV_FILE) == "root chat-backend 640"
     assert contents(token, session_id) == sent + loop.sent
