@@ -85,6 +85,7 @@ bench: release test-deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH_DEPS); }
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench.py sqlite postgres
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench_realtime.py
+	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench_peer.py
 
 clean:
 	rm -rf $(BUILD_DIR) $(VENV)

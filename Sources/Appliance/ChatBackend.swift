@@ -93,6 +93,9 @@ struct Serve: AsyncParsableCommand {
                 services.append(WatchdogService(interval: interval))
             }
             let backend = store.backend
+            if !config.agents.isEmpty {
+                logger.info("agents loaded", metadata: ["file": .string(config.agents.source), "agents": .string(config.agents.agentNames.joined(separator: ","))])
+            }
             let hub = RealtimeHub(maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser)
             let app = buildApplication(
                 config: config.service,
@@ -103,7 +106,8 @@ struct Serve: AsyncParsableCommand {
                         logger.info("chat-backend listening", metadata: ["on": .string(where_), "storage": .string(backend)])
                         Systemd.notify("READY=1\nSTATUS=Serving on \(where_) with \(backend) storage")
                     },
-                    services: services
+                    services: services,
+                    agents: config.agents
                 ),
                 listener: listener
             )

@@ -69,6 +69,7 @@ struct AppConfig {
     var synchronous: SQLiteStore.Synchronous
     var databasePoolSize: Int
     var agentsFile: String
+    var agents: AgentsConfig
     var jwtSecretSource: String
     var service: ServiceConfig
     /// Values as given, secrets masked, for `check-config`.
@@ -200,13 +201,36 @@ struct AppConfig {
         service.realtimeAuthTimeoutSeconds = try duration("realtime.auth.timeout", "REALTIME_AUTH_TIMEOUT", "10s")
         service.realtimeMaxConnectionsPerUser = try bounded("realtime.max.connections.per.user", "REALTIME_MAX_CONNECTIONS_PER_USER", 20, 1...10_000)
         service.realtimeQueueLength = try bounded("realtime.queue.length", "REALTIME_QUEUE_LENGTH", 256, 8...100_000)
-        let agentsFile = value("agents.file") ?? "/etc/chat-backend/agents.yaml"
-        summary.append(("AGENTS_FILE", agentsFile))
+        let agentsFileSet = value("agents.file")
+        let agentsFile = agentsFileSet ?? "/etc/chat-backend/agents.yaml"
+        let agents = try loadAgents(path: agentsFile, required: agentsFileSet != nil) { name in
+            // `secret_env: NAME` reads NAME from the env file or the environment, like every other key.
+            value(ConfigKey(name.lowercased().split(separator: "_").map(String.init)), secret: true)
+        }
+        summary.append(("AGENTS_FILE", agents.isEmpty && agents.source == "none"
+            ? "\(agentsFile) (not present: no agents)"
+            : "\(agentsFile) (\(agents.agentNames.count) agents: \(agents.agentNames.joined(separator: ", ")))"))
 
         return AppConfig(
             host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory, logLevel: logLevel,
-            synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, jwtSecretSource: secretSource, service: service, summary: summary
+            synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, agents: agents, jwtSecretSource: secretSource, service: service, summary: summary
         )
+    }
+
+    /// Reads and validates the agents file. A missing file means no agents unless AGENTS_FILE names it.
+    static func loadAgents(path: String, required: Bool, secret: (String) -> String?) throws -> AgentsConfig {
+        guard FileManager.default.fileExists(atPath: path) else {
+            if required { throw ConfigError("AGENTS_FILE: \(path) does not exist") }
+            return .none
+        }
+        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("AGENTS_FILE: cannot read \(path)") }
+        guard data.count <= 1 << 20 else { throw ConfigError("AGENTS_FILE: \(path) is larger than 1 MiB") }
+        guard let text = String(validating: data, as: UTF8.self) else { throw ConfigError("AGENTS_FILE: \(path) is not UTF-8 text") }
+        do {
+            return try AgentsConfig.parse(text, source: path, secret: secret)
+        } catch {
+            throw ConfigError("AGENTS_FILE \(path): \(error)")
+        }
     }
 
     /// Hides every password in a connection string: `user:secret@` in a URI, `password=…` in its query,

@@ -4,6 +4,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
@@ -30,11 +31,15 @@ public struct ApplicationDependencies: Sendable {
     public var onListening: @Sendable () async -> Void
     /// Extra long-running services (watchdog, notifier) run alongside the server.
     public var services: [any Service]
+    /// Agents answering in sessions (none: messages are only stored and published).
+    public var agents: AgentsConfig
 
     public init(
         store: any ChatStore, hub: RealtimeHub = RealtimeHub(), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
-        logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = []
+        logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = [],
+        agents: AgentsConfig = .none
     ) {
+        self.agents = agents
         self.store = store
         self.hub = hub
         self.registry = registry
@@ -49,6 +54,9 @@ public struct ChatRouters {
     public let http: Router<ChatRequestContext>
     public let webSocket: Router<ChatWebSocketContext>
     let socketIO: SocketIOController
+    let events: WebSocketController
+    /// Nil without agents.
+    public let orchestrator: AgentOrchestrator?
 }
 
 /// Builds the routers with every route and middleware.
@@ -61,7 +69,12 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         signer: JWTSigner(secret: config.jwtSecret), store: store, accessTTL: config.accessTokenTTL, refreshTTL: config.refreshTokenTTL
     )
     let hasher = PasswordHasher(parameters: config.passwordParameters)
-    let messages = MessageService(store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics)
+    let orchestrator = dependencies.agents.isEmpty
+        ? nil
+        : AgentOrchestrator(config: dependencies.agents, store: store, hub: hub, registry: dependencies.registry, logger: dependencies.logger)
+    let messages = MessageService(
+        store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics, orchestrator: orchestrator
+    )
 
     let router = Router(context: ChatRequestContext.self)
     router.addMiddleware {
@@ -85,9 +98,11 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     let api = router.group("api").add(middleware: identity)
     if let rule = config.rateLimitAPI { api.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     health.addAPIRoutes(to: api)
+    let authenticated = api.group(context: AuthenticatedContext.self)
     SessionController(
-        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes
-    ).addRoutes(to: api.group(context: AuthenticatedContext.self))
+        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes, orchestrator: orchestrator
+    ).addRoutes(to: authenticated)
+    AgentController(store: store, hub: hub, orchestrator: orchestrator).addRoutes(to: authenticated)
 
     let webSocket = Router(context: ChatWebSocketContext.self)
     let events = WebSocketController(
@@ -97,7 +112,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     events.addRoutes(to: webSocket)
     let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
     socketIO.addRoutes(to: router, webSocket: webSocket)
-    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO)
+    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, events: events, orchestrator: orchestrator)
 }
 
 /// Limits of the WebSocket server.
@@ -120,19 +135,20 @@ public func buildApplication(
     let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
     let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, logger: dependencies.logger)
     let onListening = dependencies.onListening
-    let webSocketResponder = routers.webSocket.buildResponder()
     let inner = Application(
         router: routers.http,
-        server: .http1WebSocketUpgrade(webSocketRouter: routers.webSocket, configuration: webSocketConfiguration),
+        server: HTTPServerBuilder { [events = routers.events, socketIO = routers.socketIO] responder in
+            RealtimeServerChannel(responder: responder, configuration: webSocketConfiguration, events: events, socketIO: socketIO)
+        },
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
         services: [
             sweeper, relay, SocketIOSweeper(controller: routers.socketIO),
             RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
-        ] + dependencies.services,
+        ] + (routers.orchestrator.map { [$0] } ?? []) + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )
-    return ChatApplication(inner: inner, listener: listener, webSocketResponder: webSocketResponder)
+    return ChatApplication(inner: inner, listener: listener, events: routers.events, socketIO: routers.socketIO)
 }
 
 /// The chat server: Hummingbird's application, able to serve on an inherited socket as well as an address.
@@ -141,7 +157,8 @@ public struct ChatApplication: ApplicationProtocol {
 
     let inner: Application<Responder>
     public let listener: Listener
-    let webSocketResponder: RouterResponder<ChatWebSocketContext>
+    let events: WebSocketController
+    let socketIO: SocketIOController
 
     public var responder: Responder { inner.responder }
     public var configuration: ApplicationConfiguration { inner.configuration }
@@ -156,7 +173,7 @@ public struct ChatApplication: ApplicationProtocol {
             try await inner.run()
         case .inheritedSocket(let fd):
             let server = InheritedSocketServer(
-                socket: fd, responder: inner.responder, webSocketResponder: webSocketResponder,
+                socket: fd, responder: inner.responder, events: events, socketIO: socketIO,
                 eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
                 onListening: { channel in await inner.onServerRunning(channel) }
             )

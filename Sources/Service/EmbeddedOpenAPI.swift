@@ -18,11 +18,22 @@ info:
     `leave {sessionId}`, `message {sessionId, content, messageType?, metadata?, clientMessageId?}`
     and `typing {sessionId, isTyping}`, each with an optional `id` echoed in the reply; from the
     server `message {message}`, `typing`, `presence {sessionId, userId, status}`,
-    `ack {event, id, …}` and `error {id, error}` (the Error object below). A join with
+    `message.delta {sessionId, streamId, agent, index, delta}` (part of an agent's reply while it
+    streams; the stored reply carries the same `metadata.streamId`), `ack {event, id, …}` and
+    `error {id, error}` (the Error object below). A join with
     `lastMessageId` first replays every stored message after it, in order. Socket.IO clients
     (Engine.IO v4, Socket.IO v5) connect at `/socket.io/` with the same events, the token in
     the CONNECT `auth` payload and replies as acknowledgements. See the README, "Realtime",
     for the rules and limits.
+
+    ## Agents
+
+    Sessions may be answered by agents configured in `AGENTS_FILE` (`GET /api/agents` lists
+    them). Each message the owner sends to a session with an agent is handed to it after it is
+    stored; its reply is stored as a message with `direction: outbound`, `type: agent` and
+    `metadata.agent`, or, when the agent fails, a `type: system` message with `metadata.error`.
+    An agent can hand the session to people (`handoff.status: waiting`): users with role
+    `agent` then claim it (`/api/handoffs`) and answer it with the same send route.
 
     ## Conventions
 
@@ -106,9 +117,9 @@ info:
     |---|---|
     | 400 | `validation_failed`, `invalid_json`, `bad_request` |
     | 401 | `unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`, `invalid_credentials`, `invalid_refresh_token` |
-    | 403 | `forbidden`, `cors_origin_not_allowed` (CORS preflight from an origin not in `CORS_ORIGINS`) |
+    | 403 | `forbidden`, `handoff_not_claimed`, `cors_origin_not_allowed` (CORS preflight from an origin not in `CORS_ORIGINS`) |
     | 404 | `not_found` (also for routes that do not exist) |
-    | 409 | `username_taken`, `session_resolved`, `conflict` |
+    | 409 | `username_taken`, `session_resolved`, `handoff_unavailable`, `conflict` |
     | 410 | `session_expired` |
     | 413 | `payload_too_large` |
     | 415 | `unsupported_media_type` |
@@ -127,6 +138,8 @@ tags:
     description: Chat sessions
   - name: messages
     description: Messages of a chat session
+  - name: agents
+    description: Agents answering in sessions, and handoff to human agents
 paths:
   /health:
     get:
@@ -473,6 +486,8 @@ paths:
       description: |
         Creates an `active` session owned by the caller that expires after `SESSION_TTL`
         (24 hours by default). The body is optional: an empty body is the same as `{}`.
+        `agent` names the configured agent that answers the session (see `GET /api/agents`);
+        without it, the routing rules or the default agent pick one at the first message.
         Rate limit: API tier.
       security:
         - bearerAuth: []
@@ -521,7 +536,8 @@ paths:
       operationId: getSession
       summary: Read a session
       description: |
-        The session, if it is the caller's (or the caller is an admin). `state` reads
+        The session, if it is the caller's (or the caller is an admin, or a human agent and the
+        session waits for one or is assigned to them). `state` reads
         `expired` as soon as `expiresAt` has passed. Rate limit: API tier.
       security:
         - bearerAuth: []
@@ -572,6 +588,8 @@ paths:
           $ref: '#/components/responses/BadRequest'
         '401':
           $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/OwnerOnly'
         '404':
           $ref: '#/components/responses/NotFound'
         '429':
@@ -612,6 +630,8 @@ paths:
           $ref: '#/components/responses/BadRequest'
         '401':
           $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/OwnerOnly'
         '404':
           $ref: '#/components/responses/NotFound'
         '409':
@@ -662,6 +682,8 @@ paths:
           $ref: '#/components/responses/BadRequest'
         '401':
           $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/OwnerOnly'
         '404':
           $ref: '#/components/responses/NotFound'
         '429':
@@ -678,7 +700,11 @@ paths:
       operationId: sendMessage
       summary: Send a message
       description: |
-        Stores a message from the caller (`direction: inbound`) in an active session.
+        Stores a message from the caller (`direction: inbound`) in an active session; the
+        session's agent, if any, answers it afterwards (its reply arrives as another message).
+        A human agent (role `agent`, or an admin) who has claimed the session writes to its
+        owner instead: the message is stored as `direction: outbound`, `type: agent`,
+        `metadata.agent: human`.
 
         **Idempotency:** with a `clientMessageId`, a retry of the same send is safe: if the
         session already has a message with that `clientMessageId`, nothing is stored and that
@@ -727,6 +753,17 @@ paths:
           $ref: '#/components/responses/BadRequest'
         '401':
           $ref: '#/components/responses/Unauthorized'
+        '403':
+          description: A human agent writing to a session handed off to people before claiming it.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Error'
+              example:
+                error:
+                  code: handoff_not_claimed
+                  message: 'claim the session first: POST /api/handoffs/{sessionId}/claim'
+                  details: null
         '404':
           $ref: '#/components/responses/NotFound'
         '409':
@@ -907,6 +944,143 @@ paths:
           $ref: '#/components/responses/InternalError'
         '503':
           $ref: '#/components/responses/ServiceUnavailable'
+  /api/agents:
+    get:
+      tags: [agents]
+      operationId: listAgents
+      summary: List the configured agents
+      description: |
+        The agents of `AGENTS_FILE`, without URLs or secrets. `available` is false while the
+        agent's circuit breaker is open. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The agents (an empty list without an agents file).
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties: false
+                required: [agents, defaultAgent]
+                properties:
+                  defaultAgent:
+                    type: string
+                    nullable: true
+                  agents:
+                    type: array
+                    items:
+                      $ref: '#/components/schemas/Agent'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+  /api/handoffs:
+    get:
+      tags: [agents]
+      operationId: listHandoffs
+      summary: Sessions waiting for a human agent
+      description: |
+        For users with role `agent` or `admin`: active sessions handed to people and not yet
+        claimed, plus those the caller claimed (an admin sees every claimed one), oldest
+        handoff first. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      parameters:
+        - $ref: '#/components/parameters/HandoffLimit'
+      responses:
+        '200':
+          description: The sessions.
+          content:
+            application/json:
+              schema:
+                type: object
+                additionalProperties: false
+                required: [sessions]
+                properties:
+                  sessions:
+                    type: array
+                    items:
+                      $ref: '#/components/schemas/Session'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/StaffOnly'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/handoffs/{sessionId}/claim:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+    post:
+      tags: [agents]
+      operationId: claimHandoff
+      summary: Take a session waiting for a human agent
+      description: |
+        Assigns the session to the caller (role `agent` or `admin`): `handoff.status` becomes
+        `assigned`. The session's owner gets a `system` message. Claiming a session one already
+        holds is allowed. No body. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The session, now assigned to the caller.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Session'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/StaffOnly'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '409':
+          $ref: '#/components/responses/HandoffUnavailable'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
+  /api/handoffs/{sessionId}/release:
+    parameters:
+      - $ref: '#/components/parameters/SessionId'
+    post:
+      tags: [agents]
+      operationId: releaseHandoff
+      summary: Hand a session back to the default agent
+      description: |
+        Ends the handoff of a session the caller holds (an admin: any handed-off session): the
+        default agent answers it again (no agent without one). No body. Rate limit: API tier.
+      security:
+        - bearerAuth: []
+      responses:
+        '200':
+          description: The session, back with its agent.
+          content:
+            application/json:
+              schema:
+                $ref: '#/components/schemas/Session'
+        '400':
+          $ref: '#/components/responses/BadRequest'
+        '401':
+          $ref: '#/components/responses/Unauthorized'
+        '403':
+          $ref: '#/components/responses/StaffOnly'
+        '404':
+          $ref: '#/components/responses/NotFound'
+        '409':
+          $ref: '#/components/responses/HandoffUnavailable'
+        '429':
+          $ref: '#/components/responses/TooManyRequests'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
 components:
   securitySchemes:
     bearerAuth:
@@ -980,6 +1154,16 @@ components:
         minimum: 0
         maximum: 1000000
         default: 0
+    HandoffLimit:
+      name: limit
+      in: query
+      required: false
+      description: Most sessions to return.
+      schema:
+        type: integer
+        minimum: 1
+        maximum: 100
+        default: 50
     State:
       name: state
       in: query
@@ -1017,6 +1201,41 @@ components:
         type: integer
         minimum: 0
   responses:
+    OwnerOnly:
+      description: |
+        A human agent may read a session handed to people, and resolve one it claimed, but not
+        delete or resume it.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: forbidden
+              message: only the session's owner may do this
+              details: null
+    StaffOnly:
+      description: Only users with role `agent` or `admin` handle handoffs.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: forbidden
+              message: only users with role agent or admin handle handoffs
+              details: null
+    HandoffUnavailable:
+      description: The session is not waiting for a human agent, or another agent holds it.
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: handoff_unavailable
+              message: another agent has taken this session
+              details: null
     BadRequest:
       description: |
         Invalid input. `validation_failed` names the field, parameter or path segment in
@@ -1203,6 +1422,12 @@ components:
       properties:
         metadata:
           $ref: '#/components/schemas/RequestMetadata'
+        agent:
+          type: string
+          minLength: 1
+          maxLength: 64
+          nullable: true
+          description: A configured agent's name; an unknown one is a 400 naming `agent`.
     SendMessageRequest:
       type: object
       additionalProperties: false
@@ -1274,10 +1499,29 @@ components:
         createdAt:
           type: string
           format: date-time
+    Agent:
+      type: object
+      additionalProperties: false
+      required: [name, kind, description, default, available]
+      properties:
+        name:
+          type: string
+        kind:
+          type: string
+          enum: [echo, rules, webhook, openai]
+        description:
+          type: string
+          nullable: true
+        default:
+          type: boolean
+          description: Whether this is the default agent.
+        available:
+          type: boolean
+          description: False while its circuit breaker is open.
     Session:
       type: object
       additionalProperties: false
-      required: [sessionId, userId, metadata, state, isResolved, expiresAt, resolvedAt, createdAt, updatedAt]
+      required: [sessionId, userId, metadata, state, isResolved, expiresAt, resolvedAt, createdAt, updatedAt, agent, handoff]
       properties:
         sessionId:
           type: string
@@ -1309,6 +1553,29 @@ components:
         updatedAt:
           type: string
           format: date-time
+        agent:
+          type: string
+          nullable: true
+          description: The agent answering this session's messages; null before routing, without agents, or while handed to people.
+        handoff:
+          type: object
+          nullable: true
+          additionalProperties: false
+          required: [status, assigneeId, since]
+          description: Set while the session is handed to human agents.
+          properties:
+            status:
+              type: string
+              enum: [waiting, assigned]
+            assigneeId:
+              type: string
+              format: uuid
+              nullable: true
+              description: The human agent who claimed it.
+            since:
+              type: string
+              format: date-time
+              nullable: true
       example:
         sessionId: f532ed1f-0e5e-4956-a9da-63496c1935a0
         userId: 010f4334-0518-479f-8f7b-51b32ec95592
@@ -1320,6 +1587,8 @@ components:
         resolvedAt: null
         createdAt: '2026-11-25T10:27:52.071Z'
         updatedAt: '2026-11-25T10:27:52.071Z'
+        agent: front
+        handoff: null
     Message:
       type: object
       additionalProperties: false
@@ -1341,7 +1610,8 @@ components:
           type: string
         type:
           type: string
-          enum: [text, markdown, image, file, event]
+          enum: [text, markdown, image, file, event, agent, system]
+          description: 'Senders choose text, markdown, image, file or event; `agent` marks replies of agents and human agents, `system` notes from the server (agent unavailable, handoff).'
         direction:
           type: string
           enum: [inbound, outbound]

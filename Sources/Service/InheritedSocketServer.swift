@@ -7,9 +7,9 @@ import NIOExtras
 import NIOPosix
 import ServiceLifecycle
 
-/// An HTTP/1.1 server on a listening socket it was handed (systemd socket activation), built from
-/// Hummingbird's own `HTTP1WebSocketUpgradeChannel`, so routing, middleware and WebSocket upgrades are
-/// exactly Hummingbird's.
+/// An HTTP/1.1 server on a listening socket it was handed (systemd socket activation), with the same
+/// connection setup as the normal listener (`RealtimeServerChannel`), so routing, middleware and
+/// WebSocket upgrades are the same.
 ///
 /// On graceful shutdown it stops accepting, lets in-flight requests finish and closes idle connections.
 /// The listening socket stays open in systemd, which queues new connections for the next process, so a
@@ -17,14 +17,15 @@ import ServiceLifecycle
 struct InheritedSocketServer: Service {
     let socket: CInt
     let responder: RouterResponder<ChatRequestContext>
-    let webSocketResponder: RouterResponder<ChatWebSocketContext>
+    let events: WebSocketController
+    let socketIO: SocketIOController
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     let onListening: @Sendable (any Channel) async -> Void
 
     func run() async throws {
         let responder = self.responder
-        let http = HTTP1WebSocketUpgradeChannel(responder: { request, responseWriter, channel in
+        let http = RealtimeServerChannel(responder: { request, responseWriter, channel in
             let logger = self.logger
             let context = ChatRequestContext(source: .init(channel: channel, logger: logger))
             let response: Response
@@ -34,7 +35,7 @@ struct InheritedSocketServer: Service {
                 response = Response(status: .internalServerError)
             }
             try await responseWriter.write(response: response.head, body: response.body)
-        }, webSocketResponder: webSocketResponder, configuration: webSocketConfiguration)
+        }, configuration: webSocketConfiguration, events: events, socketIO: socketIO)
         let quiesce = ServerQuiescingHelper(group: eventLoopGroup)
         let logger = self.logger
         let channel = try await ServerBootstrap(group: eventLoopGroup)

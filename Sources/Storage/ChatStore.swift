@@ -61,6 +61,17 @@ public protocol ChatStore: Sendable {
     /// Marks active sessions whose expiry passed as expired and drops stale token rows. Returns the sessions expired.
     func sweepExpired(now: Date) async throws -> Int
 
+    /// Sets the agent answering the session (nil: none) and ends any handoff; with `ifUnrouted`, only when
+    /// the session has neither an agent nor a handoff yet. Returns the session as it is now, nil if missing.
+    func assignAgent(sessionId: UUID, agent: String?, ifUnrouted: Bool, now: Date) async throws -> ChatSession?
+    /// Hands the session to human agents: no agent, handoff `waiting`. Nil if missing.
+    func requestHandoff(sessionId: UUID, now: Date) async throws -> ChatSession?
+    /// A human agent takes a waiting session (or keeps one already theirs).
+    func claimHandoff(sessionId: UUID, assignee: UUID, now: Date) async throws -> ClaimOutcome
+    /// Active sessions waiting for a human agent, plus those assigned to `assignee` (all assigned ones when
+    /// nil), oldest handoff first.
+    func handoffs(assignee: UUID?, limit: Int) async throws -> [ChatSession]
+
     // MARK: Messages
 
     /// Stores a message unless its session is missing, resolved or expired, or its clientMessageId was seen.

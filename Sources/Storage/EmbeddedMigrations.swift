@@ -111,6 +111,15 @@ CREATE UNIQUE INDEX idx_chat_messages_client_id
 
 ALTER TABLE chat_sessions ADD COLUMN resolved_at TEXT;
 """#),
+        Migration(version: 9, fileName: "V9__add_session_agent_and_handoff.sql", sql: #"""
+-- Agent orchestration: the agent answering a session, or a handoff to human agents
+-- (waiting for one, or assigned to one: assignee_id is a user with role 'agent' or 'admin').
+ALTER TABLE chat_sessions ADD COLUMN agent TEXT;
+ALTER TABLE chat_sessions ADD COLUMN handoff TEXT CHECK (handoff IN ('waiting', 'assigned'));
+ALTER TABLE chat_sessions ADD COLUMN assignee_id TEXT;
+ALTER TABLE chat_sessions ADD COLUMN handoff_at TEXT;
+CREATE INDEX idx_chat_sessions_handoff ON chat_sessions (handoff_at, session_id) WHERE handoff IS NOT NULL;
+"""#),
     ])
     /// The postgres migrations, in version order.
     public static let postgres = MigrationSet(dialect: "postgres", migrations: [
@@ -222,6 +231,15 @@ CREATE UNIQUE INDEX idx_chat_messages_client_id
     ON chat_messages (session_id, client_message_id) WHERE client_message_id IS NOT NULL;
 
 ALTER TABLE chat_sessions ADD COLUMN resolved_at TIMESTAMPTZ;
+"""#),
+        Migration(version: 9, fileName: "V9__add_session_agent_and_handoff.sql", sql: #"""
+-- Agent orchestration: the agent answering a session, or a handoff to human agents
+-- (waiting for one, or assigned to one: assignee_id is a user with role 'agent' or 'admin').
+ALTER TABLE chat_sessions ADD COLUMN agent VARCHAR(64);
+ALTER TABLE chat_sessions ADD COLUMN handoff VARCHAR(16) CHECK (handoff IN ('waiting', 'assigned'));
+ALTER TABLE chat_sessions ADD COLUMN assignee_id UUID;
+ALTER TABLE chat_sessions ADD COLUMN handoff_at TIMESTAMPTZ;
+CREATE INDEX idx_chat_sessions_handoff ON chat_sessions (handoff_at, session_id) WHERE handoff IS NOT NULL;
 """#),
     ])
 }

@@ -39,6 +39,14 @@ public enum SessionState: String, Sendable, Codable, CaseIterable {
     case resolved
 }
 
+/// Where a session stands with human agents.
+public enum HandoffState: String, Sendable, Codable, CaseIterable {
+    /// Handed to humans; no one has taken it yet.
+    case waiting
+    /// Taken by the human agent `assigneeId`.
+    case assigned
+}
+
 /// A conversation owned by one user.
 public struct ChatSession: Sendable, Equatable {
     public var id: UUID
@@ -50,11 +58,24 @@ public struct ChatSession: Sendable, Equatable {
     public var resolvedAt: Date?
     public var createdAt: Date
     public var updatedAt: Date
+    /// The configured agent answering this session's messages, if any.
+    public var agent: String?
+    /// Set once the session is handed to human agents.
+    public var handoff: HandoffState?
+    /// The human agent (role `agent` or `admin`) who took the session.
+    public var assigneeId: UUID?
+    /// When the session was handed to humans.
+    public var handoffAt: Date?
 
     public init(
         id: UUID, userId: UUID, metadata: JSONValue, state: SessionState, isResolved: Bool,
-        expiresAt: Date, resolvedAt: Date?, createdAt: Date, updatedAt: Date
+        expiresAt: Date, resolvedAt: Date?, createdAt: Date, updatedAt: Date,
+        agent: String? = nil, handoff: HandoffState? = nil, assigneeId: UUID? = nil, handoffAt: Date? = nil
     ) {
+        self.agent = agent
+        self.handoff = handoff
+        self.assigneeId = assigneeId
+        self.handoffAt = handoffAt
         self.id = id
         self.userId = userId
         self.metadata = metadata
@@ -207,6 +228,14 @@ public enum ResumeOutcome: Sendable, Equatable {
     case resumed(ChatSession)
     case notFound
     case resolved
+}
+
+/// Outcome of a human agent taking a handed-off session.
+public enum ClaimOutcome: Sendable, Equatable {
+    case claimed(ChatSession)
+    case notFound
+    /// Not waiting for a human: never handed off, or taken by someone else.
+    case unavailable(ChatSession)
 }
 
 /// Outcome of presenting a refresh token for rotation.

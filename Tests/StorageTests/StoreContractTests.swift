@@ -14,7 +14,7 @@ struct StoreContractTests {
         let first = try await fixture.open()
         let status = try await first.migrationStatus()
         await first.close()
-        #expect(status.map(\.version) == Array(1...8))
+        #expect(status.map(\.version) == Array(1...9))
         #expect(status.allSatisfy { $0.appliedAt != nil })
         let second = try await fixture.open()
         #expect(try await second.migrationStatus() == status)
@@ -73,6 +73,53 @@ struct StoreContractTests {
             #expect(try await store.deleteSession(id: created[1].id) == false)
             #expect(try await store.session(id: created[1].id) == nil)
             #expect(try await store.messages(MessageQuery(sessionId: created[1].id)).messages.isEmpty)
+        }
+    }
+
+    @Test("agent routing: assign once, hand off to humans, claim, list the queue, copy keeps it", arguments: backends)
+    func agentRouting(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let owner = Make.user()
+            let staff = Make.user(role: .agent)
+            let other = Make.user(role: .agent)
+            for u in [owner, staff, other] { try await store.createUser(u) }
+            let now = Timestamp.now()
+            let session = Make.session(userId: owner.id)
+            try await store.createSession(session)
+
+            let routed = try #require(try await store.assignAgent(sessionId: session.id, agent: "front", ifUnrouted: true, now: now))
+            #expect(routed.agent == "front" && routed.handoff == nil)
+            // ifUnrouted leaves a routed session alone; a plain assign replaces the agent.
+            #expect(try await store.assignAgent(sessionId: session.id, agent: "other", ifUnrouted: true, now: now)?.agent == "front")
+            #expect(try await store.assignAgent(sessionId: session.id, agent: "billing", ifUnrouted: false, now: now)?.agent == "billing")
+            #expect(try await store.assignAgent(sessionId: UUID(), agent: "x", ifUnrouted: false, now: now) == nil)
+
+            #expect(try await store.claimHandoff(sessionId: session.id, assignee: staff.id, now: now) == .unavailable(try #require(try await store.session(id: session.id))))
+            let waiting = try #require(try await store.requestHandoff(sessionId: session.id, now: now))
+            #expect(waiting.agent == nil && waiting.handoff == .waiting && waiting.assigneeId == nil && waiting.handoffAt != nil)
+            #expect(try await store.assignAgent(sessionId: session.id, agent: "front", ifUnrouted: true, now: now)?.handoff == .waiting)
+            #expect(try await store.handoffs(assignee: staff.id, limit: 10).map(\.id) == [session.id])
+
+            guard case .claimed(let claimed) = try await store.claimHandoff(sessionId: session.id, assignee: staff.id, now: now) else {
+                Issue.record("claim failed")
+                return
+            }
+            #expect(claimed.handoff == .assigned && claimed.assigneeId == staff.id)
+            #expect(try await store.claimHandoff(sessionId: session.id, assignee: staff.id, now: now) == .claimed(try #require(try await store.session(id: session.id))))
+            guard case .unavailable = try await store.claimHandoff(sessionId: session.id, assignee: other.id, now: now) else {
+                Issue.record("a second agent took an assigned session")
+                return
+            }
+            #expect(try await store.claimHandoff(sessionId: UUID(), assignee: other.id, now: now) == .notFound)
+            #expect(try await store.handoffs(assignee: staff.id, limit: 10).map(\.id) == [session.id])
+            #expect(try await store.handoffs(assignee: other.id, limit: 10).isEmpty)
+            #expect(try await store.handoffs(assignee: nil, limit: 10).map(\.id) == [session.id])
+            // The columns survive a round trip through export and import.
+            #expect(try await store.exportSessions(after: nil, limit: 10) == [try #require(try await store.session(id: session.id))])
+
+            let back = try #require(try await store.assignAgent(sessionId: session.id, agent: "front", ifUnrouted: false, now: now))
+            #expect(back.agent == "front" && back.handoff == nil && back.assigneeId == nil && back.handoffAt == nil)
+            #expect(try await store.handoffs(assignee: nil, limit: 10).isEmpty)
         }
     }
 

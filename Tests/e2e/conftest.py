@@ -221,6 +221,8 @@ def server(start_server) -> Server:
 
 PG_BASE = os.environ.get("CHAT_TEST_POSTGRES", "")
 ROOT = Path(__file__).resolve().parents[2]
+# Migrations shipped in this tree (the binary embeds the same files; a Swift test checks that).
+MIGRATION_COUNT = len(list((ROOT / "migrations" / "sqlite").glob("V*.sql")))
 
 
 def psql(conninfo: str, sql: str) -> str:

@@ -11,7 +11,7 @@ import jwt
 import pytest
 import requests
 
-from conftest import JWT_SECRET, auth_get, base_env, create_session, post_json, register, run_cli
+from conftest import JWT_SECRET, MIGRATION_COUNT, auth_get, base_env, create_session, post_json, register, run_cli
 
 MIGRATION_LINE = re.compile(r"^V(\d+)\s+(\S+)\s+(applied (\S+)|pending)$")
 
@@ -54,7 +54,7 @@ def test_migrate_fresh_then_nothing_new(bin_path, workdir, env):
     first = run_cli(bin_path, ["migrate", *db_args(db)], workdir, env)
     assert first.returncode == 0, first.stderr
     applied = parse_migrations(first.stdout)
-    assert sorted(applied) == list(range(1, 9)), first.stdout
+    assert sorted(applied) == list(range(1, MIGRATION_COUNT + 1)), first.stdout
     assert all(at is not None for _, at in applied.values()), first.stdout
     assert applied[1][0] == "create_chat_sessions_table"
     assert db.exists()
@@ -65,7 +65,7 @@ def test_migrate_fresh_then_nothing_new(bin_path, workdir, env):
     assert "applied migration" not in second.stderr, second.stderr
 
     with sqlite3.connect(db) as conn:
-        assert [row[0] for row in conn.execute("SELECT version FROM schema_history ORDER BY version")] == list(range(1, 9))
+        assert [row[0] for row in conn.execute("SELECT version FROM schema_history ORDER BY version")] == list(range(1, MIGRATION_COUNT + 1))
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"chat_sessions", "chat_messages", "users", "refresh_tokens"} <= tables
 

@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from conftest import (PASSWORD, assert_json_error, auth_get, create_session, pg_control, post_json, psql, register,
+from conftest import (MIGRATION_COUNT, PASSWORD, assert_json_error, auth_get, create_session, pg_control, post_json, psql, register,
                       run_cli, base_env)
 
 
@@ -17,12 +17,12 @@ def test_check_config_reports_server_version_and_migrations(bin_path, tmp_path, 
     before = run_cli(bin_path, ["check-config"], tmp_path, env)
     assert before.returncode == 0, before.stderr
     assert "connected to PostgreSQL 15" in before.stdout, before.stdout
-    assert "0 applied, 8 pending" in before.stdout, before.stdout
+    assert f"0 applied, {MIGRATION_COUNT} pending" in before.stdout, before.stdout
     migrate = run_cli(bin_path, ["migrate"], tmp_path, env)
     assert migrate.returncode == 0, migrate.stderr
-    assert migrate.stdout.count("applied 20") == 8, migrate.stdout
+    assert migrate.stdout.count("applied 20") == MIGRATION_COUNT, migrate.stdout
     after = run_cli(bin_path, ["check-config"], tmp_path, env)
-    assert "8 applied, 0 pending" in after.stdout, after.stdout
+    assert f"{MIGRATION_COUNT} applied, 0 pending" in after.stdout, after.stdout
 
     bad = run_cli(bin_path, ["check-config"], tmp_path, base_env(tmp_path, DATABASE_URL="postgresql://nobody@127.0.0.1:1/none"))
     assert bad.returncode != 0
@@ -83,7 +83,7 @@ def test_two_instances_starting_together_migrate_once(start_server, pg_url):
     for t in threads:
         t.join()
     assert len(servers) == 2
-    assert psql(pg_url, "SELECT count(*) FROM schema_history") == "8"
+    assert psql(pg_url, "SELECT count(*) FROM schema_history") == str(MIGRATION_COUNT)
     # Both serve the same data.
     user = register(servers[0])
     r = post_json(servers[1].url("/auth/login"), {"username": user["user"]["username"], "password": PASSWORD})

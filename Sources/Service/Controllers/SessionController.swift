@@ -12,6 +12,7 @@ struct SessionController {
     let messages: MessageService
     let sessionTTL: Int
     let maxBodyBytes: Int
+    let orchestrator: AgentOrchestrator?
 
     func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
         api.post("sessions", use: create)
@@ -32,20 +33,27 @@ struct SessionController {
         try context.parameters.uuid("sessionId")
     }
 
-    private func loadVisible(_ id: UUID, _ context: AuthenticatedContext) async throws -> ChatSession {
-        guard let session = try await store.session(id: id), session.userId == context.userId || context.isAdmin else {
+    private func loadVisible(_ id: UUID, _ context: AuthenticatedContext, for access: SessionAccess = .read) async throws -> ChatSession {
+        guard let session = try await store.session(id: id), SessionAccess.read.allows(session, userId: context.userId, role: context.claims.role) else {
             throw APIError.notFound("session")
+        }
+        guard access.allows(session, userId: context.userId, role: context.claims.role) else {
+            throw APIError(.forbidden, code: "forbidden", message: "only the session's owner may do this")
         }
         return session
     }
 
     @Sendable func create(_ request: Request, context: AuthenticatedContext) async throws -> Response {
-        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["metadata"], emptyIsObject: true)
+        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["metadata", "agent"], emptyIsObject: true)
         let metadata = try body.object("metadata", maxBytes: Limits.metadataBytes) ?? .emptyObject
+        let agent = try body.string("agent", length: 1...64)
+        if let agent, orchestrator?.hasAgent(agent) != true {
+            throw APIError.invalid("agent", "no agent named \(agent) is configured; GET /api/agents lists them")
+        }
         let now = Timestamp.now()
         let session = ChatSession(
             id: UUID(), userId: context.userId, metadata: metadata, state: .active, isResolved: false,
-            expiresAt: now.addingTimeInterval(Double(sessionTTL)), resolvedAt: nil, createdAt: now, updatedAt: now
+            expiresAt: now.addingTimeInterval(Double(sessionTTL)), resolvedAt: nil, createdAt: now, updatedAt: now, agent: agent
         )
         try await store.createSession(session)
         return JSONResponse.make(.created, Wire.session(session, now: now))
@@ -58,14 +66,14 @@ struct SessionController {
 
     @Sendable func delete(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
-        _ = try await loadVisible(id, context)
+        _ = try await loadVisible(id, context, for: .manage)
         guard try await store.deleteSession(id: id) else { throw APIError.notFound("session") }
         return Response(status: .noContent)
     }
 
     @Sendable func resume(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
-        _ = try await loadVisible(id, context)
+        _ = try await loadVisible(id, context, for: .manage)
         let now = Timestamp.now()
         switch try await store.resumeSession(id: id, expiresAt: now.addingTimeInterval(Double(sessionTTL)), now: now) {
         case .resumed(let session):
@@ -84,7 +92,7 @@ struct SessionController {
 
     @Sendable func resolve(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
-        _ = try await loadVisible(id, context)
+        _ = try await loadVisible(id, context, for: .resolve)
         guard let session = try await store.resolveSession(id: id, now: Timestamp.now()) else { throw APIError.notFound("session") }
         return JSONResponse.make(.ok, Wire.session(session))
     }
@@ -94,7 +102,9 @@ struct SessionController {
         try messages.checkRate(userId: context.userId)
         let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["content", "type", "metadata", "clientMessageId"])
         let input = try MessageInput.parse(body)
-        let (message, created) = try await messages.send(sessionId: id, userId: context.userId, isAdmin: context.isAdmin, input: input)
+        let (message, created) = try await messages.send(
+            sessionId: id, userId: context.userId, role: context.claims.role, input: input, requestId: context.requestId
+        )
         return JSONResponse.make(created ? .created : .ok, Wire.message(message))
     }
 

@@ -28,13 +28,35 @@ struct MessageInput: Sendable {
     }
 }
 
-/// Sending a message, the same for REST and WebSockets: rate limit, store, then publish to the session.
+/// Who may do what with a session.
+enum SessionAccess {
+    case read
+    /// Resolve it.
+    case resolve
+    /// Delete or resume it.
+    case manage
+
+    /// Owners and admins may do everything; the human agent a session is assigned to may read and
+    /// resolve it; human agents may read sessions waiting for one.
+    func allows(_ session: ChatSession, userId: UUID, role: Role) -> Bool {
+        if session.userId == userId || role == .admin { return true }
+        switch self {
+        case .read: return session.assigneeId == userId || (role == .agent && session.handoff == .waiting)
+        case .resolve: return session.assigneeId == userId && session.handoff == .assigned
+        case .manage: return false
+        }
+    }
+}
+
+/// Sending a message, the same for REST and WebSockets: rate limit, store, publish, then hand it to the
+/// session's agent.
 struct MessageService: Sendable {
     let store: any ChatStore
     let hub: RealtimeHub
     let limiter: RateLimiter
     let rule: RateLimit?
     let metrics: HTTPMetrics
+    let orchestrator: AgentOrchestrator?
 
     /// Messages tier, per user.
     func checkRate(userId: UUID) throws {
@@ -44,17 +66,44 @@ struct MessageService: Sendable {
 
     /// Stores the message, then publishes it. Returns it and whether it was new (false: a retry of a stored one).
     /// `exceptClient` is the connection that sent it over a WebSocket: it gets an ack instead.
-    func send(sessionId: UUID, userId: UUID, isAdmin: Bool, input: MessageInput, exceptClient: UInt64? = nil) async throws -> (ChatMessage, created: Bool) {
+    ///
+    /// The owner's messages are `inbound` and go to the session's agent. A human agent (or admin) the
+    /// session is assigned to replies `outbound` with type `agent`.
+    func send(
+        sessionId: UUID, userId: UUID, role: Role, input: MessageInput, requestId: String?, exceptClient: UInt64? = nil
+    ) async throws -> (ChatMessage, created: Bool) {
         let now = Timestamp.now()
-        let message = ChatMessage(
+        var message = ChatMessage(
             id: UUIDv7.make(now: now), sessionId: sessionId, userId: userId, content: input.content, type: input.type, direction: .inbound,
             metadata: input.metadata, clientMessageId: input.clientMessageId, createdAt: now, updatedAt: now
         )
+        var owner: UUID? = userId
+        if role != .user {
+            // Staff may write into sessions they do not own: look at the session first.
+            guard let session = try await store.session(id: sessionId), SessionAccess.read.allows(session, userId: userId, role: role) else {
+                throw APIError.notFound("session")
+            }
+            if session.userId != userId {
+                if session.assigneeId == userId, session.handoff == .assigned {
+                    message.direction = .outbound
+                    message.type = "agent"
+                    var metadata: [String: JSONValue] = [:]
+                    if case .object(let fields) = input.metadata { metadata = fields }
+                    metadata["agent"] = "human"
+                    message.metadata = .object(metadata)
+                } else if role != .admin {
+                    throw APIError(.forbidden, code: "handoff_not_claimed", message: "claim the session first: POST /api/handoffs/{sessionId}/claim")
+                }
+            }
+            owner = nil
+        }
         // Ownership is checked inside the write: one round trip to the store per send.
-        switch try await store.appendMessage(message, now: now, owner: isAdmin ? nil : userId) {
+        switch try await store.appendMessage(message, now: now, owner: owner) {
         case .created(let stored):
             metrics.messageStored()
             hub.publish(message: stored, exceptClient: exceptClient)
+            // The agent answers the owner's messages (the orchestrator checks who wrote it).
+            if stored.direction == .inbound { orchestrator?.submit(stored, requestId: requestId) }
             return (stored, true)
         case .duplicate(let existing):
             return (existing, false)
@@ -65,5 +114,27 @@ struct MessageService: Sendable {
         case .sessionExpired:
             throw APIError(.gone, code: "session_expired", message: "session expired; resume it first")
         }
+    }
+}
+
+/// Stores an outbound message without an author (an agent's reply or a system note) and publishes it.
+/// Returns false when the session is gone, resolved or expired.
+@discardableResult
+func postOutbound(
+    _ text: String, type: String, session: UUID, metadata: [String: JSONValue], store: any ChatStore, hub: RealtimeHub
+) async throws -> Bool {
+    let now = Timestamp.now()
+    let message = ChatMessage(
+        id: UUIDv7.make(now: now), sessionId: session, userId: nil, content: text, type: type, direction: .outbound,
+        metadata: .object(metadata), clientMessageId: nil, createdAt: now, updatedAt: now
+    )
+    switch try await store.appendMessage(message, now: now, owner: nil) {
+    case .created(let stored):
+        hub.publish(message: stored)
+        return true
+    case .duplicate:
+        return true
+    case .sessionNotFound, .sessionResolved, .sessionExpired:
+        return false
     }
 }

@@ -322,6 +322,14 @@ enum RealtimeEvent {
         JSONValue.object(["type": "presence", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "status": .string(status)]).jsonText()
     }
 
+    /// A part of an agent's reply while it is produced; the stored message carries `metadata.streamId`.
+    static func delta(session: UUID, streamId: UUID, agent: String, index: Int, text: String) -> String {
+        JSONValue.object([
+            "type": "message.delta", "sessionId": .string(session.lowercased), "streamId": .string(streamId.lowercased),
+            "agent": .string(agent), "index": .int(Int64(index)), "delta": .string(text),
+        ]).jsonText()
+    }
+
     static func ack(_ id: JSONValue?, _ fields: [String: JSONValue] = [:]) -> String {
         var body = fields
         body["type"] = "ack"

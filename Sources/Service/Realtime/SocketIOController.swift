@@ -354,7 +354,7 @@ final class SocketIOController: Sendable {
 
     // MARK: Engine.IO over WebSocket
 
-    private func serveWebSocket(sid: String?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
+    func serveWebSocket(sid: String?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
         let session: EngineSession
         let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .unbounded)
         var frames = inbound.messages(maxSize: maxPayload).makeAsyncIterator()

@@ -26,6 +26,13 @@ public struct ChatWebSocketContext: RequestContext, WebSocketRequestContext {
     }
 }
 
+/// Runs `body` in a child task and waits for it. A task keeps the memory its deepest call chain needed
+/// until it ends, so event handling (store calls, JSON, replay) runs in short-lived child tasks and the
+/// long-lived task of an idle connection stays small.
+func inShortTask(_ body: @escaping @Sendable () async -> Void) async {
+    await withDiscardingTaskGroup { group in group.addTask { await body() } }
+}
+
 /// `/ws`: the plain JSON WebSocket. Client events `authenticate`, `join`, `leave`, `message`, `typing`;
 /// server events `message`, `typing`, `presence`, `ack`, `error` (see README, "Realtime").
 struct WebSocketController: Sendable {
@@ -55,19 +62,14 @@ struct WebSocketController: Sendable {
         let client = RealtimeClient(maxQueued: maxQueued, abort: abort)
         hub.track(client)
         if let header = headers[.authorization] {
-            do {
-                try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
-            } catch {
-                client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
-                client.close(code: 1008, reason: "authentication failed")
-            }
+            await inShortTask { await authenticate(client, header: header, logger: logger) }
         }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await write(client, to: outbound) }
                 do {
                     for try await message in inbound.messages(maxSize: maxEventBytes) {
-                        await receive(message, client: client, logger: logger)
+                        await inShortTask { await receive(message, client: client, logger: logger) }
                     }
                 } catch {
                     logger.debug("websocket read ended", metadata: ["error": "\(error)"])
@@ -78,6 +80,21 @@ struct WebSocketController: Sendable {
         } onGracefulShutdown: {
             client.close(code: 1001, reason: "server shutting down")
         }
+        disconnected(client)
+    }
+
+    /// Authenticates with the `Authorization` header of the upgrade request; a bad token ends the connection.
+    func authenticate(_ client: RealtimeClient, header: String, logger: Logger) async {
+        do {
+            try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
+        } catch {
+            client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
+            client.close(code: 1008, reason: "authentication failed")
+        }
+    }
+
+    /// The connection is gone: it leaves its sessions, whose other members see it go offline.
+    func disconnected(_ client: RealtimeClient) {
         for session in hub.remove(client) {
             if let user = client.identity?.subject {
                 hub.broadcast(RealtimeEvent.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
@@ -109,9 +126,18 @@ struct WebSocketController: Sendable {
 
     private func receive(_ message: WebSocketMessage, client: RealtimeClient, logger: Logger) async {
         guard case .text(let text) = message else {
-            client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
+            refuseBinary(client)
             return
         }
+        await receive(text: text, client: client, logger: logger)
+    }
+
+    func refuseBinary(_ client: RealtimeClient) {
+        client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
+    }
+
+    /// One text frame: a JSON event.
+    func receive(text: String, client: RealtimeClient, logger: Logger) async {
         guard case .object(let fields)? = try? JSONValue.parse(bytes: Array(text.utf8)) else {
             client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")))
             return
@@ -162,7 +188,7 @@ struct WebSocketController: Sendable {
                 try messages.checkRate(userId: claims.subject)
                 let input = try MessageInput.parse(event, typeKey: "messageType")
                 let (stored, created) = try await messages.send(
-                    sessionId: session, userId: claims.subject, isAdmin: claims.role == .admin, input: input, exceptClient: client.id
+                    sessionId: session, userId: claims.subject, role: claims.role, input: input, requestId: "ws-\(client.id)", exceptClient: client.id
                 )
                 client.send(RealtimeEvent.ack(requestId, ["event": "message", "message": Wire.message(stored), "duplicate": .bool(!created)]))
             case "typing":
@@ -186,7 +212,7 @@ struct WebSocketController: Sendable {
     /// Joins a session the user may see; with `after`, first replays every stored message after it, in order,
     /// while live ones wait, so nothing is lost or duplicated across a reconnect.
     func join(_ client: RealtimeClient, claims: AccessClaims, session: UUID, after: UUID?, requestId: JSONValue?) async throws {
-        guard let found = try await store.session(id: session), found.userId == claims.subject || claims.role == .admin else {
+        guard let found = try await store.session(id: session), SessionAccess.read.allows(found, userId: claims.subject, role: claims.role) else {
             throw APIError.notFound("session")
         }
         hub.join(client, session: session, recovering: after != nil)

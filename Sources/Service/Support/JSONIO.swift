@@ -168,6 +168,13 @@ enum Wire {
             "state": .string(state.rawValue), "isResolved": .bool(s.isResolved), "expiresAt": .string(Timestamp.format(s.expiresAt)),
             "resolvedAt": s.resolvedAt.map { .string(Timestamp.format($0)) } ?? .null,
             "createdAt": .string(Timestamp.format(s.createdAt)), "updatedAt": .string(Timestamp.format(s.updatedAt)),
+            "agent": s.agent.map(JSONValue.string) ?? .null,
+            "handoff": s.handoff.map { handoff in
+                .object([
+                    "status": .string(handoff.rawValue), "assigneeId": s.assigneeId.map { .string($0.lowercased) } ?? .null,
+                    "since": s.handoffAt.map { .string(Timestamp.format($0)) } ?? .null,
+                ])
+            } ?? .null,
         ])
     }
 

@@ -196,15 +196,12 @@ final class PostgresConnection {
 }
 
 /// One result row in text format.
-struct PGRow {
+struct PGRow: StoreRow {
     var values: [String?]
 
-    func string(_ i: Int) throws -> String {
-        guard let v = values[i] else { throw StoreError(.failed, "column \(i) is NULL") }
-        return v
-    }
-
     func optionalString(_ i: Int) -> String? { values[i] }
+
+    func flag(_ i: Int) throws -> Bool { try bool(i) }
 
     func int(_ i: Int) throws -> Int64 {
         guard let v = values[i], let n = Int64(v) else { throw StoreError(.failed, "column \(i) is not an integer") }
@@ -217,25 +214,6 @@ struct PGRow {
         case "f": return false
         default: throw StoreError(.failed, "column \(i) is not a boolean")
         }
-    }
-
-    func uuid(_ i: Int) throws -> UUID {
-        guard let id = UUID(text: try string(i)) else { throw StoreError(.failed, "column \(i) is not a UUID") }
-        return id
-    }
-
-    func optionalUUID(_ i: Int) -> UUID? { values[i].flatMap { UUID(text: $0) } }
-
-    func date(_ i: Int) throws -> Date {
-        guard let d = Timestamp.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not a timestamp") }
-        return d
-    }
-
-    func optionalDate(_ i: Int) -> Date? { values[i].flatMap(Timestamp.parse) }
-
-    func json(_ i: Int) throws -> JSONValue {
-        guard let v = JSONValue.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not JSON") }
-        return v
     }
 }
 

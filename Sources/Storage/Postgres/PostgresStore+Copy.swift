@@ -75,10 +75,8 @@ extension PostgresStore {
             }
             for s in batch.sessions {
                 try db.run(
-                    "INSERT INTO chat_sessions (\(Self.sessionColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-                    [.text(s.id.lowercased), .text(s.userId.lowercased), .text(s.metadata.jsonText()), .text(s.state.rawValue),
-                     .text(s.isResolved ? "true" : "false"), .text(Timestamp.format(s.expiresAt)), s.resolvedAt.map { .text(Timestamp.format($0)) } ?? .null,
-                     .text(Timestamp.format(s.createdAt)), .text(Timestamp.format(s.updatedAt))]
+                    "INSERT INTO chat_sessions (\(Self.sessionColumns)) VALUES (\(Self.sessionPlaceholders)) ON CONFLICT DO NOTHING",
+                    Self.sessionValues(s)
                 )
             }
             for m in batch.messages {

@@ -237,15 +237,10 @@ public final class PostgresStore: ChatStore {
 
     // MARK: Sessions
 
-    static let sessionColumns = "session_id, user_id, metadata, state, is_resolved, expires_at, resolved_at, created_at, updated_at"
-
-    static func session(_ row: PGRow) throws -> ChatSession {
-        guard let state = SessionState(rawValue: try row.string(3)) else { throw StoreError(.failed, "unknown session state") }
-        return ChatSession(
-            id: try row.uuid(0), userId: try row.uuid(1), metadata: try row.json(2), state: state, isResolved: try row.bool(4),
-            expiresAt: try row.date(5), resolvedAt: row.optionalDate(6), createdAt: try row.date(7), updatedAt: try row.date(8)
-        )
-    }
+    static let sessionColumns = SessionSQL.columns
+    static let sessionPlaceholders = SessionSQL.placeholders { "$\($0)" }
+    static func session(_ row: PGRow) throws -> ChatSession { try SessionSQL.decode(row) }
+    static func sessionValues(_ s: ChatSession) -> [SQLValue] { SessionSQL.values(s) { .text($0 ? "true" : "false") } }
 
     private static func loadSession(_ id: UUID, db: PostgresConnection, lock: Bool = false) throws -> ChatSession? {
         try db.query(
@@ -254,13 +249,7 @@ public final class PostgresStore: ChatStore {
     }
 
     static func insertSession(_ session: ChatSession, db: PostgresConnection) throws {
-        try db.run(
-            "INSERT INTO chat_sessions (\(sessionColumns)) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [.text(session.id.lowercased), .text(session.userId.lowercased), .text(session.metadata.jsonText()), .text(session.state.rawValue),
-             .text(session.isResolved ? "true" : "false"), .text(Timestamp.format(session.expiresAt)),
-             session.resolvedAt.map { .text(Timestamp.format($0)) } ?? .null,
-             .text(Timestamp.format(session.createdAt)), .text(Timestamp.format(session.updatedAt))]
-        )
+        try db.run("INSERT INTO chat_sessions (\(sessionColumns)) VALUES (\(sessionPlaceholders))", sessionValues(session))
     }
 
     public func createSession(_ session: ChatSession) async throws {
@@ -334,6 +323,43 @@ public final class PostgresStore: ChatStore {
             try db.run("DELETE FROM revoked_access_tokens WHERE expires_at <= $1", [.text(nowText)])
             try db.run("DELETE FROM refresh_tokens WHERE expires_at <= $1", [.text(nowText)])
             return expired
+        }
+    }
+
+    // MARK: Agent routing
+
+    public func assignAgent(sessionId: UUID, agent: String?, ifUnrouted: Bool, now: Date) async throws -> ChatSession? {
+        try await pool.transaction { db in
+            try db.run(
+                SessionSQL.assignAgent(ifUnrouted: ifUnrouted) { "$\($0)" },
+                [agent.map(SQLValue.text) ?? .null, .text(Timestamp.format(now)), .text(sessionId.lowercased)]
+            )
+            return try Self.loadSession(sessionId, db: db)
+        }
+    }
+
+    public func requestHandoff(sessionId: UUID, now: Date) async throws -> ChatSession? {
+        try await pool.transaction { db in
+            try db.run(SessionSQL.requestHandoff { "$\($0)" }, [.text(Timestamp.format(now)), .text(sessionId.lowercased)])
+            return try Self.loadSession(sessionId, db: db)
+        }
+    }
+
+    public func claimHandoff(sessionId: UUID, assignee: UUID, now: Date) async throws -> ClaimOutcome {
+        try await pool.transaction { db in
+            let changed = try db.run(
+                SessionSQL.claimHandoff { "$\($0)" }, [.text(assignee.lowercased), .text(Timestamp.format(now)), .text(sessionId.lowercased)]
+            )
+            guard let session = try Self.loadSession(sessionId, db: db) else { return .notFound }
+            return changed > 0 ? .claimed(session) : .unavailable(session)
+        }
+    }
+
+    public func handoffs(assignee: UUID?, limit: Int) async throws -> [ChatSession] {
+        try await pool.withConnection { db in
+            var params: [SQLValue] = [.text(String(limit))]
+            if let assignee { params.append(.text(assignee.lowercased)) }
+            return try db.query(SessionSQL.handoffs(mine: assignee != nil) { "$\($0)" }, params).map(Self.session)
         }
     }
 

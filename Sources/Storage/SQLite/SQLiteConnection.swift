@@ -15,18 +15,15 @@ public enum SQLValue: Sendable, Equatable {
 }
 
 /// One result row.
-struct SQLRow {
+struct SQLRow: StoreRow {
     var values: [SQLValue]
-
-    func string(_ i: Int) throws -> String {
-        guard case .text(let s) = values[i] else { throw StoreError(.failed, "column \(i) is not text") }
-        return s
-    }
 
     func optionalString(_ i: Int) -> String? {
         if case .text(let s) = values[i] { return s }
         return nil
     }
+
+    func flag(_ i: Int) throws -> Bool { try int(i) != 0 }
 
     func int(_ i: Int) throws -> Int64 {
         switch values[i] {
@@ -36,25 +33,6 @@ struct SQLRow {
         case .null: break
         }
         throw StoreError(.failed, "column \(i) is not an integer")
-    }
-
-    func uuid(_ i: Int) throws -> UUID {
-        guard let id = UUID(text: try string(i)) else { throw StoreError(.failed, "column \(i) is not a UUID") }
-        return id
-    }
-
-    func optionalUUID(_ i: Int) -> UUID? { optionalString(i).flatMap { UUID(text: $0) } }
-
-    func date(_ i: Int) throws -> Date {
-        guard let d = Timestamp.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not a timestamp") }
-        return d
-    }
-
-    func optionalDate(_ i: Int) -> Date? { optionalString(i).flatMap(Timestamp.parse) }
-
-    func json(_ i: Int) throws -> JSONValue {
-        guard let v = JSONValue.parse(try string(i)) else { throw StoreError(.failed, "column \(i) is not JSON") }
-        return v
     }
 }
 

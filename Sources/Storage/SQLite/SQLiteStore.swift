@@ -266,15 +266,10 @@ public final class SQLiteStore: ChatStore {
 
     // MARK: Sessions
 
-    static let sessionColumns = "session_id, user_id, metadata, state, is_resolved, expires_at, resolved_at, created_at, updated_at"
-
-    static func session(_ row: SQLRow) throws -> ChatSession {
-        guard let state = SessionState(rawValue: try row.string(3)) else { throw StoreError(.failed, "unknown session state") }
-        return ChatSession(
-            id: try row.uuid(0), userId: try row.uuid(1), metadata: try row.json(2), state: state, isResolved: try row.int(4) != 0,
-            expiresAt: try row.date(5), resolvedAt: row.optionalDate(6), createdAt: try row.date(7), updatedAt: try row.date(8)
-        )
-    }
+    static let sessionColumns = SessionSQL.columns
+    static let sessionPlaceholders = SessionSQL.placeholders { _ in "?" }
+    static func session(_ row: SQLRow) throws -> ChatSession { try SessionSQL.decode(row) }
+    static func sessionValues(_ s: ChatSession) -> [SQLValue] { SessionSQL.values(s) { .integer($0 ? 1 : 0) } }
 
     private static func loadSession(_ id: UUID, db: SQLiteConnection) throws -> ChatSession? {
         try db.query("SELECT \(sessionColumns) FROM chat_sessions WHERE session_id = ?", [.text(id.lowercased)]).first.map(session)
@@ -282,13 +277,7 @@ public final class SQLiteStore: ChatStore {
 
     public func createSession(_ session: ChatSession) async throws {
         try await writer.write { db in
-            try db.run(
-                "INSERT INTO chat_sessions (\(Self.sessionColumns)) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [.text(session.id.lowercased), .text(session.userId.lowercased), .text(session.metadata.jsonText()), .text(session.state.rawValue),
-                 .integer(session.isResolved ? 1 : 0), .text(Timestamp.format(session.expiresAt)),
-                 session.resolvedAt.map { .text(Timestamp.format($0)) } ?? .null,
-                 .text(Timestamp.format(session.createdAt)), .text(Timestamp.format(session.updatedAt))]
-            )
+            try db.run("INSERT INTO chat_sessions (\(Self.sessionColumns)) VALUES (\(Self.sessionPlaceholders))", Self.sessionValues(session))
         }
     }
 
@@ -359,6 +348,43 @@ public final class SQLiteStore: ChatStore {
             try db.run("DELETE FROM revoked_access_tokens WHERE expires_at <= ?", [.text(nowText)])
             try db.run("DELETE FROM refresh_tokens WHERE expires_at <= ?", [.text(nowText)])
             return expired
+        }
+    }
+
+    // MARK: Agent routing
+
+    public func assignAgent(sessionId: UUID, agent: String?, ifUnrouted: Bool, now: Date) async throws -> ChatSession? {
+        try await writer.write { db in
+            try db.run(
+                SessionSQL.assignAgent(ifUnrouted: ifUnrouted) { _ in "?" },
+                [agent.map(SQLValue.text) ?? .null, .text(Timestamp.format(now)), .text(sessionId.lowercased)]
+            )
+            return try Self.loadSession(sessionId, db: db)
+        }
+    }
+
+    public func requestHandoff(sessionId: UUID, now: Date) async throws -> ChatSession? {
+        try await writer.write { db in
+            try db.run(SessionSQL.requestHandoff { "?\($0)" }, [.text(Timestamp.format(now)), .text(sessionId.lowercased)])
+            return try Self.loadSession(sessionId, db: db)
+        }
+    }
+
+    public func claimHandoff(sessionId: UUID, assignee: UUID, now: Date) async throws -> ClaimOutcome {
+        try await writer.write { db in
+            let changed = try db.run(
+                SessionSQL.claimHandoff { "?\($0)" }, [.text(assignee.lowercased), .text(Timestamp.format(now)), .text(sessionId.lowercased)]
+            )
+            guard let session = try Self.loadSession(sessionId, db: db) else { return .notFound }
+            return changed > 0 ? .claimed(session) : .unavailable(session)
+        }
+    }
+
+    public func handoffs(assignee: UUID?, limit: Int) async throws -> [ChatSession] {
+        try await readers.read { db in
+            var params: [SQLValue] = [.integer(Int64(limit))]
+            if let assignee { params.append(.text(assignee.lowercased)) }
+            return try db.query(SessionSQL.handoffs(mine: assignee != nil) { "?\($0)" }, params).map(Self.session)
         }
     }
 

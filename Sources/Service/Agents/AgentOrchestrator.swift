@@ -1,0 +1,339 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import AsyncHTTPClient
+import Logging
+import Prometheus
+import ServiceLifecycle
+import Storage
+import Synchronization
+
+/// Hands each user message of a session with an agent to that agent, once it is stored, and stores and
+/// publishes what the agent answers. One reply at a time per session, in message order; at most
+/// `maxConcurrent` agent calls at once overall. A failing agent never loses or blocks the user's message:
+/// the session gets a `system` message and the next message tries again (its circuit breaker permitting).
+public final class AgentOrchestrator: Service, Sendable {
+    struct Entry: Sendable {
+        var definition: AgentDefinition
+        var agent: any ChatAgent
+        var breaker: CircuitBreaker
+        var requests: Counter
+        var latency: DurationHistogram
+        var breakerGauge: Gauge
+    }
+
+    struct Job: Sendable {
+        var message: ChatMessage
+        var requestId: String?
+    }
+
+    private struct State {
+        var queues: [UUID: [Job]] = [:]
+        var workers: [UUID: Task<Void, Never>] = [:]
+        var accepting = true
+    }
+
+    public let config: AgentsConfig
+    private let entries: [String: Entry]
+    private let store: any ChatStore
+    private let hub: RealtimeHub
+    private let registry: PrometheusCollectorRegistry
+    private let logger: Logger
+    private let permits: AsyncSemaphore
+    private let state = Mutex(State())
+    /// Messages waiting per session beyond the one being answered.
+    static let maxQueuedPerSession = 32
+    /// Agent-to-agent handoffs answering one message.
+    static let maxHops = 3
+
+    public init(config: AgentsConfig, store: any ChatStore, hub: RealtimeHub, registry: PrometheusCollectorRegistry, logger: Logger) {
+        self.config = config
+        self.store = store
+        self.hub = hub
+        self.registry = registry
+        self.logger = logger
+        self.permits = AsyncSemaphore(config.maxConcurrent)
+        var entries: [String: Entry] = [:]
+        for definition in config.agents {
+            let agent: any ChatAgent
+            switch definition.kind {
+            case .echo(let prefix):
+                agent = EchoAgent(prefix: prefix)
+            case .rules(let intents, let fallback):
+                agent = RulesAgent(intents: intents, fallback: fallback)
+            case .webhook(let url, let secret, let timeout, let retries):
+                agent = WebhookAgent(name: definition.name, url: url, secret: Array(secret.utf8), timeout: timeout, retries: retries, client: .shared)
+            case .openai(let baseURL, let model, let apiKey, let systemPrompt, let timeout, let retries, let temperature, let maxTokens):
+                agent = OpenAIAgent(
+                    baseURL: baseURL, model: model, apiKey: apiKey, systemPrompt: systemPrompt, timeout: timeout, retries: retries,
+                    temperature: temperature, maxTokens: maxTokens, client: .shared
+                )
+            }
+            let labels = [("agent", definition.name)]
+            entries[definition.name] = Entry(
+                definition: definition, agent: agent, breaker: CircuitBreaker(definition.breaker),
+                requests: registry.makeCounter(name: "chat_agent_requests_total", labels: labels, help: "agent calls"),
+                latency: registry.makeDurationHistogram(
+                    name: "chat_agent_latency_seconds", labels: labels,
+                    buckets: [.milliseconds(10), .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+                              .seconds(2.5), .seconds(5), .seconds(10), .seconds(30), .seconds(60)],
+                    help: "time until an agent's answer is complete"
+                ),
+                breakerGauge: registry.makeGauge(name: "chat_agent_breaker_open", labels: labels, help: "1 while the agent's circuit breaker is open")
+            )
+        }
+        self.entries = entries
+    }
+
+    public var isEnabled: Bool { !entries.isEmpty }
+
+    func hasAgent(_ name: String) -> Bool { entries[name] != nil }
+
+    /// The configured agents as `GET /api/agents` shows them: no URLs, no secrets.
+    func summaries() -> [JSONValue] {
+        config.agents.map { definition in
+            .object([
+                "name": .string(definition.name), "kind": .string(definition.kind.name),
+                "description": definition.description.map(JSONValue.string) ?? .null,
+                "default": .bool(definition.name == config.defaultAgent),
+                "available": .bool(!(entries[definition.name]?.breaker.isOpen ?? false)),
+            ])
+        }
+    }
+
+    /// The agent for a new session's first message: the first routing rule that matches, else the default.
+    func route(_ text: String) -> String? {
+        config.routes.first { $0.matcher.matches(text) }?.agent ?? config.defaultAgent
+    }
+
+    // MARK: Queueing
+
+    /// Queues a stored user message for the session's agent. Returns at once.
+    func submit(_ message: ChatMessage, requestId: String?) {
+        guard isEnabled, message.direction == .inbound else { return }
+        let session = message.sessionId
+        let overflow = state.withLock { s -> Bool in
+            guard s.accepting else { return false }
+            if s.workers[session] != nil {
+                guard s.queues[session, default: []].count < Self.maxQueuedPerSession else { return true }
+                s.queues[session, default: []].append(Job(message: message, requestId: requestId))
+                return false
+            }
+            s.queues[session] = [Job(message: message, requestId: requestId)]
+            s.workers[session] = Task { await self.drain(session) }
+            return false
+        }
+        if overflow {
+            logger.warning("agent queue full; message not answered", metadata: ["session_id": "\(session.lowercased)", "request_id": "\(requestId ?? "-")"])
+        }
+    }
+
+    private func drain(_ session: UUID) async {
+        while true {
+            let job = state.withLock { s -> Job? in
+                guard s.accepting, var queue = s.queues[session], !queue.isEmpty else {
+                    s.queues[session] = nil
+                    s.workers[session] = nil
+                    return nil
+                }
+                let job = queue.removeFirst()
+                s.queues[session] = queue
+                return job
+            }
+            guard let job else { return }
+            await process(job)
+        }
+    }
+
+    /// Stops taking messages, cancels replies in progress and waits for them (on shutdown).
+    func stop() async {
+        let workers = state.withLock { s -> [Task<Void, Never>] in
+            s.accepting = false
+            s.queues.removeAll()
+            return Array(s.workers.values)
+        }
+        for worker in workers { worker.cancel() }
+        for worker in workers { await worker.value }
+    }
+
+    /// Sessions with a reply in progress or waiting (for tests and status).
+    var busySessions: Int { state.withLock { $0.workers.count } }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await stop()
+    }
+
+    // MARK: Answering
+
+    private func process(_ job: Job) async {
+        var log = logger
+        log[metadataKey: "session_id"] = "\(job.message.sessionId.lowercased)"
+        log[metadataKey: "message_id"] = "\(job.message.id.lowercased)"
+        if let requestId = job.requestId { log[metadataKey: "request_id"] = "\(requestId)" }
+        do {
+            guard var session = try await store.session(id: job.message.sessionId),
+                session.state == .active, !session.isResolved, session.handoff == nil,
+                job.message.userId == session.userId
+            else { return }
+            var name = session.agent
+            if name.map({ entries[$0] == nil }) ?? true {
+                if let stale = name { log.warning("session's agent is not configured any more; routing again", metadata: ["agent": "\(stale)"]) }
+                guard let routed = route(job.message.content) else { return }
+                guard let updated = try await store.assignAgent(sessionId: session.id, agent: routed, ifUnrouted: name == nil, now: Timestamp.now()),
+                    updated.handoff == nil
+                else { return }
+                session = updated
+                name = updated.agent
+            }
+            var hops = 0
+            while let current = name, let entry = entries[current] {
+                guard let reply = try await answer(job, session: session, entry: entry, log: log) else { return }
+                if let text = reply.text {
+                    var metadata = reply.metadata
+                    metadata["agent"] = .string(current)
+                    metadata["inReplyTo"] = .string(job.message.id.lowercased)
+                    try await post(text, type: "agent", session: session.id, metadata: metadata, log: log)
+                }
+                if reply.resolve {
+                    _ = try await store.resolveSession(id: session.id, now: Timestamp.now())
+                    return
+                }
+                switch reply.handoff {
+                case nil:
+                    return
+                case .human?:
+                    guard try await store.requestHandoff(sessionId: session.id, now: Timestamp.now()) != nil else { return }
+                    try await post(
+                        "You are being connected to a person; someone will reply here shortly.", type: "system", session: session.id,
+                        metadata: ["agent": .string(current), "handoff": "human"], log: log
+                    )
+                    return
+                case .agent(let next)?:
+                    guard entries[next] != nil, next != current, hops < Self.maxHops else {
+                        log.warning("agent handoff refused", metadata: ["agent": "\(current)", "target": "\(next)"])
+                        return
+                    }
+                    hops += 1
+                    guard let updated = try await store.assignAgent(sessionId: session.id, agent: next, ifUnrouted: false, now: Timestamp.now()) else { return }
+                    session = updated
+                    name = next
+                    // The new agent answers the same message.
+                }
+            }
+        } catch is CancellationError {
+            return
+        } catch {
+            log.error("agent orchestration failed", metadata: ["error": "\(String(reflecting: error))"])
+        }
+    }
+
+    /// Calls the agent under the breaker and the concurrency bound. Nil when it failed (the session
+    /// then has a system message saying so).
+    private func answer(_ job: Job, session: ChatSession, entry: Entry, log: Logger) async throws -> AgentReply? {
+        let name = entry.definition.name
+        let history = entry.definition.history > 0
+            ? try await store.messages(MessageQuery(sessionId: session.id, before: job.message.id, limit: entry.definition.history)).messages
+            : []
+        guard entry.breaker.permit() else {
+            registry.makeCounter(name: "chat_agent_errors_total", labels: [("agent", name), ("reason", "breaker_open")], help: "failed agent calls").increment()
+            try await unavailable(session: session.id, agent: name, code: "breaker_open", job: job, log: log)
+            return nil
+        }
+        let request = AgentRequest(session: session, message: job.message, history: history, requestId: job.requestId)
+        let streamId = UUID()
+        let sequence = Atomic<Int>(0)
+        let hub = self.hub
+        let delta: @Sendable (String) -> Void = { piece in
+            let index = sequence.wrappingAdd(1, ordering: .relaxed).oldValue
+            hub.broadcast(RealtimeEvent.delta(session: session.id, streamId: streamId, agent: name, index: index, text: piece), session: session.id, exceptUser: nil)
+        }
+        await permits.acquire()
+        defer { permits.release() }
+        entry.requests.increment()
+        let started = ContinuousClock.now
+        do {
+            var reply = try await entry.agent.respond(to: request, delta: delta)
+            entry.latency.record(ContinuousClock.now - started)
+            entry.breaker.succeeded()
+            entry.breakerGauge.set(0.0)
+            if sequence.load(ordering: .relaxed) > 0 { reply.metadata["streamId"] = .string(streamId.lowercased) }
+            return reply
+        } catch is CancellationError {
+            entry.breaker.abandoned()
+            throw CancellationError()
+        } catch {
+            entry.latency.record(ContinuousClock.now - started)
+            entry.breaker.failed()
+            entry.breakerGauge.set(entry.breaker.isOpen ? 1.0 : 0.0)
+            let failure = error as? AgentFailure ?? AgentFailure(code: "internal", detail: String(reflecting: error), retryable: false)
+            registry.makeCounter(name: "chat_agent_errors_total", labels: [("agent", name), ("reason", Self.reason(failure.code))], help: "failed agent calls").increment()
+            log.error("agent failed", metadata: ["agent": "\(name)", "error": "\(failure)"])
+            if Task.isCancelled { throw CancellationError() }
+            try await unavailable(session: session.id, agent: name, code: failure.code, job: job, log: log)
+            return nil
+        }
+    }
+
+    /// Metric label for a failure code: HTTP statuses grouped by class so the series stay few.
+    static func reason(_ code: String) -> String {
+        if code.hasPrefix("http_5") { return "http_5xx" }
+        if code.hasPrefix("http_4") { return "http_4xx" }
+        return code
+    }
+
+    private func unavailable(session: UUID, agent: String, code: String, job: Job, log: Logger) async throws {
+        var metadata: [String: JSONValue] = ["agent": .string(agent), "error": .string(code), "inReplyTo": .string(job.message.id.lowercased)]
+        if let requestId = job.requestId { metadata["requestId"] = .string(requestId) }
+        try await post(
+            "The assistant is unavailable right now. Your message was saved; please try again in a moment.", type: "system",
+            session: session, metadata: metadata, log: log
+        )
+    }
+
+    /// Stores an outbound message (agent reply or system note) and publishes it.
+    private func post(_ text: String, type: String, session: UUID, metadata: [String: JSONValue], log: Logger) async throws {
+        if try await !postOutbound(text, type: type, session: session, metadata: metadata, store: store, hub: hub) {
+            log.info("agent reply dropped: the session ended meanwhile")
+        }
+    }
+}
+
+/// A counting semaphore for async code (FIFO).
+final class AsyncSemaphore: Sendable {
+    private struct State {
+        var available: Int
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state: Mutex<State>
+
+    init(_ count: Int) {
+        state = Mutex(State(available: count))
+    }
+
+    func acquire() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = state.withLock { s -> Bool in
+                if s.available > 0 {
+                    s.available -= 1
+                    return true
+                }
+                s.waiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if !s.waiters.isEmpty { return s.waiters.removeFirst() }
+            s.available += 1
+            return nil
+        }
+        next?.resume()
+    }
+}
