@@ -7,19 +7,26 @@ RELEASE_BIN := $(BUILD_DIR)/release/chat-backend
 APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev pkg-config
 APT_TEST_DEPS := systemd python3-venv curl postgresql postgresql-client
 APT_BENCH_DEPS := wrk
+APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3
+APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 
-.PHONY: all build release run test test-swift test-e2e deps test-deps bench resources clean
+.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench resources clean
 
 all: build
 
-# Install the C libraries the build links against (as root), or say exactly what to run.
-deps:
-	@missing=""; for p in $(APT_BUILD_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call apt-ensure,WHAT,PACKAGES): installs the missing PACKAGES (as root), or says exactly what to run.
+define apt-ensure
+	@missing=""; for p in $(2); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "missing build packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; fi; \
+	  else echo "missing $(1) packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; fi; \
 	fi
+endef
+
+# Install the C libraries the build links against.
+deps:
+	$(call apt-ensure,build,$(APT_BUILD_DEPS))
 
 resources:
 	@python3 scripts/embed-resources.py
@@ -35,11 +42,7 @@ run: build
 	$(BIN) serve --database-url sqlite://./data/chat.db
 
 test-deps: deps
-	@missing=""; for p in $(APT_TEST_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "missing test packages:$$missing"; echo "run: sudo apt-get install -y$$missing"; exit 1; fi; \
-	fi
+	$(call apt-ensure,test,$(APT_TEST_DEPS))
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	@$(VENV)/bin/pip install -q -r Tests/e2e/requirements.txt
 
@@ -52,6 +55,8 @@ test: test-deps resources
 	echo "test Postgres: $$CHAT_TEST_POSTGRES"; \
 	$(MAKE) test-swift; \
 	$(MAKE) test-e2e
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system; \
+	else echo "test-system skipped: it needs root (debootstrap, systemd-nspawn)"; fi
 
 test-swift: resources
 	$(SWIFT) build --build-tests
@@ -61,6 +66,20 @@ test-swift: resources
 
 test-e2e: build
 	CHAT_BACKEND_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q Tests/e2e
+
+deb-deps: deps
+	$(call apt-ensure,packaging,$(APT_DEB_DEPS))
+
+# The Debian package: packaging/out/chat-backend_<version>_amd64.deb, checked with lintian.
+deb: deb-deps
+	packaging/build-deb.sh
+
+# Installs the package in a Debian 12 container booted with systemd and drives it from outside
+# (Tests/system; DEVELOPERS.md says how it runs). Needs root.
+test-system: deb test-deps
+	$(call apt-ensure,system test,$(APT_SYSTEM_TEST_DEPS))
+	CHAT_BACKEND_DEB=$(abspath packaging/out)/chat-backend_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb \
+	  $(VENV)/bin/python -m pytest -q Tests/system
 
 bench: release test-deps
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_BENCH_DEPS); }

@@ -248,7 +248,7 @@ struct AppConfig {
         // password=… (URI query) or password = … / password='…' (key=value)
         var result = ""
         var rest = Substring(out)
-        while let range = rest.range(of: "password") {
+        while let range = rest.firstRange(of: "password") {
             result += rest[..<range.upperBound]
             rest = rest[range.upperBound...]
             let afterSpaces = rest.drop(while: { $0 == " " })

@@ -12,7 +12,8 @@ import ServiceLifecycle
 /// WebSocket upgrades are the same.
 ///
 /// On graceful shutdown it stops accepting, lets in-flight requests finish and closes idle connections.
-/// The listening socket stays open in systemd, which queues new connections for the next process.
+/// The listening socket stays open in systemd, which queues new connections for the next process, so a
+/// restart refuses no connection and drops none that this process accepted.
 struct InheritedSocketServer: Service {
     let socket: CInt
     let responder: RouterResponder<ChatRequestContext>
@@ -44,7 +45,11 @@ struct InheritedSocketServer: Service {
                 }
             }
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .bind(socket) { channel in http.setup(channel: channel, logger: logger) }
+            .bind(socket) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(FirstRequestOnShutdownHandler(timeout: .seconds(2)))
+                }.flatMap { http.setup(channel: channel, logger: logger) }
+            }
         logger.info("serving on the socket passed by systemd", metadata: ["fd": "\(socket)"])
         await withGracefulShutdownHandler {
             await onListening(channel.channel)
@@ -60,8 +65,63 @@ struct InheritedSocketServer: Service {
                 }
             }
         } onGracefulShutdown: {
-            let promise = channel.channel.eventLoop.makePromise(of: Void.self)
-            quiesce.initiateShutdown(promise: promise)
+            // Stop accepting at once, but close the listening channel a moment later: a connection
+            // accepted just now is still being set up on its event loop, and NIO closes (resets) such
+            // a connection if the listening channel is closed first. Meanwhile new connections wait in
+            // systemd's socket for the next process.
+            let server = channel.channel
+            server.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in
+                server.eventLoop.scheduleTask(in: .milliseconds(250)) {
+                    quiesce.initiateShutdown(promise: nil)
+                }
+            }
         }
+    }
+}
+
+/// Sees a connection that is still waiting for its first request through graceful shutdown.
+///
+/// Hummingbird's HTTP/1 pipeline is completed only when a connection's first request arrives, and
+/// only then can it act on shutdown's quiesce event. A connection accepted just before shutdown
+/// would miss the event: it would be answered but then kept open, and a silent one would keep the
+/// process from exiting. First in the pipeline, this handler holds the event back until the first
+/// bytes have been passed on (the request is then in progress, so the connection is closed after
+/// its response), and closes the connection if nothing arrives within `timeout`.
+final class FirstRequestOnShutdownHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let timeout: TimeAmount
+    private var hasRead = false
+    private var heldEvent: Scheduled<Void>?
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        hasRead = true
+        context.fireChannelRead(data)
+        if let held = heldEvent {
+            heldEvent = nil
+            held.cancel()
+            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent, !hasRead, heldEvent == nil else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        heldEvent = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            self.heldEvent = nil
+            context.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        heldEvent?.cancel()
+        heldEvent = nil
     }
 }

@@ -31,6 +31,23 @@ _SERVER_KEYS = (
 )
 
 
+def wait_for_health(url: str, timeout: float, interval: float = 0.05, alive=lambda: None) -> None:
+    """Polls `url` until it answers 200; `alive()` may raise to give up early. TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            r = requests.get(url, timeout=1)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except requests.RequestException as e:
+            last = repr(e)
+        time.sleep(interval)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout}s (last: {last})")
+
+
 def binary_path() -> str:
     path = os.environ.get("CHAT_BACKEND_BIN")
     if not path:
@@ -117,20 +134,13 @@ class Server:
         return self
 
     def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
+        def alive() -> None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode} before answering /health:\n{self.logs()}")
-            try:
-                r = requests.get(self.url("/health"), timeout=1)
-                if r.status_code == 200:
-                    return
-                last = f"HTTP {r.status_code}"
-            except requests.RequestException as e:
-                last = repr(e)
-            time.sleep(0.05)
-        raise AssertionError(f"server did not answer /health within {timeout}s (last: {last}):\n{self.logs()}")
+        try:
+            wait_for_health(self.url("/health"), timeout, alive=alive)
+        except TimeoutError as e:
+            raise AssertionError(f"{e}:\n{self.logs()}") from None
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""

@@ -100,13 +100,19 @@ def test_no_notify_socket_still_serves(start_server):
     assert requests.get(server.url("/api/health"), timeout=5).json()["storage"]["status"] == "up"
 
 
-def test_socket_activation(bin_path, tmp_path):
+@pytest.fixture
+def activation(tmp_path):
+    """systemd-socket-activate, a state directory and a free port, for a socket-activated server."""
     activate = shutil.which("systemd-socket-activate")
     if activate is None:
         pytest.skip("systemd-socket-activate is not installed (Debian package 'systemd')")
     directory = tmp_path / "activated"
     directory.mkdir()
-    port = free_port()
+    return activate, directory, free_port()
+
+
+def test_socket_activation(bin_path, activation):
+    activate, directory, port = activation
     # The configured port is a different, unused one: the server must use the passed socket, not bind its own.
     unused_port = free_port()
     env_pass = {
@@ -155,5 +161,52 @@ def test_socket_activation(bin_path, tmp_path):
         logs = server.stdout() + server.stderr()
         assert "the socket passed by systemd" in logs, server.logs()
         assert f"127.0.0.1:{unused_port}" not in logs, server.logs()
+    finally:
+        server.stop()
+
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything the peer sends until it closes the connection; (data, closed within timeout)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except socket.timeout:
+        return data, False
+    return data, True
+
+
+def test_socket_activation_shutdown_and_connections_accepted_before_it(bin_path, activation):
+    """Connections the server accepted just before SIGTERM, their requests not yet sent.
+
+    Under socket activation, connections arriving during a restart wait in systemd's socket, but
+    those the old process already accepted are its to handle: one that sends its request after
+    shutdown began is answered and then closed, one that stays silent is closed, and the process
+    exits promptly, well within systemd's stop timeout.
+    """
+    activate, directory, port = activation
+    command = [activate, "-l", f"127.0.0.1:{port}", "-E", f"JWT_SECRET={JWT_SECRET}",
+               "-E", f"STATE_DIRECTORY={directory}", "-E", f"CHAT_BACKEND_CONFIG={directory / 'none.env'}",
+               bin_path, "serve", "--database-url", f"sqlite://{directory}/chat.db"]
+    server = Server(bin_path, directory, port=port)
+    server.start(command=command, wait=False)
+    try:
+        server.wait_healthy()  # the first connection starts the server
+        late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)
+        time.sleep(0.5)  # both accepted
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # shutdown has begun
+        late.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer, closed = read_until_closed(late, timeout=10)
+        assert answer.startswith(b"HTTP/1.1 200"), f"{answer!r}\n{server.logs()}"
+        assert closed, "the answered connection must be closed, not kept alive, during shutdown"
+        _, closed = read_until_closed(silent, timeout=10)
+        assert closed, "a connection that sends nothing must not hold up shutdown"
+        assert server.proc.wait(timeout=10) == 0, server.logs()
+        late.close()
+        silent.close()
     finally:
         server.stop()

@@ -80,7 +80,7 @@ struct RulesAgent: ChatAgent {
 
     /// `{{message}}` is the user's text.
     private func render(_ template: String, _ request: AgentRequest) -> String {
-        String(template.replacingOccurrences(of: "{{message}}", with: request.message.content).prefix(maxReplyCharacters))
+        String(template.replacing("{{message}}", with: request.message.content).prefix(maxReplyCharacters))
     }
 }
 
