@@ -193,6 +193,10 @@ def test_install(container: Container, deb: Path):
                  "/usr/lib/sysusers.d/chat-backend.conf", "/lib/systemd/system/chat-backend.socket"):
         assert c.sh(f"test -f {path}", check=False).returncode == 0, f"{path} is not installed"
     assert c.sh("chat-backend --version").stdout.strip() == state["version"].split("-")[0]
+    # The example agents file ships with the docs and is valid as it stands, given its two secrets.
+    example = "/usr/share/doc/chat-backend/examples/agents.yaml"
+    r = c.sh(f"cd /tmp && AGENTS_FILE={example} BILLING_WEBHOOK_SECRET=x OPENAI_API_KEY=y chat-backend check-config")
+    assert "4 agents: echo, front, billing, assistant" in r.stdout, r.stdout + r.stderr
 
     # The sandbox, seen from inside the running service: config read-only, the state directory writable.
     pid = main_pid(c)
