@@ -55,6 +55,7 @@ public struct ChatRouters {
     public let webSocket: Router<ChatWebSocketContext>
     let socketIO: SocketIOController
     let events: WebSocketController
+    let tokens: TokenService
     /// Nil without agents.
     public let orchestrator: AgentOrchestrator?
 }
@@ -66,7 +67,8 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     let metrics = HTTPMetrics(registry: dependencies.registry)
     let limiter = RateLimiter()
     let tokens = TokenService(
-        signer: JWTSigner(secret: config.jwtSecret), store: store, accessTTL: config.accessTokenTTL, refreshTTL: config.refreshTokenTTL
+        signer: JWTSigner(secret: config.jwtSecret), store: store, accessTTL: config.accessTokenTTL, refreshTTL: config.refreshTokenTTL,
+        onRevoke: { jti, family in hub.disconnect(jti: jti, family: family) }
     )
     let hasher = PasswordHasher(parameters: config.passwordParameters)
     let orchestrator = dependencies.agents.isEmpty
@@ -112,7 +114,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     events.addRoutes(to: webSocket)
     let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
     socketIO.addRoutes(to: router, webSocket: webSocket)
-    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, events: events, orchestrator: orchestrator)
+    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, events: events, tokens: tokens, orchestrator: orchestrator)
 }
 
 /// Limits of the WebSocket server.
@@ -133,7 +135,7 @@ public func buildApplication(
     case .inheritedSocket: (host, port) = ("127.0.0.1", 0)
     }
     let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
-    let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, logger: dependencies.logger)
+    let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, tokens: routers.tokens, logger: dependencies.logger)
     let onListening = dependencies.onListening
     let inner = Application(
         router: routers.http,

@@ -117,6 +117,8 @@ public enum ExternalChange: Sendable, Equatable {
     case message(sessionId: UUID, messageId: UUID)
     /// The feed (re)connected; changes made while it was away were not announced.
     case resync
+    /// An access token (by `jti`) or every token of a login (by refresh family) was revoked.
+    case revoked(jti: String?, familyId: UUID?)
 }
 
 extension ChatStore {

@@ -243,7 +243,7 @@ public enum RotateOutcome: Sendable, Equatable {
     /// The token was valid; it is now used and `newToken` belongs to the same family.
     case rotated(userId: UUID, familyId: UUID)
     /// The token had been used before: its whole family is now revoked.
-    case reused
+    case reused(familyId: UUID)
     case expired
     /// Unknown or revoked.
     case invalid

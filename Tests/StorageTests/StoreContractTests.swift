@@ -275,7 +275,7 @@ struct StoreContractTests {
             }
             try await store.insertRefreshToken(record("h1"))
             #expect(try await store.rotateRefreshToken(hash: "h1", replacement: record("h2"), now: now) == .rotated(userId: user.id, familyId: family))
-            #expect(try await store.rotateRefreshToken(hash: "h1", replacement: record("h3"), now: now) == .reused)
+            #expect(try await store.rotateRefreshToken(hash: "h1", replacement: record("h3"), now: now) == .reused(familyId: family))
             // The reuse revoked the whole family, so the newest token is dead too.
             #expect(try await store.rotateRefreshToken(hash: "h2", replacement: record("h4"), now: now) == .invalid)
             #expect(try await store.rotateRefreshToken(hash: "nope", replacement: record("h5"), now: now) == .invalid)

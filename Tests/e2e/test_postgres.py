@@ -190,3 +190,58 @@ def test_two_instances_fan_out_messages_over_listen_notify(start_server, pg_url)
         except TimeoutError:
             extra = None
         assert extra is None, f"duplicate delivery: {extra}"
+
+
+def test_revocations_on_one_instance_close_connections_on_the_other(start_server, pg_url):
+    """Logout on instance A ends that login's WebSocket on instance B at once and B refuses the token without
+    waiting for its cache; a reused refresh token on A ends that other login's connections on B too."""
+    import contextlib
+    import json
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    a = start_server(name="a", database_url=pg_url)
+    b = start_server(name="b", database_url=pg_url)
+    sockets = contextlib.ExitStack()
+    first = register(a)
+    second = post_json(a.url("/auth/login"), {"username": first["user"]["username"], "password": PASSWORD}).json()
+    other = register(a)
+
+    def open_ws(token):
+        ws = sockets.enter_context(connect(f"ws://127.0.0.1:{b.port}/ws", additional_headers={"Authorization": f"Bearer {token}"},
+                                           open_timeout=5))
+        ws.send(json.dumps({"type": "join", "sessionId": create_session(b, token)["sessionId"], "id": 1}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "ack"
+        return ws
+
+    def closed_code(ws, within=3.0):
+        deadline = time.monotonic() + within
+        try:
+            while time.monotonic() < deadline:
+                ws.recv(timeout=max(0.05, deadline - time.monotonic()))
+        except TimeoutError:
+            return None
+        except ConnectionClosed:
+            return ws.protocol.close_code
+        return None
+
+    ws_first, ws_second, ws_other = open_ws(first["accessToken"]), open_ws(second["accessToken"]), open_ws(other["accessToken"])
+    try:
+        # B has just checked the token and remembers it as not revoked.
+        assert auth_get(b.url("/api/status"), first["accessToken"]).status_code == 200
+        r = requests.post(a.url("/auth/logout"), headers={"Authorization": f"Bearer {first['accessToken']}"}, timeout=10)
+        assert r.status_code == 204
+        assert closed_code(ws_first) == 1008
+        assert_json_error(auth_get(b.url(f"/api/users/{first['user']['id']}/sessions"), first["accessToken"]), 401, "token_revoked")
+
+        # The second login of the same user is a different family: still connected.
+        r = post_json(a.url("/auth/refresh"), {"refreshToken": second["refreshToken"]})
+        assert r.status_code == 200
+        assert closed_code(ws_second, within=0.5) is None
+        # Presenting the used refresh token again revokes that whole login everywhere.
+        r = post_json(a.url("/auth/refresh"), {"refreshToken": second["refreshToken"]})
+        assert r.status_code == 401
+        assert closed_code(ws_second) == 1008
+        assert closed_code(ws_other, within=0.5) is None, "another user's connection must stay"
+    finally:
+        sockets.close()

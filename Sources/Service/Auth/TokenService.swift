@@ -25,12 +25,26 @@ final class TokenService: Sendable {
     private let negativeCacheSeconds = 30.0
     /// Tokens already verified, so a busy client's requests skip parsing and HMAC; expiry is still checked each time.
     private let verified = LRUCache<String, AccessClaims>(maxEntries: 20_000)
+    /// Told of every revocation made here (to close the realtime connections of those tokens).
+    private let onRevoke: @Sendable (_ jti: String?, _ family: UUID?) -> Void
 
-    init(signer: JWTSigner, store: any ChatStore, accessTTL: Int, refreshTTL: Int) {
+    init(
+        signer: JWTSigner, store: any ChatStore, accessTTL: Int, refreshTTL: Int,
+        onRevoke: @escaping @Sendable (_ jti: String?, _ family: UUID?) -> Void = { _, _ in }
+    ) {
         self.signer = signer
         self.store = store
         self.accessTTL = accessTTL
         self.refreshTTL = refreshTTL
+        self.onRevoke = onRevoke
+    }
+
+    /// A revocation made by another instance: checks answer from the cache at once instead of after
+    /// the negative cache entry expires.
+    func markRevoked(jti: String?, family: UUID?) {
+        let until = Date().timeIntervalSince1970 + Double(accessTTL)
+        if let jti { revocations.set("jti:" + jti, (true, until)) }
+        if let family { revocations.set("fid:" + family.lowercased, (true, until)) }
     }
 
     /// Issues a new access token and a new refresh-token family for a user (login, register).
@@ -57,7 +71,9 @@ final class TokenService: Sendable {
         case .rotated(let userId, let familyId):
             guard let user = try await store.user(id: userId) else { throw Self.refreshRefused("the user no longer exists") }
             return (user, TokenPair(accessToken: accessToken(userId: user.id, role: user.role, family: familyId, now: now), refreshToken: refresh, expiresIn: accessTTL))
-        case .reused:
+        case .reused(let familyId):
+            markRevoked(jti: nil, family: familyId)
+            onRevoke(nil, familyId)
             throw Self.refreshRefused("refresh token was already used; every session of that login is now signed out")
         case .expired:
             throw Self.refreshRefused("refresh token expired")
@@ -74,6 +90,7 @@ final class TokenService: Sendable {
         try await store.revokeAccessToken(jti: claims.jti, expiresAt: Date(timeIntervalSince1970: Double(claims.expiresAt)))
         revocations.set("jti:" + claims.jti, (true, Double(claims.expiresAt)))
         if let family = claims.family { revocations.set("fid:" + family.lowercased, (true, Date().timeIntervalSince1970 + Double(accessTTL))) }
+        onRevoke(claims.jti, claims.family)
     }
 
     /// Verifies an `Authorization` header value and that the token is not revoked.

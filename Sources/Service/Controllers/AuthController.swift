@@ -87,9 +87,8 @@ struct AuthController {
     }
 
     @Sendable func logout(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        // Realtime connections of this login end too (the token service tells the hub).
         try await tokens.revoke(context.claims)
-        // Realtime connections opened with this token end too.
-        hub.disconnect(jti: context.claims.jti)
         return Response(status: .noContent)
     }
 

@@ -8,11 +8,13 @@ import ServiceLifecycle
 import Storage
 
 /// Publishes to local connections the messages other instances stored (Postgres LISTEN/NOTIFY carries the
-/// ids; each instance reads them and publishes locally). After the feed reconnects, every active room is
+/// ids; each instance reads them and publishes locally), and ends local connections of tokens another
+/// instance revoked (logout, a reused refresh token). After the feed reconnects, every active room is
 /// caught up from storage, so a gap in announcements loses nothing.
 struct ExternalChangeRelay: Service {
     let store: any ChatStore
     let hub: RealtimeHub
+    let tokens: TokenService
     let logger: Logger
 
     func run() async throws {
@@ -28,6 +30,9 @@ struct ExternalChangeRelay: Service {
                     switch change {
                     case .message(let session, let id):
                         if let message = try await store.message(sessionId: session, id: id) { hub.publish(message: message) }
+                    case .revoked(let jti, let family):
+                        tokens.markRevoked(jti: jti, family: family)
+                        hub.disconnect(jti: jti, family: family)
                     case .resync:
                         if connectedBefore { try await catchUp() }
                         connectedBefore = true

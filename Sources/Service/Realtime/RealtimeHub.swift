@@ -321,9 +321,16 @@ public final class RealtimeHub: Sendable {
         }
     }
 
-    /// Closes every connection authenticated with the token `jti` (it was revoked).
-    public func disconnect(jti: String) {
-        let targets = state.withLock { s in s.clients.values.filter { $0.identity?.jti == jti } }
+    /// Closes every connection authenticated with the token `jti`, or with any token of the login
+    /// `family` (they were revoked).
+    public func disconnect(jti: String? = nil, family: UUID? = nil) {
+        guard jti != nil || family != nil else { return }
+        let targets = state.withLock { s in
+            s.clients.values.filter { client in
+                guard let identity = client.identity else { return false }
+                return (jti != nil && identity.jti == jti) || (family != nil && identity.family == family)
+            }
+        }
         for client in targets { client.close(code: 1008, reason: "token revoked") }
     }
 

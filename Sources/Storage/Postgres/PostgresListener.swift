@@ -54,11 +54,20 @@ final class PostgresListener: Sendable {
                 backoff = 100_000
                 continuation.yield(.resync)
                 try connection.waitForNotifications(until: { self.stopped.load(ordering: .relaxed) }) { payload in
-                    // "<instance> <session> <message>"; our own are published locally already.
+                    // "<instance> <session> <message>", "<instance> revoke-token <jti>" or
+                    // "<instance> revoke-family <family>"; our own changes are handled locally already.
                     let parts = payload.split(separator: " ")
-                    guard parts.count == 3, parts[0] != self.instanceID,
-                          let session = UUID(text: parts[1]), let message = UUID(text: parts[2]) else { return }
-                    continuation.yield(.message(sessionId: session, messageId: message))
+                    guard parts.count == 3, parts[0] != self.instanceID else { return }
+                    switch parts[1] {
+                    case "revoke-token":
+                        continuation.yield(.revoked(jti: String(parts[2]), familyId: nil))
+                    case "revoke-family":
+                        guard let family = UUID(text: parts[2]) else { return }
+                        continuation.yield(.revoked(jti: nil, familyId: family))
+                    default:
+                        guard let session = UUID(text: parts[1]), let message = UUID(text: parts[2]) else { return }
+                        continuation.yield(.message(sessionId: session, messageId: message))
+                    }
                 }
             } catch {
                 usleep(backoff)

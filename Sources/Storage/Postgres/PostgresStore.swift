@@ -191,7 +191,8 @@ public final class PostgresStore: ChatStore {
                     "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
                     [.text(nowText), .text(familyId.lowercased)]
                 )
-                return .reused
+                try Self.announceRevocation("revoke-family", familyId.lowercased, db: db)
+                return .reused(familyId: familyId)
             }
             if try row.date(3) <= now { return .expired }
             try db.run("UPDATE refresh_tokens SET used_at = $1 WHERE id = $2", [.text(nowText), .text(try row.string(0))])
@@ -204,21 +205,28 @@ public final class PostgresStore: ChatStore {
     }
 
     public func revokeRefreshFamily(_ familyId: UUID, now: Date) async throws {
-        try await pool.withConnection { db in
+        try await pool.transaction { db in
             try db.run(
                 "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
                 [.text(Timestamp.format(now)), .text(familyId.lowercased)]
             )
+            try Self.announceRevocation("revoke-family", familyId.lowercased, db: db)
         }
     }
 
     public func revokeAccessToken(jti: String, expiresAt: Date) async throws {
-        try await pool.withConnection { db in
+        try await pool.transaction { db in
             try db.run(
                 "INSERT INTO revoked_access_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
                 [.text(jti), .text(Timestamp.format(expiresAt))]
             )
+            try Self.announceRevocation("revoke-token", jti, db: db)
         }
+    }
+
+    /// Tells the other instances (at commit) so they close that login's realtime connections at once.
+    static func announceRevocation(_ kind: String, _ key: String, db: PostgresConnection) throws {
+        _ = try db.query("SELECT pg_notify('chat_messages', $1)", [.text("\(instanceID) \(kind) \(key)")])
     }
 
     public func isAccessTokenRevoked(jti: String) async throws -> Bool {

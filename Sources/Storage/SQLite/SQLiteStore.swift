@@ -220,7 +220,7 @@ public final class SQLiteStore: ChatStore {
                     "UPDATE refresh_tokens SET revoked_at = ? WHERE family_id = ? AND revoked_at IS NULL",
                     [.text(nowText), .text(familyId.lowercased)]
                 )
-                return .reused
+                return .reused(familyId: familyId)
             }
             if try row.date(3) <= now { return .expired }
             try db.run("UPDATE refresh_tokens SET used_at = ? WHERE id = ?", [.text(nowText), .text(try row.string(0))])
