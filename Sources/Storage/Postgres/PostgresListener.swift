@@ -45,6 +45,14 @@ final class PostgresListener: Sendable {
         if running.load(ordering: .relaxed) { thread.shutdownGracefully { _ in } }
     }
 
+    /// Passes a change on. When the consumer is so far behind that the buffer dropped the oldest change,
+    /// a `.resync` follows, so the relay catches its rooms up from storage instead of missing messages.
+    static func yield(_ change: ExternalChange, to continuation: AsyncStream<ExternalChange>.Continuation) {
+        if case .dropped = continuation.yield(change) {
+            continuation.yield(.resync)
+        }
+    }
+
     private func loop(_ continuation: AsyncStream<ExternalChange>.Continuation) {
         var backoff: UInt32 = 100_000
         while !stopped.load(ordering: .relaxed) {
@@ -60,13 +68,13 @@ final class PostgresListener: Sendable {
                     guard parts.count == 3, parts[0] != self.instanceID else { return }
                     switch parts[1] {
                     case "revoke-token":
-                        continuation.yield(.revoked(jti: String(parts[2]), familyId: nil))
+                        Self.yield(.revoked(jti: String(parts[2]), familyId: nil), to: continuation)
                     case "revoke-family":
                         guard let family = UUID(text: parts[2]) else { return }
-                        continuation.yield(.revoked(jti: nil, familyId: family))
+                        Self.yield(.revoked(jti: nil, familyId: family), to: continuation)
                     default:
                         guard let session = UUID(text: parts[1]), let message = UUID(text: parts[2]) else { return }
-                        continuation.yield(.message(sessionId: session, messageId: message))
+                        Self.yield(.message(sessionId: session, messageId: message), to: continuation)
                     }
                 }
             } catch {
