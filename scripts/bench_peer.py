@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Fan-out over Socket.IO against chat-backend and against the python-socketio reference peer, same
-workload, same run: SESSIONS sessions of PER_SESSION clients, one sender per session at RATE messages/s.
+workload, same run: SESSIONS sessions of PER_SESSION clients, one sender per session at each rate of BENCH_PEER_RATES (messages/s per session).
 Reports delivered messages/s for both and the ratio.
 
 The clients speak Engine.IO v4 / Socket.IO v5 over WebSocket directly (open, CONNECT with auth, `join`
@@ -25,7 +25,7 @@ from bench_realtime import raise_nofile
 
 SESSIONS = int(os.environ.get("BENCH_PEER_SESSIONS", "100"))
 PER_SESSION = int(os.environ.get("BENCH_PEER_PER_SESSION", "10"))
-RATE = float(os.environ.get("BENCH_PEER_RATE", "30"))
+RATES = [float(r) for r in os.environ.get("BENCH_PEER_RATES", "30,60").split(",")]  # messages/s per session
 SECONDS = float(os.environ.get("BENCH_PEER_SECONDS", "10"))
 WORKERS = int(os.environ.get("BENCH_PEER_WORKERS", "2"))
 
@@ -55,7 +55,7 @@ async def join(ws, session):
             await ws.send("3")
 
 
-async def worker_main(url, rooms, ready, go, results):
+async def worker_main(url, rooms, rate, ready, go, results):
     delivered = 0
     counting = False
     clients = []
@@ -82,7 +82,7 @@ async def worker_main(url, rooms, ready, go, results):
             pass
 
     async def sender(ws, session):
-        interval = 1.0 / RATE
+        interval = 1.0 / rate
         next_at = time.perf_counter() + random.uniform(0, interval)
         while not stop.is_set():
             await asyncio.sleep(max(0, next_at - time.perf_counter()))
@@ -105,17 +105,17 @@ async def worker_main(url, rooms, ready, go, results):
     await asyncio.gather(*readers, return_exceptions=True)
 
 
-def worker(url, rooms, ready, go, results):
+def worker(url, rooms, rate, ready, go, results):
     raise_nofile()
-    asyncio.run(worker_main(url, rooms, ready, go, results))
+    asyncio.run(worker_main(url, rooms, rate, ready, go, results))
 
 
-def workload(base, rooms):
+def workload(base, rooms, rate):
     """rooms: list of (auth dict, session id). Returns delivered messages per second over all workers."""
     url = base.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     ready, go, results = multiprocessing.Semaphore(0), multiprocessing.Event(), multiprocessing.Queue()
     shares = [rooms[i::WORKERS] for i in range(WORKERS)]
-    procs = [multiprocessing.Process(target=worker, args=(url, share, ready, go, results)) for share in shares if share]
+    procs = [multiprocessing.Process(target=worker, args=(url, share, rate, ready, go, results)) for share in shares if share]
     for p in procs:
         p.start()
     for _ in procs:
@@ -127,34 +127,43 @@ def workload(base, rooms):
     return total
 
 
-def main():
-    raise_nofile()
-    with running_server(REALTIME_MAX_CONNECTIONS_PER_USER="10000", JWT_ACCESS_TTL="1h") as (base, _, _work):
-        rooms = []
-        for i in range(SESSIONS):
-            token = request("POST", base + "/auth/register", {"username": f"peer{i}", "password": "bench-password"})["accessToken"]
-            rooms.append(({"token": token}, request("POST", base + "/api/sessions", {}, token)["sessionId"]))
-        ours = workload(base, rooms)
+def peer_rate(rooms, rate):
+    """Delivered messages/s of a fresh python-socketio peer server under the workload."""
     work = tempfile.mkdtemp(prefix="chat-bench-peer-")
     port = free_port()
     peer = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "peer_socketio_server.py"), str(port),
                              os.path.join(work, "peer.db")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)
-        peer_rooms = [({}, f"room-{i}") for i in range(SESSIONS)]
-        theirs = workload(f"http://127.0.0.1:{port}", peer_rooms)
+        return workload(f"http://127.0.0.1:{port}", rooms, rate)
     finally:
         peer.terminate()
-        peer.wait(timeout=10)
-    expected = SESSIONS * RATE * (PER_SESSION - 1)
+        try:
+            peer.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # an overloaded peer may not get to its signal handler
+            peer.kill()
+            peer.wait()
+
+
+def main():
+    raise_nofile()
+    ours = {}
+    with running_server(REALTIME_MAX_CONNECTIONS_PER_USER="10000", JWT_ACCESS_TTL="1h") as (base, _, _work):
+        rooms = []
+        for i in range(SESSIONS):
+            token = request("POST", base + "/auth/register", {"username": f"peer{i}", "password": "bench-password"})["accessToken"]
+            rooms.append(({"token": token}, request("POST", base + "/api/sessions", {}, token)["sessionId"]))
+        for rate in RATES:
+            ours[rate] = workload(base, rooms, rate)
+    theirs = {rate: peer_rate([({}, f"room-{i}") for i in range(SESSIONS)], rate) for rate in RATES}
     print("\n## Socket.IO fan-out against the python-socketio peer\n")
-    print(f"{SESSIONS * PER_SESSION} Socket.IO clients in {SESSIONS} sessions, {RATE:g} messages/s per session offered "
-          f"({expected:,.0f} deliveries/s), {SECONDS:g} s, clients in {WORKERS} processes\n")
-    print("| server | delivered messages/s |")
-    print("|---|---:|")
-    print(f"| chat-backend | {ours:,.0f} |")
-    print(f"| python-socketio (aiohttp, SQLite) | {theirs:,.0f} |")
-    print(f"\nratio: {ours / theirs if theirs else float('inf'):.1f}x")
+    print(f"{SESSIONS * PER_SESSION} Socket.IO clients in {SESSIONS} sessions, one sender per session, {SECONDS:g} s per run, "
+          f"clients in {WORKERS} processes\n")
+    print("| messages/s per session | deliveries/s offered | chat-backend delivered/s | python-socketio delivered/s | ratio |")
+    print("|---:|---:|---:|---:|---:|")
+    for rate in RATES:
+        ratio = ours[rate] / theirs[rate] if theirs[rate] else float("inf")
+        print(f"| {rate:g} | {SESSIONS * rate * (PER_SESSION - 1):,.0f} | {ours[rate]:,.0f} | {theirs[rate]:,.0f} | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":
