@@ -17,7 +17,8 @@ info:
     text frame, are: from the client `authenticate {token}`, `join {sessionId, lastMessageId?}`,
     `leave {sessionId}`, `message {sessionId, content, messageType?, metadata?, clientMessageId?}`
     and `typing {sessionId, isTyping}`, each with an optional `id` echoed in the reply; from the
-    server `message {message}`, `typing`, `presence {sessionId, userId, status}`,
+    server `message {message}`, `typing {sessionId, userId, isTyping}` (from an agent writing a
+    reply: `userId` null and `agent` set), `presence {sessionId, userId, status}`,
     `message.delta {sessionId, streamId, agent, index, delta}` (part of an agent's reply while it
     streams; the stored reply carries the same `metadata.streamId`), `ack {event, id, …}` and
     `error {id, error}` (the Error object below). A join with

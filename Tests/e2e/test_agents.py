@@ -351,6 +351,11 @@ def test_openai_reply_streams_deltas_then_one_final_message(agents_world):
         assert "".join(d["delta"] for d in deltas) == final["content"]
         final_at = next(i for i, e in enumerate(events) if e["type"] == "message" and e["message"]["id"] == final["id"])
         assert all(events.index(d) < final_at for d in deltas)
+        # The agent shows as typing from before its first delta until its reply is complete.
+        typing = [(i, e["isTyping"]) for i, e in enumerate(events) if e["type"] == "typing" and e.get("agent") == "llm"]
+        assert [t for _, t in typing][:2] == [True, False], events
+        assert typing[0][0] < events.index(deltas[0]) and events.index(deltas[-1]) < typing[1][0] < final_at
+        assert all(e["userId"] is None for e in events if e["type"] == "typing" and e.get("agent"))
         assert all(d["sessionId"] == sid and d["agent"] == "llm" for d in deltas)
         wait_for(lambda: any(m["id"] == final["id"] for m in sio_messages))
         assert "".join(d["delta"] for d in sio_deltas if d["streamId"] == stream_id) == final["content"]

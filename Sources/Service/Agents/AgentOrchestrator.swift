@@ -257,6 +257,9 @@ public final class AgentOrchestrator: Service, Sendable {
         }
         await permits.acquire()
         defer { permits.release() }
+        // Clients show that the assistant is writing, as they do for people.
+        hub.broadcast(RealtimeEvent.agentTyping(session: session.id, agent: name, isTyping: true), session: session.id, exceptUser: nil)
+        defer { hub.broadcast(RealtimeEvent.agentTyping(session: session.id, agent: name, isTyping: false), session: session.id, exceptUser: nil) }
         entry.requests.increment()
         let started = ContinuousClock.now
         do {

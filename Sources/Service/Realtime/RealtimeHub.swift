@@ -351,6 +351,13 @@ enum RealtimeEvent {
         JSONValue.object(["type": "typing", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "isTyping": .bool(isTyping)]).jsonText()
     }
 
+    /// An agent is working on a reply (`isTyping` true) or has finished; `userId` is null.
+    static func agentTyping(session: UUID, agent: String, isTyping: Bool) -> String {
+        JSONValue.object([
+            "type": "typing", "sessionId": .string(session.lowercased), "userId": .null, "agent": .string(agent), "isTyping": .bool(isTyping),
+        ]).jsonText()
+    }
+
     static func presence(session: UUID, user: UUID, status: String) -> String {
         JSONValue.object(["type": "presence", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "status": .string(status)]).jsonText()
     }
