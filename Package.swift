@@ -76,7 +76,6 @@ let package = Package(
                 "Service",
                 "Storage",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
-                .product(name: "HummingbirdWSTesting", package: "hummingbird-websocket"),
             ]
         ),
         .testTarget(name: "ApplianceTests", dependencies: ["Appliance"]),

@@ -49,10 +49,9 @@ public struct ApplicationDependencies: Sendable {
     }
 }
 
-/// The HTTP router and the WebSocket upgrade router, with every route and middleware.
+/// The HTTP router with every route and middleware, and the realtime controllers the server channel uses.
 public struct ChatRouters {
     public let http: Router<ChatRequestContext>
-    public let webSocket: Router<ChatWebSocketContext>
     let socketIO: SocketIOController
     let events: WebSocketController
     let tokens: TokenService
@@ -106,15 +105,13 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     ).addRoutes(to: authenticated)
     AgentController(store: store, hub: hub, orchestrator: orchestrator).addRoutes(to: authenticated)
 
-    let webSocket = Router(context: ChatWebSocketContext.self)
     let events = WebSocketController(
         store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,
         maxQueued: config.realtimeQueueLength
     )
-    events.addRoutes(to: webSocket)
     let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
-    socketIO.addRoutes(to: router, webSocket: webSocket)
-    return ChatRouters(http: router, webSocket: webSocket, socketIO: socketIO, events: events, tokens: tokens, orchestrator: orchestrator)
+    socketIO.addRoutes(to: router)
+    return ChatRouters(http: router, socketIO: socketIO, events: events, tokens: tokens, orchestrator: orchestrator)
 }
 
 /// Limits of the WebSocket server.

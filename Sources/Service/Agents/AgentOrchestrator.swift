@@ -163,9 +163,6 @@ public final class AgentOrchestrator: Service, Sendable {
         for worker in workers { await worker.value }
     }
 
-    /// Sessions with a reply in progress or waiting (for tests and status).
-    var busySessions: Int { state.withLock { $0.workers.count } }
-
     public func run() async throws {
         try? await gracefulShutdown()
         await stop()

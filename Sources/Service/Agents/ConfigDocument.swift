@@ -297,7 +297,6 @@ private struct YAMLReader {
 
     func flowItems(_ s: Substring, line: Int) throws -> [ConfigNode] {
         var items: [ConfigNode] = []
-        var current = Substring("")
         var quote: Character?
         var start = s.startIndex
         var i = s.startIndex
@@ -319,9 +318,8 @@ private struct YAMLReader {
             }
             i = s.index(after: i)
         }
-        current = s[start...].trimmingSpaces
         if quote != nil { throw err(line, "unterminated string in [ ] list") }
-        if !current.isEmpty || !items.isEmpty { try flush(s.endIndex) }
+        if !s[start...].trimmingSpaces.isEmpty || !items.isEmpty { try flush(s.endIndex) }
         return items
     }
 }

@@ -242,7 +242,6 @@ final class LeanConnection: Sendable {
             return !s.gone
         }
         guard first else { return }
-        client.finish()
         writer.client.withLock { $0 = nil }  // breaks the client ↔ writer cycle
         events.disconnected(client)
     }

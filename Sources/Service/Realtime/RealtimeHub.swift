@@ -56,8 +56,6 @@ enum OutboundItem: Sendable {
 final class RealtimeClient: Sendable {
     let id: UInt64
     let created = ContinuousClock.now
-    let stream: AsyncStream<OutboundItem>
-    private let continuation: AsyncStream<OutboundItem>.Continuation
     private let queued = Atomic<Int>(0)
     private let maxQueued: Int
     /// Drops the connection at once (a client that stopped reading cannot even receive a close frame).
@@ -75,19 +73,19 @@ final class RealtimeClient: Sendable {
 
     private static let nextID = Atomic<UInt64>(1)
 
-    /// Where frames go instead of `stream` (Socket.IO sessions buffer them for long-polling).
-    private let sink: (@Sendable (OutboundItem) -> Void)?
+    /// Where frames go: written to the /ws channel, or buffered by a Socket.IO session. The writer
+    /// calls `didSend` once a frame has left the queue.
+    private let sink: @Sendable (OutboundItem) -> Void
 
-    init(maxQueued: Int, abort: @escaping @Sendable () -> Void = {}, sink: (@Sendable (OutboundItem) -> Void)? = nil) {
+    init(maxQueued: Int, abort: @escaping @Sendable () -> Void = {}, sink: @escaping @Sendable (OutboundItem) -> Void) {
         self.id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.maxQueued = maxQueued
         self.abort = abort
         self.sink = sink
-        (stream, continuation) = AsyncStream.makeStream(of: OutboundItem.self, bufferingPolicy: .unbounded)
     }
 
     private func emit(_ item: OutboundItem) {
-        if let sink { sink(item) } else { continuation.yield(item) }
+        sink(item)
     }
 
     var identity: AccessClaims? { state.withLock { $0.identity } }
@@ -106,7 +104,6 @@ final class RealtimeClient: Sendable {
     func send(_ frame: RealtimeFrame) -> Bool {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > maxQueued {
             emit(.close(code: 1013, reason: "too slow: outbound queue full"))
-            continuation.finish()
             abort()
             return false
         }
@@ -120,11 +117,7 @@ final class RealtimeClient: Sendable {
     /// Ends the connection after what is queued, with a close frame.
     func close(code: Int, reason: String) {
         emit(.close(code: code, reason: reason))
-        continuation.finish()
     }
-
-    /// Ends the outbound stream (the connection is gone).
-    func finish() { continuation.finish() }
 
     // MARK: Rooms
 

@@ -47,20 +47,20 @@ struct RealtimeServerChannel: ServerChildChannel, HTTPChannelHandler {
     let socketIO: SocketIOController
 
     init(responder: @escaping HTTPChannelHandler.Responder, configuration: HTTP1WebSocketUpgradeChannel.Configuration, events: WebSocketController, socketIO: SocketIOController) {
-        self.responder = Self.upgradeRedirect(responder)
+        self.responder = Self.refusingStrayUpgrades(responder)
         self.configuration = configuration
         self.events = events
         self.socketIO = socketIO
     }
 
-    /// A WebSocket upgrade request that reached the HTTP responder (the upgrade was refused) is answered
-    /// 307 to the same path with `Connection: close`, as Hummingbird does.
-    static func upgradeRedirect(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
-        struct RedirectCloseError: Error {}
+    /// A WebSocket upgrade request that reached the HTTP responder (not a proper upgrade: no
+    /// `Connection: upgrade`) is answered 400 with `Connection: close` instead of being routed.
+    static func refusingStrayUpgrades(_ responder: @escaping HTTPChannelHandler.Responder) -> HTTPChannelHandler.Responder {
+        struct StrayUpgradeError: Error {}
         return { request, responseWriter, channel in
             if request.headers[.upgrade]?.lowercased() == "websocket" {
                 try await responseWriter.writeResponse(HTTPResponse(status: .badRequest, headerFields: [.connection: "close", .contentLength: "0"]))
-                throw RedirectCloseError()
+                throw StrayUpgradeError()
             }
             try await responder(request, responseWriter, channel)
         }

@@ -107,7 +107,6 @@ final class EngineSession: Sendable {
         }
         guard case .some(let ws) = socket else { return false }
         ws?.finish()
-        client?.finish()
         return true
     }
 }
@@ -132,20 +131,12 @@ final class SocketIOController: Sendable {
 
     var sessionCount: Int { sessions.withLock { $0.count } }
 
-    func addRoutes(to router: Router<ChatRequestContext>, webSocket: Router<ChatWebSocketContext>) {
+    /// Long-polling routes; WebSocket upgrades reach `serveWebSocket` through `RealtimeServerChannel`.
+    func addRoutes(to router: Router<ChatRequestContext>) {
         router.get("socket.io", use: poll)
         router.post("socket.io", use: receive)
         router.on("socket.io", method: .put) { _, _ in Self.engineError(2, "Bad handshake method") }
         router.on("socket.io", method: .delete) { _, _ in Self.engineError(2, "Bad handshake method") }
-        webSocket.ws("socket.io", shouldUpgrade: { request, _ in
-            let query = request.uri.queryParameters
-            guard query["EIO"] == "4", query["transport"] == "websocket" else { return .dontUpgrade }
-            return .upgrade([:])
-        }) { inbound, outbound, context in
-            let query = context.request.uri.queryParameters
-            let sid = query["sid"].map(String.init)
-            await self.serveWebSocket(sid: sid, inbound: inbound, outbound: outbound)
-        }
     }
 
     // MARK: Engine.IO over HTTP long-polling

@@ -3,35 +3,9 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import HTTPTypes
 import Hummingbird
-import HummingbirdWebSocket
 import Logging
-import NIOCore
-import NIOWebSocket
-import ServiceLifecycle
 import Storage
-
-/// Request context of the WebSocket upgrade router.
-public struct ChatWebSocketContext: RequestContext, WebSocketRequestContext {
-    public var coreContext: CoreRequestContextStorage
-    public let webSocket: WebSocketHandlerReference<Self>
-    /// The connection, so a client that stopped reading can be dropped at once.
-    let channel: any Channel
-
-    public init(source: ApplicationRequestContextSource) {
-        self.coreContext = .init(source: source)
-        self.webSocket = .init()
-        self.channel = source.channel
-    }
-}
-
-/// Runs `body` in a child task and waits for it. A task keeps the memory its deepest call chain needed
-/// until it ends, so event handling (store calls, JSON, replay) runs in short-lived child tasks and the
-/// long-lived task of an idle connection stays small.
-func inShortTask(_ body: @escaping @Sendable () async -> Void) async {
-    await withDiscardingTaskGroup { group in group.addTask { await body() } }
-}
 
 /// `/ws`: the plain JSON WebSocket. Client events `authenticate`, `join`, `leave`, `message`, `typing`;
 /// server events `message`, `typing`, `presence`, `ack`, `error` (see README, "Realtime").
@@ -45,43 +19,6 @@ struct WebSocketController: Sendable {
     var maxQueued = 256
     var maxEventBytes = 64 * 1024
     var maxReplay = 10_000
-
-    func addRoutes(to router: Router<ChatWebSocketContext>) {
-        router.ws("ws") { inbound, outbound, context in
-            let channel = context.requestContext.channel
-            await handle(inbound: inbound, outbound: outbound, headers: context.request.headers, logger: context.logger) {
-                channel.close(mode: .all, promise: nil)
-            }
-        }
-    }
-
-    func handle(
-        inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, headers: HTTPFields, logger: Logger,
-        abort: @escaping @Sendable () -> Void
-    ) async {
-        let client = RealtimeClient(maxQueued: maxQueued, abort: abort)
-        hub.track(client)
-        if let header = headers[.authorization] {
-            await inShortTask { await authenticate(client, header: header, logger: logger) }
-        }
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                group.addTask { await write(client, to: outbound) }
-                do {
-                    for try await message in inbound.messages(maxSize: maxEventBytes) {
-                        await inShortTask { await receive(message, client: client, logger: logger) }
-                    }
-                } catch {
-                    logger.debug("websocket read ended", metadata: ["error": "\(error)"])
-                }
-                client.finish()
-                group.cancelAll()
-            }
-        } onGracefulShutdown: {
-            client.close(code: 1001, reason: "server shutting down")
-        }
-        disconnected(client)
-    }
 
     /// Authenticates with the `Authorization` header of the upgrade request; a bad token ends the connection.
     func authenticate(_ client: RealtimeClient, header: String, logger: Logger) async {
@@ -102,34 +39,12 @@ struct WebSocketController: Sendable {
         }
     }
 
-    /// Drains the client's queue into the socket; a close item ends the connection.
-    private func write(_ client: RealtimeClient, to outbound: WebSocketOutboundWriter) async {
-        for await item in client.stream {
-            switch item {
-            case .text(let frame):
-                client.didSend()
-                do { try await outbound.write(.text(frame.json)) } catch { return }
-            case .close(let code, let reason):
-                try? await outbound.close(WebSocketErrorCode(codeNumber: code), reason: reason)
-                return
-            }
-        }
-    }
-
     func authenticate(_ client: RealtimeClient, claims: AccessClaims) throws {
         // Admitted first: a connection over the user's cap stays unauthenticated.
         guard hub.admit(client, userId: claims.subject) else {
             throw APIError(.tooManyRequests, code: "too_many_connections", message: "at most \(hub.maxConnectionsPerUser) connections per user")
         }
         client.setIdentity(claims)
-    }
-
-    private func receive(_ message: WebSocketMessage, client: RealtimeClient, logger: Logger) async {
-        guard case .text(let text) = message else {
-            refuseBinary(client)
-            return
-        }
-        await receive(text: text, client: client, logger: logger)
     }
 
     func refuseBinary(_ client: RealtimeClient) {
