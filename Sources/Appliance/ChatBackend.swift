@@ -96,7 +96,10 @@ struct Serve: AsyncParsableCommand {
             if !config.agents.isEmpty {
                 logger.info("agents loaded", metadata: ["file": .string(config.agents.source), "agents": .string(config.agents.agentNames.joined(separator: ","))])
             }
-            let hub = RealtimeHub(maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser)
+            let hub = RealtimeHub(
+                maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser,
+                maxUnauthenticatedPerIP: config.service.realtimeMaxUnauthenticatedPerIP
+            )
             let app = buildApplication(
                 config: config.service,
                 dependencies: ApplicationDependencies(

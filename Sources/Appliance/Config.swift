@@ -201,6 +201,19 @@ struct AppConfig {
         service.realtimeAuthTimeoutSeconds = try duration("realtime.auth.timeout", "REALTIME_AUTH_TIMEOUT", "10s")
         service.realtimeMaxConnectionsPerUser = try bounded("realtime.max.connections.per.user", "REALTIME_MAX_CONNECTIONS_PER_USER", 20, 1...10_000)
         service.realtimeQueueLength = try bounded("realtime.queue.length", "REALTIME_QUEUE_LENGTH", 256, 8...100_000)
+        service.realtimeMaxUnauthenticatedPerIP = try bounded(
+            "realtime.max.unauthenticated.per.ip", "REALTIME_MAX_UNAUTHENTICATED_PER_IP", 64, 1...1_000_000
+        )
+        service.socketIOPingInterval = .seconds(try duration("socketio.ping.interval", "SOCKETIO_PING_INTERVAL", "25s"))
+        service.socketIOPingTimeout = .seconds(try duration("socketio.ping.timeout", "SOCKETIO_PING_TIMEOUT", "20s"))
+        service.server.setTimeouts(
+            headerSeconds: try duration("http.header.timeout", "HTTP_HEADER_TIMEOUT", "10s"),
+            idleSeconds: try duration("http.idle.timeout", "HTTP_IDLE_TIMEOUT", "60s")
+        )
+        let descriptors = FileDescriptorLimit.raiseToHardLimit()
+        service.server.maxConnections = try bounded(
+            "max.connections", "MAX_CONNECTIONS", FileDescriptorLimit.defaultMaxConnections(descriptors), 1...10_000_000
+        )
         let agentsFileSet = value("agents.file")
         let agentsFile = agentsFileSet ?? "/etc/chat-backend/agents.yaml"
         let agents = try loadAgents(path: agentsFile, required: agentsFileSet != nil) { name in
@@ -293,6 +306,29 @@ struct AppConfig {
         } catch {
             throw ConfigError("cannot create directory \(parent): \(error)")
         }
+    }
+}
+
+/// The process's limit on open files, which bounds the connections it can hold.
+enum FileDescriptorLimit {
+    /// Raises the soft limit on open files to the hard limit (a server holding many WebSockets needs it)
+    /// and returns the limit now in effect.
+    static func raiseToHardLimit() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+        if limit.rlim_cur < limit.rlim_max {
+            var raised = limit
+            raised.rlim_cur = limit.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+        }
+        return limit.rlim_cur > UInt(Int.max) ? Int.max : Int(limit.rlim_cur)
+    }
+
+    /// Connections that leave room for the database, the listener, logs and files: the limit less 10%
+    /// and at least 64 descriptors.
+    static func defaultMaxConnections(_ descriptors: Int) -> Int {
+        let reserve = max(64, descriptors / 10)
+        return min(10_000_000, max(16, descriptors - reserve))
     }
 }
 

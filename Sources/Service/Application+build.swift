@@ -5,7 +5,6 @@ import Foundation
 #endif
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
 import Logging
 import NIOCore
 import Prometheus
@@ -49,11 +48,10 @@ public struct ApplicationDependencies: Sendable {
     }
 }
 
-/// The HTTP router with every route and middleware, and the realtime controllers the server channel uses.
+/// The HTTP router with every route and middleware, and the WebSocket endpoints the server channel upgrades to.
 public struct ChatRouters {
     public let http: Router<ChatRequestContext>
-    let socketIO: SocketIOController
-    let events: WebSocketController
+    let webSockets: WebSocketRoutes
     let tokens: TokenService
     /// Nil without agents.
     public let orchestrator: AgentOrchestrator?
@@ -77,9 +75,10 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics, orchestrator: orchestrator
     )
 
-    let router = Router(context: ChatRequestContext.self)
+    let router = Router(context: ChatRequestContext.self, options: .autoGenerateHeadEndpoints)
+    let routeMethods = RouteMethods()
     router.addMiddleware {
-        RequestMiddleware(metrics: metrics, hstsMaxAge: config.hstsMaxAge, trustProxy: config.trustProxy)
+        RequestMiddleware(metrics: metrics, hstsMaxAge: config.server.hstsMaxAge, trustProxy: config.trustProxy, routes: routeMethods)
         CORSMiddleware(allowedOrigins: Set(config.corsOrigins))
     }
     // Tokens are read only where they matter: a stale token sent to /health or /auth/refresh is ignored.
@@ -107,18 +106,42 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
 
     let events = WebSocketController(
         store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,
-        maxQueued: config.realtimeQueueLength
+        maxQueued: config.realtimeQueueLength, maxEventBytes: config.server.maxWebSocketMessageBytes
     )
-    let socketIO = SocketIOController(events: events, hub: hub, logger: dependencies.logger)
+    let socketIO = SocketIOController(
+        events: events, hub: hub, limiter: limiter, handshakeRule: config.rateLimitAPI, pingInterval: config.socketIOPingInterval,
+        pingTimeout: config.socketIOPingTimeout, maxPayload: config.server.maxWebSocketMessageBytes, logger: dependencies.logger
+    )
     socketIO.addRoutes(to: router)
-    return ChatRouters(http: router, socketIO: socketIO, events: events, tokens: tokens, orchestrator: orchestrator)
+    routeMethods.load(router.routes.map { ($0.path.description, $0.method) })
+    let logger = dependencies.logger
+    let webSockets = WebSocketRoutes { request, clientIP in
+        let path = (request.path ?? "").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        switch path {
+        case "/ws", "/ws/":
+            do {
+                if let rule = config.rateLimitAPI { try limiter.take("realtime:ip:\(clientIP)", rule: rule).enforce() }
+                guard hub.mayOpenUnauthenticated(ip: clientIP) else {
+                    throw APIError(
+                        .tooManyRequests, code: "too_many_connections",
+                        message: "at most \(hub.maxUnauthenticatedPerIP) unauthenticated realtime connections per address", headers: [.retryAfter: "5"]
+                    )
+                }
+            } catch {
+                return .refuse(APIError.from(error) ?? .unauthenticated)
+            }
+            let headers = request.headerFields
+            return .accept(WebSocketEndpoint(maxMessageBytes: events.maxEventBytes, pingInterval: .seconds(30)) { socket in
+                EventsWebSocket(socket: socket, events: events, headers: headers, clientIP: clientIP, logger: logger)
+            })
+        case "/socket.io", "/socket.io/":
+            return socketIO.webSocketDecision(request, clientIP: clientIP)
+        default:
+            return nil
+        }
+    }
+    return ChatRouters(http: router, webSockets: webSockets, tokens: tokens, orchestrator: orchestrator)
 }
-
-/// Limits of the WebSocket server.
-let webSocketConfiguration = HTTP1WebSocketUpgradeChannel.Configuration(
-    http1: .init(idleTimeout: .seconds(60)),
-    ws: .init(maxFrameSize: 64 * 1024, autoPing: .enabled(timePeriod: .seconds(30)), closeTimeout: .seconds(10), validateUTF8: true)
-)
 
 /// The one builder used by `main` and by tests.
 public func buildApplication(
@@ -134,20 +157,22 @@ public func buildApplication(
     let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
     let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, tokens: routers.tokens, logger: dependencies.logger)
     let onListening = dependencies.onListening
+    let channel = ChatServerChannel(
+        router: routers.http.buildResponder(), webSockets: routers.webSockets, settings: config.server, connections: ConnectionCounter(),
+        logger: dependencies.logger
+    )
     let inner = Application(
         router: routers.http,
-        server: HTTPServerBuilder { [events = routers.events, socketIO = routers.socketIO] responder in
-            RealtimeServerChannel(responder: responder, configuration: webSocketConfiguration, events: events, socketIO: socketIO)
-        },
+        server: HTTPServerBuilder { _ in channel },
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
         services: [
-            sweeper, relay, SocketIOSweeper(controller: routers.socketIO),
+            sweeper, relay,
             RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
         ] + (routers.orchestrator.map { [$0] } ?? []) + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger
     )
-    return ChatApplication(inner: inner, listener: listener, events: routers.events, socketIO: routers.socketIO)
+    return ChatApplication(inner: inner, listener: listener, channel: channel)
 }
 
 /// The chat server: Hummingbird's application, able to serve on an inherited socket as well as an address.
@@ -156,8 +181,7 @@ public struct ChatApplication: ApplicationProtocol {
 
     let inner: Application<Responder>
     public let listener: Listener
-    let events: WebSocketController
-    let socketIO: SocketIOController
+    let channel: ChatServerChannel
 
     public var responder: Responder { inner.responder }
     public var configuration: ApplicationConfiguration { inner.configuration }
@@ -172,8 +196,7 @@ public struct ChatApplication: ApplicationProtocol {
             try await inner.run()
         case .inheritedSocket(let fd):
             let server = InheritedSocketServer(
-                socket: fd, responder: inner.responder, events: events, socketIO: socketIO,
-                eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
+                socket: fd, channel: channel, eventLoopGroup: inner.eventLoopGroup, logger: inner.logger,
                 onListening: { channel in await inner.onServerRunning(channel) }
             )
             let group = ServiceGroup(configuration: .init(services: inner.services + [server], logger: inner.logger))

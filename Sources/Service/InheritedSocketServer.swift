@@ -1,11 +1,11 @@
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOExtras
 import NIOPosix
 import ServiceLifecycle
+import Synchronization
 
 /// An HTTP/1.1 server on a listening socket it was handed (systemd socket activation), with the same
 /// connection setup as the normal listener (`RealtimeServerChannel`), so routing, middleware and
@@ -16,26 +16,13 @@ import ServiceLifecycle
 /// restart refuses no connection and drops none that this process accepted.
 struct InheritedSocketServer: Service {
     let socket: CInt
-    let responder: RouterResponder<ChatRequestContext>
-    let events: WebSocketController
-    let socketIO: SocketIOController
+    let channel: ChatServerChannel
     let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     let onListening: @Sendable (any Channel) async -> Void
 
     func run() async throws {
-        let responder = self.responder
-        let http = RealtimeServerChannel(responder: { request, responseWriter, channel in
-            let logger = self.logger
-            let context = ChatRequestContext(source: .init(channel: channel, logger: logger))
-            let response: Response
-            do {
-                response = try await responder.respond(to: request, context: context)
-            } catch {
-                response = Response(status: .internalServerError)
-            }
-            try await responseWriter.write(response: response.head, body: response.body)
-        }, configuration: webSocketConfiguration, events: events, socketIO: socketIO)
+        let http = self.channel
         let quiesce = ServerQuiescingHelper(group: eventLoopGroup)
         let logger = self.logger
         let channel = try await ServerBootstrap(group: eventLoopGroup)
@@ -51,6 +38,9 @@ struct InheritedSocketServer: Service {
                 }.flatMap { http.setup(channel: channel, logger: logger) }
             }
         logger.info("serving on the socket passed by systemd", metadata: ["fd": "\(socket)"])
+        // Completed once the listener is closed and every connection it accepted has ended.
+        let drained = channel.channel.eventLoop.makePromise(of: Void.self)
+        let shuttingDown = Atomic<Bool>(false)
         await withGracefulShutdownHandler {
             await onListening(channel.channel)
             await withDiscardingTaskGroup { group in
@@ -64,6 +54,11 @@ struct InheritedSocketServer: Service {
                     logger.error("accepting connections failed", metadata: ["error": "\(error)"])
                 }
             }
+            if shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                quiesce.initiateShutdown(promise: drained)  // the listener failed: end what it accepted
+            }
+            // Connections are served by their handlers, not by tasks here: wait for them to end.
+            try? await drained.futureResult.get()
         } onGracefulShutdown: {
             // Stop accepting at once, but close the listening channel a moment later: a connection
             // accepted just now is still being set up on its event loop, and NIO closes (resets) such
@@ -72,7 +67,9 @@ struct InheritedSocketServer: Service {
             let server = channel.channel
             server.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in
                 server.eventLoop.scheduleTask(in: .milliseconds(250)) {
-                    quiesce.initiateShutdown(promise: nil)
+                    if shuttingDown.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                        quiesce.initiateShutdown(promise: drained)
+                    }
                 }
             }
         }

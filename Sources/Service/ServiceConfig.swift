@@ -11,9 +11,20 @@ public struct ServiceConfig: Sendable {
     public var rateLimitAuth: RateLimit? = RateLimit(limit: 10, windowSeconds: 60)
     public var rateLimitMessages: RateLimit? = RateLimit(limit: 60, windowSeconds: 60)
     /// Largest accepted request body.
-    public var maxBodyBytes: Int = 1 << 20
+    public var maxBodyBytes: Int {
+        get { server.maxBodyBytes }
+        set { server.maxBodyBytes = newValue }
+    }
     /// `Strict-Transport-Security` max-age; nil sends no HSTS header (set it when TLS terminates in front).
-    public var hstsMaxAge: Int? = nil
+    public var hstsMaxAge: Int? {
+        get { server.hstsMaxAge }
+        set { server.hstsMaxAge = newValue }
+    }
+    /// Timeouts and limits of the connection layer below the router.
+    public var server = ServerSettings()
+    /// Socket.IO: the server pings every interval; a client that does not answer within the timeout is gone.
+    public var socketIOPingInterval: Duration = .seconds(25)
+    public var socketIOPingTimeout: Duration = .seconds(20)
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
     public var trustProxy: Bool = false
     /// How often expired sessions are marked.
@@ -23,6 +34,8 @@ public struct ServiceConfig: Sendable {
     public var realtimeAuthTimeoutSeconds: Int = 10
     /// Realtime connections one user may hold at once.
     public var realtimeMaxConnectionsPerUser: Int = 20
+    /// Realtime connections one address may hold before they authenticate.
+    public var realtimeMaxUnauthenticatedPerIP: Int = 64
     /// Frames queued for one realtime connection before it is dropped as too slow.
     public var realtimeQueueLength: Int = 256
     /// Version reported by `/health` and `/api/status`.

@@ -35,6 +35,15 @@ enum Crypto {
         return out
     }
 
+    /// SHA-1 digest (only for the WebSocket handshake's accept key, RFC 6455 §4.2.2).
+    static func sha1(_ data: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 20)
+        _ = data.withUnsafeBufferPointer { d in
+            out.withUnsafeMutableBufferPointer { o in SHA1(d.baseAddress, d.count, o.baseAddress) }
+        }
+        return out
+    }
+
     /// scrypt key derivation (RFC 7914). Returns nil when OpenSSL rejects the parameters.
     static func scrypt(password: [UInt8], salt: [UInt8], n: UInt64, r: UInt64, p: UInt64, length: Int) -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: length)
@@ -99,6 +108,30 @@ enum Base64 {
     }
 
     static func urlEncode(_ bytes: [UInt8]) -> String { encode(bytes, urlSafe: true, padded: false) }
+
+    /// Decodes base64url exactly as RFC 7515 §2 writes it: the URL-safe alphabet, no padding, no other
+    /// characters, and zero bits after the last full byte. Every byte string has one such encoding, so a
+    /// token that decodes here is in its canonical form. Nil otherwise.
+    static func decodeURLStrict(_ text: some StringProtocol) -> [UInt8]? {
+        var values: [UInt8] = []
+        values.reserveCapacity(text.utf8.count)
+        for c in text.utf8 {
+            switch c {
+            case 65...90: values.append(c - 65)
+            case 97...122: values.append(c - 71)
+            case 48...57: values.append(c + 4)
+            case 45: values.append(62)
+            case 95: values.append(63)
+            default: return nil
+            }
+        }
+        let rest = values.count % 4
+        if rest == 1 { return nil }
+        // The unused low bits of the last character must be zero (RFC 4648 §3.5).
+        if rest == 2, values[values.count - 1] & 0x0F != 0 { return nil }
+        if rest == 3, values[values.count - 1] & 0x03 != 0 { return nil }
+        return decode(text)
+    }
 
     /// Decodes standard or URL-safe base64, padded or not. Nil on any invalid character or length.
     static func decode(_ text: some StringProtocol) -> [UInt8]? {

@@ -68,7 +68,8 @@ public struct JWTSigner: Sendable {
         guard token.utf8.count <= 4096 else { throw .malformed }
         let parts = token.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 3,
-              let headerBytes = Base64.decode(parts[0]), let payloadBytes = Base64.decode(parts[1]), let signature = Base64.decode(parts[2]),
+              let headerBytes = Base64.decodeURLStrict(parts[0]), let payloadBytes = Base64.decodeURLStrict(parts[1]),
+              let signature = Base64.decodeURLStrict(parts[2]),
               case .object(let header)? = try? JSONValue.parse(bytes: headerBytes)
         else { throw .malformed }
         guard case .string("HS256")? = header["alg"], header["crit"] == nil else { throw .unsupportedAlgorithm }

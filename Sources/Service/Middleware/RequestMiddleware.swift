@@ -17,6 +17,8 @@ struct RequestMiddleware: RouterMiddleware {
     let metrics: HTTPMetrics
     let hstsMaxAge: Int?
     let trustProxy: Bool
+    /// The methods of every route, to answer a known path with a wrong method `405` and `Allow`.
+    let routes: RouteMethods
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
@@ -31,6 +33,20 @@ struct RequestMiddleware: RouterMiddleware {
         var response: Response
         do {
             response = try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound && context.endpointPath == nil {
+            // No route matched: a path that exists with other methods is 405 (RFC 9110 §15.5.6).
+            let allowed = routes.allowed(path: request.uri.path)
+            if allowed.isEmpty {
+                response = Self.errorResponse(error, context: context)
+            } else {
+                response = Self.errorResponse(
+                    APIError(
+                        .methodNotAllowed, code: "method_not_allowed", message: "\(request.method.rawValue) is not allowed here; use \(allowed)",
+                        headers: [.allow: allowed]
+                    ),
+                    context: context
+                )
+            }
         } catch {
             response = Self.errorResponse(error, context: context)
         }
@@ -89,21 +105,42 @@ struct RequestMiddleware: RouterMiddleware {
 
     func applyHeaders(_ response: inout Response, request: Request, requestId: String) {
         response.headers[.xRequestId] = requestId
-        // helmet's defaults, with a CSP for JSON APIs: nothing may load or frame a response.
-        response.headers[.xContentTypeOptions] = "nosniff"
-        response.headers[.xFrameOptions] = "DENY"
-        response.headers[.referrerPolicy] = "no-referrer"
-        response.headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-        response.headers[.crossOriginResourcePolicy] = "same-origin"
-        response.headers[.crossOriginOpenerPolicy] = "same-origin"
-        response.headers[.xDNSPrefetchControl] = "off"
-        response.headers[.xPermittedCrossDomainPolicies] = "none"
-        if let hstsMaxAge {
-            response.headers[.strictTransportSecurity] = "max-age=\(hstsMaxAge); includeSubDomains"
+        SecurityHeaders.apply(to: &response.headers, hstsMaxAge: hstsMaxAge)
+    }
+}
+
+/// The methods each route path answers, read from the router once its routes are in place.
+final class RouteMethods: Sendable {
+    private let table = Mutex<[(segments: [Substring], methods: String)]>([])
+
+    /// Loads `(path, method)` pairs such as `("/api/sessions/:sessionId", .get)`.
+    func load(_ routes: [(String, HTTPRequest.Method)]) {
+        var byPath: [String: Set<String>] = [:]
+        for (path, method) in routes {
+            byPath[path, default: []].insert(method.rawValue)
+            if method == .get { byPath[path, default: []].insert("HEAD") }
         }
-        if response.headers[.cacheControl] == nil {
-            response.headers[.cacheControl] = "no-store"
+        let entries = byPath.map { (path, methods) in
+            (segments: path.split(separator: "/"), methods: methods.sorted().joined(separator: ", "))
         }
+        table.withLock { $0 = entries }
+    }
+
+    /// The `Allow` value for a request path, empty when no route has that path.
+    func allowed(path: String) -> String {
+        let segments = path.split(separator: "/")
+        return table.withLock { entries in
+            entries.first { Self.matches($0.segments, segments) }?.methods ?? ""
+        }
+    }
+
+    private static func matches(_ pattern: [Substring], _ path: [Substring]) -> Bool {
+        for (index, part) in pattern.enumerated() {
+            if part == "**" { return true }
+            guard index < path.count else { return false }
+            if !(part.hasPrefix(":") || part == "*" || part == path[index]) { return false }
+        }
+        return pattern.count == path.count
     }
 }
 
@@ -141,4 +178,5 @@ extension HTTPField.Name {
     static let rateLimitLimit = Self("RateLimit-Limit")!
     static let rateLimitRemaining = Self("RateLimit-Remaining")!
     static let rateLimitReset = Self("RateLimit-Reset")!
+    static let allow = Self("Allow")!
 }

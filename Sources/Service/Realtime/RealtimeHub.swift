@@ -56,10 +56,12 @@ enum OutboundItem: Sendable {
 final class RealtimeClient: Sendable {
     let id: UInt64
     let created = ContinuousClock.now
+    /// The peer's address, for the per-address cap on connections that have not authenticated.
+    let clientIP: String
     private let queued = Atomic<Int>(0)
     private let maxQueued: Int
-    /// Drops the connection at once (a client that stopped reading cannot even receive a close frame).
-    private let abort: @Sendable () -> Void
+    /// Set once the client fell too far behind and its close was queued.
+    private let overflowed = Atomic<Bool>(false)
     private struct State {
         var identity: AccessClaims?
         var sessions: Set<UUID> = []
@@ -73,19 +75,19 @@ final class RealtimeClient: Sendable {
 
     private static let nextID = Atomic<UInt64>(1)
 
-    /// Where frames go: written to the /ws channel, or buffered by a Socket.IO session. The writer
-    /// calls `didSend` once a frame has left the queue.
-    private let sink: @Sendable (OutboundItem) -> Void
+    /// Where frames go: written to the WebSocket, or buffered by a Socket.IO session. The writer calls
+    /// `didSend` on the client it is given once a frame has left the queue.
+    private let sink: @Sendable (OutboundItem, RealtimeClient) -> Void
 
-    init(maxQueued: Int, abort: @escaping @Sendable () -> Void = {}, sink: @escaping @Sendable (OutboundItem) -> Void) {
+    init(maxQueued: Int, clientIP: String = "unknown", sink: @escaping @Sendable (OutboundItem, RealtimeClient) -> Void) {
         self.id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.maxQueued = maxQueued
-        self.abort = abort
+        self.clientIP = clientIP
         self.sink = sink
     }
 
     private func emit(_ item: OutboundItem) {
-        sink(item)
+        sink(item, self)
     }
 
     var identity: AccessClaims? { state.withLock { $0.identity } }
@@ -99,12 +101,19 @@ final class RealtimeClient: Sendable {
         send(RealtimeFrame(text))
     }
 
-    /// Queues a frame shared with other connections.
+    /// Queues a frame shared with other connections. A client whose queue is full gets no more frames but
+    /// a close (1013) after those already queued, and is dropped.
     @discardableResult
     func send(_ frame: RealtimeFrame) -> Bool {
         if queued.wrappingAdd(1, ordering: .relaxed).newValue > maxQueued {
-            emit(.close(code: 1013, reason: "too slow: outbound queue full"))
-            abort()
+            queued.wrappingSubtract(1, ordering: .relaxed)
+            if overflowed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged {
+                emit(.close(code: 1013, reason: "too slow: outbound queue full"))
+            }
+            return false
+        }
+        guard !overflowed.load(ordering: .relaxed) else {
+            queued.wrappingSubtract(1, ordering: .relaxed)
             return false
         }
         emit(.text(frame))
@@ -186,32 +195,63 @@ final class RealtimeClient: Sendable {
 
 /// Connections by chat session. Messages are stored first, then published here; every connection joined to
 /// the session gets them through its bounded queue.
+///
+/// Each room keeps the session as last seen (owner, assignee, handoff): whatever is sent to a room goes only
+/// to connections whose user may read the session now, and when who may read it changes (claim, release,
+/// delete, handoff) the connections that no longer may leave the room at once and are told (`left`).
 public final class RealtimeHub: Sendable {
+    struct Room {
+        var members: [UInt64: RealtimeClient] = [:]
+        /// The session as last seen by a join or a change; decides who may receive.
+        var session: ChatSession?
+        /// The ids published lately, so a message announced twice (locally and by the change feed after a
+        /// resync) goes out once.
+        var recent = RecentIDs()
+    }
+
     private struct State {
-        var rooms: [UUID: [UInt64: RealtimeClient]] = [:]
+        var rooms: [UUID: Room] = [:]
         var clients: [UInt64: RealtimeClient] = [:]
         var perUser: [UUID: Int] = [:]
         /// Every open connection, authenticated or not, for the lifetime sweep.
         var live: [UInt64: RealtimeClient] = [:]
-        /// Per room, the ids published lately, so a message announced twice (locally and by the change feed
-        /// after a resync) goes out once.
-        var recent: [UUID: RecentIDs] = [:]
+        /// Open connections that have not authenticated, per client address.
+        var pendingPerIP: [String: Int] = [:]
+        var pending: Set<UInt64> = []
     }
 
     private let state = Mutex(State())
     /// Connections one user may hold at once.
     public let maxConnectionsPerUser: Int
+    /// Connections one address may hold before authenticating.
+    public let maxUnauthenticatedPerIP: Int
 
-    public init(maxConnectionsPerUser: Int = 20) {
+    public init(maxConnectionsPerUser: Int = 20, maxUnauthenticatedPerIP: Int = 64) {
         self.maxConnectionsPerUser = maxConnectionsPerUser
+        self.maxUnauthenticatedPerIP = maxUnauthenticatedPerIP
     }
 
-    /// Number of open connections.
+    /// Number of authenticated connections.
     public var connectionCount: Int { state.withLock { $0.clients.count } }
 
-    /// Starts watching a new connection's lifetime (see `sweepLifetimes`).
+    /// Whether another connection from `ip` may open before authenticating.
+    func mayOpenUnauthenticated(ip: String) -> Bool {
+        state.withLock { $0.pendingPerIP[ip, default: 0] < maxUnauthenticatedPerIP }
+    }
+
+    /// Starts watching a new connection's lifetime (see `sweepLifetimes`); it counts as unauthenticated
+    /// for its address until it is admitted.
     func track(_ client: RealtimeClient) {
-        state.withLock { $0.live[client.id] = client }
+        state.withLock { s in
+            s.live[client.id] = client
+            if s.clients[client.id] == nil, s.pending.insert(client.id).inserted { s.pendingPerIP[client.clientIP, default: 0] += 1 }
+        }
+    }
+
+    private static func release(pending client: RealtimeClient, in s: inout State) {
+        guard s.pending.remove(client.id) != nil else { return }
+        let left = s.pendingPerIP[client.clientIP, default: 1] - 1
+        s.pendingPerIP[client.clientIP] = left > 0 ? left : nil
     }
 
     /// Closes connections that did not authenticate within `authTimeout`, and those whose token expired.
@@ -243,6 +283,7 @@ public final class RealtimeHub: Sendable {
             guard count < maxConnectionsPerUser else { return false }
             s.perUser[userId] = count + 1
             s.clients[client.id] = client
+            Self.release(pending: client, in: &s)
             return true
         }
     }
@@ -253,53 +294,91 @@ public final class RealtimeHub: Sendable {
         let sessions = client.sessions
         state.withLock { s in
             s.live[client.id] = nil
+            Self.release(pending: client, in: &s)
             guard s.clients.removeValue(forKey: client.id) != nil else { return }
             if let user = client.identity?.subject {
                 s.perUser[user] = max(0, s.perUser[user, default: 1] - 1)
                 if s.perUser[user] == 0 { s.perUser[user] = nil }
             }
-            for session in sessions {
-                s.rooms[session]?[client.id] = nil
-                if s.rooms[session]?.isEmpty == true {
-                    s.rooms[session] = nil
-                    s.recent[session] = nil
-                }
-            }
+            for session in sessions { Self.removeMember(client.id, from: session, in: &s) }
         }
         return sessions
     }
 
-    func join(_ client: RealtimeClient, session: UUID, recovering: Bool) {
-        client.joined(session, recovering: recovering)
-        state.withLock { $0.rooms[session, default: [:]][client.id] = client }
+    private static func removeMember(_ id: UInt64, from session: UUID, in s: inout State) {
+        s.rooms[session]?.members[id] = nil
+        if s.rooms[session]?.members.isEmpty == true { s.rooms[session] = nil }
+    }
+
+    /// Whether the connection's user may read the session as the room knows it.
+    private static func mayReceive(_ client: RealtimeClient, _ session: ChatSession?) -> Bool {
+        guard let claims = client.identity, let session else { return false }
+        return SessionAccess.read.allows(session, userId: claims.subject, role: claims.role)
+    }
+
+    /// Adds a connection to the room of `session` (as just read from storage). False, and nothing joined,
+    /// when the room already knows a newer state of the session in which the user may not read it.
+    func join(_ client: RealtimeClient, session: ChatSession, recovering: Bool) -> Bool {
+        client.joined(session.id, recovering: recovering)
+        let joined = state.withLock { s -> Bool in
+            var room = s.rooms[session.id] ?? Room()
+            if let known = room.session, known.updatedAt > session.updatedAt {
+                // A change arrived after the join read the session: the newer state decides.
+            } else {
+                room.session = session
+            }
+            guard Self.mayReceive(client, room.session) else { return false }
+            room.members[client.id] = client
+            s.rooms[session.id] = room
+            return true
+        }
+        if !joined { client.left(session.id) }
+        return joined
     }
 
     func leave(_ client: RealtimeClient, session: UUID) {
         client.left(session)
-        state.withLock { s in
-            s.rooms[session]?[client.id] = nil
-            if s.rooms[session]?.isEmpty == true {
-                s.rooms[session] = nil
-                s.recent[session] = nil
-            }
+        state.withLock { s in Self.removeMember(client.id, from: session, in: &s) }
+    }
+
+    /// Who may read a session changed (claim, release, resolve, handoff); `nil` when it was deleted.
+    /// Connections that may no longer read it leave its room and get a `left` event with `reason`.
+    public func sessionChanged(_ id: UUID, to session: ChatSession?, reason: String) {
+        let evicted = state.withLock { s -> [RealtimeClient] in
+            guard var room = s.rooms[id] else { return [] }
+            if let session, let known = room.session, known.updatedAt > session.updatedAt { return [] }  // stale news
+            room.session = session
+            let out = room.members.values.filter { !Self.mayReceive($0, session) }
+            for client in out { room.members[client.id] = nil }
+            s.rooms[id] = room.members.isEmpty ? nil : room
+            return out
+        }
+        for client in evicted {
+            client.left(id)
+            client.send(RealtimeEvent.left(session: id, reason: reason))
         }
     }
 
     /// Rooms with connections, and the newest message id each has published (nil: none yet).
     func activeRooms() -> [(session: UUID, newest: UUID?)] {
-        state.withLock { s in s.rooms.keys.map { ($0, s.recent[$0]?.newest) } }
+        state.withLock { s in s.rooms.map { ($0.key, $0.value.recent.newest) } }
     }
 
-    private func members(_ session: UUID) -> [RealtimeClient] {
-        state.withLock { s in s.rooms[session].map { Array($0.values) } ?? [] }
+    /// The members of a room who may read the session now.
+    private func receivers(_ session: UUID) -> [RealtimeClient] {
+        state.withLock { s in
+            guard let room = s.rooms[session] else { return [] }
+            return room.members.values.filter { Self.mayReceive($0, room.session) }
+        }
     }
 
     /// Publishes a stored message to every connection joined to its session (but `exceptClient`), once.
     func publish(message: ChatMessage, exceptClient: UInt64? = nil) {
         let targets = state.withLock { s -> [RealtimeClient] in
-            guard let room = s.rooms[message.sessionId] else { return [] }
-            guard s.recent[message.sessionId, default: RecentIDs()].insert(message.id) else { return [] }
-            return room.values.filter { $0.id != exceptClient }
+            guard var room = s.rooms[message.sessionId] else { return [] }
+            guard room.recent.insert(message.id) else { return [] }
+            s.rooms[message.sessionId] = room
+            return room.members.values.filter { $0.id != exceptClient && Self.mayReceive($0, room.session) }
         }
         guard !targets.isEmpty else { return }
         let frame = RealtimeFrame(RealtimeEvent.message(message))
@@ -309,9 +388,15 @@ public final class RealtimeHub: Sendable {
     /// Sends an event to the session's connections except those of `exceptUser`.
     func broadcast(_ text: String, session: UUID, exceptUser: UUID?) {
         let frame = RealtimeFrame(text)
-        for client in members(session) where exceptUser == nil || client.identity?.subject != exceptUser {
+        for client in receivers(session) where exceptUser == nil || client.identity?.subject != exceptUser {
             client.send(frame)
         }
+    }
+
+    /// Tells every room catching up failed: its connections must rejoin with `lastMessageId`.
+    func announceGap(session: UUID) {
+        let frame = RealtimeFrame(RealtimeEvent.resync(session: session))
+        for client in receivers(session) { client.send(frame) }
     }
 
     /// Closes every connection authenticated with the token `jti`, or with any token of the login
@@ -329,8 +414,9 @@ public final class RealtimeHub: Sendable {
 
     /// Closes every connection with 1001 (server going away).
     public func closeAll() {
-        let targets = state.withLock { Array($0.clients.values) }
-        for client in targets { client.close(code: 1001, reason: "server shutting down") }
+        let targets = state.withLock { Array($0.live.values) + Array($0.clients.values) }
+        var seen = Set<UInt64>()
+        for client in targets where seen.insert(client.id).inserted { client.close(code: 1001, reason: "server shutting down") }
     }
 }
 
@@ -360,6 +446,19 @@ enum RealtimeEvent {
         JSONValue.object([
             "type": "message.delta", "sessionId": .string(session.lowercased), "streamId": .string(streamId.lowercased),
             "agent": .string(agent), "index": .int(Int64(index)), "delta": .string(text),
+        ]).jsonText()
+    }
+
+    /// The connection left a session's room because its user may no longer read it.
+    static func left(session: UUID, reason: String) -> String {
+        JSONValue.object(["type": "left", "sessionId": .string(session.lowercased), "reason": .string(reason)]).jsonText()
+    }
+
+    /// Messages of the session may have been missed: rejoin with `lastMessageId` to get them.
+    static func resync(session: UUID) -> String {
+        JSONValue.object([
+            "type": "resync", "sessionId": .string(session.lowercased),
+            "message": "live delivery was interrupted; join again with lastMessageId to receive what was missed",
         ]).jsonText()
     }
 

@@ -5,69 +5,124 @@ import Foundation
 #endif
 import HTTPTypes
 import Hummingbird
-import HummingbirdWebSocket
+import HummingbirdCore
 import Logging
 import NIOCore
-import NIOWebSocket
-import ServiceLifecycle
+import NIOPosix
 import Storage
 import Synchronization
 
 /// One Engine.IO v4 session (one Socket.IO client): long-polling until it upgrades to a WebSocket.
+///
+/// Nothing waits actively: a pending poll sleeps until packets, a close or an upgrade wake it, and the
+/// server's pings are timers on an event loop.
 final class EngineSession: Sendable {
     let sid: String
-    let created = ContinuousClock.now
+    let clientIP: String
+    let eventLoop: any EventLoop
     private struct State {
         var buffer: [String] = []
         var bufferedFrames = 0
         var polling = false
-        var webSocket: AsyncStream<String>.Continuation?
+        var posting = false
+        var waiter: CheckedContinuation<Void, Never>?
+        var socket: WebSocketSocket?
         var upgrading = false
         var closed = false
+        var closedByClient = false
         var connected = false
-        var lastActivity = ContinuousClock.now
+        var pingTimer: Scheduled<Void>?
+        var pongTimer: Scheduled<Void>?
+        var work: [EnginePacket] = []
+        var draining = false
+        var paused = false
     }
     private let state = Mutex(State())
     private let clientBox = Mutex<RealtimeClient?>(nil)
 
-    init(sid: String) { self.sid = sid }
+    init(sid: String, clientIP: String, eventLoop: any EventLoop) {
+        self.sid = sid
+        self.clientIP = clientIP
+        self.eventLoop = eventLoop
+    }
 
     var client: RealtimeClient? { clientBox.withLock { $0 } }
     func attach(_ client: RealtimeClient) { clientBox.withLock { $0 = client } }
 
     var isClosed: Bool { state.withLock { $0.closed } }
     var isConnected: Bool { state.withLock { $0.connected } }
-    var isUpgraded: Bool { state.withLock { $0.webSocket != nil } }
-    var lastActivity: ContinuousClock.Instant { state.withLock { $0.lastActivity } }
-    func touch() { state.withLock { $0.lastActivity = .now } }
-    func markConnected() { state.withLock { $0.connected = true } }
-    func setUpgrading(_ value: Bool) { state.withLock { $0.upgrading = value } }
+    var isUpgraded: Bool { state.withLock { $0.socket != nil } }
+    func setConnected(_ value: Bool) { state.withLock { $0.connected = value } }
 
-    /// Queues Engine.IO packets (`frames` realtime frames among them) for the client's transport.
-    func push(_ packets: [String], frames: Int = 0) {
-        let direct = state.withLock { s -> AsyncStream<String>.Continuation? in
-            if s.closed { return nil }
-            if let ws = s.webSocket { return ws }
+    /// Queues Engine.IO packets (`frames` realtime frames of `client` among them) for the client's transport.
+    func push(_ packets: [String], frames: Int = 0, client: RealtimeClient? = nil) {
+        let (socket, waiter) = state.withLock { s -> (WebSocketSocket?, CheckedContinuation<Void, Never>?) in
+            if s.closed { return (nil, nil) }
+            if let socket = s.socket { return (socket, nil) }
             s.buffer.append(contentsOf: packets)
             s.bufferedFrames += frames
-            return nil
+            defer { s.waiter = nil }
+            return (nil, s.waiter)
         }
-        if let direct {
-            for packet in packets { direct.yield(packet) }
-            if frames > 0 { client?.didSend(frames) }
+        if let socket {
+            for (i, packet) in packets.enumerated() {
+                if i == packets.count - 1, frames > 0, let client {
+                    socket.send(packet, written: { client.didSend(frames) })
+                } else {
+                    socket.send(packet)
+                }
+            }
+        } else if frames > 0, client != nil, isClosed {
+            client?.didSend(frames)
         }
+        waiter?.resume()
     }
 
-    /// Takes everything buffered for a long-poll; nil when another poll is already waiting.
-    func beginPoll() -> Bool {
+    /// Marks a long-poll as pending; false when another one is.
+    func beginPoll() -> Bool { begin(\.polling) }
+    func endPoll() { state.withLock { $0.polling = false } }
+
+    /// Marks a POST as in progress; false when another one is.
+    func beginPost() -> Bool { begin(\.posting) }
+    func endPost() { state.withLock { $0.posting = false } }
+
+    private func begin(_ flag: WritableKeyPath<State, Bool> & Sendable) -> Bool {
         state.withLock { s in
-            if s.polling { return false }
-            s.polling = true
-            s.lastActivity = .now
+            if s[keyPath: flag] { return false }
+            s[keyPath: flag] = true
             return true
         }
     }
 
+    /// Waits (without spinning) until there is something to answer a poll with, the session closes or
+    /// upgrades, `timeout` passes, or the polling request is cancelled.
+    func waitForPackets(timeout: Duration) async {
+        let loopBound = self
+        let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) { loopBound.wake() }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { s -> Bool in
+                    if s.closed || s.upgrading || s.socket != nil || !s.buffer.isEmpty || Task.isCancelled { return true }
+                    s.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            self.wake()
+        }
+        timer.cancel()
+    }
+
+    private func wake() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Takes everything buffered for a long-poll.
     func takeBuffered() -> [String]? {
         let (packets, frames) = state.withLock { s -> ([String], Int) in
             guard !s.buffer.isEmpty else { return ([], 0) }
@@ -80,58 +135,160 @@ final class EngineSession: Sendable {
         return packets.isEmpty ? nil : packets
     }
 
-    func endPoll() { state.withLock { $0.polling = false; $0.lastActivity = .now } }
-    var pollShouldReturn: Bool { state.withLock { $0.closed || $0.upgrading || $0.webSocket != nil || !$0.buffer.isEmpty } }
+    var closedByClient: Bool { state.withLock { $0.closedByClient } }
+
+    /// A WebSocket probe succeeded: a pending poll is released (with a noop).
+    func setUpgrading(_ value: Bool) {
+        state.withLock { $0.upgrading = value }
+        if value { wake() }
+    }
 
     /// Switches to the WebSocket: what was buffered goes first.
-    func upgrade(to socket: AsyncStream<String>.Continuation) {
+    func upgrade(to socket: WebSocketSocket) {
         let (pending, frames) = state.withLock { s -> ([String], Int) in
-            s.webSocket = socket
+            s.socket = socket
             s.upgrading = false
             let taken = (s.buffer, s.bufferedFrames)
             s.buffer.removeAll()
             s.bufferedFrames = 0
             return taken
         }
-        for packet in pending { socket.yield(packet) }
-        if frames > 0 { client?.didSend(frames) }
+        wake()
+        let client = self.client
+        for (i, packet) in pending.enumerated() {
+            if i == pending.count - 1, frames > 0, let client {
+                socket.send(packet, written: { client.didSend(frames) })
+            } else {
+                socket.send(packet)
+            }
+        }
     }
 
-    /// Ends the session; returns false when it had ended already.
+    /// Ends the session; false when it had ended already. An upgraded connection gets a close frame with
+    /// `code` after what was queued.
     @discardableResult
-    func close() -> Bool {
-        let socket = state.withLock { s -> AsyncStream<String>.Continuation?? in
-            if s.closed { return .none }
+    func close(code: UInt16, reason: String, byClient: Bool) -> Bool {
+        let ended = state.withLock { s -> (WebSocketSocket?, [Scheduled<Void>?])? in
+            if s.closed { return nil }
             s.closed = true
-            return .some(s.webSocket)
+            s.closedByClient = byClient
+            s.work.removeAll()
+            let timers = [s.pingTimer, s.pongTimer]
+            s.pingTimer = nil
+            s.pongTimer = nil
+            return (s.socket, timers)
         }
-        guard case .some(let ws) = socket else { return false }
-        ws?.finish()
+        guard let (socket, timers) = ended else { return false }
+        for timer in timers { timer?.cancel() }
+        socket?.close(code: code, reason: reason)
+        wake()
         return true
+    }
+
+    // MARK: Pings
+
+    /// Sends a ping every `interval` after the last pong; no pong within `timeout` of a ping ends the session.
+    func schedulePing(interval: Duration, timeout: Duration, onTimeout: @escaping @Sendable () -> Void) {
+        let timer = eventLoop.scheduleTask(in: .nanoseconds(Int64(interval.components.seconds) * 1_000_000_000)) { [weak self] in
+            guard let self else { return }
+            let pong = self.eventLoop.scheduleTask(in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000)) { onTimeout() }
+            let open = self.state.withLock { s -> Bool in
+                guard !s.closed else { return false }
+                s.pongTimer?.cancel()
+                s.pongTimer = pong
+                return true
+            }
+            if open { self.push([EnginePacket.ping("").encoded]) } else { pong.cancel() }
+        }
+        let open = state.withLock { s -> Bool in
+            guard !s.closed else { return false }
+            s.pingTimer?.cancel()
+            s.pingTimer = timer
+            return true
+        }
+        if !open { timer.cancel() }
+    }
+
+    /// The client answered a ping: the next one follows after `interval`.
+    func receivedPong(interval: Duration, timeout: Duration, onTimeout: @escaping @Sendable () -> Void) {
+        let waited = state.withLock { s -> Bool in
+            guard let pong = s.pongTimer else { return false }
+            pong.cancel()
+            s.pongTimer = nil
+            return true
+        }
+        if waited { schedulePing(interval: interval, timeout: timeout, onTimeout: onTimeout) }
+    }
+
+    // MARK: Packets received over the WebSocket, handled in order
+
+    /// Queues a packet; `handle` runs the queue in order in a task that ends when it is empty. Returns
+    /// whether reading should pause (too many waiting).
+    func enqueue(_ packet: EnginePacket, handle: @escaping @Sendable (EnginePacket) async -> Void, setReading: @escaping @Sendable (Bool) -> Void) {
+        let (start, pause) = state.withLock { s -> (Bool, Bool) in
+            guard !s.closed else { return (false, false) }
+            s.work.append(packet)
+            let pause = !s.paused && s.work.count >= 16
+            if pause { s.paused = true }
+            if s.draining { return (false, pause) }
+            s.draining = true
+            return (true, pause)
+        }
+        if pause { setReading(false) }
+        guard start else { return }
+        Task {
+            while true {
+                let (next, resume) = self.state.withLock { s -> (EnginePacket?, Bool) in
+                    guard !s.closed, !s.work.isEmpty else {
+                        s.draining = false
+                        return (nil, false)
+                    }
+                    let packet = s.work.removeFirst()
+                    let resume = s.paused && s.work.count <= 4
+                    if resume { s.paused = false }
+                    return (packet, resume)
+                }
+                if resume { setReading(true) }
+                guard let next else { return }
+                await handle(next)
+            }
+        }
     }
 }
 
 /// Socket.IO (protocol v5 over Engine.IO v4) at `/socket.io/`, for existing socket.io-client frontends.
 /// Events are those of `/ws`: `authenticate`, `join`, `leave`, `message`, `typing` from the client (with an ack
-/// callback for the reply); `message`, `typing`, `presence`, `error` from the server.
+/// callback for the reply); `message`, `typing`, `presence`, `left`, `error` from the server.
 final class SocketIOController: Sendable {
     let events: WebSocketController
     let hub: RealtimeHub
-    let pingInterval: Duration = .seconds(25)
-    let pingTimeout: Duration = .seconds(20)
-    let maxPayload = 1_000_000
+    let limiter: RateLimiter
+    /// Engine.IO handshakes per client address (the API tier), nil when off.
+    let handshakeRule: RateLimit?
+    let pingInterval: Duration
+    let pingTimeout: Duration
+    /// The largest packet payload, the same on both transports (a POST body, a WebSocket message).
+    let maxPayload: Int
     private let sessions = Mutex<[String: EngineSession]>([:])
     let logger: Logger
 
-    init(events: WebSocketController, hub: RealtimeHub, logger: Logger) {
+    init(
+        events: WebSocketController, hub: RealtimeHub, limiter: RateLimiter, handshakeRule: RateLimit?, pingInterval: Duration = .seconds(25),
+        pingTimeout: Duration = .seconds(20), maxPayload: Int = 64 * 1024, logger: Logger
+    ) {
         self.events = events
         self.hub = hub
+        self.limiter = limiter
+        self.handshakeRule = handshakeRule
+        self.pingInterval = pingInterval
+        self.pingTimeout = pingTimeout
+        self.maxPayload = maxPayload
         self.logger = logger
     }
 
     var sessionCount: Int { sessions.withLock { $0.count } }
 
-    /// Long-polling routes; WebSocket upgrades reach `serveWebSocket` through `RealtimeServerChannel`.
+    /// Long-polling routes; WebSocket upgrades come through `webSocketDecision`.
     func addRoutes(to router: Router<ChatRequestContext>) {
         router.get("socket.io", use: poll)
         router.post("socket.io", use: receive)
@@ -141,9 +298,9 @@ final class SocketIOController: Sendable {
 
     // MARK: Engine.IO over HTTP long-polling
 
-    static func engineError(_ code: Int, _ message: String) -> Response {
+    static func engineError(_ code: Int, _ message: String, status: HTTPResponse.Status = .badRequest) -> Response {
         Response(
-            status: .badRequest, headers: [.contentType: "application/json"],
+            status: status, headers: [.contentType: "application/json"],
             body: .init(byteBuffer: ByteBuffer(string: JSONValue.object(["code": .int(Int64(code)), "message": .string(message)]).jsonText()))
         )
     }
@@ -161,102 +318,165 @@ final class SocketIOController: Sendable {
 
     private func session(_ sid: String) -> EngineSession? { sessions.withLock { $0[sid] } }
 
+    /// A new session from `ip` may open: the per-address handshake rate and cap on sessions that have not
+    /// authenticated.
+    private func admitHandshake(ip: String) throws {
+        if let handshakeRule { try limiter.take("realtime:ip:\(ip)", rule: handshakeRule).enforce() }
+        guard hub.mayOpenUnauthenticated(ip: ip) else {
+            throw APIError(
+                .tooManyRequests, code: "too_many_connections",
+                message: "at most \(hub.maxUnauthenticatedPerIP) unauthenticated realtime connections per address", headers: [.retryAfter: "5"]
+            )
+        }
+    }
+
     @Sendable func poll(_ request: Request, context: ChatRequestContext) async throws -> Response {
         let (sid, error) = validate(request)
         if let error { return error }
-        guard let sid else { return Self.text(EnginePacket.open(handshake(open()).jsonText()).encoded) }
+        guard let sid else {
+            try admitHandshake(ip: context.clientIP)
+            let session = open(clientIP: context.clientIP, socket: nil)
+            return Self.text(EnginePacket.open(handshake(session, upgrades: ["websocket"]).jsonText()).encoded)
+        }
         guard let session = session(sid), !session.isClosed else { return Self.engineError(1, "Session ID unknown") }
         guard !session.isUpgraded else { return Self.engineError(3, "Bad request") }
         guard session.beginPoll() else {
             // Two concurrent polls break the protocol: the reference closes the session.
-            end(session)
+            end(session, code: 1008, reason: "concurrent polls", byClient: false)
             return Self.engineError(3, "Bad request")
         }
         defer { session.endPoll() }
-        let deadline = ContinuousClock.now + pingInterval
-        while !session.pollShouldReturn, ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(15))
-            if Task.isCancelled { break }
-        }
+        await session.waitForPackets(timeout: pingInterval + pingTimeout)
         if let packets = session.takeBuffered() { return Self.text(packets.joined(separator: String(EnginePacket.separator))) }
-        if session.isClosed { return Self.text(EnginePacket.close.encoded) }
-        // Nothing to say for a whole interval: a ping, which the client answers with a pong POST.
-        return Self.text(ContinuousClock.now >= deadline ? EnginePacket.ping("").encoded : EnginePacket.noop.encoded)
+        if session.isClosed, !session.closedByClient { return Self.text(EnginePacket.close.encoded) }
+        // Released by an upgrade, by the client's own close, or by the deadline: nothing to say.
+        return Self.text(EnginePacket.noop.encoded)
     }
 
     @Sendable func receive(_ request: Request, context: ChatRequestContext) async throws -> Response {
         let (sid, error) = validate(request)
         if let error { return error }
         guard let sid, let session = session(sid), !session.isClosed else { return Self.engineError(1, "Session ID unknown") }
+        guard !session.isUpgraded else { return Self.engineError(3, "Bad request") }
+        guard session.beginPost() else {
+            // Two POSTs at once would be processed out of order: the reference refuses and closes.
+            end(session, code: 1008, reason: "concurrent posts", byClient: false)
+            return Self.engineError(3, "Bad request")
+        }
+        defer { session.endPost() }
         var request = request
-        guard let body = try? await request.collectBody(upTo: maxPayload) else {
-            end(session)
-            return Self.engineError(3, "Bad request")
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: maxPayload)
+        } catch {
+            return Self.engineError(3, "Payload too large", status: .contentTooLarge)
         }
-        session.touch()
         guard let packets = try? EnginePacket.decodePayload(String(buffer: body)) else {
-            end(session)
+            end(session, code: 1008, reason: "malformed packet", byClient: false)
             return Self.engineError(3, "Bad request")
         }
-        for packet in packets { await handle(packet, session: session) }
+        for packet in packets {
+            await handle(packet, session: session)
+            if session.isClosed { break }
+        }
         return Self.text("ok")
     }
 
-    private func open() -> EngineSession {
-        let session = EngineSession(sid: Base64.urlEncode(Crypto.randomBytes(15)))
-        let client = RealtimeClient(maxQueued: events.maxQueued, abort: { [weak session] in session?.close() }) { [weak session] item in
-            guard let session else { return }
-            let (packets, frames) = Self.packets(for: item)
-            session.push(packets, frames: frames)
-            if case .close = item { session.close() }
-        }
-        session.attach(client)
-        hub.track(client)
+    /// Opens a session; `socket` when it starts directly on a WebSocket.
+    func open(clientIP: String, socket: WebSocketSocket?) -> EngineSession {
+        let session = EngineSession(
+            sid: Base64.urlEncode(Crypto.randomBytes(15)), clientIP: clientIP, eventLoop: socket?.channel.eventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
+        )
+        session.attach(makeClient(for: session, track: true))
+        if let socket { session.upgrade(to: socket) }
         sessions.withLock { $0[session.sid] = session }
+        startPings(session)
         return session
     }
 
-    private func handshake(_ session: EngineSession) -> JSONValue {
+    /// The realtime client of a session's connection to the main namespace; `track` starts its lifetime
+    /// (it must authenticate in time).
+    private func makeClient(for session: EngineSession, track: Bool) -> RealtimeClient {
+        let client = RealtimeClient(maxQueued: events.maxQueued, clientIP: session.clientIP) { [weak session, weak self] item, client in
+            guard let session else { return }
+            switch item {
+            case .text(let frame):
+                let (packets, frames) = frame.socketIOPackets(Self.convert)
+                session.push(packets, frames: frames, client: client)
+            case .close(let code, let reason):
+                // The Socket.IO disconnect, then the end of the Engine.IO session.
+                session.push(session.isUpgraded ? ["4" + SocketIOPacket(kind: .disconnect).encoded]
+                                                : ["4" + SocketIOPacket(kind: .disconnect).encoded, EnginePacket.close.encoded])
+                self?.end(session, code: UInt16(code), reason: reason, byClient: false)
+            }
+        }
+        if track { hub.track(client) }
+        return client
+    }
+
+    private func startPings(_ session: EngineSession) {
+        session.schedulePing(interval: pingInterval, timeout: pingTimeout) { [weak self, weak session] in
+            guard let self, let session else { return }
+            self.end(session, code: 1000, reason: "ping timeout", byClient: false)
+        }
+    }
+
+    func handshake(_ session: EngineSession, upgrades: [String]) -> JSONValue {
         .object([
-            "sid": .string(session.sid), "upgrades": .array(["websocket"]),
+            "sid": .string(session.sid), "upgrades": .array(upgrades.map(JSONValue.string)),
             "pingInterval": .int(Int64(pingInterval.components.seconds * 1000)),
             "pingTimeout": .int(Int64(pingTimeout.components.seconds * 1000)), "maxPayload": .int(Int64(maxPayload)),
         ])
     }
 
     /// Ends a session: its Socket.IO connection leaves every room.
-    func end(_ session: EngineSession) {
-        session.close()
+    func end(_ session: EngineSession, code: UInt16, reason: String, byClient: Bool) {
+        session.close(code: code, reason: reason, byClient: byClient)
         // Leaving the registry happens once, whoever closed the session first.
         guard sessions.withLock({ $0.removeValue(forKey: session.sid) }) != nil else { return }
-        if let client = session.client {
-            for room in hub.remove(client) {
-                if let user = client.identity?.subject {
-                    hub.broadcast(RealtimeEvent.presence(session: room, user: user, status: "offline"), session: room, exceptUser: user)
-                }
+        if let client = session.client { leaveRooms(client) }
+    }
+
+    private func leaveRooms(_ client: RealtimeClient) {
+        for room in hub.remove(client) {
+            if let user = client.identity?.subject {
+                hub.broadcast(RealtimeEvent.presence(session: room, user: user, status: "offline"), session: room, exceptUser: user)
             }
         }
     }
 
     // MARK: Packets
 
-    private func handle(_ packet: EnginePacket, session: EngineSession) async {
+    func handle(_ packet: EnginePacket, session: EngineSession) async {
         switch packet {
         case .message(let text):
             guard let sio = try? SocketIOPacket.decode(text) else {
                 logger.debug("malformed Socket.IO packet; closing", metadata: ["sid": .string(session.sid)])
-                end(session)
+                end(session, code: 1008, reason: "malformed packet", byClient: false)
                 return
             }
             await handle(sio, session: session)
-        case .pong, .noop, .ping, .open:
-            session.touch()
+        case .pong:
+            session.receivedPong(interval: pingInterval, timeout: pingTimeout) { [weak self, weak session] in
+                guard let self, let session else { return }
+                self.end(session, code: 1000, reason: "ping timeout", byClient: false)
+            }
+        case .noop, .ping, .open:
+            break
         case .close:
-            end(session)
-        case .upgrade, .binaryMessage:
-            // Binary attachments are not supported; an upgrade outside the WebSocket is a protocol error.
-            end(session)
+            end(session, code: 1000, reason: "client closed", byClient: true)
+        case .upgrade:
+            // An upgrade outside the WebSocket probe is a protocol error.
+            end(session, code: 1008, reason: "unexpected upgrade packet", byClient: false)
+        case .binaryMessage:
+            refuseBinary(session)
         }
+    }
+
+    /// Binary attachments are not supported: the client is told, then the session ends.
+    func refuseBinary(_ session: EngineSession) {
+        session.client?.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "binary attachments are not supported")))
+        end(session, code: 1008, reason: "binary attachments are not supported", byClient: false)
     }
 
     private func handle(_ packet: SocketIOPacket, session: EngineSession) async {
@@ -270,6 +490,7 @@ final class SocketIOController: Sendable {
         switch packet.kind {
         case .connect:
             guard !session.isConnected else { return }
+            hub.track(client)
             var auth: [String: JSONValue] = [:]
             if case .object(let fields)? = packet.data { auth = fields }
             do {
@@ -278,7 +499,7 @@ final class SocketIOController: Sendable {
                     let claims = try await events.tokens.authenticate(authorizationHeader: "Bearer " + text, logger: logger)
                     try events.authenticate(client, claims: claims)
                 }
-                session.markConnected()
+                session.setConnected(true)
                 session.push(["4" + SocketIOPacket(kind: .connect, data: .object(["sid": .string(session.sid)])).encoded])
                 // Reconnecting with the session and the last message seen: replay, then live.
                 if let claims = client.identity, case .string(let sessionText)? = auth["sessionId"], let sessionId = UUID(text: sessionText) {
@@ -306,28 +527,20 @@ final class SocketIOController: Sendable {
             if fields["id"] == .null { fields["id"] = nil }
             await events.handle(fields, client: client, logger: logger)
         case .disconnect:
-            end(session)
+            // The client leaves the main namespace; the Engine.IO session stays (it may CONNECT again).
+            guard session.isConnected else { return }
+            session.setConnected(false)
+            leaveRooms(client)
+            session.attach(makeClient(for: session, track: false))
         case .binaryEvent, .binaryAck:
-            // Binary attachments are refused: the client is told and the connection closed.
-            client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "binary attachments are not supported")))
-            end(session)
+            refuseBinary(session)
         case .ack, .connectError:
             break
         }
     }
 
-    /// Socket.IO packets (as Engine.IO message texts) for an outbound realtime item.
-    static func packets(for item: OutboundItem) -> ([String], Int) {
-        switch item {
-        case .close:
-            return (["4" + SocketIOPacket(kind: .disconnect).encoded, EnginePacket.close.encoded], 0)
-        case .text(let frame):
-            return frame.socketIOPackets(convert)
-        }
-    }
-
     /// A `/ws` event as Socket.IO packets; the count is the frames it takes off the client's queue.
-    private static func convert(_ json: String) -> ([String], Int) {
+    static func convert(_ json: String) -> ([String], Int) {
         guard case .object(var fields)? = JSONValue.parse(json), case .string(let type)? = fields["type"] else { return ([], 1) }
         let id = fields["id"]
         fields["type"] = nil
@@ -350,93 +563,109 @@ final class SocketIOController: Sendable {
 
     // MARK: Engine.IO over WebSocket
 
-    func serveWebSocket(sid: String?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async {
-        let session: EngineSession
-        let (stream, continuation) = AsyncStream.makeStream(of: String.self, bufferingPolicy: .unbounded)
-        var frames = inbound.messages(maxSize: maxPayload).makeAsyncIterator()
-        if let sid {
-            guard let existing = self.session(sid), !existing.isClosed, !existing.isUpgraded else {
-                try? await outbound.close(.policyViolation, reason: "Session ID unknown")
-                return
+    /// The decision on a WebSocket upgrade of `/socket.io/`: a new session, or the upgrade of a polling one.
+    func webSocketDecision(_ request: HTTPRequest, clientIP: String) -> WebSocketUpgradeDecision {
+        let query = URI(request.path ?? "").queryParameters
+        guard query["EIO"] == "4" else {
+            return .refuse(APIError(.badRequest, code: "bad_request", message: "Unsupported protocol version"))
+        }
+        guard query["transport"] == "websocket" else {
+            return .refuse(APIError(.badRequest, code: "bad_request", message: "Transport unknown"))
+        }
+        var upgrading: EngineSession?
+        if let sid = query["sid"].map(String.init) {
+            guard let existing = session(sid), !existing.isClosed, !existing.isUpgraded else {
+                return .refuse(APIError(.badRequest, code: "bad_request", message: "Session ID unknown"))
             }
-            session = existing
-            // Upgrade handshake: 2probe → 3probe, then 5 (upgrade); the pending poll is released with a noop.
-            do {
-                guard case .text("2probe")? = try await frames.next() else { throw CancellationError() }
-                try await outbound.write(.text("3probe"))
-                session.setUpgrading(true)
-                guard case .text("5")? = try await frames.next() else { throw CancellationError() }
-            } catch {
-                session.setUpgrading(false)
-                try? await outbound.close(.protocolError, reason: "upgrade failed")
-                return
-            }
-            session.upgrade(to: continuation)
+            upgrading = existing
         } else {
-            session = open()
-            session.upgrade(to: continuation)
-            continuation.yield(EnginePacket.open(handshake(session).jsonText()).encoded)
+            do { try admitHandshake(ip: clientIP) } catch { return .refuse(APIError.from(error) ?? .unauthenticated) }
         }
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                group.addTask {
-                    for await packet in stream {
-                        do { try await outbound.write(.text(packet)) } catch { break }
-                    }
-                    try? await outbound.close(.normalClosure, reason: nil)
-                }
-                group.addTask {
-                    // Server pings; a client silent for pingInterval + pingTimeout is gone.
-                    while !Task.isCancelled, !session.isClosed {
-                        do { try await Task.sleep(for: self.pingInterval) } catch { return }
-                        if ContinuousClock.now - session.lastActivity > self.pingInterval + self.pingTimeout {
-                            self.end(session)
-                            return
-                        }
-                        session.push([EnginePacket.ping("").encoded])
-                    }
-                }
-                do {
-                    while let frame = try await frames.next() {
-                        session.touch()
-                        guard case .text(let text) = frame, let packet = try? EnginePacket.decode(Substring(text)) else {
-                            self.end(session)
-                            break
-                        }
-                        await self.handle(packet, session: session)
-                        if session.isClosed { break }
-                    }
-                } catch {}
-                self.end(session)
-                continuation.finish()
-                group.cancelAll()
-            }
-        } onGracefulShutdown: {
-            session.client?.close(code: 1001, reason: "server shutting down")
-        }
-    }
-
-    /// Ends polling sessions whose client went away, and forgets sessions that were closed elsewhere
-    /// (the hub's lifetime sweep closes unauthenticated and expired connections, Socket.IO ones included).
-    func sweep() {
-        let now = ContinuousClock.now
-        let stale = sessions.withLock { s in
-            s.values.filter { session in
-                session.isClosed || (!session.isUpgraded && now - session.lastActivity > pingInterval + pingTimeout)
-            }
-        }
-        for session in stale { end(session) }
+        return .accept(WebSocketEndpoint(maxMessageBytes: maxPayload, pingInterval: nil) { [self] socket in
+            EngineWebSocket(controller: self, socket: socket, upgrading: upgrading, clientIP: clientIP)
+        })
     }
 }
 
-/// Runs the Socket.IO session sweeper.
-struct SocketIOSweeper: Service {
-    let controller: SocketIOController
+/// Engine.IO on a WebSocket: a session opened on it, or the upgrade of a polling session
+/// (`2probe` → `3probe`, then `5`).
+final class EngineWebSocket: WebSocketApplication {
+    private enum Phase {
+        case open(EngineSession)
+        case probing(EngineSession)
+        case awaitingUpgrade(EngineSession)
+        case done
+    }
 
-    func run() async throws {
-        while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
-            controller.sweep()
+    private let controller: SocketIOController
+    private let socket: WebSocketSocket
+    private var phase: Phase
+
+    init(controller: SocketIOController, socket: WebSocketSocket, upgrading: EngineSession?, clientIP: String) {
+        self.controller = controller
+        self.socket = socket
+        if let upgrading {
+            phase = .probing(upgrading)
+        } else {
+            let session = controller.open(clientIP: clientIP, socket: socket)
+            phase = .open(session)
+            // Opened on the WebSocket: there is nothing to upgrade to.
+            socket.send(EnginePacket.open(controller.handshake(session, upgrades: []).jsonText()).encoded)
         }
+    }
+
+    func received(text: String) {
+        switch phase {
+        case .open(let session):
+            guard let packet = try? EnginePacket.decode(Substring(text)) else {
+                controller.end(session, code: 1008, reason: "malformed packet", byClient: false)
+                phase = .done
+                return
+            }
+            let controller = self.controller
+            let socket = self.socket
+            session.enqueue(packet, handle: { packet in await controller.handle(packet, session: session) }, setReading: { socket.setReading($0) })
+        case .probing(let session):
+            guard text == "2probe", !session.isClosed else { return failUpgrade(session) }
+            socket.send("3probe")
+            session.setUpgrading(true)
+            phase = .awaitingUpgrade(session)
+        case .awaitingUpgrade(let session):
+            guard text == "5", !session.isClosed else { return failUpgrade(session) }
+            session.upgrade(to: socket)
+            phase = .open(session)
+        case .done:
+            break
+        }
+    }
+
+    private func failUpgrade(_ session: EngineSession) {
+        session.setUpgrading(false)
+        phase = .done
+        socket.close(code: 1008, reason: "upgrade failed")
+    }
+
+    func received(binary: ByteBuffer) {
+        switch phase {
+        case .open(let session):
+            controller.refuseBinary(session)
+            phase = .done
+        case .probing(let session), .awaitingUpgrade(let session):
+            failUpgrade(session)
+        case .done:
+            break
+        }
+    }
+
+    func closed() {
+        switch phase {
+        case .open(let session):
+            controller.end(session, code: 1000, reason: "transport closed", byClient: true)
+        case .probing(let session), .awaitingUpgrade(let session):
+            session.setUpgrading(false)
+        case .done:
+            break
+        }
+        phase = .done
     }
 }

@@ -127,10 +127,11 @@ struct WebSocketController: Sendable {
     /// Joins a session the user may see; with `after`, first replays every stored message after it, in order,
     /// while live ones wait, so nothing is lost or duplicated across a reconnect.
     func join(_ client: RealtimeClient, claims: AccessClaims, session: UUID, after: UUID?, requestId: JSONValue?) async throws {
-        guard let found = try await store.session(id: session), SessionAccess.read.allows(found, userId: claims.subject, role: claims.role) else {
+        guard let found = try await store.session(id: session), SessionAccess.read.allows(found, userId: claims.subject, role: claims.role),
+              hub.join(client, session: found, recovering: after != nil)
+        else {
             throw APIError.notFound("session")
         }
-        hub.join(client, session: session, recovering: after != nil)
         var replayed = 0
         if let after {
             var cursor = after

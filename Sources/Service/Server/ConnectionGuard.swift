@@ -1,0 +1,116 @@
+import NIOCore
+
+/// First handler of every connection: the timeouts of the HTTP/1.1 phase, seen at the byte level.
+///
+/// A request head must be complete within `headerTimeout` of the connection opening (a connection that
+/// sends nothing is closed then too) or, on a keep-alive connection, of the first byte of the next
+/// request; a keep-alive connection with nothing in progress is closed after `idleTimeout`. Once the
+/// connection is upgraded to a WebSocket the guard removes itself.
+final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private enum State {
+        /// Waiting for a complete head; `sawBytes` once part of it arrived.
+        case awaitingHead(sawBytes: Bool)
+        /// A request is being read or answered: no timer.
+        case inRequest
+        /// Keep-alive, between requests.
+        case idle
+        case done
+    }
+
+    private let headerTimeout: TimeAmount
+    private let idleTimeout: TimeAmount
+    private let hstsMaxAge: Int?
+    private var state = State.awaitingHead(sawBytes: false)
+    private var timer: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
+
+    init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, hstsMaxAge: Int?) {
+        self.headerTimeout = headerTimeout
+        self.idleTimeout = idleTimeout
+        self.hstsMaxAge = hstsMaxAge
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        arm(headerTimeout)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancel()
+        self.context = nil
+        state = .done
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancel()
+        state = .done
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch state {
+        case .idle:
+            // The next request starts: its head gets the header timeout from now.
+            state = .awaitingHead(sawBytes: true)
+            arm(headerTimeout)
+        case .awaitingHead(sawBytes: false):
+            state = .awaitingHead(sawBytes: true)
+        case .awaitingHead, .inRequest, .done:
+            break
+        }
+        context.fireChannelRead(data)
+    }
+
+    /// The HTTP handler has a complete head.
+    func headReceived() {
+        cancel()
+        if case .done = state { return }
+        state = .inRequest
+    }
+
+    /// The HTTP handler answered and keeps the connection open for another request.
+    func awaitNextRequest() {
+        if case .done = state { return }
+        state = .idle
+        arm(idleTimeout)
+    }
+
+    /// The connection became a WebSocket: the guard steps out of the way.
+    func upgraded() {
+        cancel()
+        state = .done
+        if let context { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
+    }
+
+    private func arm(_ timeout: TimeAmount) {
+        cancel()
+        guard let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: timeout) { loopBound.value.expired() }
+    }
+
+    private func cancel() {
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func expired() {
+        timer = nil
+        guard let context else { return }
+        switch state {
+        case .awaitingHead(sawBytes: true):
+            // Part of a head came: say why the connection ends (RFC 9110 §15.5.9), then close.
+            let response = ConnectionErrors.raw(ConnectionErrors.headerTimeout, hstsMaxAge: hstsMaxAge)
+            state = .done
+            context.writeAndFlush(NIOAny(response)).whenComplete { _ in context.close(promise: nil) }
+        case .awaitingHead(sawBytes: false), .idle:
+            state = .done
+            context.close(promise: nil)
+        case .inRequest, .done:
+            break
+        }
+    }
+}

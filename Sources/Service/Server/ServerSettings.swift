@@ -1,0 +1,91 @@
+import HTTPTypes
+import NIOCore
+
+/// Limits of the HTTP/1.1 and WebSocket server, below the router.
+public struct ServerSettings: Sendable {
+    /// A request head (request line and headers) must be complete this long after the connection opened
+    /// or after its first byte arrived; a connection that sends nothing is closed after it too.
+    public var headerTimeout: TimeAmount = .seconds(10)
+    /// A keep-alive connection with no request in progress is closed after this.
+    public var idleTimeout: TimeAmount = .seconds(60)
+    /// Open connections (HTTP and WebSocket) past which a new connection is answered 503 and closed.
+    public var maxConnections: Int = 1024
+    /// Largest request body the server reads; routes may accept less.
+    public var maxBodyBytes: Int = 1 << 20
+    /// Largest WebSocket message (frames of one message together).
+    public var maxWebSocketMessageBytes: Int = 64 * 1024
+    /// How long a WebSocket connection waits for the peer's close frame after sending its own.
+    public var webSocketCloseTimeout: TimeAmount = .seconds(5)
+    /// `Strict-Transport-Security` max-age for every response, nil for none.
+    public var hstsMaxAge: Int?
+
+    public init() {}
+
+    /// Sets the head and keep-alive timeouts in whole seconds.
+    public mutating func setTimeouts(headerSeconds: Int, idleSeconds: Int) {
+        headerTimeout = .seconds(Int64(headerSeconds))
+        idleTimeout = .seconds(Int64(idleSeconds))
+    }
+}
+
+/// The headers every response carries, whether the router made it or the connection layer below it.
+enum SecurityHeaders {
+    /// helmet's defaults, with a CSP for JSON APIs: nothing may load or frame a response.
+    static func apply(to headers: inout HTTPFields, hstsMaxAge: Int?) {
+        headers[.xContentTypeOptions] = "nosniff"
+        headers[.xFrameOptions] = "DENY"
+        headers[.referrerPolicy] = "no-referrer"
+        headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        headers[.crossOriginResourcePolicy] = "same-origin"
+        headers[.crossOriginOpenerPolicy] = "same-origin"
+        headers[.xDNSPrefetchControl] = "off"
+        headers[.xPermittedCrossDomainPolicies] = "none"
+        if let hstsMaxAge {
+            headers[.strictTransportSecurity] = "max-age=\(hstsMaxAge); includeSubDomains"
+        }
+        if headers[.cacheControl] == nil {
+            headers[.cacheControl] = "no-store"
+        }
+    }
+}
+
+/// Error responses the connection layer writes itself (malformed requests, timeouts, the connection cap,
+/// refused upgrades): the same JSON shape and headers as the router's errors.
+enum ConnectionErrors {
+    static func head(_ error: APIError, hstsMaxAge: Int?, close: Bool, bodyLength: Int) -> HTTPResponse {
+        var fields = error.headers
+        fields[.contentType] = "application/json; charset=utf-8"
+        fields[.contentLength] = String(bodyLength)
+        fields[.xRequestId] = RequestIDs.next()
+        if close { fields[.connection] = "close" }
+        SecurityHeaders.apply(to: &fields, hstsMaxAge: hstsMaxAge)
+        return HTTPResponse(status: error.status, headerFields: fields)
+    }
+
+    static func body(_ error: APIError) -> ByteBuffer {
+        ByteBuffer(bytes: error.body.jsonBytes())
+    }
+
+    /// The whole response as HTTP/1.1 bytes, for handlers that sit below the HTTP encoder.
+    static func raw(_ error: APIError, hstsMaxAge: Int?) -> ByteBuffer {
+        let body = self.body(error)
+        let head = self.head(error, hstsMaxAge: hstsMaxAge, close: true, bodyLength: body.readableBytes)
+        var text = "HTTP/1.1 \(head.status.code) \(head.status.reasonPhrase)\r\n"
+        for field in head.headerFields { text += "\(field.name.rawName): \(field.value)\r\n" }
+        text += "\r\n"
+        var buffer = ByteBuffer(string: text)
+        var payload = body
+        buffer.writeBuffer(&payload)
+        return buffer
+    }
+
+    static let malformed = APIError(.badRequest, code: "bad_request", message: "the request is not valid HTTP/1.1")
+    static let headerTimeout = APIError(.requestTimeout, code: "request_timeout", message: "the request head did not arrive in time")
+    static let tooManyConnections = APIError(
+        .serviceUnavailable, code: "too_many_connections", message: "the server has too many open connections, try again shortly",
+        headers: [.retryAfter: "1"]
+    )
+    static let bodyTooLarge = APIError(.contentTooLarge, code: "payload_too_large", message: "request body is too large")
+    static let expectationFailed = APIError(.expectationFailed, code: "expectation_failed", message: "only Expect: 100-continue is supported")
+    static let internalError = APIError(.internalServerError, code: "internal_error", message: "internal error")
+}

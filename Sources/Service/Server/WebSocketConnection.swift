@@ -1,0 +1,346 @@
+import HTTPTypes
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+
+/// Which requests may become WebSockets, and what serves them.
+struct WebSocketRoutes: Sendable {
+    /// The decision for an upgrade request from `clientIP`; nil when the path has no WebSocket endpoint.
+    /// Called on the connection's event loop: it must not block.
+    let decide: @Sendable (_ request: HTTPRequest, _ clientIP: String) -> WebSocketUpgradeDecision?
+}
+
+enum WebSocketUpgradeDecision {
+    case accept(WebSocketEndpoint)
+    /// Answered with this error instead (the connection then closes).
+    case refuse(APIError)
+}
+
+/// What serves an upgraded connection.
+struct WebSocketEndpoint {
+    /// Largest message (frames of one message together); larger is closed with 1009.
+    var maxMessageBytes: Int
+    /// Send a ping this often; a peer that answered nothing since the last one is gone. Nil: no pings.
+    var pingInterval: TimeAmount?
+    /// Makes the application for the connection, on its event loop.
+    var makeApplication: (WebSocketSocket) -> any WebSocketApplication
+}
+
+/// What runs on a WebSocket connection. Called on the connection's event loop.
+protocol WebSocketApplication: AnyObject {
+    /// A complete text message, valid UTF-8.
+    func received(text: String)
+    /// A complete binary message.
+    func received(binary: ByteBuffer)
+    /// The connection is gone (called once).
+    func closed()
+}
+
+/// The handshake checks of RFC 6455 §4.2.1 and the accept key of §4.2.2.
+enum WebSocketHandshake {
+    static let guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    /// Why an upgrade request cannot be accepted, or nil.
+    static func problem(_ head: HTTPRequestHead) -> APIError? {
+        guard head.method == .GET, head.version == .http1_1 else {
+            return APIError(.badRequest, code: "bad_request", message: "a WebSocket upgrade is a GET over HTTP/1.1")
+        }
+        guard head.headers[canonicalForm: "sec-websocket-version"].map(String.init) == ["13"] else {
+            return APIError(
+                .upgradeRequired, code: "unsupported_websocket_version", message: "only WebSocket version 13 is supported",
+                headers: [HTTPField.Name("Sec-WebSocket-Version")!: "13"]
+            )
+        }
+        let keys = head.headers["sec-websocket-key"]
+        guard keys.count == 1, let key = Base64.decode(keys[0].trimmingCharacters(in: " \t")), key.count == 16, keys[0].hasSuffix("==") else {
+            return APIError(.badRequest, code: "bad_request", message: "Sec-WebSocket-Key must be 16 bytes in base64")
+        }
+        return nil
+    }
+
+    static func accept(key: String) -> String {
+        Base64.encode(Crypto.sha1(Array((key.trimmingCharacters(in: " \t") + guid).utf8)))
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        String(Substring(self).trimmingCharacters(in: set))
+    }
+}
+
+/// Sends on a WebSocket connection from any thread. Frames are written in the order they are sent; after
+/// `close` nothing more goes out.
+final class WebSocketSocket: Sendable {
+    let channel: any Channel
+    private let handler: NIOLoopBound<WebSocketConnectionHandler>
+
+    fileprivate init(channel: any Channel, handler: NIOLoopBound<WebSocketConnectionHandler>) {
+        self.channel = channel
+        self.handler = handler
+    }
+
+    /// Sends a text message; `written` runs once it has been handed to the socket (or dropped).
+    func send(_ text: String, written: (@Sendable () -> Void)? = nil) {
+        var buffer = channel.allocator.buffer(capacity: text.utf8.count)
+        buffer.writeString(text)
+        if channel.eventLoop.inEventLoop {
+            handler.value.sendText(buffer, written: written)
+        } else {
+            let handler = self.handler
+            channel.eventLoop.execute { handler.value.sendText(buffer, written: written) }
+        }
+    }
+
+    /// Sends the close frame after what was sent before, then ends the connection once the peer answers
+    /// (or after the close timeout).
+    func close(code: UInt16, reason: String) {
+        if channel.eventLoop.inEventLoop {
+            handler.value.initiateClose(code: code, reason: reason)
+        } else {
+            let handler = self.handler
+            channel.eventLoop.execute { handler.value.initiateClose(code: code, reason: reason) }
+        }
+    }
+
+    /// Pauses or resumes reading from the peer.
+    func setReading(_ on: Bool) {
+        channel.setOption(ChannelOptions.autoRead, value: on).whenFailure { _ in }
+    }
+}
+
+/// RFC 6455 on an upgraded connection: frames checked (masked, no reserved bits or opcodes, control frames
+/// short and whole, valid close codes, UTF-8 text), messages reassembled up to the limit, pings answered,
+/// the close handshake. A violation fails the connection with its code: 1002 (protocol), 1007 (invalid
+/// UTF-8), 1009 (too large). Every close the server makes sends its close frame after what was queued
+/// before it, then half-closes, so the frame reaches the peer rather than being reset away.
+final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private let endpoint: WebSocketEndpoint
+    private let closeTimeout: TimeAmount
+    private let logger: Logger
+    private var application: (any WebSocketApplication)?
+    private var context: ChannelHandlerContext?
+    private var fragments: ByteBuffer?
+    private var fragmentsAreText = true
+    private var closeSent = false
+    private var awaitingPong = false
+    private var pingTask: RepeatedTask?
+    private var closeTimer: Scheduled<Void>?
+    private var ended = false
+
+    init(endpoint: WebSocketEndpoint, closeTimeout: TimeAmount, logger: Logger) {
+        self.endpoint = endpoint
+        self.closeTimeout = closeTimeout
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let socket = WebSocketSocket(channel: context.channel, handler: loopBound)
+        application = endpoint.makeApplication(socket)
+        if let interval = endpoint.pingInterval {
+            pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+                loopBound.value.pingTick()
+            }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        end()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        end()
+        context.fireChannelInactive()
+    }
+
+    private func end() {
+        guard !ended else { return }
+        ended = true
+        pingTask?.cancel()
+        pingTask = nil
+        closeTimer?.cancel()
+        closeTimer = nil
+        let application = self.application
+        self.application = nil
+        application?.closed()
+    }
+
+    // MARK: Sending
+
+    fileprivate func sendText(_ buffer: ByteBuffer, written: (@Sendable () -> Void)?) {
+        guard let context, !closeSent else {
+            written?()
+            return
+        }
+        let frame = WebSocketFrame(fin: true, opcode: .text, data: buffer)
+        if let written {
+            context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in written() }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+        }
+    }
+
+    fileprivate func initiateClose(code: UInt16, reason: String) {
+        guard let context, !closeSent, !ended else { return }
+        closeSent = true
+        fragments = nil
+        var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        data.writeInteger(code)
+        data.writeString(String(reason.utf8.prefix(123)) ?? "")
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: data))).whenComplete { result in
+            // Half-close: the peer reads the close frame, then an orderly end of the stream.
+            if case .success = result { channel.close(mode: .output, promise: nil) } else { channel.close(promise: nil) }
+        }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        closeTimer = context.eventLoop.scheduleTask(in: closeTimeout) {
+            loopBound.value.closeTimer = nil
+            loopBound.value.context?.close(promise: nil)
+        }
+    }
+
+    private func fail(_ code: WebSocketErrorCode, _ reason: String) {
+        logger.debug("WebSocket connection failed", metadata: ["code": "\(UInt16(webSocketErrorCode: code))", "reason": .string(reason)])
+        initiateClose(code: UInt16(webSocketErrorCode: code), reason: reason)
+    }
+
+    private func pingTick() {
+        guard let context, !closeSent else { return }
+        if awaitingPong {
+            // Nothing came since the last ping: the peer is gone.
+            context.close(promise: nil)
+            return
+        }
+        awaitingPong = true
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))), promise: nil)
+    }
+
+    // MARK: Receiving
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        awaitingPong = false  // any traffic shows the peer is there
+        guard frame.maskKey != nil else { return fail(.protocolError, "client frames must be masked") }
+        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return fail(.protocolError, "reserved bits set without an extension") }
+        switch frame.opcode {
+        case .text, .binary:
+            guard !closeSent else { return }
+            guard fragments == nil else { return fail(.protocolError, "a new message began inside a fragmented one") }
+            if frame.fin {
+                deliver(frame.unmaskedData, isText: frame.opcode == .text)
+            } else {
+                guard frame.length <= endpoint.maxMessageBytes else { return fail(.messageTooLarge, "message too large") }
+                fragments = frame.unmaskedData
+                fragmentsAreText = frame.opcode == .text
+            }
+        case .continuation:
+            guard !closeSent else { return }
+            guard var buffer = fragments else { return fail(.protocolError, "a continuation frame without a message") }
+            guard buffer.readableBytes + frame.length <= endpoint.maxMessageBytes else {
+                return fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
+            }
+            var piece = frame.unmaskedData
+            buffer.writeBuffer(&piece)
+            if frame.fin {
+                fragments = nil
+                deliver(buffer, isText: fragmentsAreText)
+            } else {
+                fragments = buffer
+            }
+        case .ping:
+            guard !closeSent else { return }
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .pong:
+            break
+        case .connectionClose:
+            receivedClose(frame.unmaskedData, context: context)
+        default:
+            fail(.protocolError, "unknown opcode")
+        }
+    }
+
+    private func receivedClose(_ payload: ByteBuffer, context: ChannelHandlerContext) {
+        if closeSent {
+            // The peer answered our close: the handshake is complete.
+            context.close(promise: nil)
+            return
+        }
+        var data = payload
+        var code: UInt16 = 1000
+        switch data.readableBytes {
+        case 0:
+            break
+        case 1:
+            return fail(.protocolError, "a close frame's payload is a code of two bytes")
+        default:
+            code = data.readInteger(as: UInt16.self)!
+            guard Self.isValidCloseCode(code) else { return fail(.protocolError, "close code \(code) may not be sent") }
+            guard String(validating: data.readableBytesView, as: UTF8.self) != nil else {
+                return fail(.dataInconsistentWithMessage, "the close reason is not valid UTF-8")
+            }
+        }
+        // Echo the code, then end the connection: the server closes the TCP connection first (RFC 6455 §7.1.1).
+        closeSent = true
+        var reply = context.channel.allocator.buffer(capacity: 2)
+        reply.writeInteger(code)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: reply))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    /// Codes a peer may send (RFC 6455 §7.4 and the IANA registry): 1000–1003, 1007–1014, 3000–4999.
+    static func isValidCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1014, 3000...4999: return true
+        default: return false
+        }
+    }
+
+    private func deliver(_ buffer: ByteBuffer, isText: Bool) {
+        guard buffer.readableBytes <= endpoint.maxMessageBytes else {
+            return fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
+        }
+        guard isText else {
+            application?.received(binary: buffer)
+            return
+        }
+        guard let text = String(validating: buffer.readableBytesView, as: UTF8.self) else {
+            return fail(.dataInconsistentWithMessage, "text is not valid UTF-8")
+        }
+        application?.received(text: text)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case ChannelEvent.inputClosed:
+            // The peer stopped sending: for a WebSocket, that is the end.
+            context.close(promise: nil)
+        case is ChannelShouldQuiesceEvent:
+            initiateClose(code: 1001, reason: "server shutting down")
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        switch error {
+        case NIOWebSocketError.invalidFrameLength:
+            fail(.messageTooLarge, "frame larger than \(endpoint.maxMessageBytes) bytes")
+        case NIOWebSocketError.fragmentedControlFrame:
+            fail(.protocolError, "control frames must not be fragmented")
+        case NIOWebSocketError.multiByteControlFrameLength:
+            fail(.protocolError, "control frames carry at most 125 bytes")
+        default:
+            logger.debug("WebSocket error", metadata: ["error": "\(error)"])
+            if closeSent { context.close(promise: nil) } else { fail(.protocolError, "protocol error") }
+        }
+    }
+}
