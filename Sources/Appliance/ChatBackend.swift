@@ -42,7 +42,7 @@ func makeLogger(_ level: Logger.Level) -> Logger {
     return logger
 }
 
-/// Runs an async body and turns configuration and storage errors into a clean exit with a message.
+/// Runs an async body and turns every error into a clean exit with one line saying what is wrong.
 func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
@@ -50,9 +50,21 @@ func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
         FileHandleStderr.write("chat-backend: \(error.description)\n")
         throw ExitCode(78)  // EX_CONFIG
     } catch let error as StoreError {
-        FileHandleStderr.write("chat-backend: \(error.debugDescription)\n")
-        throw ExitCode(error.kind == .unavailable ? 69 : 65)
+        FileHandleStderr.write("chat-backend: \(oneLine(error.debugDescription))\n")
+        throw ExitCode(error.kind == .unavailable ? 69 : 65)  // EX_UNAVAILABLE, EX_DATAERR
+    } catch let error as ExitCode {
+        throw error
+    } catch let error where error is ValidationError || error is CleanExit {
+        throw error
+    } catch {
+        FileHandleStderr.write("chat-backend: \(oneLine(String(describing: error)))\n")
+        throw ExitCode(70)  // EX_SOFTWARE
     }
+}
+
+/// An error's text on one line.
+func oneLine(_ text: String) -> String {
+    text.split(whereSeparator: \.isNewline).map { String($0).trimmed }.joined(separator: " ")
 }
 
 enum FileHandleStderr {
@@ -68,6 +80,9 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var options: ConfigOptions
 
     func run() async throws {
+        // Whatever the caller's umask, what the server creates (database, its -wal/-shm, the key file,
+        // the state directory) is its own only.
+        umask(0o077)
         try await reportingErrors {
             let config = try await AppConfig.load(options: options)
             LoggingSystem.bootstrap { label in

@@ -298,14 +298,26 @@ struct AppConfig {
         return bytes
     }
 
+    /// Creates the directory that will hold `path` (and its parents) owner-only (0700), or says in one
+    /// sentence why it cannot.
     static func makeDirectory(parentOf path: String) throws {
         let parent = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         guard !parent.isEmpty else { return }
-        do {
-            try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
-        } catch {
-            throw ConfigError("cannot create directory \(parent): \(error)")
+        try makeDirectories(parent)
+    }
+
+    static func makeDirectories(_ directory: String) throws {
+        var info = stat()
+        if stat(directory, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw ConfigError("cannot use \(directory) as a directory: it is a file") }
+            return
         }
+        let parent = directory.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        if !parent.isEmpty { try makeDirectories(parent) }
+        guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
+            throw ConfigError("cannot create the directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        _ = chmod(directory, 0o700)
     }
 }
 

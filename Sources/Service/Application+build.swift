@@ -78,8 +78,9 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     let router = Router(context: ChatRequestContext.self, options: .autoGenerateHeadEndpoints)
     let routeMethods = RouteMethods()
     router.addMiddleware {
-        RequestMiddleware(metrics: metrics, hstsMaxAge: config.server.hstsMaxAge, trustProxy: config.trustProxy, routes: routeMethods)
+        RequestMiddleware(metrics: metrics, hstsMaxAge: config.server.hstsMaxAge, trustProxy: config.trustProxy)
         CORSMiddleware(allowedOrigins: Set(config.corsOrigins))
+        MethodNotAllowedMiddleware(routes: routeMethods)
     }
     // Tokens are read only where they matter: a stale token sent to /health or /auth/refresh is ignored.
     let identity = IdentityMiddleware(tokens: tokens)
@@ -99,10 +100,12 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     if let rule = config.rateLimitAPI { api.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     health.addAPIRoutes(to: api)
     let authenticated = api.group(context: AuthenticatedContext.self)
+    let changes = SessionChanges(store: store, hub: hub, logger: dependencies.logger)
     SessionController(
-        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes, orchestrator: orchestrator
+        store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes, orchestrator: orchestrator,
+        changes: changes
     ).addRoutes(to: authenticated)
-    AgentController(store: store, hub: hub, orchestrator: orchestrator).addRoutes(to: authenticated)
+    AgentController(store: store, hub: hub, orchestrator: orchestrator, changes: changes).addRoutes(to: authenticated)
 
     let events = WebSocketController(
         store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,

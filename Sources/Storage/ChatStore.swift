@@ -15,6 +15,10 @@ public protocol ChatStore: Sendable {
     /// Checks that the database answers a trivial query.
     func ping() async throws
 
+    /// Whether the store can serve reads and writes now: a read-only or full database, or a corrupt
+    /// file, is reported as down, since writes would fail.
+    func health() async -> StoreHealth
+
     /// Status of every known migration.
     func migrationStatus() async throws -> [MigrationStatus]
 
@@ -103,12 +107,25 @@ public protocol ChatStore: Sendable {
     /// Inserts records as they are, in one transaction; a record whose id exists already is skipped.
     func importRecords(_ batch: RecordBatch) async throws
 
+    /// Tells other instances sharing the database that who may read a session changed (claimed,
+    /// released, resolved, deleted, handed off), so they update their realtime rooms. No-op without such
+    /// instances.
+    func announceSessionChange(sessionId: UUID, reason: String) async throws
+
     /// Messages stored by other instances sharing this database, for as long as the stream is consumed.
     /// Nil when the store has no such instances (SQLite).
     func externalMessages() -> AsyncStream<ExternalChange>?
 
     /// Finishes pending writes, checkpoints and closes connections. Further calls fail with `unavailable`.
     func close() async
+}
+
+/// The store's readiness, as `/api/health` reports it.
+public enum StoreHealth: Sendable, Equatable {
+    case up
+    /// `reason` is a stable code (`storage_unavailable`, `storage_read_only`, `storage_full`,
+    /// `storage_corrupt`); `detail` a sentence for operators.
+    case down(reason: String, detail: String)
 }
 
 /// A change made by another instance sharing the database.
@@ -119,10 +136,14 @@ public enum ExternalChange: Sendable, Equatable {
     case resync
     /// An access token (by `jti`) or every token of a login (by refresh family) was revoked.
     case revoked(jti: String?, familyId: UUID?)
+    /// Who may read a session changed (`reason`: claimed, released, resolved, deleted, …).
+    case session(sessionId: UUID, reason: String)
 }
 
 extension ChatStore {
     public func externalMessages() -> AsyncStream<ExternalChange>? { nil }
+
+    public func announceSessionChange(sessionId: UUID, reason: String) async throws {}
 
     /// Stores a message without an ownership check.
     public func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome {

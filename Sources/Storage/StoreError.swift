@@ -9,7 +9,9 @@ public struct StoreError: Error, CustomStringConvertible, CustomDebugStringConve
         case unavailable
         /// The request cannot be stored as given (constraint, bad value, bad configuration).
         case invalid
-        /// Anything else: a bug or a corrupt database.
+        /// The database file is damaged: nothing more is read from or written to it.
+        case corrupt
+        /// Anything else: a bug.
         case failed
     }
 

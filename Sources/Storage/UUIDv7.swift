@@ -42,6 +42,24 @@ public enum UUIDv7 {
         )
         return UUID(uuid: bytes)
     }
+
+    /// The smallest version-7 id of the millisecond `date`: every id made at or after it sorts after it.
+    public static func cursor(at date: Date) -> UUID {
+        let millis = UInt64(max(0, date.timeIntervalSince1970 * 1000))
+        return UUID(uuid: (
+            UInt8(truncatingIfNeeded: millis >> 40), UInt8(truncatingIfNeeded: millis >> 32),
+            UInt8(truncatingIfNeeded: millis >> 24), UInt8(truncatingIfNeeded: millis >> 16),
+            UInt8(truncatingIfNeeded: millis >> 8), UInt8(truncatingIfNeeded: millis),
+            0x70, 0, 0x80, 0, 0, 0, 0, 0, 0, 0
+        ))
+    }
+
+    /// The creation time a version-7 id carries (millisecond precision).
+    public static func date(of id: UUID) -> Date {
+        let b = id.uuid
+        let millis = [b.0, b.1, b.2, b.3, b.4, b.5].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        return Date(timeIntervalSince1970: Double(millis) / 1000)
+    }
 }
 
 private let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)

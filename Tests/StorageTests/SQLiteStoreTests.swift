@@ -33,6 +33,59 @@ struct SQLiteStoreTests {
         }
     }
 
+    @Test("corruption found while serving stops every read and write; the file is not written to again")
+    func corruptionAtRunTime() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("corrupt-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.db").path
+        var store = try await SQLiteStore.open(path: path)
+        var names: [String] = []
+        for i in 0..<2000 {
+            let user = Make.user("user\(i)-" + String(repeating: "x", count: 120))
+            try await store.createUser(user)
+            names.append(user.username)
+        }
+        await store.close()  // checkpointed: everything is in the main file
+        let size = try #require(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
+        #expect(size > 4096 * 80)
+
+        // The damage appears after the start-up check (a failing disk, a stray write): pages 20-59.
+        let handle = try #require(FileHandle(forUpdatingAtPath: path))
+        try handle.seek(toOffset: 4096 * 20)
+        try handle.write(contentsOf: Data((0..<(4096 * 40)).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }))
+        try handle.close()
+        let damaged = try Data(contentsOf: URL(fileURLWithPath: path))
+
+        store = try await SQLiteStore.open(path: path, options: .init(checkIntegrity: false))
+        var sawCorruption = false
+        for name in names {
+            do {
+                _ = try await store.user(username: name)
+            } catch let error as StoreError {
+                #expect(error.kind == .corrupt)
+                sawCorruption = true
+                break
+            }
+        }
+        #expect(sawCorruption, "reading every user never met the damaged pages")
+        // From now on nothing runs on the file: not the reads that would work, not the writes.
+        await #expect(throws: StoreError.self) { _ = try await store.user(username: names[0]) }
+        do {
+            try await store.createUser(Make.user())
+            Issue.record("a write went into a file known to be corrupt")
+        } catch let error as StoreError {
+            #expect(error.kind == .corrupt)
+        }
+        guard case .down(let reason, _) = await store.health() else {
+            Issue.record("health is up on a corrupt file")
+            return
+        }
+        #expect(reason == "storage_corrupt")
+        await store.close()
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == damaged, "the corrupt file was written to")
+    }
+
     @Test("a failing migration leaves no partial schema")
     func failingMigration() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fail-\(UUID().uuidString)")

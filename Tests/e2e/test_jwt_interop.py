@@ -218,3 +218,51 @@ def test_logout_revokes_access_and_refresh_token(jwt_server, alice):
 def test_logout_needs_a_token(jwt_server):
     r = requests.post(jwt_server.url("/auth/logout"), timeout=10)
     assert_json_error(r, 401, "unauthenticated")
+
+
+def _standard_alphabet_token(user_id: str) -> str:
+    """A valid token re-encoded with base64's standard alphabet (`+` and `/` for `-` and `_`) somewhere."""
+    for _ in range(200):
+        token = jwt.encode(claims_for(user_id, jti=str(uuid.uuid4())), JWT_SECRET, algorithm="HS256")
+        if "-" in token or "_" in token:
+            return token.replace("-", "+").replace("_", "/")
+    raise AssertionError("no token with '-' or '_' in 200 tries")
+
+
+def _nonzero_trailing_bits(token: str) -> str:
+    """The same bytes, but the signature's last character carries set bits past the last byte (RFC 4648 §3.5):
+    a loose decoder reads the same signature."""
+    head, payload, signature = token.split(".")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(signature[-1])
+    assert len(signature) % 4 == 3  # 32 bytes: 43 characters, the last carries 2 unused bits
+    return f"{head}.{payload}.{signature[:-1]}{alphabet[last | 0b01]}"
+
+
+def _padded_payload(user_id: str) -> str:
+    """A valid token whose payload is written with its `=` padding."""
+    for n in range(200):
+        token = jwt.encode(claims_for(user_id, jti="j" * (n % 4 + 30)), JWT_SECRET, algorithm="HS256")
+        head, payload, signature = token.split(".")
+        if len(payload) % 4:
+            return f"{head}.{payload}{'=' * (-len(payload) % 4)}.{signature}"
+    raise AssertionError("no payload needing padding")
+
+
+NON_CANONICAL = {
+    "padded_signature": lambda uid, tok: tok + "=",
+    "padded_payload": lambda uid, tok: _padded_payload(uid),
+    "standard_alphabet": lambda uid, tok: _standard_alphabet_token(uid),
+    "nonzero_trailing_bits": lambda uid, tok: _nonzero_trailing_bits(tok),
+    "whitespace_inside": lambda uid, tok: tok[:20] + " " + tok[20:],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NON_CANONICAL))
+def test_tokens_not_in_canonical_base64url_are_refused(jwt_server, alice, name):
+    """RFC 7515 §2: base64url without padding or other characters; a token is refused unless each part is the one
+    canonical encoding of its bytes."""
+    user_id = alice["user"]["id"]
+    token = NON_CANONICAL[name](user_id, alice["accessToken"])
+    assert token != alice["accessToken"]
+    assert_json_error(auth_get(sessions_url(jwt_server, user_id), token), 401, "invalid_token")

@@ -200,14 +200,17 @@ public final class AgentOrchestrator: Service, Sendable {
                     try await post(text, type: "agent", session: session.id, metadata: metadata, log: log)
                 }
                 if reply.resolve {
-                    _ = try await store.resolveSession(id: session.id, now: Timestamp.now())
+                    if let resolved = try await store.resolveSession(id: session.id, now: Timestamp.now()) {
+                        await SessionChanges(store: store, hub: hub, logger: logger).changed(session.id, to: resolved, reason: "resolved")
+                    }
                     return
                 }
                 switch reply.handoff {
                 case nil:
                     return
                 case .human?:
-                    guard try await store.requestHandoff(sessionId: session.id, now: Timestamp.now()) != nil else { return }
+                    guard let waiting = try await store.requestHandoff(sessionId: session.id, now: Timestamp.now()) else { return }
+                    await SessionChanges(store: store, hub: hub, logger: logger).changed(session.id, to: waiting, reason: "handoff")
                     try await post(
                         "You are being connected to a person; someone will reply here shortly.", type: "system", session: session.id,
                         metadata: ["agent": .string(current), "handoff": "human"], log: log

@@ -12,6 +12,7 @@ struct AgentController {
     let store: any ChatStore
     let hub: RealtimeHub
     let orchestrator: AgentOrchestrator?
+    let changes: SessionChanges
 
     func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
         api.get("agents", use: list)
@@ -56,6 +57,8 @@ struct AgentController {
             let message = session.handoff == .assigned ? "another agent has taken this session" : "this session is not waiting for a human agent"
             throw APIError(.conflict, code: "handoff_unavailable", message: message)
         case .claimed(let session):
+            // Other staff who were watching the waiting session lose it now.
+            await changes.changed(id, to: session, reason: "claimed")
             if before?.handoff == .waiting {
                 try await note(
                     "A support agent joined the conversation.", session: id,
@@ -80,6 +83,7 @@ struct AgentController {
         guard let updated = try await store.assignAgent(sessionId: id, agent: agent, ifUnrouted: false, now: Timestamp.now()) else {
             throw APIError.notFound("session")
         }
+        await changes.changed(id, to: updated, reason: "released")
         try await note(
             agent == nil ? "The support agent left the conversation." : "The conversation is back with the assistant.", session: id,
             metadata: ["handoff": .null, "agent": agent.map(JSONValue.string) ?? .null]

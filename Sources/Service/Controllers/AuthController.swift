@@ -31,10 +31,38 @@ struct AuthController {
         try limiter.take("auth:ip:\(context.clientIP)", rule: rule).enforce()
     }
 
-    /// Auth tier, per username named in a login: brute force on one account from many addresses.
-    private func limitUsername(_ username: String) throws {
-        guard let rule else { return }
-        try limiter.take("auth:user:\(username.lowercased())", rule: rule).enforce()
+    /// Brute-force protection for logins, counting failed attempts only (the auth tier's rate).
+    ///
+    /// An address with too many recent failures is refused before its password is checked. An account
+    /// with too many recent failures refuses the addresses those failures came from, but never an address
+    /// that has not failed for it: a correct password is not refused because of attempts from elsewhere.
+    private struct LoginFailures {
+        let limiter: RateLimiter
+        let rule: RateLimit
+        let ip: String
+        let user: String
+
+        var ipKey: String { "login-failures:ip:\(ip)" }
+        var userKey: String { "login-failures:user:\(user)" }
+        var pairKey: String { "login-failures:user-ip:\(user)|\(ip)" }
+
+        func check() throws {
+            try limiter.peek(ipKey, rule: rule).enforce()
+            let account = limiter.peek(userKey, rule: rule)
+            if !account.allowed, limiter.peek(pairKey, rule: rule).remaining < rule.limit { try account.enforce() }
+        }
+
+        /// Charges a failure to the address, the account and the pair, and to the address's auth tier (so
+        /// an address guessing passwords also stops registering and refreshing).
+        func failed() {
+            for key in [ipKey, userKey, pairKey, "auth:ip:\(ip)"] { _ = limiter.take(key, rule: rule) }
+        }
+
+        /// A success from an address clears that address's failures.
+        func succeeded() {
+            limiter.reset(ipKey)
+            limiter.reset(pairKey)
+        }
     }
 
     private static let usernameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -65,16 +93,21 @@ struct AuthController {
     }
 
     @Sendable func login(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        try limitClient(context)
         let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password"])
         let username = try body.string("username", required: true, length: 1...256)!
         let password = try body.string("password", required: true, length: 1...1024)!
-        try limitUsername(username)
+        let failures = rule.map { LoginFailures(limiter: limiter, rule: $0, ip: context.clientIP, user: username.lowercased()) }
+        try failures?.check()
         guard let user = try await store.user(username: username) else {
             try await hasher.dummyVerify(password)
+            failures?.failed()
             throw Self.badCredentials
         }
-        guard try await hasher.verify(password, against: user.passwordHash) else { throw Self.badCredentials }
+        guard try await hasher.verify(password, against: user.passwordHash) else {
+            failures?.failed()
+            throw Self.badCredentials
+        }
+        failures?.succeeded()
         return try await tokenResponse(.ok, user: user, pair: tokens.issue(for: user))
     }
 

@@ -37,22 +37,22 @@ struct HealthController {
         JSONResponse.make(.ok, .object(["status": "ok", "version": .string(version)]))
     }
 
-    /// Readiness: storage answers a query.
+    /// Readiness: storage answers and would accept a write.
     @Sendable func health(_ request: Request, context: ChatRequestContext) async throws -> Response {
         let started = ContinuousClock.now
-        do {
-            try await store.ping()
+        switch await store.health() {
+        case .up:
             let latency = ContinuousClock.now - started
             let ms = Double(latency.components.attoseconds) / 1e15 + Double(latency.components.seconds) * 1000
             return JSONResponse.make(.ok, .object([
                 "status": "ok", "version": .string(version),
                 "storage": .object(["backend": .string(store.backend), "status": "up", "latencyMs": .double((ms * 1000).rounded() / 1000)]),
             ]))
-        } catch {
-            context.logger.warning("storage health check failed", metadata: ["error": .string(String(reflecting: error))])
+        case .down(let reason, let detail):
+            context.logger.warning("storage health check failed", metadata: ["reason": .string(reason), "detail": .string(detail)])
             return JSONResponse.make(.serviceUnavailable, .object([
                 "status": "unavailable", "version": .string(version),
-                "storage": .object(["backend": .string(store.backend), "status": "down"]),
+                "storage": .object(["backend": .string(store.backend), "status": "down", "reason": .string(reason)]),
             ]))
         }
     }

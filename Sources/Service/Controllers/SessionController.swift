@@ -13,6 +13,7 @@ struct SessionController {
     let sessionTTL: Int
     let maxBodyBytes: Int
     let orchestrator: AgentOrchestrator?
+    let changes: SessionChanges
 
     func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
         api.post("sessions", use: create)
@@ -68,6 +69,7 @@ struct SessionController {
         let id = try visibleSession(context)
         _ = try await loadVisible(id, context, for: .manage)
         guard try await store.deleteSession(id: id) else { throw APIError.notFound("session") }
+        await changes.changed(id, to: nil, reason: "deleted")
         return Response(status: .noContent)
     }
 
@@ -77,6 +79,7 @@ struct SessionController {
         let now = Timestamp.now()
         switch try await store.resumeSession(id: id, expiresAt: now.addingTimeInterval(Double(sessionTTL)), now: now) {
         case .resumed(let session):
+            await changes.changed(id, to: session, reason: "resumed")
             // The newest page: everything before the largest possible id.
             let recent = try await store.messages(MessageQuery(sessionId: id, before: Self.maxUUID, limit: 50))
             return JSONResponse.make(.ok, .object([
@@ -94,6 +97,7 @@ struct SessionController {
         let id = try visibleSession(context)
         _ = try await loadVisible(id, context, for: .resolve)
         guard let session = try await store.resolveSession(id: id, now: Timestamp.now()) else { throw APIError.notFound("session") }
+        await changes.changed(id, to: session, reason: "resolved")
         return JSONResponse.make(.ok, Wire.session(session))
     }
 

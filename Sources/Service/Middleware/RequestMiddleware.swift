@@ -17,8 +17,6 @@ struct RequestMiddleware: RouterMiddleware {
     let metrics: HTTPMetrics
     let hstsMaxAge: Int?
     let trustProxy: Bool
-    /// The methods of every route, to answer a known path with a wrong method `405` and `Allow`.
-    let routes: RouteMethods
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var context = context
@@ -33,20 +31,6 @@ struct RequestMiddleware: RouterMiddleware {
         var response: Response
         do {
             response = try await next(request, context)
-        } catch let error as HTTPError where error.status == .notFound && context.endpointPath == nil {
-            // No route matched: a path that exists with other methods is 405 (RFC 9110 §15.5.6).
-            let allowed = routes.allowed(path: request.uri.path)
-            if allowed.isEmpty {
-                response = Self.errorResponse(error, context: context)
-            } else {
-                response = Self.errorResponse(
-                    APIError(
-                        .methodNotAllowed, code: "method_not_allowed", message: "\(request.method.rawValue) is not allowed here; use \(allowed)",
-                        headers: [.allow: allowed]
-                    ),
-                    context: context
-                )
-            }
         } catch {
             response = Self.errorResponse(error, context: context)
         }
@@ -106,6 +90,27 @@ struct RequestMiddleware: RouterMiddleware {
     func applyHeaders(_ response: inout Response, request: Request, requestId: String) {
         response.headers[.xRequestId] = requestId
         SecurityHeaders.apply(to: &response.headers, hstsMaxAge: hstsMaxAge)
+    }
+}
+
+/// Answers a path that exists, asked with a method it does not take, `405` with `Allow` (RFC 9110
+/// §15.5.6) instead of the router's 404.
+struct MethodNotAllowedMiddleware: RouterMiddleware {
+    typealias Context = ChatRequestContext
+
+    let routes: RouteMethods
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError where error.status == .notFound {
+            let allowed = routes.allowed(path: request.uri.path)
+            guard !allowed.isEmpty else { throw error }
+            throw APIError(
+                .methodNotAllowed, code: "method_not_allowed", message: "\(request.method.rawValue) is not allowed here; use \(allowed)",
+                headers: [.allow: allowed]
+            )
+        }
     }
 }
 

@@ -207,6 +207,8 @@ public final class RealtimeHub: Sendable {
         /// The ids published lately, so a message announced twice (locally and by the change feed after a
         /// resync) goes out once.
         var recent = RecentIDs()
+        /// When the room opened, as a message-id cursor: catching up starts there when nothing was published.
+        var opened = UUIDv7.cursor(at: Timestamp.now())
     }
 
     private struct State {
@@ -359,9 +361,21 @@ public final class RealtimeHub: Sendable {
         }
     }
 
-    /// Rooms with connections, and the newest message id each has published (nil: none yet).
-    func activeRooms() -> [(session: UUID, newest: UUID?)] {
-        state.withLock { s in s.rooms.map { ($0.key, $0.value.recent.newest) } }
+    /// Whether any connection is joined to the session.
+    func hasMembers(_ session: UUID) -> Bool {
+        state.withLock { $0.rooms[session] != nil }
+    }
+
+    /// For each room with connections, the message id to catch up after: a little before the newest it
+    /// published (or its opening), since ids of different instances interleave in time. What was sent
+    /// already is dropped by the room's memory of recent ids.
+    func catchUpCursors(lookback: Double = 10) -> [(session: UUID, after: UUID)] {
+        state.withLock { s in
+            s.rooms.map { id, room in
+                let base = room.recent.newest ?? room.opened
+                return (id, UUIDv7.cursor(at: UUIDv7.date(of: base).addingTimeInterval(-lookback)))
+            }
+        }
     }
 
     /// The members of a room who may read the session now.

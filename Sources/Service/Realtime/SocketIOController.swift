@@ -500,7 +500,9 @@ final class SocketIOController: Sendable {
                     try events.authenticate(client, claims: claims)
                 }
                 session.setConnected(true)
-                session.push(["4" + SocketIOPacket(kind: .connect, data: .object(["sid": .string(session.sid)])).encoded])
+                // Each connection to the namespace has its own Socket.IO id, distinct from the Engine.IO sid.
+                let socketId = Base64.urlEncode(Crypto.randomBytes(15))
+                session.push(["4" + SocketIOPacket(kind: .connect, data: .object(["sid": .string(socketId)])).encoded])
                 // Reconnecting with the session and the last message seen: replay, then live.
                 if let claims = client.identity, case .string(let sessionText)? = auth["sessionId"], let sessionId = UUID(text: sessionText) {
                     var last: UUID?

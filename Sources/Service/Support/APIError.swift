@@ -48,6 +48,8 @@ extension APIError {
         case let error as StoreError:
             switch error.kind {
             case .unavailable: return .storageUnavailable
+            case .corrupt:
+                return APIError(.serviceUnavailable, code: "storage_corrupt", message: "storage is damaged and refuses reads and writes until an operator repairs it")
             case .notFound: return .notFound("resource")
             case .conflict: return APIError(.conflict, code: "conflict", message: error.message)
             case .invalid: return APIError(.badRequest, code: "invalid_input", message: "the request could not be stored as given")

@@ -69,8 +69,8 @@ struct JSONBody {
             if required { throw APIError.invalid(key, "is required") }
             return nil
         case .string(let s)?:
-            // Bytes are capped too (4 per character): combining marks make one "character" arbitrarily long.
-            if let length, !length.contains(s.count) || s.utf8.count > length.upperBound * 4 {
+            // Counted in code points, as JSON Schema's minLength/maxLength (and openapi.yaml) count them.
+            if let length, !length.contains(s.unicodeScalars.count) {
                 throw APIError.invalid(key, "must be \(length.lowerBound) to \(length.upperBound) characters")
             }
             return s

@@ -96,6 +96,21 @@ public final class RateLimiter: Sendable {
 
     /// Takes one token for `key` under `rule`.
     public func take(_ key: String, rule: RateLimit, now: Double = Date().timeIntervalSince1970) -> RateDecision {
+        decide(key, rule: rule, now: now, consume: true)
+    }
+
+    /// What `take` would decide, without taking a token (for limits that count failures, checked before
+    /// the attempt and charged only when it fails).
+    public func peek(_ key: String, rule: RateLimit, now: Double = Date().timeIntervalSince1970) -> RateDecision {
+        decide(key, rule: rule, now: now, consume: false)
+    }
+
+    /// Forgets `key`: its bucket is full again.
+    public func reset(_ key: String) {
+        buckets.remove(key)
+    }
+
+    private func decide(_ key: String, rule: RateLimit, now: Double, consume: Bool) -> RateDecision {
         let capacity = Double(rule.limit)
         let rate = capacity / Double(rule.windowSeconds)
         return buckets.update(key) { bucket in
@@ -103,8 +118,8 @@ public final class RateLimiter: Sendable {
             b.tokens = min(capacity, b.tokens + max(0, now - b.updated) * rate)
             b.updated = now
             let allowed = b.tokens >= 1
-            if allowed { b.tokens -= 1 }
-            bucket = b
+            if allowed, consume { b.tokens -= 1 }
+            if consume || bucket != nil { bucket = b }
             return RateDecision(
                 allowed: allowed,
                 limit: rule.limit,

@@ -62,8 +62,9 @@ final class PostgresListener: Sendable {
                 backoff = 100_000
                 continuation.yield(.resync)
                 try connection.waitForNotifications(until: { self.stopped.load(ordering: .relaxed) }) { payload in
-                    // "<instance> <session> <message>", "<instance> revoke-token <jti>" or
-                    // "<instance> revoke-family <family>"; our own changes are handled locally already.
+                    // "<instance> <session> <message>", "<instance> revoke-token <jti>",
+                    // "<instance> revoke-family <family>" or "<instance> session:<reason> <session>";
+                    // our own changes are handled locally already.
                     let parts = payload.split(separator: " ")
                     guard parts.count == 3, parts[0] != self.instanceID else { return }
                     switch parts[1] {
@@ -72,6 +73,9 @@ final class PostgresListener: Sendable {
                     case "revoke-family":
                         guard let family = UUID(text: parts[2]) else { return }
                         Self.yield(.revoked(jti: nil, familyId: family), to: continuation)
+                    case let kind where kind.hasPrefix("session:"):
+                        guard let session = UUID(text: parts[2]) else { return }
+                        Self.yield(.session(sessionId: session, reason: String(kind.dropFirst("session:".count))), to: continuation)
                     default:
                         guard let session = UUID(text: parts[1]), let message = UUID(text: parts[2]) else { return }
                         Self.yield(.message(sessionId: session, messageId: message), to: continuation)

@@ -33,6 +33,10 @@ final class PostgresPool: Sendable {
                 defer {
                     if connection.isHealthy, !self.closed.load(ordering: .relaxed) {
                         self.idle.withLock { $0.append((UnsafeTransfer(connection), .now)) }
+                    } else {
+                        // A broken connection (a server restart, a network cut) means the idle ones are
+                        // most likely broken too: drop them and connect afresh on the next use.
+                        self.idle.withLock { $0.removeAll() }
                     }
                 }
                 return try body(connection)

@@ -107,6 +107,18 @@ public final class PostgresStore: ChatStore {
         _ = try await pool.withConnection { db in try db.query("SELECT 1").count }
     }
 
+    /// Down when Postgres cannot be reached or accepts no writes (a standby, a read-only default).
+    public func health() async -> StoreHealth {
+        do {
+            let writable = try await pool.withConnection { db in
+                try db.query("SELECT NOT pg_is_in_recovery() AND current_setting('default_transaction_read_only') = 'off'").first?.bool(0) ?? false
+            }
+            return writable ? .up : .down(reason: "storage_read_only", detail: "the Postgres server accepts no writes (standby or read-only)")
+        } catch {
+            return .down(reason: "storage_unavailable", detail: String(describing: error))
+        }
+    }
+
     /// The server's version (`15.18`).
     public func serverVersion() async throws -> String {
         try await pool.withConnection { db in db.serverVersion }
@@ -229,6 +241,12 @@ public final class PostgresStore: ChatStore {
         _ = try db.query("SELECT pg_notify('chat_messages', $1)", [.text("\(instanceID) \(kind) \(key)")])
     }
 
+    public func announceSessionChange(sessionId: UUID, reason: String) async throws {
+        try await pool.withConnection { db in
+            _ = try db.query("SELECT pg_notify('chat_messages', $1)", [.text("\(Self.instanceID) session:\(reason) \(sessionId.lowercased)")])
+        }
+    }
+
     public func isAccessTokenRevoked(jti: String) async throws -> Bool {
         try await pool.withConnection { db in
             try !db.query("SELECT 1 FROM revoked_access_tokens WHERE jti = $1", [.text(jti)]).isEmpty
@@ -306,7 +324,9 @@ public final class PostgresStore: ChatStore {
         try await pool.transaction { db in
             guard let current = try Self.loadSession(id, db: db, lock: true) else { return nil }
             if current.isResolved { return current }
-            let nowText = Timestamp.format(now)
+            // The row lock waited for every send that had read the session (they hold a key-share lock
+            // until they commit): resolved now, after all of them.
+            let nowText = Timestamp.format(max(now, Timestamp.now()))
             try db.run(
                 "UPDATE chat_sessions SET state = 'resolved', is_resolved = TRUE, resolved_at = $1, updated_at = $2 WHERE session_id = $3",
                 [.text(nowText), .text(nowText), .text(id.lowercased)]
@@ -392,9 +412,11 @@ public final class PostgresStore: ChatStore {
 
     /// Checks the session and inserts in one statement (one round trip, its own transaction): the insert
     /// happens only when the session exists, belongs to `owner`, is open and unexpired, and the client id is new.
+    /// The session row is key-share locked until the (batch's) commit, so a resolve, which locks the row
+    /// for update, either waits for the send to commit or is seen by it: no message lands after a resolve.
     private static let appendSQL = """
         WITH s AS (
-            SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $2::uuid
+            SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $2::uuid FOR KEY SHARE
         ), ins AS (
             INSERT INTO chat_messages (\(messageColumns))
             SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::varchar, $6::varchar, $7::jsonb, $8::varchar, $9::timestamptz, $10::timestamptz

@@ -1,4 +1,5 @@
 import CSQLite
+import Synchronization
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -42,6 +43,38 @@ private let SQLITE_CONSTRAINT_PRIMARYKEY: Int32 = 1555
 private let SQLITE_CONSTRAINT_FOREIGNKEY: Int32 = 787
 private let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
+/// What the store's connections have learned about the file: once it is known corrupt, no statement
+/// runs on it any more (reads could return damaged data, writes would spread the damage).
+final class SQLiteCondition: Sendable {
+    private let corruption = Mutex<String?>(nil)
+    private let writeFailure = Mutex<String?>(nil)
+    private let onCorrupt: @Sendable (String) -> Void
+
+    init(onCorrupt: @escaping @Sendable (String) -> Void) {
+        self.onCorrupt = onCorrupt
+    }
+
+    var corrupt: String? { corruption.withLock { $0 } }
+
+    func markCorrupt(_ detail: String) {
+        let first = corruption.withLock { c -> Bool in
+            guard c == nil else { return false }
+            c = detail
+            return true
+        }
+        if first { onCorrupt(detail) }
+    }
+
+    /// Throws when the file is known corrupt.
+    func check() throws {
+        if let detail = corrupt { throw StoreError(.corrupt, "the database file is corrupt", detail: detail) }
+    }
+
+    /// The last write that failed for want of space or permission, until a write succeeds.
+    var lastWriteFailure: String? { writeFailure.withLock { $0 } }
+    func wrote(_ failure: String?) { writeFailure.withLock { $0 = failure } }
+}
+
 /// A prepared statement, finalized when released.
 final class SQLiteStatement {
     let handle: OpaquePointer
@@ -54,6 +87,8 @@ final class SQLiteStatement {
 final class SQLiteConnection {
     let handle: OpaquePointer
     let path: String
+    /// Shared by the store's connections: a corrupt file seen by one stops them all.
+    var condition: SQLiteCondition?
     private var statements: [String: SQLiteStatement] = [:]
 
     init(path: String, readOnly: Bool = false) throws {
@@ -90,6 +125,9 @@ final class SQLiteConnection {
             kind = .invalid
         case _ where [SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_PROTOCOL].contains(rc & 0xFF):
             kind = .unavailable
+        case _ where rc & 0xFF == SQLITE_CORRUPT || rc & 0xFF == SQLITE_NOTADB:
+            kind = .corrupt
+            condition?.markCorrupt("\(message) (code \(rc))")
         default:
             kind = .failed
         }
@@ -98,6 +136,7 @@ final class SQLiteConnection {
 
     /// Runs one or more statements without parameters (DDL, pragmas, transaction control).
     func execute(_ sql: String) throws {
+        try condition?.check()
         var errmsg: UnsafeMutablePointer<CChar>?
         let rc = sqlite3_exec(handle, sql, nil, nil, &errmsg)
         if let errmsg { sqlite3_free(errmsg) }
@@ -117,6 +156,7 @@ final class SQLiteConnection {
     /// Runs a statement with bound parameters and returns all rows.
     @discardableResult
     func query(_ sql: String, _ params: [SQLValue] = []) throws -> [SQLRow] {
+        try condition?.check()
         let statement = try prepared(sql)
         let stmt = statement.handle
         defer {
@@ -169,6 +209,16 @@ final class SQLiteConnection {
 }
 
 extension SQLiteConnection {
+    /// Whether the connection may write to the file (SQLite opens a file it may not write read-only).
+    var isReadOnly: Bool { sqlite3_db_readonly(handle, "main") == 1 }
+
+    /// `PRAGMA quick_check`: nil when the file is sound, else what is wrong (the first lines).
+    func quickCheck() throws -> String? {
+        let rows = try query("PRAGMA quick_check(8)")
+        let lines = rows.compactMap { $0.optionalString(0) }
+        return lines == ["ok"] ? nil : lines.joined(separator: "; ")
+    }
+
     /// Copies this database into a new file with the online backup API, then syncs it.
     func backup(to destination: String) throws {
         let target = try SQLiteConnection(path: destination)

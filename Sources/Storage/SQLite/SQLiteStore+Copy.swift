@@ -113,6 +113,11 @@ extension SQLiteStore {
             return StoreInspection(serverVersion: version, exists: false, migrations: migrations.status(applied: []))
         }
         let db = try SQLiteConnection(path: path, readOnly: true)
+        do {
+            if let problem = try db.quickCheck() { throw StoreError(.corrupt, "\(path) is corrupt (\(problem)); \(recoverySteps)") }
+        } catch let error as StoreError where error.kind == .corrupt && error.detail != nil {
+            throw StoreError(.corrupt, "\(path) is corrupt (\(error.detail!)); \(recoverySteps)")
+        }
         let hasHistory = try !db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_history'").isEmpty
         let applied = hasHistory ? try appliedMigrations(db) : []
         _ = try migrations.pending(applied: applied)

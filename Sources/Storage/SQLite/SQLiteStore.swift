@@ -3,6 +3,9 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// `ChatStore` over the system libsqlite3: WAL, one group-committing writer, a few readers.
@@ -19,10 +22,13 @@ public final class SQLiteStore: ChatStore {
     public struct Options: Sendable {
         public var synchronous: Synchronous
         public var readerCount: Int
+        /// Run `PRAGMA quick_check` before serving (refuse a damaged file).
+        public var checkIntegrity: Bool
 
-        public init(synchronous: Synchronous = .full, readerCount: Int = 2) {
+        public init(synchronous: Synchronous = .full, readerCount: Int = 2, checkIntegrity: Bool = true) {
             self.synchronous = synchronous
             self.readerCount = max(1, readerCount)
+            self.checkIntegrity = checkIntegrity
         }
     }
 
@@ -30,12 +36,18 @@ public final class SQLiteStore: ChatStore {
     public let path: String
     let writer: SQLiteWriter
     let readers: SQLiteReaders
+    let condition: SQLiteCondition
 
-    private init(path: String, writer: SQLiteWriter, readers: SQLiteReaders) {
+    private init(path: String, writer: SQLiteWriter, readers: SQLiteReaders, condition: SQLiteCondition) {
         self.path = path
         self.writer = writer
         self.readers = readers
+        self.condition = condition
     }
+
+    /// How to recover a damaged database, for the operator (the README says the same).
+    public static let recoverySteps =
+        "stop the server and restore the latest `chat-backend backup` copy, or salvage what is readable with `sqlite3 FILE .recover | sqlite3 NEW-FILE` (README, \"Recovering a damaged database\")"
 
     /// Opens (creating if needed) the database at `path`, applies pending migrations and opens the readers.
     public static func open(
@@ -44,11 +56,25 @@ public final class SQLiteStore: ChatStore {
         migrations: MigrationSet = .sqlite,
         logger: Logger = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
     ) async throws -> SQLiteStore {
+        try createOwnerOnly(path)
+        let condition = SQLiteCondition { detail in
+            logger.critical("the database file is corrupt: no more reads or writes until it is repaired", metadata: [
+                "file": .string(path), "detail": .string(detail), "recovery": .string(recoverySteps),
+            ])
+        }
         let writerConnection = try SQLiteConnection(path: path)
-        let writer = SQLiteWriter(connection: writerConnection)
+        writerConnection.condition = condition
+        if writerConnection.isReadOnly {
+            throw StoreError(.unavailable, "\(path) is read-only for this process: the server must be able to write to the database file and its directory")
+        }
+        let writer = SQLiteWriter(connection: writerConnection, condition: condition)
         do {
             let synchronous = options.synchronous.rawValue
+            let checkIntegrity = options.checkIntegrity
             try await writer.withConnection { db in
+                if checkIntegrity, let problem = try db.quickCheck() {
+                    throw StoreError(.corrupt, "\(path) is corrupt (\(problem)); \(recoverySteps)")
+                }
                 // journal_mode answers with the mode it ended up in; anything but WAL is an error.
                 guard try db.query("PRAGMA journal_mode=WAL").first?.optionalString(0)?.lowercased() == "wal" else {
                     throw StoreError(.unavailable, "cannot switch the database to WAL mode", detail: path)
@@ -63,13 +89,32 @@ public final class SQLiteStore: ChatStore {
             var connections: [SQLiteConnection] = []
             for _ in 0..<options.readerCount {
                 let reader = try SQLiteConnection(path: path)
+                reader.condition = condition
                 try reader.execute("PRAGMA foreign_keys=ON; PRAGMA query_only=1")
                 connections.append(reader)
             }
-            return SQLiteStore(path: path, writer: writer, readers: SQLiteReaders(connections: connections))
+            return SQLiteStore(path: path, writer: writer, readers: SQLiteReaders(connections: connections), condition: condition)
+        } catch let error as StoreError where error.kind == .corrupt && error.detail != nil {
+            await writer.close { _ in }
+            throw StoreError(.corrupt, "\(path) is corrupt (\(error.detail!)); \(recoverySteps)")
         } catch {
             await writer.close { _ in }
             throw error
+        }
+    }
+
+    /// Creates the database file owner-only (0600) when it does not exist yet, whatever the umask: it
+    /// holds password and token hashes. SQLite gives its `-wal` and `-shm` files the same mode.
+    static func createOwnerOnly(_ path: String) throws {
+        guard path != ":memory:", !path.hasPrefix("file:") else { return }
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            defer { Glibc.close(fd) }
+            guard fchmod(fd, 0o600) == 0 else { throw StoreError(.unavailable, "cannot restrict \(path) to its owner: \(String(cString: strerror(errno)))") }
+            return
+        }
+        guard errno == EEXIST else {
+            throw StoreError(.unavailable, "cannot create the database file \(path): \(String(cString: strerror(errno)))")
         }
     }
 
@@ -132,6 +177,42 @@ public final class SQLiteStore: ChatStore {
 
     public func ping() async throws {
         _ = try await readers.read { db in try db.query("SELECT 1").count }
+    }
+
+    /// Down when the file is corrupt, not writable, or on a (nearly) full file system, or when the last
+    /// write failed and a probe write still fails.
+    public func health() async -> StoreHealth {
+        if let detail = condition.corrupt { return .down(reason: "storage_corrupt", detail: "the database file is corrupt: \(detail)") }
+        if access(path, W_OK) != 0 { return .down(reason: "storage_read_only", detail: "\(path) is not writable") }
+        if let free = Self.freeBytes(near: path), free < Self.minimumFreeBytes {
+            return .down(reason: "storage_full", detail: "the file system of \(path) has \(free) bytes free")
+        }
+        if condition.lastWriteFailure != nil {
+            // Space or permission may be back: a real write tells.
+            do {
+                try await writer.write { db in try db.run("UPDATE schema_history SET name = name WHERE version = (SELECT MIN(version) FROM schema_history)") }
+            } catch {
+                return .down(reason: "storage_unavailable", detail: "writes fail: \(condition.lastWriteFailure ?? String(describing: error))")
+            }
+        }
+        do {
+            try await ping()
+            return .up
+        } catch {
+            return .down(reason: condition.corrupt == nil ? "storage_unavailable" : "storage_corrupt", detail: String(describing: error))
+        }
+    }
+
+    /// Below this much free space a write may fail: the server reports itself unready.
+    static let minimumFreeBytes: UInt64 = 1 << 20
+
+    /// Free bytes on the file system holding `path` (what this process may use), nil when unknown.
+    static func freeBytes(near path: String) -> UInt64? {
+        var info = statvfs()
+        let directory = path.contains("/") ? String(path[..<path.lastIndex(of: "/")!]) : "."
+        guard statvfs(directory.isEmpty ? "/" : directory, &info) == 0 else { return nil }
+        let blocks = geteuid() == 0 ? UInt64(info.f_bfree) : UInt64(info.f_bavail)
+        return blocks * UInt64(info.f_frsize)
     }
 
     public func close() async {
@@ -323,7 +404,8 @@ public final class SQLiteStore: ChatStore {
         try await writer.write { db in
             guard let current = try Self.loadSession(id, db: db) else { return nil }
             if current.isResolved { return current }
-            let nowText = Timestamp.format(now)
+            // Resolved when it commits: later than every message written before it.
+            let nowText = Timestamp.format(max(now, Timestamp.now()))
             try db.run(
                 "UPDATE chat_sessions SET state = 'resolved', is_resolved = 1, resolved_at = ?, updated_at = ? WHERE session_id = ?",
                 [.text(nowText), .text(nowText), .text(id.lowercased)]

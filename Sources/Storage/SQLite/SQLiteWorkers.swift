@@ -4,8 +4,8 @@ import Synchronization
 
 /// A write queued for the writer thread. Runs inside a shared transaction.
 private protocol WriteJob: AnyObject, Sendable {
-    /// Runs the job's statements; false when they threw (the job's savepoint is rolled back).
-    func run(_ db: SQLiteConnection) -> Bool
+    /// Runs the job's statements; the error they threw, if any (the job's savepoint is rolled back).
+    func run(_ db: SQLiteConnection) -> (any Error)?
     /// Resumes the waiting caller once the transaction committed (nil) or failed.
     func finish(commitError: (any Error)?)
 }
@@ -21,21 +21,25 @@ private final class TypedWriteJob<T: Sendable>: WriteJob, @unchecked Sendable {
         self.continuation = continuation
     }
 
-    func run(_ db: SQLiteConnection) -> Bool {
+    func run(_ db: SQLiteConnection) -> (any Error)? {
         do {
             result = .success(try body(db))
-            return true
+            return nil
         } catch {
             result = .failure(error)
-            return false
+            return error
         }
     }
 
     func finish(commitError: (any Error)?) {
-        if let commitError, case .success = result {
-            continuation.resume(throwing: commitError)
-        } else {
-            continuation.resume(with: result ?? .failure(StoreError(.failed, "write did not run")))
+        switch (result, commitError) {
+        case (.success?, let error?), (nil, let error?):
+            // The transaction could not begin or commit (locked, full, read-only): that is the answer.
+            continuation.resume(throwing: error)
+        case (let result?, _):
+            continuation.resume(with: result)
+        case (nil, nil):
+            continuation.resume(throwing: StoreError(.failed, "write did not run"))
         }
     }
 }
@@ -52,11 +56,13 @@ final class SQLiteWriter: Sendable {
 
     private let thread: NIOThreadPool
     private let connection: UnsafeTransfer<SQLiteConnection>
+    private let condition: SQLiteCondition
     private let state = Mutex(State())
     private let maxBatch = 512
 
-    init(connection: SQLiteConnection) {
+    init(connection: SQLiteConnection, condition: SQLiteCondition) {
         self.connection = UnsafeTransfer(connection)
+        self.condition = condition
         self.thread = NIOThreadPool(numberOfThreads: 1)
         self.thread.start()
     }
@@ -109,11 +115,13 @@ final class SQLiteWriter: Sendable {
         do {
             try db.execute("BEGIN IMMEDIATE")
         } catch {
+            noteFailure(error)
             for job in batch { job.finish(commitError: error) }
             return
         }
         if batch.count == 1 {
-            if !batch[0].run(db) {
+            if let error = batch[0].run(db) {
+                noteFailure(error)
                 try? db.execute("ROLLBACK")
                 batch[0].finish(commitError: nil)
                 return
@@ -122,9 +130,13 @@ final class SQLiteWriter: Sendable {
             for job in batch {
                 do {
                     try db.execute("SAVEPOINT job")
-                    if !job.run(db) { try db.execute("ROLLBACK TO job") }
+                    if let error = job.run(db) {
+                        noteFailure(error)
+                        try db.execute("ROLLBACK TO job")
+                    }
                     try db.execute("RELEASE job")
                 } catch {
+                    noteFailure(error)
                     try? db.execute("ROLLBACK")
                     for job in batch { job.finish(commitError: error) }
                     return
@@ -133,11 +145,18 @@ final class SQLiteWriter: Sendable {
         }
         do {
             try db.execute("COMMIT")
+            condition.wrote(nil)
             for job in batch { job.finish(commitError: nil) }
         } catch {
+            noteFailure(error)
             try? db.execute("ROLLBACK")
             for job in batch { job.finish(commitError: error) }
         }
+    }
+
+    /// Remembers a write that failed for want of space, permission or I/O, for the health check.
+    private func noteFailure(_ error: any Error) {
+        if let error = error as? StoreError, error.kind == .unavailable { condition.wrote(error.debugDescription) }
     }
 
     /// Refuses new writes, waits for queued ones, runs `final` (checkpoint), and stops the thread.

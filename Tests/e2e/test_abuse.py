@@ -1,0 +1,147 @@
+"""What an attacker tries from outside: locking a user out by failing logins in their name, and flooding the
+realtime endpoints with handshakes, unauthenticated sessions and idle long-polls."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from websockets.sync.client import connect as ws_connect
+
+from conftest import PASSWORD, register
+
+ATTACKERS = [f"127.0.0.{i}" for i in range(2, 8)]
+
+
+def post_from(server, source: str, path: str, body: dict) -> int:
+    """POSTs JSON from the loopback address `source`; returns the status."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10, source_address=(source, 0))
+    try:
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def login_from(server, source: str, username: str, password: str) -> int:
+    return post_from(server, source, "/auth/login", {"username": username, "password": password})
+
+
+def test_failed_logins_from_elsewhere_never_lock_out_the_right_password(start_server):
+    """Attackers on six addresses fail one login a second each in the victim's name; the victim, logging in
+    every 4 s from its own address, always gets in, while the attackers are refused with 429."""
+    server = start_server(env={"RATE_LIMIT_AUTH": "10/1m"})
+    victim = register(server)["user"]["username"]
+    stop = threading.Event()
+    attacker_statuses: list[int] = []
+
+    def attack(source: str):
+        while not stop.is_set():
+            attacker_statuses.append(login_from(server, source, victim, "wrong-password-guess"))
+            stop.wait(1.0)
+
+    threads = [threading.Thread(target=attack, args=(source,), daemon=True) for source in ATTACKERS]
+    for thread in threads:
+        thread.start()
+    victim_statuses = []
+    try:
+        time.sleep(3)  # the account is well past its failure budget by now
+        for _ in range(6):
+            victim_statuses.append(login_from(server, "127.0.0.1", victim, PASSWORD))
+            time.sleep(4)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+    assert victim_statuses == [200] * 6, f"the victim was refused: {victim_statuses}"
+    assert 429 in attacker_statuses, f"the attackers were never slowed down: {attacker_statuses}"
+    assert attacker_statuses.count(401) <= len(ATTACKERS) * 10 + 5, "failures are not limited per address"
+
+
+def test_a_success_clears_that_addresses_failures_and_failures_are_counted_not_requests(start_server):
+    server = start_server(env={"RATE_LIMIT_AUTH": "3/1m"})
+    users = [f"lockout_user_{i}" for i in range(4)]
+    for i, name in enumerate(users):  # each from its own address: registering is in the auth tier too
+        assert post_from(server, f"127.0.1.{i + 1}", "/auth/register", {"username": name, "password": PASSWORD}) == 201
+    # Many successful logins from one address are not limited by the failure budget.
+    assert [login_from(server, "127.0.0.9", users[0], PASSWORD) for _ in range(6)] == [200] * 6
+    # Two failures, a success (it clears the address's failures), two more failures, each for another
+    # account: the address may still try (without the clearing, its fourth failure would be refused).
+    attempts = [(users[1], "bad-1"), (users[1], "bad-2"), (users[0], PASSWORD), (users[2], "bad-3"), (users[3], "bad-4")]
+    statuses = [login_from(server, "127.0.0.9", name, password) for name, password in attempts]
+    assert statuses == [401, 401, 200, 401, 401], statuses
+    # Without a success in between, the fourth failure in the window is refused before the password is checked.
+    statuses = [login_from(server, "127.0.0.10", users[i % 4], f"bad-two-{i}") for i in range(4)]
+    assert statuses == [401, 401, 401, 429], statuses
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_long_polls_cost_no_cpu(start_server):
+    server = start_server(env={"REALTIME_MAX_UNAUTHENTICATED_PER_IP": "1000"})
+    count = 200
+    sids = []
+    for _ in range(count):
+        r = requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5)
+        assert r.status_code == 200 and r.text.startswith("0"), r.text
+        sids.append(json.loads(r.text[1:])["sid"])
+
+    def poll(sid: str):
+        try:
+            requests.get(server.url(f"/socket.io/?EIO=4&transport=polling&sid={sid}"), timeout=30)
+        except requests.RequestException:
+            pass
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        for sid in sids:
+            pool.submit(poll, sid)
+        time.sleep(2)  # every poll is pending now
+        before = cpu_seconds(server.proc.pid)
+        time.sleep(4)
+        used = cpu_seconds(server.proc.pid) - before
+        assert used < 0.25, f"{count} idle long-polls used {used:.2f} s of CPU in 4 s"
+        for sid in sids:  # end the polls: the client closes each session
+            requests.post(server.url(f"/socket.io/?EIO=4&transport=polling&sid={sid}"), data="1", timeout=5)
+
+
+def test_realtime_handshakes_are_rate_limited_per_address(start_server):
+    server = start_server(env={"RATE_LIMIT_API": "20/1m", "REALTIME_MAX_UNAUTHENTICATED_PER_IP": "1000"})
+    statuses = [requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5).status_code for _ in range(25)]
+    assert statuses[:20] == [200] * 20 and set(statuses[20:]) == {429}, statuses
+    r = requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5)
+    assert r.status_code == 429 and r.headers.get("Retry-After") and r.json()["error"]["code"] == "rate_limited", r.text
+
+
+def test_unauthenticated_realtime_connections_are_capped_per_address(start_server):
+    server = start_server(env={"REALTIME_MAX_UNAUTHENTICATED_PER_IP": "5"})
+    opened = [requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5) for _ in range(5)]
+    assert [r.status_code for r in opened] == [200] * 5
+    r = requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_connections", r.text
+    # The same cap covers /ws before authentication; the upgrade is refused with the same answer.
+    try:
+        with ws_connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, proxy=None):
+            raise AssertionError("a sixth unauthenticated connection was accepted")
+    except Exception as e:  # websockets raises InvalidStatus for a refused upgrade
+        assert "429" in str(e), e
+    # Another address is not affected.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5, source_address=("127.0.0.3", 0))
+    connection.request("GET", "/socket.io/?EIO=4&transport=polling")
+    assert connection.getresponse().status == 200
+    connection.close()
+    # Closing the sessions frees the slots.
+    for response in opened:
+        sid = json.loads(response.text[1:])["sid"]
+        requests.post(server.url(f"/socket.io/?EIO=4&transport=polling&sid={sid}"), data="1", timeout=5)
+    time.sleep(0.3)
+    assert requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5).status_code == 200
