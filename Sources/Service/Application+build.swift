@@ -113,7 +113,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     )
     let socketIO = SocketIOController(
         events: events, hub: hub, limiter: limiter, handshakeRule: config.rateLimitAPI, pingInterval: config.socketIOPingInterval,
-        pingTimeout: config.socketIOPingTimeout, maxPayload: config.server.maxWebSocketMessageBytes, logger: dependencies.logger
+        pingTimeout: config.socketIOPingTimeout, maxPayload: config.socketIOMaxPayload, logger: dependencies.logger
     )
     socketIO.addRoutes(to: router)
     routeMethods.load(router.routes.map { ($0.path.description, $0.method) })

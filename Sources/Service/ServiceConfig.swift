@@ -25,6 +25,9 @@ public struct ServiceConfig: Sendable {
     /// Socket.IO: the server pings every interval; a client that does not answer within the timeout is gone.
     public var socketIOPingInterval: Duration = .seconds(25)
     public var socketIOPingTimeout: Duration = .seconds(20)
+    /// Socket.IO's `maxPayload`, enforced on both transports: a polling POST body (413) and a WebSocket
+    /// message (1009). The reference server's default (`maxHttpBufferSize`).
+    public var socketIOMaxPayload: Int = 1_000_000
     /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
     public var trustProxy: Bool = false
     /// How often expired sessions are marked.

@@ -608,19 +608,22 @@ def test_ping_between_fragments_is_answered_at_once(opened, shared, path):
 
 @pytest.mark.parametrize("shape", ["single-frame", "fragments"])
 @pytest.mark.parametrize("path", PATHS)
-def test_message_over_64kib_is_1009(opened, path, shape):
+def test_message_over_the_limit_is_1009(opened, path, shape):
+    """/ws takes messages up to 64 KiB; Socket.IO up to the handshake's maxPayload (the same limit as a polling POST)."""
     ws = opened(path)
     if path == WS_PATH:
-        text = json.dumps({"type": "authenticate", "token": "x" * (MAX_MESSAGE + 1)})
+        limit = MAX_MESSAGE
+        text = json.dumps({"type": "authenticate", "token": "x" * (limit + 1)})
     else:
+        limit = ws.open_packet["maxPayload"]
         ws.sio_connect()
-        text = "42" + json.dumps(["typing", {"sessionId": "x" * (MAX_MESSAGE + 1)}])
+        text = "42" + json.dumps(["typing", {"sessionId": "x" * (limit + 1)}])
     data = text.encode()
     if shape == "single-frame":
-        data = data[:MAX_MESSAGE + 1]  # one 65,537-byte frame (its content does not matter: it is over the limit)
+        data = data[:limit + 1]  # one frame a byte over the limit (its content does not matter)
         ws.send_raw(frame(OP_TEXT, data))
     else:
-        step = 16 * 1024  # five fragments of 16 KiB each, more than 64 KiB together; none is large on its own
+        step = limit // 4  # fragments, none over the limit on its own, more than the limit together
         pieces = [data[i:i + step] for i in range(0, len(data), step)]
         for i, piece in enumerate(pieces):
             if not ws.send_raw(frame(OP_TEXT if i == 0 else OP_CONT, piece, fin=i == len(pieces) - 1)):

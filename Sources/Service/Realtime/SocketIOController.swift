@@ -36,6 +36,8 @@ final class EngineSession: Sendable {
         var work: [EnginePacket] = []
         var draining = false
         var paused = false
+        /// A WebSocket is probing to take over the session.
+        var probing = false
     }
     private let state = Mutex(State())
     private let clientBox = Mutex<RealtimeClient?>(nil)
@@ -52,6 +54,7 @@ final class EngineSession: Sendable {
     var isClosed: Bool { state.withLock { $0.closed } }
     var isConnected: Bool { state.withLock { $0.connected } }
     var isUpgraded: Bool { state.withLock { $0.socket != nil } }
+    var isPolling: Bool { state.withLock { $0.polling } }
     func setConnected(_ value: Bool) { state.withLock { $0.connected = value } }
 
     /// Queues Engine.IO packets (`frames` realtime frames of `client` among them) for the client's transport.
@@ -136,6 +139,17 @@ final class EngineSession: Sendable {
     }
 
     var closedByClient: Bool { state.withLock { $0.closedByClient } }
+
+    /// A WebSocket starts probing to take over the session; false when one already did or does.
+    func beginProbe() -> Bool {
+        state.withLock { s in
+            guard !s.probing, s.socket == nil, !s.closed else { return false }
+            s.probing = true
+            return true
+        }
+    }
+
+    func endProbe() { state.withLock { $0.probing = false } }
 
     /// A WebSocket probe succeeded: a pending poll is released (with a noop).
     func setUpgrading(_ value: Bool) {
@@ -270,11 +284,14 @@ final class SocketIOController: Sendable {
     /// The largest packet payload, the same on both transports (a POST body, a WebSocket message).
     let maxPayload: Int
     private let sessions = Mutex<[String: EngineSession]>([:])
+    /// Polling sessions the client closed a moment ago: a long-poll that was on its way when the client's
+    /// close arrived (two connections, either may come first) is answered with a noop once, not 400.
+    private let closedByClients = Mutex<[String: ContinuousClock.Instant]>([:])
     let logger: Logger
 
     init(
         events: WebSocketController, hub: RealtimeHub, limiter: RateLimiter, handshakeRule: RateLimit?, pingInterval: Duration = .seconds(25),
-        pingTimeout: Duration = .seconds(20), maxPayload: Int = 64 * 1024, logger: Logger
+        pingTimeout: Duration = .seconds(20), maxPayload: Int = 1_000_000, logger: Logger
     ) {
         self.events = events
         self.hub = hub
@@ -338,7 +355,12 @@ final class SocketIOController: Sendable {
             let session = open(clientIP: context.clientIP, socket: nil)
             return Self.text(EnginePacket.open(handshake(session, upgrades: ["websocket"]).jsonText()).encoded)
         }
-        guard let session = session(sid), !session.isClosed else { return Self.engineError(1, "Session ID unknown") }
+        guard let session = session(sid), !session.isClosed else {
+            if closedByClients.withLock({ $0.removeValue(forKey: sid) }).map({ ContinuousClock.now - $0 < .seconds(2) }) == true {
+                return Self.text(EnginePacket.noop.encoded)
+            }
+            return Self.engineError(1, "Session ID unknown")
+        }
         guard !session.isUpgraded else { return Self.engineError(3, "Bad request") }
         guard session.beginPoll() else {
             // Two concurrent polls break the protocol: the reference closes the session.
@@ -431,10 +453,19 @@ final class SocketIOController: Sendable {
 
     /// Ends a session: its Socket.IO connection leaves every room.
     func end(_ session: EngineSession, code: UInt16, reason: String, byClient: Bool) {
+        // A poll pending now gets its noop; one on its way gets it from the tombstone below.
+        let pollPending = session.isPolling
         session.close(code: code, reason: reason, byClient: byClient)
         // Leaving the registry happens once, whoever closed the session first.
         guard sessions.withLock({ $0.removeValue(forKey: session.sid) }) != nil else { return }
         if let client = session.client { leaveRooms(client) }
+        if byClient, !session.isUpgraded, !pollPending {
+            let now = ContinuousClock.now
+            closedByClients.withLock { closed in
+                closed = closed.filter { now - $0.value < .seconds(2) }
+                closed[session.sid] = now
+            }
+        }
     }
 
     private func leaveRooms(_ client: RealtimeClient) {
@@ -576,7 +607,7 @@ final class SocketIOController: Sendable {
         }
         var upgrading: EngineSession?
         if let sid = query["sid"].map(String.init) {
-            guard let existing = session(sid), !existing.isClosed, !existing.isUpgraded else {
+            guard let existing = session(sid), !existing.isClosed else {
                 return .refuse(APIError(.badRequest, code: "bad_request", message: "Session ID unknown"))
             }
             upgrading = existing
@@ -607,7 +638,13 @@ final class EngineWebSocket: WebSocketApplication {
         self.controller = controller
         self.socket = socket
         if let upgrading {
-            phase = .probing(upgrading)
+            if upgrading.beginProbe() {
+                phase = .probing(upgrading)
+            } else {
+                // The session has (or is getting) its WebSocket: this one is ignored, as the reference does.
+                phase = .done
+                socket.close(code: 1008, reason: "the session is already upgrading or upgraded")
+            }
         } else {
             let session = controller.open(clientIP: clientIP, socket: socket)
             phase = .open(session)
@@ -643,6 +680,7 @@ final class EngineWebSocket: WebSocketApplication {
 
     private func failUpgrade(_ session: EngineSession) {
         session.setUpgrading(false)
+        session.endProbe()
         phase = .done
         socket.close(code: 1008, reason: "upgrade failed")
     }
@@ -665,6 +703,7 @@ final class EngineWebSocket: WebSocketApplication {
             controller.end(session, code: 1000, reason: "transport closed", byClient: true)
         case .probing(let session), .awaitingUpgrade(let session):
             session.setUpgrading(false)
+            session.endProbe()
         case .done:
             break
         }

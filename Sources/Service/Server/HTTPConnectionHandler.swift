@@ -60,6 +60,12 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var isHeadRequest = false
     private var version = HTTPVersion.http1_1
     private var responseTask: Task<Void, Never>?
+    /// The rest of a request body still arriving while the router answers it (a body that did not come
+    /// with its head); nil otherwise.
+    private var bodyStream: AsyncThrowingStream<ByteBuffer, any Error>.Continuation?
+    private var streamedBytes = 0
+    /// The body overflowed the limit while streaming: its remaining parts are dropped.
+    private var discardingBody = false
     private var lingerTimer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
 
@@ -87,6 +93,8 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        bodyStream?.finish(throwing: ChannelError.ioOnClosedChannel)
+        bodyStream = nil
         // A long-poll waiting for its client ends now instead of at its deadline.
         responseTask?.cancel()
         responseTask = nil
@@ -109,6 +117,8 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let part = unwrapInboundIn(data)
         switch state {
+        case .responding where bodyStream != nil || discardingBody:
+            streamBody(part, context: context)
         case .responding:
             queued.append(part)
         case .closing, .upgraded:
@@ -134,7 +144,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
             state = .reading(pending)
         case (.reading(let pending), .end):
-            dispatch(pending, context: context)
+            dispatch(pending.request, body: RequestBody(buffer: pending.body ?? ByteBuffer()), context: context)
         case (.upgrading(let endpoint, let key), .end):
             upgrade(endpoint, key: key, context: context)
         case (.upgrading, .body):
@@ -142,6 +152,42 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         default:
             refuse(ConnectionErrors.malformed, context: context)
         }
+    }
+
+    /// A body part of the request being answered.
+    private func streamBody(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch part {
+        case .body(let buffer):
+            guard let stream = bodyStream else { return }
+            streamedBytes += buffer.readableBytes
+            if streamedBytes > settings.maxBodyBytes {
+                stream.finish(throwing: HTTPError(.contentTooLarge))
+                bodyStream = nil
+                discardingBody = true
+                keepAlive = false
+            } else {
+                stream.yield(buffer)
+            }
+        case .end:
+            bodyStream?.finish()
+            bodyStream = nil
+            discardingBody = false
+        case .head:
+            refuse(ConnectionErrors.malformed, context: context)
+        }
+    }
+
+    /// At the end of a read: a request whose body has not fully arrived is answered now, its body
+    /// following as it comes (a handler may need to act before the body is complete).
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if case .reading(let pending) = state {
+            let (stream, continuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self, throwing: (any Error).self)
+            if let first = pending.body { continuation.yield(first) }
+            streamedBytes = pending.body?.readableBytes ?? 0
+            bodyStream = continuation
+            dispatch(pending.request, body: RequestBody(asyncSequence: stream), context: context)
+        }
+        context.fireChannelReadComplete()
     }
 
     private func begin(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
@@ -194,9 +240,9 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     // MARK: Answering
 
-    private func dispatch(_ pending: PendingRequest, context: ChannelHandlerContext) {
+    private func dispatch(_ head: HTTPRequest, body: RequestBody, context: ChannelHandlerContext) {
         state = .responding
-        let request = Request(head: pending.request, body: RequestBody(buffer: pending.body ?? ByteBuffer()))
+        let request = Request(head: head, body: body)
         let responder = self.responder
         let channel = context.channel
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -272,7 +318,9 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func responseWritten() {
         responseTask = nil
         guard let context, case .responding = state else { return }
-        guard keepAlive, !quiescing else {
+        guard keepAlive, !quiescing, bodyStream == nil, !discardingBody else {
+            bodyStream?.finish()
+            bodyStream = nil
             return closeAfterResponse(context)
         }
         state = .idle
