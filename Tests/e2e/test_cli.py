@@ -84,6 +84,19 @@ def test_check_config_masks_secrets(bin_path, workdir, env):
     assert re.search(r"^JWT_SECRET\s+\*+", r.stdout, re.M), r.stdout
 
 
+def test_every_setting_is_documented(bin_path, workdir, env):
+    """Every key check-config reports is in the README's configuration table and in the example env file."""
+    from conftest import ROOT
+    r = run_cli(bin_path, ["check-config", *db_args(workdir / "x.db")], workdir, env)
+    assert r.returncode == 0, r.stderr
+    keys = [m.group(1) for m in re.finditer(r"^([A-Z][A-Z0-9_]+)\s", r.stdout, re.M)]
+    assert "HTTP_HEADER_TIMEOUT" in keys and "MAX_CONNECTIONS" in keys, r.stdout
+    readme = (ROOT / "README.md").read_text()
+    env_file = (ROOT / "systemd" / "chat-backend.env").read_text()
+    undocumented = [k for k in keys if f"`{k}`" not in readme or not re.search(rf"^#?{k}=", env_file, re.M)]
+    assert undocumented == [], f"settings missing from README.md or systemd/chat-backend.env: {undocumented}"
+
+
 def test_check_config_reports_values_in_effect(bin_path, workdir, env):
     env = dict(env, RATE_LIMIT_API="120/1m", JWT_ACCESS_TTL="120s", CORS_ORIGINS="https://a.example")
     del env["JWT_SECRET"]  # the secret would come from STATE_DIRECTORY/jwt-secret
