@@ -13,26 +13,71 @@ info:
     server at `GET /openapi.yaml`.
 
     This document covers the HTTP API. Messages are also delivered live over a JSON WebSocket
-    at `GET /ws` (an HTTP upgrade, so not an operation here). Its events, one JSON object per
-    text frame, are: from the client `authenticate {token}`, `join {sessionId, lastMessageId?}`,
-    `leave {sessionId}`, `message {sessionId, content, messageType?, metadata?, clientMessageId?}`
-    and `typing {sessionId, isTyping}`, each with an optional `id` echoed in the reply; from the
+    at `GET /ws` (an HTTP upgrade, so not an operation here; `GET /ws` without an upgrade is a
+    404). Its events, one JSON object per text frame, are: from the client `authenticate {token}`,
+    `join {sessionId, lastMessageId?}`, `leave {sessionId}`,
+    `message {sessionId, content, messageType?, metadata?, clientMessageId?}` and
+    `typing {sessionId, isTyping}`, each with an optional `id` echoed in the reply; from the
     server `message {message}`, `typing {sessionId, userId, isTyping}` (from an agent writing a
     reply: `userId` null and `agent` set), `presence {sessionId, userId, status}`,
     `message.delta {sessionId, streamId, agent, index, delta}` (part of an agent's reply while it
-    streams; the stored reply carries the same `metadata.streamId`), `ack {event, id, …}` and
-    `error {id, error}` (the Error object below). A join with
-    `lastMessageId` first replays every stored message after it, in order. Socket.IO clients
-    (Engine.IO v4, Socket.IO v5) connect at `/socket.io/` with the same events, the token in
-    the CONNECT `auth` payload and replies as acknowledgements. See the README, "Realtime",
-    for the rules and limits.
+    streams; the stored reply carries the same `metadata.streamId`),
+    `left {sessionId, reason}` (the connection left the session's room because its user may no
+    longer read the session; `reason` is what changed: `claimed`, `released`, `deleted`,
+    `resolved`, `handoff` or `resumed`), `resync {sessionId, message}` (live delivery of the
+    session was interrupted and messages may have been missed: join it again with
+    `lastMessageId`), `ack {event, id, …}` and `error {id, error}` (the Error object below; the
+    connection stays open). Its codes are those of the HTTP API (`unauthenticated` for an
+    event before `authenticate`, `invalid_json`, `validation_failed`, `not_found`,
+    `rate_limited`, and for `message` every error of `POST /api/sessions/{sessionId}/messages`)
+    and these, sent only over realtime connections: `already_authenticated`, `not_joined`,
+    `unsupported_frame` (a binary frame on `/ws`, a binary attachment on Socket.IO),
+    `invalid_payload` (a Socket.IO event whose argument is not an object),
+    `too_many_connections` (the user already holds `REALTIME_MAX_CONNECTIONS_PER_USER`
+    connections), `authentication_timeout` and `token_expired`. A join with `lastMessageId` first
+    replays every stored message after it, in order. Socket.IO clients (Engine.IO v4,
+    Socket.IO v5) connect at `/socket.io/` with the same events, the token in the CONNECT `auth`
+    payload and replies as acknowledgements. See the README, "Realtime", for the rules and
+    limits.
+
+    Realtime limits and refusals:
+
+    * On `/ws` a message (the frames of one message together) may be at most 65536 bytes
+      (64 KiB); a larger one closes the connection with 1009. On `/socket.io/` the limit is the
+      `maxPayload` of the Engine.IO handshake, 1000000 bytes, on both transports: a larger
+      WebSocket message closes the connection with 1009, a larger long-polling `POST` body is
+      refused with 413 (`{"code":3,"message":"Payload too large"}`).
+    * Opening a realtime connection (`GET /socket.io/?EIO=4&transport=polling` without `sid`,
+      and a WebSocket upgrade of `/ws` or of `/socket.io/` without `sid`) is limited per client
+      address: by the API rate-limit tier (429 `rate_limited` with `Retry-After` and
+      `RateLimit-*`), and to `REALTIME_MAX_UNAUTHENTICATED_PER_IP` (64) connections that have
+      not authenticated yet (429 `too_many_connections` with `Retry-After: 5`). A refused
+      upgrade is answered with `Connection: close`. Other upgrade refusals: 400 `bad_request`
+      (not a `GET` over HTTP/1.1, no `Connection: Upgrade`, a bad `Sec-WebSocket-Key`, a path
+      with no WebSocket endpoint, a request body), 426 `unsupported_websocket_version` (with
+      `Sec-WebSocket-Version: 13`) for a version other than 13.
+    * Engine.IO errors over HTTP are the reference implementation's
+      `400 {"code": n, "message": …}`: 0 `Transport unknown`, 1 `Session ID unknown`,
+      2 `Bad handshake method`, 3 `Bad request`, 5 `Unsupported protocol version`.
+    * WebSocket close codes sent by the server: 1000 normal closure (an Engine.IO session that
+      ended: client close, transport closed, ping timeout); 1001 the server is shutting down;
+      1002 protocol error (unmasked or reserved-bit frame, unknown opcode, bad fragmentation or
+      close frame); 1007 a text frame or close reason that is not valid UTF-8; 1008 policy:
+      authentication failed, timed out, expired or was revoked (logout, reused refresh token),
+      and on Socket.IO a malformed packet, a binary attachment, concurrent polls or posts, an
+      unexpected or failed upgrade, a second WebSocket for a session that is already upgrading
+      or upgraded; 1009 a message over the limit (64 KiB on `/ws`, `maxPayload` on Socket.IO);
+      1013 the client is too slow (its outbound queue of `REALTIME_QUEUE_LENGTH` frames is
+      full).
 
     ## Agents
 
     Sessions may be answered by agents configured in `AGENTS_FILE` (`GET /api/agents` lists
     them). Each message the owner sends to a session with an agent is handed to it after it is
     stored; its reply is stored as a message with `direction: outbound`, `type: agent` and
-    `metadata.agent`, or, when the agent fails, a `type: system` message with `metadata.error`.
+    `metadata.agent`, or, when the agent fails, a `type: system` message with `metadata.error`
+    (`timeout`, `connection`, `http_<status>`, `bad_response`, `provider_error`, `breaker_open`
+    or `internal`).
     An agent can hand the session to people (`handoff.status: waiting`): users with role
     `agent` then claim it (`/api/handoffs`) and answer it with the same send route.
 
@@ -43,15 +88,26 @@ info:
       accepted too); other content types are refused with 415. A request without a
       `Content-Type` header is read as JSON.
     * Request bodies are strict: a field the endpoint does not know is a 400
-      (`validation_failed`, `details.field` names it). So is an unknown or repeated query
-      parameter.
+      (`validation_failed`, `details.field` names it). The routes that take query parameters
+      (`GET /api/sessions/{sessionId}/messages`, `GET /api/users/{userId}/sessions`,
+      `GET /api/handoffs`, and `GET /api/agents`, which takes none) refuse an unknown or
+      repeated one the same way; the other routes ignore the query string.
+    * **No NUL characters.** No string in a request body may contain U+0000: not a string
+      field, and not a key or string value anywhere inside `metadata`. Such a body is refused
+      with 400 `validation_failed`, `details.field` naming the top-level field. Every string
+      field says so with a `pattern` that excludes U+0000 (`^[^\u0000]*$` where the field has
+      no other pattern); for the keys and values inside `metadata`, OpenAPI 3.0 has no way to
+      say it.
     * Identifiers are lowercase UUIDs. Message ids are time-ordered UUIDv7, so ordering by
       id is ordering by time, and they serve as paging cursors.
     * Timestamps are RFC 3339 in UTC with milliseconds, e.g. `2026-01-02T03:04:05.678Z`.
     * Fields that may be empty are always present and `null` when empty; no field is ever
       left out of a response.
-    * Lengths are counted in characters. Request bodies are limited to `MAX_BODY_BYTES`
-      (1 MiB by default); a larger body is refused with 413.
+    * Lengths (`minLength`, `maxLength`, "1 to 10000 characters") are counted in Unicode code
+      points, as JSON Schema counts them: `é` sent as `e` followed by U+0301 is two. Request
+      bodies are limited to `MAX_BODY_BYTES` (1 MiB by default); a larger body is refused with
+      413.
+    * Every `GET` route also answers `HEAD` (the same status and headers, no body).
     * Every response carries `X-Request-Id`. A client may send its own `X-Request-Id`
       (1–64 characters of `A-Z a-z 0-9 . _ -`); otherwise the server makes one. Quote it
       when reporting a problem: server logs carry it on every line of the request.
@@ -93,9 +149,15 @@ info:
 
     | tier | default | applies to | keyed by |
     |---|---|---|---|
-    | API (`RATE_LIMIT_API`) | 300/1m | every request under `/auth/` and `/api/` | the user when a valid token is sent, else the client IP |
-    | auth (`RATE_LIMIT_AUTH`) | 10/1m | `POST /auth/register`, `/auth/login`, `/auth/refresh` | client IP; login also per username |
-    | messages (`RATE_LIMIT_MESSAGES`) | 60/1m | `POST /api/sessions/{sessionId}/messages` | the user |
+    | API (`RATE_LIMIT_API`) | 300/1m | every request under `/auth/` and `/api/`; opening a realtime connection; `/ws` events other than `typing` | the user when a valid token is sent, else the client IP; realtime connections by client IP, their events by user |
+    | auth (`RATE_LIMIT_AUTH`) | 10/1m | `POST /auth/register`, `/auth/refresh`; failed sign-ins at `POST /auth/login` | client IP; failed sign-ins also per username |
+    | messages (`RATE_LIMIT_MESSAGES`) | 60/1m | `POST /api/sessions/{sessionId}/messages` and `message` events | the user |
+
+    Sign-ins count failures only: an address with too many recent failed sign-ins is refused
+    (429) before its password is checked, and so is an address that failed for an account with
+    too many recent failures; a correct password from an address that has not failed for that
+    account is never refused because of failures from elsewhere. A failed sign-in also counts
+    against the address's auth tier.
 
     `GET /health` and `GET /openapi.yaml` are not rate limited. Responses of the API tier
     carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the
@@ -112,21 +174,45 @@ info:
     ```
 
     `code` is stable and meant for programs; `message` is for people; `details` is `null` or
-    an object (`{"field": …}` for validation errors, `{"retryAfter": …}` for 429).
+    an object (`{"field": …}` for validation errors, `{"retryAfter": …}` for `rate_limited`).
 
     | status | codes |
     |---|---|
-    | 400 | `validation_failed`, `invalid_json`, `bad_request` |
+    | 400 | `validation_failed` (a field, parameter or path segment is invalid; `details.field` names it), `invalid_json`, `invalid_input` (storage refused a value as given), `bad_request` (refused by the connection layer, below) |
     | 401 | `unauthenticated`, `invalid_token`, `token_expired`, `token_revoked`, `invalid_credentials`, `invalid_refresh_token` |
     | 403 | `forbidden`, `handoff_not_claimed`, `cors_origin_not_allowed` (CORS preflight from an origin not in `CORS_ORIGINS`) |
-    | 404 | `not_found` (also for routes that do not exist) |
+    | 404 | `not_found` (also for paths that do not exist) |
+    | 405 | `method_not_allowed`: the path exists but does not take this method; the `Allow` header lists the methods it takes (any path of this document, e.g. `TRACE /health`, `PUT /api/sessions`) |
+    | 408 | `request_timeout` (connection layer) |
     | 409 | `username_taken`, `session_resolved`, `handoff_unavailable`, `conflict` |
     | 410 | `session_expired` |
     | 413 | `payload_too_large` |
     | 415 | `unsupported_media_type` |
-    | 429 | `rate_limited` |
+    | 417 | `expectation_failed` (connection layer) |
+    | 426 | `unsupported_websocket_version` (WebSocket upgrades) |
+    | 429 | `rate_limited` (with `Retry-After` and `RateLimit-*`), `too_many_connections` (realtime connections, with `Retry-After`) |
     | 500 | `internal_error` (the message quotes the request id) |
-    | 503 | `storage_unavailable` |
+    | 503 | `storage_unavailable` (storage does not answer; retry later), `storage_corrupt` (the database is damaged: every read and write is refused until an operator repairs it), `busy` (`/auth/register` and `/auth/login` only: too many passwords are being hashed at once; `Retry-After: 1`), `too_many_connections` (connection layer) |
+
+    Any route that reads or writes storage can answer 500 `internal_error` and 503
+    `storage_unavailable` or `storage_corrupt`. So can every route that reads an
+    `Authorization` header (everything under `/api/`, and `/auth/logout`): checking whether a
+    token was revoked reads storage.
+
+    ### Refused by the connection layer
+
+    These answers come from below the routes, for any path, before a request reaches an
+    operation. They have the same error shape and headers (`X-Request-Id`, security headers)
+    and carry `Connection: close`; the connection ends after them.
+
+    | status | code | when |
+    |---|---|---|
+    | 400 | `bad_request` | the request is not valid HTTP/1.1 (bad request line or header, a NUL or control character in a header, not HTTP/1.x), or a WebSocket upgrade that cannot be accepted (see the realtime limits above) |
+    | 408 | `request_timeout` | the request head (request line and headers) did not arrive complete within `HTTP_HEADER_TIMEOUT` (10 s) of the connection opening, or of the first byte of the next request on a keep-alive connection. A connection that sends nothing in that time, or stays idle between requests for `HTTP_IDLE_TIMEOUT` (60 s), is closed without an answer |
+    | 413 | `payload_too_large` | `Content-Length`, or the body as it arrives, is over `MAX_BODY_BYTES` |
+    | 417 | `expectation_failed` | an `Expect` header other than `100-continue` |
+    | 426 | `unsupported_websocket_version` | a WebSocket upgrade with a `Sec-WebSocket-Version` other than 13 (the answer carries `Sec-WebSocket-Version: 13`) |
+    | 503 | `too_many_connections` | `MAX_CONNECTIONS` connections (HTTP and WebSocket) are open; the new connection is answered at once, with `Retry-After: 1`, and closed |
 servers:
   - url: http://localhost:3006
     description: A local server on the default port
@@ -165,14 +251,25 @@ paths:
       tags: [health]
       operationId: getOpenAPIDocument
       summary: This API description
-      description: Returns this OpenAPI document. No rate limit applies.
+      description: |
+        Returns this OpenAPI document as YAML (`Content-Type: application/yaml; charset=utf-8`).
+        No rate limit applies, and storage is not touched.
       responses:
         '200':
-          description: The OpenAPI 3.0 document.
+          description: The OpenAPI 3.0 document, a YAML mapping (an object once parsed).
           content:
             application/yaml:
               schema:
-                type: string
+                type: object
+                required: [openapi, info, paths]
+                properties:
+                  openapi:
+                    type: string
+                    example: 3.0.3
+                  info:
+                    type: object
+                  paths:
+                    type: object
         '500':
           $ref: '#/components/responses/InternalError'
   /auth/register:
@@ -183,7 +280,8 @@ paths:
       description: |
         Creates a user with the `user` role and signs them in: the response holds the same
         token pair as a login. Usernames are unique regardless of case.
-        Rate limits: auth tier (per client IP) and API tier.
+        Rate limits: auth tier (per client IP) and API tier. The password is hashed (scrypt)
+        on a bounded queue: when it is full the answer is 503 `busy` with `Retry-After: 1`.
       requestBody:
         required: true
         content:
@@ -231,7 +329,7 @@ paths:
         '500':
           $ref: '#/components/responses/InternalError'
         '503':
-          $ref: '#/components/responses/ServiceUnavailable'
+          $ref: '#/components/responses/SignInUnavailable'
   /auth/login:
     post:
       tags: [auth]
@@ -240,7 +338,9 @@ paths:
       description: |
         Checks a username (case-insensitive) and password and issues a new token pair, which
         starts a new refresh-token family. A wrong username and a wrong password get the same
-        answer. Rate limits: auth tier per client IP and per username, and API tier.
+        answer. Rate limits: API tier, and failed sign-ins counted per client IP and per
+        username (see "Rate limits"). The password is checked on the same bounded hashing
+        queue as at registration: 503 `busy` with `Retry-After: 1` when it is full.
       requestBody:
         required: true
         content:
@@ -287,7 +387,7 @@ paths:
         '500':
           $ref: '#/components/responses/InternalError'
         '503':
-          $ref: '#/components/responses/ServiceUnavailable'
+          $ref: '#/components/responses/SignInUnavailable'
   /auth/refresh:
     post:
       tags: [auth]
@@ -363,6 +463,8 @@ paths:
               $ref: '#/components/headers/RateLimit-Remaining'
             RateLimit-Reset:
               $ref: '#/components/headers/RateLimit-Reset'
+        '400':
+          $ref: '#/components/responses/BadRequest'
         '401':
           $ref: '#/components/responses/Unauthorized'
         '429':
@@ -376,7 +478,8 @@ paths:
       tags: [health]
       operationId: getReadiness
       summary: Readiness
-      description: Checks that storage answers a query. Rate limit API tier.
+      description: |
+        Checks that storage answers a query and would accept a write. Rate limit: API tier.
       responses:
         '200':
           description: Storage is up.
@@ -405,17 +508,24 @@ paths:
         '500':
           $ref: '#/components/responses/InternalError'
         '503':
-          description: Storage does not answer. The body is the health report, not an error object.
+          description: |
+            Storage is not usable. The body is the health report, with `storage.status: down` and
+            `storage.reason`, not an error object. Only when the request carries an
+            `Authorization` header and storage cannot tell whether its token was revoked is the
+            body the Error object (`storage_unavailable` or `storage_corrupt`).
           content:
             application/json:
               schema:
-                $ref: '#/components/schemas/Health'
+                oneOf:
+                  - $ref: '#/components/schemas/Health'
+                  - $ref: '#/components/schemas/Error'
               example:
                 status: unavailable
                 version: 0.1.0
                 storage:
                   backend: sqlite
                   status: down
+                  reason: storage_read_only
   /api/status:
     get:
       tags: [health]
@@ -479,6 +589,8 @@ paths:
           $ref: '#/components/responses/TooManyRequests'
         '500':
           $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
   /api/sessions:
     post:
       tags: [sessions]
@@ -952,12 +1064,20 @@ paths:
       summary: List the configured agents
       description: |
         The agents of `AGENTS_FILE`, without URLs or secrets. `available` is false while the
-        agent's circuit breaker is open. Rate limit: API tier.
+        agent's circuit breaker is open. Takes no query parameters (any is a 400).
+        Rate limit: API tier.
       security:
         - bearerAuth: []
       responses:
         '200':
           description: The agents (an empty list without an agents file).
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
           content:
             application/json:
               schema:
@@ -978,6 +1098,10 @@ paths:
           $ref: '#/components/responses/Unauthorized'
         '429':
           $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
+        '503':
+          $ref: '#/components/responses/ServiceUnavailable'
   /api/handoffs:
     get:
       tags: [agents]
@@ -994,6 +1118,13 @@ paths:
       responses:
         '200':
           description: The sessions.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
           content:
             application/json:
               schema:
@@ -1013,6 +1144,8 @@ paths:
           $ref: '#/components/responses/StaffOnly'
         '429':
           $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
         '503':
           $ref: '#/components/responses/ServiceUnavailable'
   /api/handoffs/{sessionId}/claim:
@@ -1031,6 +1164,13 @@ paths:
       responses:
         '200':
           description: The session, now assigned to the caller.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
           content:
             application/json:
               schema:
@@ -1047,6 +1187,8 @@ paths:
           $ref: '#/components/responses/HandoffUnavailable'
         '429':
           $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
         '503':
           $ref: '#/components/responses/ServiceUnavailable'
   /api/handoffs/{sessionId}/release:
@@ -1064,6 +1206,13 @@ paths:
       responses:
         '200':
           description: The session, back with its agent.
+          headers:
+            RateLimit-Limit:
+              $ref: '#/components/headers/RateLimit-Limit'
+            RateLimit-Remaining:
+              $ref: '#/components/headers/RateLimit-Remaining'
+            RateLimit-Reset:
+              $ref: '#/components/headers/RateLimit-Reset'
           content:
             application/json:
               schema:
@@ -1080,6 +1229,8 @@ paths:
           $ref: '#/components/responses/HandoffUnavailable'
         '429':
           $ref: '#/components/responses/TooManyRequests'
+        '500':
+          $ref: '#/components/responses/InternalError'
         '503':
           $ref: '#/components/responses/ServiceUnavailable'
 components:
@@ -1240,9 +1391,11 @@ components:
     BadRequest:
       description: |
         Invalid input. `validation_failed` names the field, parameter or path segment in
-        `details.field` (unknown field, missing required field, wrong type, out-of-range value,
-        path id not a UUID, unknown or repeated query parameter); `invalid_json` when the body
-        is empty (where one is required), not JSON, or not a JSON object.
+        `details.field` (unknown field, missing required field, wrong type, a length or value
+        out of range, a string that does not match its pattern or contains NUL, path id not a
+        UUID, unknown or repeated query parameter); `invalid_json` when the body is empty
+        (where one is required), not JSON (at most 64 levels deep), or not a JSON object;
+        `invalid_input` when storage refused a value as given (a constraint of the database).
       content:
         application/json:
           schema:
@@ -1281,7 +1434,10 @@ components:
               message: session not found
               details: null
     PayloadTooLarge:
-      description: The request body is larger than `MAX_BODY_BYTES` (1 MiB by default).
+      description: |
+        The request body is larger than `MAX_BODY_BYTES` (1 MiB by default), by its
+        `Content-Length` or as it arrives. Answered with `Connection: close`: the connection
+        ends after it.
       content:
         application/json:
           schema:
@@ -1324,7 +1480,10 @@ components:
               details:
                 retryAfter: 17
     ServiceUnavailable:
-      description: Storage is unavailable right now; retry later.
+      description: |
+        Storage cannot be used: `storage_unavailable` (it does not answer right now; retry
+        later) or `storage_corrupt` (the database is damaged; every read and write is refused
+        until an operator repairs it).
       content:
         application/json:
           schema:
@@ -1333,6 +1492,23 @@ components:
             error:
               code: storage_unavailable
               message: storage is unavailable, try again later
+              details: null
+    SignInUnavailable:
+      description: |
+        `busy`: too many passwords are being hashed or checked at once (the hashing queue holds
+        64); retry after `Retry-After` (1) seconds. Or storage cannot be used:
+        `storage_unavailable` or `storage_corrupt`, without `Retry-After`.
+      headers:
+        Retry-After:
+          $ref: '#/components/headers/Retry-After'
+      content:
+        application/json:
+          schema:
+            $ref: '#/components/schemas/Error'
+          example:
+            error:
+              code: busy
+              message: too many sign-ins at once, try again shortly
               details: null
     InternalError:
       description: An unexpected error. The message quotes the request id (also in `X-Request-Id`); details are in the server log.
@@ -1358,7 +1534,10 @@ components:
           properties:
             code:
               type: string
-              description: Stable, machine-readable error code.
+              description: |
+                Stable, machine-readable error code. The codes, by status, are listed in the
+                "Errors" section of this document's description (new codes may be added; treat an
+                unknown one by its HTTP status).
               example: validation_failed
             message:
               type: string
@@ -1388,13 +1567,17 @@ components:
           type: string
           minLength: 8
           maxLength: 128
+          pattern: '^[^\u0000]*$'
         email:
           type: string
           nullable: true
           minLength: 3
           maxLength: 254
-          pattern: '^[^@\s]+@[^@\s]*\.[^@\s]*$'
-          description: Optional. One `@` with something before it, a `.` after it, no whitespace.
+          pattern: '^[^@\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]+@[^@\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*\.[^@\u0000\u0009-\u000D\u0020\u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]*$'
+          description: |
+            Optional. One `@` with something before it, a `.` somewhere after it, and no NUL or
+            whitespace (the Unicode White_Space characters: U+0009–U+000D, U+0020, U+0085,
+            U+00A0, U+1680, U+2000–U+200A, U+2028, U+2029, U+202F, U+205F, U+3000).
     LoginRequest:
       type: object
       additionalProperties: false
@@ -1404,10 +1587,12 @@ components:
           type: string
           minLength: 1
           maxLength: 256
+          pattern: '^[^\u0000]*$'
         password:
           type: string
           minLength: 1
           maxLength: 1024
+          pattern: '^[^\u0000]*$'
     RefreshRequest:
       type: object
       additionalProperties: false
@@ -1417,6 +1602,7 @@ components:
           type: string
           minLength: 1
           maxLength: 512
+          pattern: '^[^\u0000]*$'
     CreateSessionRequest:
       type: object
       additionalProperties: false
@@ -1428,7 +1614,11 @@ components:
           minLength: 1
           maxLength: 64
           nullable: true
-          description: A configured agent's name; an unknown one is a 400 naming `agent`.
+          pattern: '^[^\u0000]*$'
+          description: |
+            A configured agent's name (`GET /api/agents` lists them); agents are configured per
+            deployment, so this document cannot list them, and a name that is not configured is
+            a 400 `validation_failed` naming `agent`.
     SendMessageRequest:
       type: object
       additionalProperties: false
@@ -1438,7 +1628,8 @@ components:
           type: string
           minLength: 1
           maxLength: 10000
-          description: 1 to 10000 characters.
+          pattern: '^[^\u0000]*$'
+          description: 1 to 10000 characters (code points), no NUL.
         type:
           type: string
           nullable: true
@@ -1460,7 +1651,11 @@ components:
       type: object
       nullable: true
       additionalProperties: true
-      description: Any JSON object, at most 16 KiB (16384 bytes) when serialized. Absent or null means `{}`.
+      description: |
+        Any JSON object, at most 16 KiB (16384 bytes) when serialized, at most 64 levels deep.
+        No key and no string value anywhere inside may contain NUL (U+0000): such metadata is
+        a 400 `validation_failed` naming `metadata`. Absent or null means `{}`. Integers
+        outside the 64-bit range are kept as floating-point numbers.
     TokenResponse:
       type: object
       additionalProperties: false
@@ -1717,13 +1912,22 @@ components:
           properties:
             backend:
               type: string
-              description: '`sqlite` in this release.'
+              enum: [sqlite, postgres]
             status:
               type: string
               enum: [up, down]
             latencyMs:
               type: number
               description: Round trip of a trivial query in milliseconds; present only when up.
+            reason:
+              type: string
+              enum: [storage_unavailable, storage_read_only, storage_full, storage_corrupt]
+              description: |
+                Why storage is down; present only when down. `storage_unavailable`: it does not
+                answer or writes fail; `storage_read_only`: the database accepts no writes (a
+                read-only file, or a Postgres standby); `storage_full`: the file system of the
+                SQLite database is (nearly) full; `storage_corrupt`: the database file is damaged
+                (every read and write is refused until an operator repairs it).
     Status:
       type: object
       additionalProperties: false

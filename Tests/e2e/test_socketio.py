@@ -132,3 +132,24 @@ def test_unauthenticated_connection_is_closed_after_the_timeout(start_server):
         assert disconnected.wait(5), "an unauthenticated connection must be closed"
     finally:
         client.disconnect()
+
+
+@pytest.mark.parametrize("transports", TRANSPORTS, ids=["polling-upgrade", "websocket"])
+def test_events_without_an_ack_never_fill_the_outbound_queue(start_server, transports):
+    """Events emitted without an acknowledgement get no reply; they must not count against the connection's
+    outbound queue (REALTIME_QUEUE_LENGTH), or a client that only emits would be dropped as too slow."""
+    server = start_server(env={"REALTIME_QUEUE_LENGTH": "8"})
+    user = register(server)
+    token = user["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    client = connect(server, {"token": token}, transports)
+    try:
+        assert client.call("join", {"sessionId": sid}, timeout=5)["event"] == "join"
+        for i in range(40):
+            client.emit("message", {"sessionId": sid, "content": f"fire and forget {i}"})
+            client.emit("typing", {"sessionId": sid, "isTyping": True})
+        ack = client.call("message", {"sessionId": sid, "content": "still here"}, timeout=5)
+        assert ack["message"]["content"] == "still here", ack
+        assert client.connected
+    finally:
+        client.disconnect()

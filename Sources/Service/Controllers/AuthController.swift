@@ -135,9 +135,12 @@ struct AuthController {
     private static let badCredentials = APIError(.unauthorized, code: "invalid_credentials", message: "username or password is wrong")
     private static let usernameTaken = APIError(.conflict, code: "username_taken", message: "username is already taken", details: .object(["field": "username"]))
 
+    /// One `@` with something before it, a `.` after it, no whitespace; checked per code point, as the
+    /// schema's pattern reads it (a combining mark must not hide an `@` or a `.`).
     private static func looksLikeEmail(_ text: String) -> Bool {
-        let parts = text.split(separator: "@", omittingEmptySubsequences: false)
-        return parts.count == 2 && !parts[0].isEmpty && parts[1].contains(".") && !text.contains(where: \.isWhitespace)
+        let scalars = Array(text.unicodeScalars)
+        guard let at = scalars.firstIndex(of: "@"), at > 0, scalars.lastIndex(of: "@") == at else { return false }
+        return scalars[(at + 1)...].contains(".") && !scalars.contains(where: { $0.properties.isWhitespace })
     }
 }
 

@@ -59,6 +59,11 @@ final class EngineSession: Sendable {
 
     /// Queues Engine.IO packets (`frames` realtime frames of `client` among them) for the client's transport.
     func push(_ packets: [String], frames: Int = 0, client: RealtimeClient? = nil) {
+        guard !packets.isEmpty else {
+            // Nothing to send for these frames (an ack nobody asked for): they leave the queue at once.
+            if frames > 0 { client?.didSend(frames) }
+            return
+        }
         let (socket, waiter) = state.withLock { s -> (WebSocketSocket?, CheckedContinuation<Void, Never>?) in
             if s.closed { return (nil, nil) }
             if let socket = s.socket { return (socket, nil) }

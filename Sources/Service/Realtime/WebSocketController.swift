@@ -69,7 +69,9 @@ struct WebSocketController: Sendable {
             if let id = requestId, !(id.isString || id.isInteger) { throw APIError.invalid("id", "must be a string or an integer") }
             guard case .string(let type)? = fields["type"] else { throw APIError.invalid("type", "is required") }
             let event = JSONBody(fields: fields.filter { $0.key != "type" && $0.key != "id" })
-            if event.fields.values.contains(where: \.containsNUL) { throw APIError.invalid(type, "must not contain NUL characters") }
+            if let field = event.fields.sorted(by: { $0.key < $1.key }).first(where: { $0.value.containsNUL })?.key {
+                throw APIError.invalid(field, "must not contain NUL characters")
+            }
 
             if type == "authenticate" {
                 try event.allowOnly(["token"])

@@ -25,6 +25,8 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     private let hstsMaxAge: Int?
     private var state = State.awaitingHead(sawBytes: false)
     private var timer: Scheduled<Void>?
+    private var timerFiresAt: NIODeadline?
+    private var deadline: NIODeadline?
     private var context: ChannelHandlerContext?
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, hstsMaxAge: Int?) {
@@ -39,13 +41,13 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        cancel()
+        stopTimer()
         self.context = nil
         state = .done
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        cancel()
+        stopTimer()
         state = .done
         context.fireChannelInactive()
     }
@@ -80,25 +82,54 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
 
     /// The connection became a WebSocket: the guard steps out of the way.
     func upgraded() {
-        cancel()
+        stopTimer()
         state = .done
         if let context { context.pipeline.syncOperations.removeHandler(context: context, promise: nil) }
     }
 
+    /// Sets the deadline. A request costs no timer scheduling in the steady state: the one timer is
+    /// moved only when the new deadline is earlier than when it fires; otherwise, when it fires early,
+    /// it schedules itself again for the deadline.
     private func arm(_ timeout: TimeAmount) {
-        cancel()
         guard let context else { return }
-        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: timeout) { loopBound.value.expired() }
+        let deadline = NIODeadline.now() + timeout
+        self.deadline = deadline
+        if timer != nil, let firesAt = timerFiresAt, firesAt <= deadline { return }
+        timer?.cancel()
+        schedule(at: deadline, context: context)
     }
 
+    private func schedule(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        timerFiresAt = deadline
+        timer = context.eventLoop.scheduleTask(deadline: deadline) { loopBound.value.fired() }
+    }
+
+    /// No deadline; the timer, if any, finds none when it fires.
     private func cancel() {
+        deadline = nil
+    }
+
+    private func stopTimer() {
         timer?.cancel()
         timer = nil
+        timerFiresAt = nil
+        deadline = nil
+    }
+
+    private func fired() {
+        timer = nil
+        timerFiresAt = nil
+        guard let deadline, let context else { return }
+        if NIODeadline.now() < deadline {
+            schedule(at: deadline, context: context)
+        } else {
+            self.deadline = nil
+            expired()
+        }
     }
 
     private func expired() {
-        timer = nil
         guard let context else { return }
         switch state {
         case .awaitingHead(sawBytes: true):

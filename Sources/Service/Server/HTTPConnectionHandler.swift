@@ -68,6 +68,9 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var discardingBody = false
     private var lingerTimer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
+    /// Runs the connection's request tasks on its event loop: the router's work starts and ends there,
+    /// without a hop to another thread and back per request.
+    private var executor: EventLoopTaskExecutor?
 
     init(
         responder: @escaping RequestResponder, webSockets: WebSocketRoutes, settings: ServerSettings, guardHandler: ConnectionGuard,
@@ -84,6 +87,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        executor = EventLoopTaskExecutor(eventLoop: context.eventLoop)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -247,7 +251,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         let channel = context.channel
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        responseTask = Task {
+        responseTask = Task(executorPreference: executor) {
             let response = await responder(request, channel)
             let writer = ConnectionBodyWriter(handler: loopBound, eventLoop: eventLoop, head: response.head)
             do {
@@ -492,11 +496,27 @@ private struct ConnectionBodyWriter: ResponseBodyWriter {
         let buffers = held
         let head = self.head
         let handler = self.handler
-        try await eventLoop.flatSubmit {
+        // The end of the response is handed to the connection, not awaited: a failed write closes it there.
+        let finish: @Sendable () -> Void = {
             if let head { handler.value.writeHead(head) }
             if !buffers.isEmpty { _ = handler.value.writeBody(buffers, flush: false) }
-            return handler.value.finishResponse(trailingHeaders)
-        }.get()
+            _ = handler.value.finishResponse(trailingHeaders)
+        }
+        if eventLoop.inEventLoop { finish() } else { eventLoop.execute(finish) }
+    }
+}
+
+/// A task executor that runs jobs on a NIO event loop.
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        eventLoop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }
 

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import Synchronization
 
 /// Which requests may become WebSockets, and what serves them.
 struct WebSocketRoutes: Sendable {
@@ -70,11 +71,18 @@ extension String {
     }
 }
 
-/// Sends on a WebSocket connection from any thread. Frames are written in the order they are sent; after
+/// Sends on a WebSocket connection from any thread. Frames go out in the order they were sent, whichever
+/// thread sent them (a queue drained on the connection's event loop, one flush per drain); after
 /// `close` nothing more goes out.
 final class WebSocketSocket: Sendable {
+    enum Outgoing {
+        case text(ByteBuffer, written: (@Sendable () -> Void)?)
+        case close(code: UInt16, reason: String)
+    }
+
     let channel: any Channel
     private let handler: NIOLoopBound<WebSocketConnectionHandler>
+    private let pending = Mutex<(items: [Outgoing], scheduled: Bool)>(([], false))
 
     fileprivate init(channel: any Channel, handler: NIOLoopBound<WebSocketConnectionHandler>) {
         self.channel = channel
@@ -85,22 +93,34 @@ final class WebSocketSocket: Sendable {
     func send(_ text: String, written: (@Sendable () -> Void)? = nil) {
         var buffer = channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
-        if channel.eventLoop.inEventLoop {
-            handler.value.sendText(buffer, written: written)
-        } else {
-            let handler = self.handler
-            channel.eventLoop.execute { handler.value.sendText(buffer, written: written) }
-        }
+        enqueue(.text(buffer, written: written))
     }
 
     /// Sends the close frame after what was sent before, then ends the connection once the peer answers
     /// (or after the close timeout).
     func close(code: UInt16, reason: String) {
-        if channel.eventLoop.inEventLoop {
-            handler.value.initiateClose(code: code, reason: reason)
-        } else {
-            let handler = self.handler
-            channel.eventLoop.execute { handler.value.initiateClose(code: code, reason: reason) }
+        enqueue(.close(code: code, reason: reason))
+    }
+
+    private func enqueue(_ item: Outgoing) {
+        let schedule = pending.withLock { p -> Bool in
+            p.items.append(item)
+            if p.scheduled { return false }
+            p.scheduled = true
+            return true
+        }
+        guard schedule else { return }
+        let handler = self.handler
+        channel.eventLoop.execute { handler.value.drain(self) }
+    }
+
+    /// What was sent since the last drain, in order.
+    fileprivate func takePending() -> [Outgoing] {
+        pending.withLock { p in
+            let items = p.items
+            p.items = []
+            p.scheduled = false
+            return items
         }
     }
 
@@ -174,17 +194,29 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
 
     // MARK: Sending
 
-    fileprivate func sendText(_ buffer: ByteBuffer, written: (@Sendable () -> Void)?) {
-        guard let context, !closeSent else {
-            written?()
-            return
+    /// Writes what the socket queued, then flushes once.
+    fileprivate func drain(_ socket: WebSocketSocket) {
+        var wrote = false
+        for item in socket.takePending() {
+            switch item {
+            case .text(let buffer, let written):
+                guard let context, !closeSent else {
+                    written?()
+                    continue
+                }
+                let frame = WebSocketFrame(fin: true, opcode: .text, data: buffer)
+                if let written {
+                    context.write(wrapOutboundOut(frame)).whenComplete { _ in written() }
+                } else {
+                    context.write(wrapOutboundOut(frame), promise: nil)
+                }
+                wrote = true
+            case .close(let code, let reason):
+                initiateClose(code: code, reason: reason)
+                wrote = false
+            }
         }
-        let frame = WebSocketFrame(fin: true, opcode: .text, data: buffer)
-        if let written {
-            context.writeAndFlush(wrapOutboundOut(frame)).whenComplete { _ in written() }
-        } else {
-            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
-        }
+        if wrote { context?.flush() }
     }
 
     fileprivate func initiateClose(code: UInt16, reason: String) {
