@@ -28,7 +28,14 @@ from conftest import Server, create_session, post_json, register
 
 RECV = 5.0           # seconds to wait for something that must come
 CLOSE_EOF = 2.0      # after the close handshake, the server closes TCP within this
-PROMPT = 0.5         # a close for a protocol error must come this fast (the timing tests)
+PROMPT = 0.5         # a close for a protocol error must come this fast every time (the timing tests)
+PROMPT_TYPICAL = 0.1  # ... and the median of the attempts this fast (the issue's 100 ms; the bound above leaves room for CI noise)
+
+
+def assert_prompt(times: list[float]) -> None:
+    ordered = sorted(times)
+    median = ordered[len(ordered) // 2]
+    assert median <= PROMPT_TYPICAL, f"the close frames took {median:.3f}s at the median: {[round(t, 3) for t in times]}"
 PROTOCOL_CLOSE = 1.5 # elsewhere, the wait for the close frame that answers a protocol error
 REPEAT = 20          # repetitions of the timing tests
 MAX_MESSAGE = 64 * 1024
@@ -653,6 +660,7 @@ def test_protocol_error_close_is_prompt(shared, path, violation):
         finally:
             ws.close()
         assert elapsed <= PROMPT, f"attempt {i + 1}: the close frame took {elapsed:.3f}s (times so far {times})"
+    assert_prompt(times)
 
 
 # ---- Socket.IO close codes ----------------------------------------------------------------------------------
@@ -665,18 +673,22 @@ def _sio(shared) -> WS:
 @pytest.mark.parametrize("packet,code", [("1", 1000), ("4{garbage", 1008)], ids=["engine-close-1000", "malformed-1008"])
 def test_socketio_server_close_codes(shared, packet, code):
     """An Engine.IO close packet ends the connection normally (1000); a malformed packet is a policy violation (1008)."""
+    times = []
     for i in range(REPEAT):
         ws = _sio(shared)
         try:
             ws.sio_connect()
             ws.send_text(packet)
             elapsed = expect_close_code(ws, code)
+            times.append(elapsed)
         finally:
             ws.close()
         assert elapsed <= PROMPT, f"attempt {i + 1}: the close frame took {elapsed:.3f}s"
+    assert_prompt(times)
 
 
 def test_socketio_binary_attachment_is_refused_with_1008(shared):
+    times = []
     for i in range(REPEAT):
         ws = _sio(shared)
         try:
@@ -689,9 +701,11 @@ def test_socketio_binary_attachment_is_refused_with_1008(shared):
                 f"attempt {i + 1}: expected 42[\"error\",{{code: unsupported_frame}}] before the close, got {before}"
             assert code == 1008, f"attempt {i + 1}: expected close 1008, got {code} {reason!r}"
             ws.finish_close(code)
+            times.append(elapsed)
         finally:
             ws.close()
         assert elapsed <= PROMPT, f"attempt {i + 1}: the close frame took {elapsed:.3f}s"
+    assert_prompt(times)
 
 
 def test_socketio_disconnect_packet_keeps_the_connection(shared):
