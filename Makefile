@@ -1,6 +1,8 @@
 # chat-backend — build, run, test, benchmark.
 SHELL := /bin/bash
 SWIFT ?= swift
+# Builds use exactly the dependency versions in Package.resolved, the ones the tests ran with.
+RESOLVED := --force-resolved-versions
 BUILD_DIR ?= .build
 BIN := $(BUILD_DIR)/debug/chat-backend
 RELEASE_BIN := $(BUILD_DIR)/release/chat-backend
@@ -11,7 +13,7 @@ APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3
 APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 
-.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench resources clean
+.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench check-reproducible clean
 
 all: build
 
@@ -28,14 +30,11 @@ endef
 deps:
 	$(call apt-ensure,build,$(APT_BUILD_DEPS))
 
-resources:
-	@python3 scripts/embed-resources.py
+build: deps
+	$(SWIFT) build $(RESOLVED) --product chat-backend
 
-build: deps resources
-	$(SWIFT) build --product chat-backend
-
-release: deps resources
-	$(SWIFT) build -c release --product chat-backend
+release: deps
+	$(SWIFT) build $(RESOLVED) -c release --product chat-backend
 
 # Start the server on port 3006 with SQLite under ./data.
 run: build
@@ -49,7 +48,7 @@ test-deps: deps
 # Everything, against a throwaway PostgreSQL started here (scripts/pg-test.sh) and stopped after:
 # Swift unit, store-contract and HTTP tests (the HTTP tests once per store), then end-to-end tests
 # against the built binary.
-test: test-deps resources
+test: test-deps
 	@set -e; trap 'scripts/pg-test.sh stop' EXIT; \
 	export CHAT_TEST_POSTGRES="$$(scripts/pg-test.sh start)"; \
 	echo "test Postgres: $$CHAT_TEST_POSTGRES"; \
@@ -58,11 +57,11 @@ test: test-deps resources
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) test-system; \
 	else echo "test-system skipped: it needs root (debootstrap, systemd-nspawn)"; fi
 
-test-swift: resources
-	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+test-swift: deps
+	$(SWIFT) build $(RESOLVED) --build-tests
+	$(SWIFT) test $(RESOLVED) --skip-build
 	@if [ -n "$$CHAT_TEST_POSTGRES" ]; then echo "HTTP API tests on Postgres:"; \
-	  CHAT_TEST_BACKEND=postgres $(SWIFT) test --skip-build --filter ServiceTests; fi
+	  CHAT_TEST_BACKEND=postgres $(SWIFT) test $(RESOLVED) --skip-build --filter ServiceTests; fi
 
 test-e2e: build
 	CHAT_BACKEND_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q Tests/e2e
@@ -73,6 +72,16 @@ deb-deps: deps
 # The Debian package: packaging/out/chat-backend_<version>_amd64.deb, checked with lintian.
 deb: deb-deps
 	packaging/build-deb.sh
+
+# Builds the package twice, the second time from scratch in another directory, and checks that the
+# two .deb files are identical (README, "Verifying a package"). Takes two full release builds.
+check-reproducible: deb
+	rm -rf packaging/out/again
+	CHAT_DEB_OUT=packaging/out/again packaging/build-deb.sh
+	@deb=chat-backend_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb; \
+	sha256sum packaging/out/$$deb packaging/out/again/$$deb; \
+	if cmp -s packaging/out/$$deb packaging/out/again/$$deb; then echo "reproducible: the two builds are identical"; \
+	else echo "NOT reproducible: packaging/out/$$deb and packaging/out/again/$$deb differ"; exit 1; fi
 
 # Installs the package in a Debian 12 container booted with systemd and drives it from outside
 # (Tests/system; DEVELOPERS.md says how it runs). Needs root.

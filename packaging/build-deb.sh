@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-OUT=packaging/out
+# CHAT_DEB_OUT builds elsewhere (make check-reproducible builds a second time there).
+OUT=${CHAT_DEB_OUT:-packaging/out}
 SRC=$OUT/src
 
 upstream=$(sed -n 's/^ *public static let current = "\(.*\)"$/\1/p' Sources/Service/ServiceConfig.swift)
@@ -21,8 +22,8 @@ fi
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 
 mkdir -p "$SRC"
-# .gitignore'd files (.build*, Package.resolved, data, packaging/out, ...) are neither copied nor
-# deleted from the copy.
+# .gitignore'd files (.build*, data, packaging/out, ...) are neither copied nor deleted from the
+# copy.
 rsync -a --delete --filter=':- .gitignore' --exclude=/.git --exclude=/debian ./ "$SRC/"
 rsync -a --delete packaging/debian/ "$SRC/debian/"
 rm -f "$OUT"/chat-backend_"$version"_* "$OUT"/chat-backend-dbgsym_"$version"_*

@@ -143,7 +143,7 @@ struct SQLiteStoreTests {
             #expect(files.sorted() == set.migrations.map(\.fileName).sorted())
             for migration in set.migrations {
                 let text = try String(contentsOf: dir.appendingPathComponent(migration.fileName), encoding: .utf8)
-                #expect(text.trimmingCharacters(in: .newlines) == migration.sql, "\(migration.fileName) differs; run make resources")
+                #expect(text.trimmingCharacters(in: .newlines) == migration.sql, "\(migration.fileName) differs from the embedded copy")
             }
         }
     }
