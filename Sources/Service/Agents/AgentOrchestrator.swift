@@ -30,7 +30,8 @@ public final class AgentOrchestrator: Service, Sendable {
     }
 
     private struct State {
-        var queues: [UUID: [Job]] = [:]
+        /// Per session with messages to answer: its queue and the task draining it, in turn.
+        var queues: [UUID: DrainQueue<Job>] = [:]
         var workers: [UUID: Task<Void, Never>] = [:]
         var accepting = true
     }
@@ -119,36 +120,32 @@ public final class AgentOrchestrator: Service, Sendable {
     func submit(_ message: ChatMessage, requestId: String?) {
         guard isEnabled, message.direction == .inbound else { return }
         let session = message.sessionId
-        let overflow = state.withLock { s -> Bool in
-            guard s.accepting else { return false }
-            if s.workers[session] != nil {
-                guard s.queues[session, default: []].count < Self.maxQueuedPerSession else { return true }
-                s.queues[session, default: []].append(Job(message: message, requestId: requestId))
-                return false
-            }
-            s.queues[session] = [Job(message: message, requestId: requestId)]
-            s.workers[session] = Task { await self.drain(session) }
-            return false
+        let admission = state.withLock { s -> DrainQueue<Job>.Admission in
+            guard s.accepting else { return .refused }
+            let queue = s.queues[session] ?? DrainQueue<Job>(maxBatch: 1, limit: Self.maxQueuedPerSession)
+            s.queues[session] = queue
+            let admission = queue.push(Job(message: message, requestId: requestId))
+            if admission == .drain { s.workers[session] = Task { await self.drain(session, queue) } }
+            return admission
         }
-        if overflow {
+        if admission == .refused, isAccepting {
             logger.warning("agent queue full; message not answered", metadata: ["session_id": "\(session.lowercased)", "request_id": "\(requestId ?? "-")"])
         }
     }
 
-    private func drain(_ session: UUID) async {
-        while true {
-            let job = state.withLock { s -> Job? in
-                guard s.accepting, var queue = s.queues[session], !queue.isEmpty else {
-                    s.queues[session] = nil
-                    s.workers[session] = nil
-                    return nil
-                }
-                let job = queue.removeFirst()
-                s.queues[session] = queue
-                return job
+    private var isAccepting: Bool { state.withLock { $0.accepting } }
+
+    /// Answers the session's messages one by one until its queue is empty, then forgets the queue unless
+    /// a message arrived in between (its push started the next drain).
+    private func drain(_ session: UUID, _ queue: DrainQueue<Job>) async {
+        await queue.drain { jobs in
+            for job in jobs where !Task.isCancelled { await process(job) }
+        }
+        state.withLock { s in
+            if s.queues[session] === queue, queue.isIdle {
+                s.queues[session] = nil
+                s.workers[session] = nil
             }
-            guard let job else { return }
-            await process(job)
         }
     }
 
@@ -156,6 +153,7 @@ public final class AgentOrchestrator: Service, Sendable {
     func stop() async {
         let workers = state.withLock { s -> [Task<Void, Never>] in
             s.accepting = false
+            for queue in s.queues.values { queue.close() }
             s.queues.removeAll()
             return Array(s.workers.values)
         }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOWebSocket
+import Storage
 import Synchronization
 
 /// Which requests may become WebSockets, and what serves them.
@@ -75,14 +76,15 @@ extension String {
 /// thread sent them (a queue drained on the connection's event loop, one flush per drain); after
 /// `close` nothing more goes out.
 final class WebSocketSocket: Sendable {
-    enum Outgoing {
+    enum Outgoing: Sendable {
         case text(ByteBuffer, written: (@Sendable () -> Void)?)
         case close(code: UInt16, reason: String)
     }
 
     let channel: any Channel
     private let handler: NIOLoopBound<WebSocketConnectionHandler>
-    private let pending = Mutex<(items: [Outgoing], scheduled: Bool)>(([], false))
+    /// Drained on the event loop (`WebSocketConnectionHandler.drain`).
+    fileprivate let pending = DrainQueue<Outgoing>()
 
     fileprivate init(channel: any Channel, handler: NIOLoopBound<WebSocketConnectionHandler>) {
         self.channel = channel
@@ -103,25 +105,9 @@ final class WebSocketSocket: Sendable {
     }
 
     private func enqueue(_ item: Outgoing) {
-        let schedule = pending.withLock { p -> Bool in
-            p.items.append(item)
-            if p.scheduled { return false }
-            p.scheduled = true
-            return true
-        }
-        guard schedule else { return }
+        guard pending.push(item) == .drain else { return }
         let handler = self.handler
         channel.eventLoop.execute { handler.value.drain(self) }
-    }
-
-    /// What was sent since the last drain, in order.
-    fileprivate func takePending() -> [Outgoing] {
-        pending.withLock { p in
-            let items = p.items
-            p.items = []
-            p.scheduled = false
-            return items
-        }
     }
 
     /// Pauses or resumes reading from the peer.
@@ -197,26 +183,28 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     /// Writes what the socket queued, then flushes once.
     fileprivate func drain(_ socket: WebSocketSocket) {
         var wrote = false
-        for item in socket.takePending() {
-            switch item {
-            case .text(let buffer, let written):
-                guard let context, !closeSent else {
-                    written?()
-                    continue
-                }
-                let frame = WebSocketFrame(fin: true, opcode: .text, data: buffer)
-                if let written {
-                    context.write(wrapOutboundOut(frame)).whenComplete { _ in written() }
-                } else {
-                    context.write(wrapOutboundOut(frame), promise: nil)
-                }
-                wrote = true
-            case .close(let code, let reason):
-                initiateClose(code: code, reason: reason)
-                wrote = false
-            }
-        }
+        socket.pending.drain { batch in for item in batch { write(item, wrote: &wrote) } }
         if wrote { context?.flush() }
+    }
+
+    private func write(_ item: WebSocketSocket.Outgoing, wrote: inout Bool) {
+        switch item {
+        case .text(let buffer, let written):
+            guard let context, !closeSent else {
+                written?()
+                return
+            }
+            let frame = WebSocketFrame(fin: true, opcode: .text, data: buffer)
+            if let written {
+                context.write(wrapOutboundOut(frame)).whenComplete { _ in written() }
+            } else {
+                context.write(wrapOutboundOut(frame), promise: nil)
+            }
+            wrote = true
+        case .close(let code, let reason):
+            initiateClose(code: code, reason: reason)
+            wrote = false
+        }
     }
 
     fileprivate func initiateClose(code: UInt16, reason: String) {
