@@ -113,11 +113,26 @@ struct AgentUnitTests {
         #expect(!breaker.isOpen && breaker.permit(now: again) && breaker.permit(now: again))
     }
 
+    @Test("an over-long event-stream line or event fails the stream instead of losing data")
+    func serverSentEventsLimits() throws {
+        var parser = ServerSentEvents()
+        let chunk = String(repeating: "x", count: 64 * 1024)
+        var failed = false
+        for _ in 0..<((ServerSentEvents.maxLine / chunk.utf8.count) + 2) {
+            do { _ = try parser.feed(ByteBuffer(string: chunk)) } catch { failed = true; break }
+        }
+        #expect(failed, "a line without an end past maxLine must fail")
+        var events = ServerSentEvents()
+        let half = "data: " + String(repeating: "y", count: ServerSentEvents.maxLine / 2) + "\n"
+        #expect(try events.feed(ByteBuffer(string: half)).isEmpty)
+        #expect(throws: AgentFailure.self) { _ = try events.feed(ByteBuffer(string: half + half + "\n")) }
+    }
+
     @Test("server-sent events split across buffers, with CRLF, comments and multi-line data")
     func serverSentEvents() throws {
         var parser = ServerSentEvents()
-        #expect(parser.feed(ByteBuffer(string: ": keep-alive\r\ndata: {\"a\"")).isEmpty)
-        #expect(parser.feed(ByteBuffer(string: ":1}\r\n\r\ndata: x\ndata: y\n\ndata: [DONE]\n\n")) == ["{\"a\":1}", "x\ny", "[DONE]"])
+        #expect(try parser.feed(ByteBuffer(string: ": keep-alive\r\ndata: {\"a\"")).isEmpty)
+        #expect(try parser.feed(ByteBuffer(string: ":1}\r\n\r\ndata: x\ndata: y\n\ndata: [DONE]\n\n")) == ["{\"a\":1}", "x\ny", "[DONE]"])
         #expect(try OpenAIAgent.chunk(#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#) == ("Hi", nil))
         #expect(try OpenAIAgent.chunk(#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#) == (nil, "stop"))
         #expect(throws: AgentFailure.self) { _ = try OpenAIAgent.chunk("not json") }

@@ -5,6 +5,15 @@ import Testing
 
 @Suite("Building blocks")
 struct UnitTests {
+    @Test("the Date header is IMF-fixdate (RFC 9110 §5.6.7)")
+    func httpDate() {
+        #expect(HTTPDate.format(784_111_777) == "Sun, 06 Nov 1994 08:49:37 GMT")
+        #expect(HTTPDate.format(0) == "Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(HTTPDate.format(951_782_400) == "Tue, 29 Feb 2000 00:00:00 GMT")
+        #expect(HTTPDate.format(1_798_761_599) == "Thu, 31 Dec 2026 23:59:59 GMT")
+        #expect(HTTPDate.format(-1) == "Wed, 31 Dec 1969 23:59:59 GMT")
+    }
+
     @Test("JWTs round-trip and refuse tampering, other algorithms and expiry")
     func jwt() throws {
         let signer = JWTSigner(secret: Array("k".utf8))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import shutil
 import signal
 import socket
@@ -111,7 +112,27 @@ def activation(tmp_path):
     return activate, directory, free_port()
 
 
-def test_socket_activation(bin_path, activation):
+def response_shape(base: str, token: str) -> dict[str, list[str]]:
+    """The header names (values vary) of a few kinds of response: a probe, a 404, an API answer,
+    a preflight-less error with a body, and a request id passed by the client."""
+    auth = {"Authorization": f"Bearer {token}"}
+    probes = {
+        "health": requests.get(base + "/health", timeout=10),
+        "not found": requests.get(base + "/api/nope", timeout=10),
+        "sessions": requests.get(base + "/api/sessions", headers=auth, timeout=10),
+        "unauthenticated": requests.get(base + "/api/sessions", timeout=10),
+        "request id": requests.get(base + "/health", headers={"X-Request-Id": "shape-1"}, timeout=10),
+    }
+    shape = {name: sorted(h.lower() for h in r.headers) for name, r in probes.items()}
+    assert probes["request id"].headers.get("X-Request-Id") == "shape-1"
+    for name, r in probes.items():
+        assert "date" in shape[name] and "x-request-id" in shape[name], (name, r.headers)
+        sent = email.utils.parsedate_to_datetime(r.headers["Date"])  # RFC 9110 IMF-fixdate
+        assert r.headers["Date"].endswith(" GMT") and abs(sent.timestamp() - time.time()) < 5, r.headers["Date"]
+    return shape
+
+
+def test_socket_activation(bin_path, activation, start_server):
     activate, directory, port = activation
     # The configured port is a different, unused one: the server must use the passed socket, not bind its own.
     unused_port = free_port()
@@ -161,6 +182,11 @@ def test_socket_activation(bin_path, activation):
         logs = server.stdout() + server.stderr()
         assert "the socket passed by systemd" in logs, server.logs()
         assert f"127.0.0.1:{unused_port}" not in logs, server.logs()
+
+        # The same responses, header for header, as from a server on its own listener.
+        normal = start_server(env={"RATE_LIMIT_API": "off", "RATE_LIMIT_AUTH": "off"})
+        other = register(normal)
+        assert response_shape(server.url(""), user["accessToken"]) == response_shape(normal.url(""), other["accessToken"])
     finally:
         server.stop()
 

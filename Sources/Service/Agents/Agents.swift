@@ -291,7 +291,7 @@ struct OpenAIAgent: ChatAgent {
                 var reply = ""
                 var finishReason: String?
                 stream: for try await buffer in response.body {
-                    for event in parser.feed(buffer) {
+                    for event in try parser.feed(buffer) {
                         if event == "[DONE]" { break stream }
                         let chunk = try Self.chunk(event)
                         if let reason = chunk.finishReason { finishReason = reason }
@@ -339,12 +339,14 @@ struct OpenAIAgent: ChatAgent {
 }
 
 /// Splits a `text/event-stream` body into the data of its events (multi-line data joined with \n).
+/// A line or an event longer than `maxLine` fails the stream: nothing is dropped silently.
 struct ServerSentEvents {
     private var pending: [UInt8] = []
     private var data: [String] = []
+    private var dataBytes = 0
     static let maxLine = 1 << 20
 
-    mutating func feed(_ buffer: ByteBuffer) -> [String] {
+    mutating func feed(_ buffer: ByteBuffer) throws -> [String] {
         pending.append(contentsOf: buffer.readableBytesView)
         var events: [String] = []
         var start = 0
@@ -355,14 +357,21 @@ struct ServerSentEvents {
             if line.isEmpty {
                 if !data.isEmpty { events.append(data.joined(separator: "\n")) }
                 data.removeAll()
+                dataBytes = 0
             } else if line.starts(with: Array("data:".utf8)) {
                 var value = line.dropFirst(5)
                 if value.first == UInt8(ascii: " ") { value = value.dropFirst() }
+                dataBytes += value.count + 1
+                guard dataBytes <= Self.maxLine else {
+                    throw AgentFailure.badResponse("an event of the event stream is longer than \(Self.maxLine) bytes")
+                }
                 data.append(String(decoding: value, as: UTF8.self))
             }  // comments (`:`), event:, id:, retry: are ignored
         }
         pending.removeFirst(start)
-        if pending.count > Self.maxLine { pending.removeAll() }
+        guard pending.count <= Self.maxLine else {
+            throw AgentFailure.badResponse("a line of the event stream is longer than \(Self.maxLine) bytes")
+        }
         return events
     }
 }

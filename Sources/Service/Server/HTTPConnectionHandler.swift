@@ -267,6 +267,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     fileprivate func writeHead(_ response: HTTPResponse) {
         guard let context, case .responding = state else { return }
         var headers = HTTPHeaders(response.headerFields)
+        if !headers.contains(name: "date") { headers.add(name: "date", value: HTTPDate.now()) }
         if quiescing { keepAlive = false }
         if !keepAlive {
             headers.replaceOrAdd(name: "connection", value: "close")
@@ -359,9 +360,11 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         guardHandler.headReceived()
         let body = ConnectionErrors.body(error)
         let head = ConnectionErrors.head(error, hstsMaxAge: settings.hstsMaxAge, close: true, bodyLength: body.readableBytes)
+        var headers = HTTPHeaders(head.headerFields)
+        headers.add(name: "date", value: HTTPDate.now())
         let nioHead = HTTPResponseHead(
             version: version.major == 1 ? version : .http1_1,
-            status: HTTPResponseStatus(statusCode: head.status.code, reasonPhrase: head.status.reasonPhrase), headers: HTTPHeaders(head.headerFields)
+            status: HTTPResponseStatus(statusCode: head.status.code, reasonPhrase: head.status.reasonPhrase), headers: headers
         )
         context.write(wrapOutboundOut(.head(nioHead)), promise: nil)
         if !isHeadRequest { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }

@@ -94,14 +94,22 @@ public final class RateLimiter: Sendable {
         self.buckets = LRUCache(maxEntries: maxKeys)
     }
 
+    /// Seconds on a monotonic clock (since the first call): buckets refill by elapsed time, which a
+    /// wall-clock step (NTP, an administrator's `date`) must neither grant nor withhold.
+    public static func monotonicNow() -> Double {
+        let elapsed = origin.duration(to: .now).components
+        return Double(elapsed.seconds) + Double(elapsed.attoseconds) / 1e18
+    }
+    private static let origin = ContinuousClock.now
+
     /// Takes one token for `key` under `rule`.
-    public func take(_ key: String, rule: RateLimit, now: Double = Date().timeIntervalSince1970) -> RateDecision {
+    public func take(_ key: String, rule: RateLimit, now: Double = RateLimiter.monotonicNow()) -> RateDecision {
         decide(key, rule: rule, now: now, consume: true)
     }
 
     /// What `take` would decide, without taking a token (for limits that count failures, checked before
     /// the attempt and charged only when it fails).
-    public func peek(_ key: String, rule: RateLimit, now: Double = Date().timeIntervalSince1970) -> RateDecision {
+    public func peek(_ key: String, rule: RateLimit, now: Double = RateLimiter.monotonicNow()) -> RateDecision {
         decide(key, rule: rule, now: now, consume: false)
     }
 
