@@ -111,6 +111,9 @@ struct Serve: AsyncParsableCommand {
             if !config.agents.isEmpty {
                 logger.info("agents loaded", metadata: ["file": .string(config.agents.source), "agents": .string(config.agents.agentNames.joined(separator: ","))])
             }
+            let storeService = StoreService(store: store, willClose: {
+                Systemd.notify("STATUS=Flushing writes and checkpointing")
+            })
             let hub = RealtimeHub(
                 maxConnectionsPerUser: config.service.realtimeMaxConnectionsPerUser,
                 maxUnauthenticatedPerIP: config.service.realtimeMaxUnauthenticatedPerIP
@@ -125,7 +128,8 @@ struct Serve: AsyncParsableCommand {
                         Systemd.notify("READY=1\nSTATUS=Serving on \(where_) with \(backend) storage")
                     },
                     services: services,
-                    agents: config.agents
+                    agents: config.agents,
+                    storeService: storeService
                 ),
                 listener: listener
             )
@@ -137,11 +141,10 @@ struct Serve: AsyncParsableCommand {
                 try await group.run()
             } catch {
                 logger.error("server stopped with an error", metadata: ["error": .string(String(reflecting: error))])
-                await store.close()
+                await storeService.close()
                 throw error
             }
-            Systemd.notify("STATUS=Flushing writes and checkpointing")
-            await store.close()
+            await storeService.close()  // closed already by the group, unless it never ran
             logger.info("stopped cleanly")
         }
     }

@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 import Storage
 
 /// Where the HTTP server listens.
@@ -32,13 +33,17 @@ public struct ApplicationDependencies: Sendable {
     public var services: [any Service]
     /// Agents answering in sessions (none: messages are only stored and published).
     public var agents: AgentsConfig
+    /// When set, the store is closed by the application's service group, after everything that uses it
+    /// has stopped (`serve`); tests leave it nil and close their store themselves.
+    public var storeService: StoreService?
 
     public init(
         store: any ChatStore, hub: RealtimeHub = RealtimeHub(), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
         logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = [],
-        agents: AgentsConfig = .none
+        agents: AgentsConfig = .none, storeService: StoreService? = nil
     ) {
         self.agents = agents
+        self.storeService = storeService
         self.store = store
         self.hub = hub
         self.registry = registry
@@ -168,8 +173,11 @@ public func buildApplication(
         router: routers.http,
         server: HTTPServerBuilder { _ in channel },
         configuration: .init(address: .hostname(host, port: port), serverName: nil),
-        services: [
-            sweeper, relay,
+        // A service group stops its services in reverse order, the server (added last) first: then the
+        // extra services, the orchestrator (replies in progress are cancelled), the sweepers, the relay,
+        // and last the store, which flushes queued writes.
+        services: (dependencies.storeService.map { [$0] } ?? []) + [
+            relay, sweeper,
             RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
         ] + (routers.orchestrator.map { [$0] } ?? []) + dependencies.services,
         onServerRunning: { _ in await onListening() },
@@ -205,6 +213,30 @@ public struct ChatApplication: ApplicationProtocol {
             let group = ServiceGroup(configuration: .init(services: inner.services + [server], logger: inner.logger))
             try await group.run()
         }
+    }
+}
+
+/// The store as a service: listed first in the group, it stops last, once nothing uses the store, and
+/// closes it (queued writes flushed, SQLite checkpointed). `close` runs once, however often it is called.
+public final class StoreService: Service, Sendable {
+    let store: any ChatStore
+    let willClose: @Sendable () -> Void
+    private let closed = Atomic<Bool>(false)
+
+    public init(store: any ChatStore, willClose: @escaping @Sendable () -> Void = {}) {
+        self.store = store
+        self.willClose = willClose
+    }
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await close()
+    }
+
+    public func close() async {
+        guard closed.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+        willClose()
+        await store.close()
     }
 }
 

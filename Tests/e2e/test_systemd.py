@@ -71,7 +71,11 @@ def test_notify_ready_status_stopping(bin_path, tmp_path, notify_socket):
         server.proc.send_signal(signal.SIGTERM)
         stopping = receive(sock, "STOPPING=1", time.monotonic() + 15, seen)
         assert "STOPPING=1" in stopping
+        # The store closes last, once the server and every service using it have stopped.
+        flushing = receive(sock, "STATUS=Flushing writes and checkpointing", time.monotonic() + 15, seen)
+        assert seen.index(flushing) > seen.index(stopping)
         assert server.proc.wait(timeout=15) == 0, server.logs()
+        assert "stopped cleanly" in server.logs(), server.logs()
     finally:
         server.stop()
 
