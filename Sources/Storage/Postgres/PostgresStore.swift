@@ -38,10 +38,7 @@ public final class PostgresStore: SQLStore {
 
     /// Connects, applies pending migrations under an advisory lock, and returns the store.
     public static func open(
-        conninfo: String,
-        options: Options = Options(),
-        migrations: MigrationSet = .postgres,
-        logger: Logger = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
+        conninfo: String, options: Options = Options(), migrations: MigrationSet = .postgres, logger: Logger = .quietStorage
     ) async throws -> PostgresStore {
         let pool = PostgresPool(conninfo: conninfo, size: options.poolSize)
         do {

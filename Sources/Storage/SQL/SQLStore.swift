@@ -31,6 +31,11 @@ enum SQL {
     }
 }
 
+extension Logger {
+    /// The stores' default logger: silent unless the caller passes its own.
+    public static let quietStorage = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
+}
+
 extension SQLValue {
     static func id(_ id: UUID) -> SQLValue { .text(id.lowercased) }
     static func time(_ date: Date) -> SQLValue { .text(Timestamp.format(date)) }

@@ -53,10 +53,7 @@ public final class SQLiteStore: SQLStore {
 
     /// Opens (creating if needed) the database at `path`, applies pending migrations and opens the readers.
     public static func open(
-        path: String,
-        options: Options = Options(),
-        migrations: MigrationSet = .sqlite,
-        logger: Logger = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
+        path: String, options: Options = Options(), migrations: MigrationSet = .sqlite, logger: Logger = .quietStorage
     ) async throws -> SQLiteStore {
         try createOwnerOnly(path)
         let condition = SQLiteCondition { detail in
