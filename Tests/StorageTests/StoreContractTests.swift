@@ -311,6 +311,70 @@ struct StoreContractTests {
         }
     }
 
+    @Test("export pages start at the first record (even the nil UUID) and follow the cursor", arguments: backends)
+    func exportPaging(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            var users = [Make.user()]
+            users[0].id = UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+            for _ in 0..<4 { users.append(Make.user()) }
+            for user in users { try await store.createUser(user) }
+            let sorted = users.sorted { $0.id.lowercased < $1.id.lowercased }
+            var pages: [[User]] = []
+            var cursor: UUID?
+            while case let page = try await store.exportUsers(after: cursor, limit: 2), let last = page.last {
+                pages.append(page)
+                cursor = last.id
+            }
+            #expect(pages.map(\.count) == [2, 2, 1])
+            #expect(pages.flatMap { $0 } == sorted)
+        }
+    }
+
+    @Test("copy through export and import keeps every column of every record", arguments: backends)
+    func copyKeepsEverything(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { source, _ in
+            let now = Timestamp.now()
+            var user = Make.user(role: .agent)
+            user.email = "a@example.com"
+            try await source.createUser(user)
+            // insertRefreshToken writes every column, used_at and revoked_at included.
+            let token = RefreshTokenRecord(
+                id: UUID(), userId: user.id, familyId: UUID(), tokenHash: String(repeating: "ab", count: 32), expiresAt: now.addingTimeInterval(60), createdAt: now,
+                usedAt: now.addingTimeInterval(1), revokedAt: now.addingTimeInterval(2)
+            )
+            try await source.insertRefreshToken(token)
+            #expect(try await source.exportRefreshTokens(after: nil, limit: 10) == [token])
+            try await source.revokeAccessToken(jti: "jti-1", expiresAt: now.addingTimeInterval(60))
+            let session = Make.session(userId: user.id, metadata: .object(["n": .int(1)]))
+            try await source.createSession(session)
+            _ = try await source.requestHandoff(sessionId: session.id, now: now)
+            // A later time: an update that leaves updated_at as it was gets the database's own (finer) clock.
+            _ = try await source.claimHandoff(sessionId: session.id, assignee: user.id, now: now.addingTimeInterval(1))
+            try await source.appendMessage(Make.message(session.id, userId: user.id, clientId: "c1"), now: now).expectCreated()
+            try await source.appendMessage(Make.message(session.id, userId: nil), now: now).expectCreated()
+            // Only one of two waiting sessions when the limit says one.
+            try await source.createSession(Make.session(userId: user.id))
+            #expect(try await source.handoffs(assignee: nil, limit: 1).count == 1)
+
+            let batch = RecordBatch(
+                users: try await source.exportUsers(after: nil, limit: 100), sessions: try await source.exportSessions(after: nil, limit: 100),
+                messages: try await source.exportMessages(after: nil, limit: 100), refreshTokens: try await source.exportRefreshTokens(after: nil, limit: 100),
+                revokedAccessTokens: try await source.exportRevokedAccessTokens()
+            )
+            try await withStore(make) { target, _ in
+                try await target.importRecords(batch)
+                try await target.importRecords(batch)  // records already there are skipped
+                #expect(try await target.recordCounts() == (try await source.recordCounts()))
+                #expect(try await target.exportUsers(after: nil, limit: 100) == batch.users)
+                #expect(try await target.exportSessions(after: nil, limit: 100) == batch.sessions)
+                #expect(try await target.exportMessages(after: nil, limit: 100) == batch.messages)
+                #expect(try await target.exportRefreshTokens(after: nil, limit: 100) == [token])
+                #expect(try await target.exportRevokedAccessTokens() == batch.revokedAccessTokens)
+                #expect(try await target.session(id: session.id) == (try await source.session(id: session.id)))
+            }
+        }
+    }
+
     @Test("a closed store answers unavailable", arguments: backends)
     func closed(_ make: @Sendable () -> StoreFixture) async throws {
         let fixture = make()

@@ -17,19 +17,11 @@ final class PostgresAppender: Sendable {
         var continuation: CheckedContinuation<AppendOutcome, any Error>
     }
 
-    private struct State {
-        var jobs: [Job] = []
-        var draining = false
-        var closed = false
-    }
-
     private let conninfo: String
-    private let thread = NIOThreadPool(numberOfThreads: 1)
-    private let state = Mutex(State())
+    private let worker = BatchWorker<Job>(maxBatch: 256)
     // Touched only on the appender's thread.
     private let connection = Mutex<UnsafeTransfer<PostgresConnection>?>(nil)
-    private let maxBatch = 256
-    private let decide: @Sendable (PostgresConnection, ChatMessage, UUID?, PGRow?) throws -> AppendOutcome
+    private let decide: @Sendable (PostgresConnection, ChatMessage, UUID?, SQLRow?) throws -> AppendOutcome
     private let single: @Sendable (PostgresConnection, ChatMessage, Date, UUID?) throws -> AppendOutcome
     private let statement: String
     private let parameters: @Sendable (ChatMessage, Date, UUID?) -> [SQLValue]
@@ -37,51 +29,25 @@ final class PostgresAppender: Sendable {
     init(
         conninfo: String, statement: String, parameters: @escaping @Sendable (ChatMessage, Date, UUID?) -> [SQLValue],
         single: @escaping @Sendable (PostgresConnection, ChatMessage, Date, UUID?) throws -> AppendOutcome,
-        decide: @escaping @Sendable (PostgresConnection, ChatMessage, UUID?, PGRow?) throws -> AppendOutcome
+        decide: @escaping @Sendable (PostgresConnection, ChatMessage, UUID?, SQLRow?) throws -> AppendOutcome
     ) {
         self.conninfo = conninfo
         self.statement = statement
         self.parameters = parameters
         self.single = single
         self.decide = decide
-        thread.start()
     }
 
     func append(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
         try await withCheckedThrowingContinuation { continuation in
-            let start = state.withLock { s -> Bool? in
-                if s.closed { return nil }
-                // Ids are made in queue order, which is commit order (one connection, batches in turn),
-                // so a reader paging with `after` cannot skip a message committed late.
+            // Ids are made in queue order, which is commit order (one connection, batches in turn),
+            // so a reader paging with `after` cannot skip a message committed late.
+            let queued = worker.submit({
                 var message = message
                 message.id = UUIDv7.make(now: now)
-                s.jobs.append(Job(message: message, now: now, owner: owner, continuation: continuation))
-                if s.draining { return false }
-                s.draining = true
-                return true
-            }
-            switch start {
-            case nil: continuation.resume(throwing: StoreError(.unavailable, "the store is closed"))
-            case true?: thread.submit { [self] _ in drain() }
-            case false?: break
-            }
-        }
-    }
-
-    private func drain() {
-        while true {
-            let batch = state.withLock { s -> [Job] in
-                if s.jobs.isEmpty {
-                    s.draining = false
-                    return []
-                }
-                let count = min(s.jobs.count, maxBatch)
-                let batch = Array(s.jobs.prefix(count))
-                s.jobs.removeFirst(count)
-                return batch
-            }
-            if batch.isEmpty { return }
-            run(batch)
+                return Job(message: message, now: now, owner: owner, continuation: continuation)
+            }) { [self] batch in run(batch) }
+            if !queued { continuation.resume(throwing: StoreError(.unavailable, "the store is closed")) }
         }
     }
 
@@ -121,8 +87,8 @@ final class PostgresAppender: Sendable {
     }
 
     func close() async {
-        state.withLock { $0.closed = true }
-        _ = try? await thread.runIfActive { [self] in connection.withLock { $0 = nil } }
-        try? await thread.shutdownGracefully()
+        worker.close()
+        _ = try? await worker.thread.runIfActive { [self] in connection.withLock { $0 = nil } }
+        try? await worker.thread.shutdownGracefully()
     }
 }

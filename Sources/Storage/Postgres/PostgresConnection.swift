@@ -11,7 +11,7 @@ import Foundation
 
 /// One libpq connection. Not thread-safe: used by one pool thread at a time. Statements are prepared
 /// once per connection (named by a counter) and executed with bound text parameters.
-final class PostgresConnection {
+final class PostgresConnection: SQLDatabase {
     private let handle: OpaquePointer
     private var prepared: [String: String] = [:]
 
@@ -73,22 +73,15 @@ final class PostgresConnection {
 
     /// Runs one statement with bound parameters and returns its rows as text values (nil for NULL).
     @discardableResult
-    func query(_ sql: String, _ params: [SQLValue] = []) throws -> [PGRow] {
-        try executePrepared(sql, params) { result in
-            let rows = Int(PQntuples(result))
-            let columns = Int(PQnfields(result))
-            var out: [PGRow] = []
-            out.reserveCapacity(rows)
-            for r in 0..<rows {
-                var values: [String?] = []
-                values.reserveCapacity(columns)
-                for c in 0..<columns {
-                    values.append(PQgetisnull(result, Int32(r), Int32(c)) == 1 ? nil : String(cString: PQgetvalue(result, Int32(r), Int32(c))))
-                }
-                out.append(PGRow(values: values))
-            }
-            return out
-        }
+    func query(_ sql: String, _ params: [SQLValue] = []) throws -> [SQLRow] {
+        try executePrepared(sql, params) { result in (0..<PQntuples(result)).map { Self.row(result, $0) } }
+    }
+
+    /// Row `r` of a result, every value as text.
+    private static func row(_ result: OpaquePointer, _ r: Int32) -> SQLRow {
+        SQLRow(values: (0..<PQnfields(result)).map { c in
+            PQgetisnull(result, r, c) == 1 ? .null : .text(String(cString: PQgetvalue(result, r, c)))
+        })
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -112,7 +105,7 @@ final class PostgresConnection {
     /// Runs `statement` once per parameter list inside one transaction, sent as a libpq pipeline: one round
     /// trip and one commit (one WAL flush) for the whole batch. Returns each execution's first row.
     /// Any error aborts the whole transaction and is thrown; nothing of the batch is then committed.
-    func pipelined(_ statement: String, _ paramsList: [[SQLValue]]) throws -> [PGRow?] {
+    func pipelined(_ statement: String, _ paramsList: [[SQLValue]]) throws -> [SQLRow?] {
         let name = try statementName(for: statement, parameterCount: paramsList.first?.count ?? 0)
         guard PQenterPipelineMode(handle) == 1 else { throw connectionError(sql: statement) }
         defer { _ = PQexitPipelineMode(handle) }
@@ -125,17 +118,15 @@ final class PostgresConnection {
             throw connectionError(sql: "COMMIT")
         }
         // Results come per query (then a NULL), and finally the sync marker.
-        var rows: [PGRow?] = []
+        var rows: [SQLRow?] = []
         var firstError: StoreError?
         for index in 0..<(paramsList.count + 2) {
-            var row: PGRow?
+            var row: SQLRow?
             while let result = PQgetResult(handle) {
                 defer { PQclear(result) }
                 let status = PQresultStatus(result)
                 if status == PGRES_TUPLES_OK, row == nil, PQntuples(result) > 0 {
-                    row = PGRow(values: (0..<PQnfields(result)).map { c in
-                        PQgetisnull(result, 0, c) == 1 ? nil : String(cString: PQgetvalue(result, 0, c))
-                    })
+                    row = Self.row(result, 0)
                 } else if status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK, firstError == nil {
                     do { try check(result, sql: statement) } catch let error as StoreError { firstError = error } catch {}
                 }
@@ -173,47 +164,12 @@ final class PostgresConnection {
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY else {
             let message = String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines
             let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? ""
-            throw StoreError(Self.kind(sqlState: state, healthy: PQstatus(handle) == CONNECTION_OK), "Postgres error", detail: "\(state) \(message)", sql: sql)
+            throw StoreError(SQLDialect.kind(sqlState: state, healthy: PQstatus(handle) == CONNECTION_OK), "Postgres error", detail: "\(state) \(message)", sql: sql)
         }
     }
 
     private func connectionError(sql: String) -> StoreError {
         StoreError(.unavailable, "Postgres connection failed", detail: String(cString: PQerrorMessage(handle)).trimmingTrailingNewlines, sql: sql)
-    }
-
-    /// Maps SQLSTATE classes to the store's error kinds.
-    static func kind(sqlState: String, healthy: Bool) -> StoreError.Kind {
-        if !healthy { return .unavailable }
-        switch sqlState {
-        case "23505": return .conflict
-        case "23503": return .notFound
-        case _ where sqlState.hasPrefix("22") || sqlState.hasPrefix("23"): return .invalid
-        case _ where sqlState.hasPrefix("08") || sqlState.hasPrefix("57") || sqlState.hasPrefix("53") || sqlState == "40001" || sqlState == "40P01":
-            return .unavailable
-        default: return .failed
-        }
-    }
-}
-
-/// One result row in text format.
-struct PGRow: StoreRow {
-    var values: [String?]
-
-    func optionalString(_ i: Int) -> String? { values[i] }
-
-    func flag(_ i: Int) throws -> Bool { try bool(i) }
-
-    func int(_ i: Int) throws -> Int64 {
-        guard let v = values[i], let n = Int64(v) else { throw StoreError(.failed, "column \(i) is not an integer") }
-        return n
-    }
-
-    func bool(_ i: Int) throws -> Bool {
-        switch values[i] {
-        case "t": return true
-        case "f": return false
-        default: throw StoreError(.failed, "column \(i) is not a boolean")
-        }
     }
 }
 

@@ -26,23 +26,18 @@ final class PostgresPool: Sendable {
 
     /// Runs `body` with a healthy connection on a pool thread.
     func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        guard !closed.load(ordering: .relaxed) else { throw StoreError(.unavailable, "the store is closed") }
-        do {
-            return try await threads.runIfActive { [self] in
-                let connection = try self.checkout()
-                defer {
-                    if connection.isHealthy, !self.closed.load(ordering: .relaxed) {
-                        self.idle.withLock { $0.append((UnsafeTransfer(connection), .now)) }
-                    } else {
-                        // A broken connection (a server restart, a network cut) means the idle ones are
-                        // most likely broken too: drop them and connect afresh on the next use.
-                        self.idle.withLock { $0.removeAll() }
-                    }
+        try await threads.run(ifOpen: !closed.load(ordering: .relaxed)) { [self] in
+            let connection = try checkout()
+            defer {
+                if connection.isHealthy, !closed.load(ordering: .relaxed) {
+                    idle.withLock { $0.append((UnsafeTransfer(connection), .now)) }
+                } else {
+                    // A broken connection (a server restart, a network cut) means the idle ones are
+                    // most likely broken too: drop them and connect afresh on the next use.
+                    idle.withLock { $0.removeAll() }
                 }
-                return try body(connection)
             }
-        } catch is NIOThreadPoolError.ThreadPoolInactive {
-            throw StoreError(.unavailable, "the store is closed")
+            return try body(connection)
         }
     }
 

@@ -1,4 +1,5 @@
 import CSQLite
+import Logging
 import Synchronization
 
 #if canImport(FoundationEssentials)
@@ -7,40 +8,6 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// A value bound to or read from a statement.
-public enum SQLValue: Sendable, Equatable {
-    case null
-    case integer(Int64)
-    case real(Double)
-    case text(String)
-}
-
-/// One result row.
-struct SQLRow: StoreRow {
-    var values: [SQLValue]
-
-    func optionalString(_ i: Int) -> String? {
-        if case .text(let s) = values[i] { return s }
-        return nil
-    }
-
-    func flag(_ i: Int) throws -> Bool { try int(i) != 0 }
-
-    func int(_ i: Int) throws -> Int64 {
-        switch values[i] {
-        case .integer(let v): return v
-        case .real(let d): return Int64(d)
-        case .text(let s): if let v = Int64(s) { return v }
-        case .null: break
-        }
-        throw StoreError(.failed, "column \(i) is not an integer")
-    }
-}
-
-// Extended result codes are C macros that Swift does not import.
-private let SQLITE_CONSTRAINT_UNIQUE: Int32 = 2067
-private let SQLITE_CONSTRAINT_PRIMARYKEY: Int32 = 1555
-private let SQLITE_CONSTRAINT_FOREIGNKEY: Int32 = 787
 private let SQLITE_TRANSIENT = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 /// What the store's connections have learned about the file: once it is known corrupt, no statement
@@ -84,12 +51,13 @@ final class SQLiteStatement {
 
 /// One SQLite connection. Not thread-safe: each is used by one thread at a time (the store's writer
 /// or one of its readers). Prepared statements are cached by SQL text.
-final class SQLiteConnection {
+final class SQLiteConnection: SQLDatabase {
     let handle: OpaquePointer
     let path: String
     /// Shared by the store's connections: a corrupt file seen by one stops them all.
     var condition: SQLiteCondition?
     private var statements: [String: SQLiteStatement] = [:]
+    private var closed = false
 
     init(path: String, readOnly: Bool = false) throws {
         var db: OpaquePointer?
@@ -108,29 +76,27 @@ final class SQLiteConnection {
     }
 
     deinit {
+        close()
+    }
+
+    /// Finalizes the cached statements and closes the connection; a failure is logged (nothing else can be done).
+    func close() {
+        guard !closed else { return }
+        closed = true
         statements.removeAll()
-        sqlite3_close_v2(handle)
+        let rc = sqlite3_close_v2(handle)
+        if rc != SQLITE_OK {
+            Logger(label: "chat-backend.storage").error("closing the SQLite connection failed", metadata: [
+                "file": .string(path), "detail": .string("\(String(cString: sqlite3_errstr(rc))) (code \(rc))"),
+            ])
+        }
     }
 
     /// Turns a result code into a typed error carrying the SQL.
     func error(_ rc: Int32, sql: String?) -> StoreError {
         let message = String(cString: sqlite3_errmsg(handle))
-        let kind: StoreError.Kind
-        switch rc {
-        case SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_PRIMARYKEY:
-            kind = .conflict
-        case SQLITE_CONSTRAINT_FOREIGNKEY:
-            kind = .notFound
-        case _ where rc & 0xFF == SQLITE_CONSTRAINT, _ where rc & 0xFF == SQLITE_MISMATCH, _ where rc & 0xFF == SQLITE_TOOBIG:
-            kind = .invalid
-        case _ where [SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_PROTOCOL].contains(rc & 0xFF):
-            kind = .unavailable
-        case _ where rc & 0xFF == SQLITE_CORRUPT || rc & 0xFF == SQLITE_NOTADB:
-            kind = .corrupt
-            condition?.markCorrupt("\(message) (code \(rc))")
-        default:
-            kind = .failed
-        }
+        let kind = SQLDialect.kind(sqliteCode: rc)
+        if kind == .corrupt { condition?.markCorrupt("\(message) (code \(rc))") }
         return StoreError(kind, "SQLite error", detail: "\(message) (code \(rc))", sql: sql)
     }
 
@@ -146,7 +112,7 @@ final class SQLiteConnection {
     private func prepared(_ sql: String) throws -> SQLiteStatement {
         if let cached = statements[sql] { return cached }
         var stmt: OpaquePointer?
-        let rc = sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        let rc = sqlite3_prepare_v3(handle, SQLDialect.sqlitePlaceholders(sql), -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
         guard rc == SQLITE_OK, let stmt else { throw error(rc, sql: sql) }
         let statement = SQLiteStatement(handle: stmt)
         statements[sql] = statement
@@ -222,6 +188,7 @@ extension SQLiteConnection {
     /// Copies this database into a new file with the online backup API, then syncs it.
     func backup(to destination: String) throws {
         let target = try SQLiteConnection(path: destination)
+        defer { target.close() }
         guard let backup = sqlite3_backup_init(target.handle, "main", handle, "main") else {
             throw target.error(sqlite3_errcode(target.handle), sql: nil)
         }

@@ -48,67 +48,30 @@ private final class TypedWriteJob<T: Sendable>: WriteJob, @unchecked Sendable {
 /// committed wait, then run together in the next transaction and share its one fsync. Each write has its
 /// own savepoint, so one failing write does not undo the others.
 final class SQLiteWriter: Sendable {
-    private struct State {
-        var jobs: [any WriteJob] = []
-        var draining = false
-        var closed = false
-    }
-
-    private let thread: NIOThreadPool
+    private let worker = BatchWorker<any WriteJob>(maxBatch: 512)
     private let connection: UnsafeTransfer<SQLiteConnection>
     private let condition: SQLiteCondition
-    private let state = Mutex(State())
-    private let maxBatch = 512
 
     init(connection: SQLiteConnection, condition: SQLiteCondition) {
         self.connection = UnsafeTransfer(connection)
         self.condition = condition
-        self.thread = NIOThreadPool(numberOfThreads: 1)
-        self.thread.start()
     }
 
     /// Runs `body` on the writer thread inside a transaction, returning once it is committed (durable).
     @discardableResult
     func write<T: Sendable>(_ body: @escaping (SQLiteConnection) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let job = TypedWriteJob(body: body, continuation: continuation)
-            let startDrain = state.withLock { s -> Bool? in
-                if s.closed { return nil }
-                s.jobs.append(job)
-                if s.draining { return false }
-                s.draining = true
-                return true
+            let queued = worker.submit({ TypedWriteJob(body: body, continuation: continuation) }) { [self] batch in
+                commit(batch, db: connection.value)
             }
-            switch startDrain {
-            case nil: continuation.resume(throwing: StoreError(.unavailable, "the store is closed"))
-            case true?: thread.submit { [self] _ in drain() }
-            case false?: break
-            }
+            if !queued { continuation.resume(throwing: StoreError(.unavailable, "the store is closed")) }
         }
     }
 
     /// Runs `body` on the writer thread outside any transaction (migrations, checkpoints).
     func withConnection<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         let connection = self.connection
-        return try await thread.runIfActive { try body(connection.value) }
-    }
-
-    private func drain() {
-        let db = connection.value
-        while true {
-            let batch = state.withLock { s -> [any WriteJob] in
-                if s.jobs.isEmpty {
-                    s.draining = false
-                    return []
-                }
-                let count = min(s.jobs.count, maxBatch)
-                let batch = Array(s.jobs.prefix(count))
-                s.jobs.removeFirst(count)
-                return batch
-            }
-            if batch.isEmpty { return }
-            commit(batch, db: db)
-        }
+        return try await worker.thread.runIfActive { try body(connection.value) }
     }
 
     private func commit(_ batch: [any WriteJob], db: SQLiteConnection) {
@@ -159,13 +122,16 @@ final class SQLiteWriter: Sendable {
         if let error = error as? StoreError, error.kind == .unavailable { condition.wrote(error.debugDescription) }
     }
 
-    /// Refuses new writes, waits for queued ones, runs `final` (checkpoint), and stops the thread.
+    /// Refuses new writes, waits for queued ones, runs `final` (checkpoint), closes the connection and stops the thread.
     func close(final: @escaping @Sendable (SQLiteConnection) -> Void) async {
-        state.withLock { $0.closed = true }
+        worker.close()
         let connection = self.connection
         // The drain job was submitted before this one, so queued writes finish first.
-        _ = try? await thread.runIfActive { final(connection.value) }
-        try? await thread.shutdownGracefully()
+        _ = try? await worker.thread.runIfActive {
+            final(connection.value)
+            connection.value.close()
+        }
+        try? await worker.thread.shutdownGracefully()
     }
 }
 
@@ -183,24 +149,18 @@ final class SQLiteReaders: Sendable {
 
     /// Runs `body` with a reader connection on a reader thread.
     func read<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
-        guard !closed.load(ordering: .relaxed) else { throw StoreError(.unavailable, "the store is closed") }
-        do {
-            return try await threads.runIfActive { [self] in
-                // There are as many connections as threads, so one is always free here.
-                guard let connection = self.idle.withLock({ $0.popLast() }) else {
-                    throw StoreError(.failed, "no reader connection free")
-                }
-                defer { self.idle.withLock { $0.append(connection) } }
-                return try body(connection.value)
-            }
-        } catch is NIOThreadPoolError.ThreadPoolInactive {
-            throw StoreError(.unavailable, "the store is closed")
+        try await threads.run(ifOpen: !closed.load(ordering: .relaxed)) { [self] in
+            // There are as many connections as threads, so one is always free here.
+            guard let connection = idle.withLock({ $0.popLast() }) else { throw StoreError(.failed, "no reader connection free") }
+            defer { idle.withLock { $0.append(connection) } }
+            return try body(connection.value)
         }
     }
 
     func close() async {
         closed.store(true, ordering: .relaxed)
         try? await threads.shutdownGracefully()
+        for connection in idle.withLock({ $0 }) { connection.value.close() }
         idle.withLock { $0.removeAll() }
     }
 }

@@ -1,0 +1,400 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Logging
+
+/// A `ChatStore` over SQL. A store supplies its connections and what really differs between the databases
+/// (SQLite's group-committing writer, Postgres' appender and notifications); the rest is written once here.
+protocol SQLStore: ChatStore {
+    associatedtype DB: SQLDatabase
+    var dialect: SQLDialect { get }
+    /// Runs `body` on a connection for reading.
+    func read<T: Sendable>(_ body: @escaping @Sendable (DB) throws -> T) async throws -> T
+    /// Runs `body` as one write. With `atomic` its statements commit together; without, it is one statement
+    /// (Postgres then saves the BEGIN and COMMIT round trips; SQLite's writer runs every job in a transaction).
+    @discardableResult func write<T: Sendable>(atomic: Bool, _ body: @escaping @Sendable (DB) throws -> T) async throws -> T
+    /// Tells other instances sharing the database about a change, at commit (Postgres NOTIFY).
+    func announce(_ change: String, db: DB) throws
+}
+
+/// Statements used on hot paths, built once.
+enum SQL {
+    static let sessionById = "\(Codec.session.select) WHERE session_id = $1"
+    static let messageByClientId = "\(Codec.message.select) WHERE session_id = $1 AND client_message_id = $2"
+
+    /// The message stored earlier with the same client id in the session, if any.
+    static func duplicate(of message: ChatMessage, db: some SQLDatabase) throws -> ChatMessage? {
+        guard let clientId = message.clientMessageId else { return nil }
+        return try db.query(messageByClientId, [.id(message.sessionId), .text(clientId)]).first.map(Codec.message.decode)
+    }
+}
+
+extension Logger {
+    /// The stores' default logger: silent unless the caller passes its own.
+    public static let quietStorage = Logger(label: "chat-backend.storage", factory: { _ in SwiftLogNoOpLogHandler() })
+}
+
+extension SQLValue {
+    static func id(_ id: UUID) -> SQLValue { .text(id.lowercased) }
+    static func time(_ date: Date) -> SQLValue { .text(Timestamp.format(date)) }
+}
+
+/// Applying migrations and reading their history, on either database.
+enum SQLMigrator {
+    /// Applies pending migrations, each in its own transaction, recording them in `schema_history`.
+    static func migrate(_ db: some SQLDatabase, _ migrations: MigrationSet, _ dialect: SQLDialect, logger: Logger) throws {
+        try db.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_history (
+                version INTEGER PRIMARY KEY NOT NULL, name TEXT NOT NULL, checksum INTEGER NOT NULL,
+                applied_at \(dialect.timeType) NOT NULL, execution_ms INTEGER NOT NULL
+            )
+            """
+        )
+        let pending = try transaction(db, dialect) { try migrations.pending(applied: applied(db)) }
+        for migration in pending {
+            let started = ContinuousClock.now
+            do {
+                try transaction(db, dialect) {
+                    // Another process (`migrate` beside `serve`) may have applied it since the check above.
+                    if try !db.query("SELECT 1 FROM schema_history WHERE version = $1", [.integer(Int64(migration.version))]).isEmpty { return }
+                    try db.execute(migration.sql)
+                    let elapsed = ContinuousClock.now - started
+                    try db.run(
+                        "INSERT INTO schema_history (version, name, checksum, applied_at, execution_ms) VALUES ($1, $2, $3, $4, $5)",
+                        [.integer(Int64(migration.version)), .text(migration.name), .integer(Int64(migration.checksum)), .time(Date()),
+                         .integer(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)]
+                    )
+                }
+            } catch {
+                throw StoreError(.invalid, "migration V\(migration.version) \(migration.fileName) failed", detail: String(reflecting: error))
+            }
+            logger.info("applied migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+        }
+    }
+
+    /// The migration state of a database, changing nothing; `hasHistory`: a query telling whether `schema_history` exists.
+    static func inspect(_ db: some SQLDatabase, _ migrations: MigrationSet, hasHistory: String, version: String) throws -> StoreInspection {
+        let applied = try db.query(hasHistory, []).isEmpty ? [] : try applied(db)
+        _ = try migrations.pending(applied: applied)
+        return StoreInspection(serverVersion: version, exists: true, migrations: migrations.status(applied: applied))
+    }
+
+    static func applied(_ db: some SQLDatabase) throws -> [AppliedMigration] {
+        try db.query("SELECT version, name, checksum, applied_at FROM schema_history ORDER BY version", []).map {
+            AppliedMigration(
+                version: Int(try $0.int(0)), name: try $0.string(1), checksum: Int32(truncatingIfNeeded: try $0.int(2)),
+                appliedAt: Timestamp.format(try $0.date(3))
+            )
+        }
+    }
+
+    private static func transaction<T>(_ db: some SQLDatabase, _ dialect: SQLDialect, _ body: () throws -> T) throws -> T {
+        try db.execute(dialect.begin)
+        do {
+            let result = try body()
+            try db.execute("COMMIT")
+            return result
+        } catch {
+            try? db.execute("ROLLBACK")
+            throw error
+        }
+    }
+}
+
+extension SQLStore {
+    func announce(_ change: String, db: DB) throws {}
+
+    public func migrationStatus() async throws -> [MigrationStatus] {
+        try await read { [dialect] db in dialect.migrations.status(applied: try SQLMigrator.applied(db)) }
+    }
+
+    public func ping() async throws {
+        _ = try await read { db in try db.query("SELECT 1", []).count }
+    }
+
+    // MARK: Users
+
+    public func createUser(_ user: User) async throws {
+        try await write(atomic: false) { [dialect] db in
+            do {
+                try db.run(Codec.user.insert, Codec.user.values(user, dialect))
+            } catch let error as StoreError where error.kind == .conflict {
+                throw StoreError(.conflict, "username is taken", detail: error.debugDescription)
+            }
+        }
+    }
+
+    public func user(id: UUID) async throws -> User? {
+        try await read { db in try db.select(Codec.user, "WHERE id = $1", [.id(id)]).first }
+    }
+
+    public func user(username: String) async throws -> User? {
+        try await read { db in try db.select(Codec.user, "WHERE lower(username) = lower($1)", [.text(username)]).first }
+    }
+
+    // MARK: Tokens
+
+    public func insertRefreshToken(_ token: RefreshTokenRecord) async throws {
+        try await write(atomic: false) { [dialect] db in try db.run(Codec.refreshToken.insert, Codec.refreshToken.values(token, dialect)) }
+    }
+
+    public func rotateRefreshToken(hash: String, replacement: RefreshTokenRecord, now: Date) async throws -> RotateOutcome {
+        try await write(atomic: true) { [self] db in
+            // FOR UPDATE (Postgres): two concurrent uses of one token are serialized, so the second sees it used.
+            guard let row = try db.query(
+                "SELECT id, user_id, family_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1\(dialect.forUpdate)", [.text(hash)]
+            ).first else { return .invalid }
+            let (userId, familyId) = (try row.uuid(1), try row.uuid(2))
+            if row.optionalString(5) != nil { return .invalid }
+            if row.optionalString(4) != nil {
+                try revokeFamily(familyId, now: now, db: db)
+                return .reused(familyId: familyId)
+            }
+            if try row.date(3) <= now { return .expired }
+            try db.run("UPDATE refresh_tokens SET used_at = $1 WHERE id = $2", [.time(now), .text(try row.string(0))])
+            var next = replacement
+            next.userId = userId
+            next.familyId = familyId
+            try db.run(Codec.refreshToken.insert, Codec.refreshToken.values(next, dialect))
+            return .rotated(userId: userId, familyId: familyId)
+        }
+    }
+
+    private func revokeFamily(_ familyId: UUID, now: Date, db: DB) throws {
+        try db.run("UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL", [.time(now), .id(familyId)])
+        try announce("revoke-family \(familyId.lowercased)", db: db)
+    }
+
+    public func revokeRefreshFamily(_ familyId: UUID, now: Date) async throws {
+        try await write(atomic: true) { [self] db in try revokeFamily(familyId, now: now, db: db) }
+    }
+
+    public func revokeAccessToken(jti: String, expiresAt: Date) async throws {
+        try await write(atomic: true) { [self] db in
+            try db.run(Codec.revokedAccessToken.insert + " ON CONFLICT (jti) DO NOTHING", [.text(jti), .time(expiresAt)])
+            try announce("revoke-token \(jti)", db: db)
+        }
+    }
+
+    public func isAccessTokenRevoked(jti: String) async throws -> Bool {
+        try await read { db in try !db.query("SELECT 1 FROM revoked_access_tokens WHERE jti = $1", [.text(jti)]).isEmpty }
+    }
+
+    public func isRefreshFamilyRevoked(_ familyId: UUID) async throws -> Bool {
+        try await read { db in
+            try !db.query("SELECT 1 FROM refresh_tokens WHERE family_id = $1 AND revoked_at IS NOT NULL LIMIT 1", [.id(familyId)]).isEmpty
+        }
+    }
+
+    // MARK: Sessions
+
+    /// The session; `lock`: row-locked until the transaction ends (Postgres).
+    func loadSession(_ id: UUID, db: DB, lock: Bool = false) throws -> ChatSession? {
+        try db.query(lock ? SQL.sessionById + dialect.forUpdate : SQL.sessionById, [.id(id)]).first.map(Codec.session.decode)
+    }
+
+    public func createSession(_ session: ChatSession) async throws {
+        try await write(atomic: false) { [dialect] db in try db.run(Codec.session.insert, Codec.session.values(session, dialect)) }
+    }
+
+    public func session(id: UUID) async throws -> ChatSession? {
+        try await read { [self] db in try loadSession(id, db: db) }
+    }
+
+    public func sessions(_ query: SessionQuery) async throws -> SessionPage {
+        try await read { [dialect] db in
+            var filter = "user_id = $1"
+            var params: [SQLValue] = [.id(query.userId)]
+            if let state = query.state {
+                params.append(.text(state.rawValue))
+                filter += " AND state = $\(params.count)"
+            }
+            if let resolved = query.isResolved {
+                params.append(dialect.flag(resolved))
+                filter += " AND is_resolved = $\(params.count)"
+            }
+            let total = try db.query("SELECT COUNT(*) FROM chat_sessions WHERE \(filter)", params).first?.int(0) ?? 0
+            let sessions = try db.select(
+                Codec.session, "WHERE \(filter) ORDER BY created_at DESC, session_id DESC LIMIT $\(params.count + 1) OFFSET $\(params.count + 2)",
+                params + [.integer(Int64(query.limit)), .integer(Int64(query.offset))]
+            )
+            return SessionPage(sessions: sessions, total: Int(total))
+        }
+    }
+
+    public func resumeSession(id: UUID, expiresAt: Date, now: Date) async throws -> ResumeOutcome {
+        try await write(atomic: true) { [self] db in
+            guard let current = try loadSession(id, db: db, lock: true) else { return .notFound }
+            if current.isResolved { return .resolved }
+            try db.run("UPDATE chat_sessions SET state = 'active', expires_at = $1, updated_at = $2 WHERE session_id = $3", [.time(expiresAt), .time(now), .id(id)])
+            return try loadSession(id, db: db).map(ResumeOutcome.resumed) ?? .notFound
+        }
+    }
+
+    public func resolveSession(id: UUID, now: Date) async throws -> ChatSession? {
+        try await write(atomic: true) { [self] db in
+            // Postgres: the row lock waits for every send that read the session (a key-share lock until it commits).
+            guard let current = try loadSession(id, db: db, lock: true) else { return nil }
+            if current.isResolved { return current }
+            // Resolved when it commits: later than every message written before it.
+            let at = SQLValue.time(max(now, Timestamp.now()))
+            try db.run("UPDATE chat_sessions SET state = 'resolved', is_resolved = TRUE, resolved_at = $1, updated_at = $1 WHERE session_id = $2", [at, .id(id)])
+            return try loadSession(id, db: db)
+        }
+    }
+
+    public func deleteSession(id: UUID) async throws -> Bool {
+        try await write(atomic: false) { db in try db.run("DELETE FROM chat_sessions WHERE session_id = $1", [.id(id)]) > 0 }
+    }
+
+    public func sweepExpired(now: Date) async throws -> Int {
+        try await write(atomic: true) { db in
+            let at = SQLValue.time(now)
+            let expired = try db.run("UPDATE chat_sessions SET state = 'expired', updated_at = $1 WHERE state = 'active' AND expires_at <= $1", [at])
+            try db.run("DELETE FROM revoked_access_tokens WHERE expires_at <= $1", [at])
+            try db.run("DELETE FROM refresh_tokens WHERE expires_at <= $1", [at])
+            return expired
+        }
+    }
+
+    // MARK: Agent routing
+
+    public func assignAgent(sessionId: UUID, agent: String?, ifUnrouted: Bool, now: Date) async throws -> ChatSession? {
+        try await updateSession(
+            sessionId, "SET agent = $3, handoff = NULL, assignee_id = NULL, handoff_at = NULL, updated_at = $2 WHERE session_id = $1"
+                + (ifUnrouted ? " AND agent IS NULL AND handoff IS NULL" : ""),
+            [.time(now), agent.map(SQLValue.text) ?? .null]
+        )
+    }
+
+    public func requestHandoff(sessionId: UUID, now: Date) async throws -> ChatSession? {
+        try await updateSession(sessionId, "SET agent = NULL, handoff = 'waiting', assignee_id = NULL, handoff_at = $2, updated_at = $2 WHERE session_id = $1", [.time(now)])
+    }
+
+    /// Runs `UPDATE chat_sessions <rest>` (binds: the session id, then `params`) and returns the session as it is now.
+    private func updateSession(_ id: UUID, _ rest: String, _ params: [SQLValue]) async throws -> ChatSession? {
+        try await write(atomic: true) { [self] db in
+            try db.run("UPDATE chat_sessions \(rest)", [.id(id)] + params)
+            return try loadSession(id, db: db)
+        }
+    }
+
+    public func claimHandoff(sessionId: UUID, assignee: UUID, now: Date) async throws -> ClaimOutcome {
+        try await write(atomic: true) { [self] db in
+            let changed = try db.run(
+                """
+                UPDATE chat_sessions SET handoff = 'assigned', assignee_id = $1, updated_at = $2 \
+                WHERE session_id = $3 AND (handoff = 'waiting' OR (handoff = 'assigned' AND assignee_id = $1))
+                """,
+                [.id(assignee), .time(now), .id(sessionId)]
+            )
+            guard let session = try loadSession(sessionId, db: db) else { return .notFound }
+            return changed > 0 ? .claimed(session) : .unavailable(session)
+        }
+    }
+
+    public func handoffs(assignee: UUID?, limit: Int) async throws -> [ChatSession] {
+        try await read { db in
+            try db.select(
+                Codec.session,
+                "WHERE state = 'active' AND (handoff = 'waiting' OR (handoff = 'assigned'\(assignee == nil ? "" : " AND assignee_id = $2"))) ORDER BY handoff_at, session_id LIMIT $1",
+                [.integer(Int64(limit))] + (assignee.map { [.id($0)] } ?? [])
+            )
+        }
+    }
+
+    // MARK: Messages
+
+    public func messages(_ query: MessageQuery) async throws -> MessagePage {
+        try await read { db in
+            var filter = "session_id = $1"
+            var params: [SQLValue] = [.id(query.sessionId)]
+            if let after = query.after {
+                params.append(.id(after))
+                filter += " AND id > $\(params.count)"
+            }
+            if let before = query.before {
+                params.append(.id(before))
+                filter += " AND id < $\(params.count)"
+            }
+            // Only `before`: the newest page before the cursor, read backwards then put in order.
+            let backwards = query.before != nil && query.after == nil
+            params.append(.integer(Int64(query.limit + 1)))
+            let rows = try db.query("\(Codec.message.select) WHERE \(filter) ORDER BY id \(backwards ? "DESC" : "ASC") LIMIT $\(params.count)", params)
+            var messages = try rows.prefix(query.limit).map(Codec.message.decode)
+            if backwards { messages.reverse() }
+            return MessagePage(messages: messages, hasMore: rows.count > query.limit)
+        }
+    }
+
+    public func message(sessionId: UUID, id: UUID) async throws -> ChatMessage? {
+        try await read { db in
+            try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first
+        }
+    }
+
+    public func statistics() async throws -> SessionStatistics {
+        try await read { db in
+            guard let row = try db.query(
+                """
+                SELECT COUNT(*), COUNT(*) FILTER (WHERE state = 'active'), COUNT(*) FILTER (WHERE state = 'expired'),
+                       COUNT(*) FILTER (WHERE state = 'resolved'), COALESCE(SUM(message_count), 0), (SELECT COUNT(*) FROM users)
+                FROM session_statistics
+                """, []
+            ).first else { throw StoreError(.failed, "statistics returned no row") }
+            return SessionStatistics(
+                totalSessions: Int(try row.int(0)), activeSessions: Int(try row.int(1)), expiredSessions: Int(try row.int(2)),
+                resolvedSessions: Int(try row.int(3)), totalMessages: Int(try row.int(4)), totalUsers: Int(try row.int(5))
+            )
+        }
+    }
+
+    // MARK: Copying between stores
+
+    public func recordCounts() async throws -> RecordCounts {
+        try await read { db in
+            let tables = [Codec.user.table, Codec.session.table, Codec.message.table, Codec.refreshToken.table, Codec.revokedAccessToken.table]
+            guard let row = try db.query("SELECT " + tables.map { "(SELECT COUNT(*) FROM \($0))" }.joined(separator: ", "), []).first else {
+                throw StoreError(.failed, "counts returned no row")
+            }
+            return RecordCounts(
+                users: Int(try row.int(0)), sessions: Int(try row.int(1)), messages: Int(try row.int(2)),
+                refreshTokens: Int(try row.int(3)), revokedAccessTokens: Int(try row.int(4))
+            )
+        }
+    }
+
+    /// Up to `limit` records in key order: after `after`, or from the first one when it is nil.
+    private func page<R>(_ codec: RowCodec<R>, after: UUID?, limit: Int) async throws -> [R] {
+        try await read { db in
+            try db.select(codec, "\(after == nil ? "" : "WHERE \(codec.key) > $2 ")ORDER BY \(codec.key) LIMIT $1", [.integer(Int64(limit))] + (after.map { [.id($0)] } ?? []))
+        }
+    }
+
+    public func exportUsers(after: UUID?, limit: Int) async throws -> [User] { try await page(Codec.user, after: after, limit: limit) }
+    public func exportSessions(after: UUID?, limit: Int) async throws -> [ChatSession] { try await page(Codec.session, after: after, limit: limit) }
+    public func exportMessages(after: UUID?, limit: Int) async throws -> [ChatMessage] { try await page(Codec.message, after: after, limit: limit) }
+    public func exportRefreshTokens(after: UUID?, limit: Int) async throws -> [RefreshTokenRecord] {
+        try await page(Codec.refreshToken, after: after, limit: limit)
+    }
+
+    public func exportRevokedAccessTokens() async throws -> [RevokedAccessToken] {
+        try await read { db in try db.select(Codec.revokedAccessToken, "ORDER BY jti") }
+    }
+
+    public func importRecords(_ batch: RecordBatch) async throws {
+        try await write(atomic: true) { [dialect] db in
+            func insert<R>(_ codec: RowCodec<R>, _ records: [R]) throws {
+                for record in records { try db.run(codec.insert + " ON CONFLICT DO NOTHING", codec.values(record, dialect)) }
+            }
+            try insert(Codec.user, batch.users)
+            try insert(Codec.session, batch.sessions)
+            try insert(Codec.message, batch.messages)
+            try insert(Codec.refreshToken, batch.refreshTokens)
+            try insert(Codec.revokedAccessToken, batch.revokedAccessTokens)
+        }
+    }
+}
