@@ -85,16 +85,9 @@ public final class DrainQueue<Item: Sendable>: Sendable {
         while case let batch = next(), !batch.isEmpty { await body(batch) }
     }
 
-    /// Refuses every later push and returns what was queued and not taken.
-    @discardableResult
-    public func close() -> [Item] {
-        state.withLock { s in
-            s.closed = true
-            let left = Array(s.items[s.head...])
-            s.items.removeAll()
-            s.head = 0
-            return left
-        }
+    /// Refuses every later push; what is queued is still handed to the drain.
+    public func close() {
+        state.withLock { $0.closed = true }
     }
 
     /// Items queued and not yet taken.

@@ -21,6 +21,17 @@ struct StoreContractTests {
         await second.close()
     }
 
+    @Test("migration status is reported against the store's own migration set", arguments: backends)
+    func ownMigrationSet(_ make: @Sendable () -> StoreFixture) async throws {
+        let fixture = make()
+        defer { fixture.cleanup() }
+        let extra = Migration(version: 999, fileName: "V999__add_extra_table.sql", sql: "CREATE TABLE extra_table (id INTEGER PRIMARY KEY)")
+        let store = try await fixture.openWith(extra)
+        let status = try await store.migrationStatus()
+        await store.close()
+        #expect(status.last?.version == 999 && status.last?.name == "add_extra_table" && status.last?.appliedAt != nil, "\(status)")
+    }
+
     @Test("users: create, find case-insensitively, refuse a taken name", arguments: backends)
     func users(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, _ in

@@ -5,6 +5,8 @@ import Foundation
 struct StoreFixture: Sendable, CustomStringConvertible {
     let name: String
     let open: @Sendable () async throws -> any ChatStore
+    /// Opens it with the store's migrations and `extra` after them.
+    let openWith: @Sendable (_ extra: Migration) async throws -> any ChatStore
     let cleanup: @Sendable () -> Void
 
     var description: String { name }
@@ -19,6 +21,9 @@ enum StoreBackends {
         return StoreFixture(
             name: "sqlite",
             open: { try await SQLiteStore.open(path: path) },
+            openWith: { extra in
+                try await SQLiteStore.open(path: path, migrations: MigrationSet(dialect: "sqlite", migrations: MigrationSet.sqlite.migrations + [extra]))
+            },
             cleanup: { try? FileManager.default.removeItem(at: dir) }
         )
     }
@@ -34,6 +39,12 @@ enum StoreBackends {
                 let admin = try PostgresConnection(conninfo: base)
                 try admin.execute("CREATE SCHEMA IF NOT EXISTS \(schema)")
                 return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: 4))
+            },
+            openWith: { extra in
+                let admin = try PostgresConnection(conninfo: base)
+                try admin.execute("CREATE SCHEMA IF NOT EXISTS \(schema)")
+                let migrations = MigrationSet(dialect: "postgres", migrations: MigrationSet.postgres.migrations + [extra])
+                return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: 4), migrations: migrations)
             },
             cleanup: {
                 if let admin = try? PostgresConnection(conninfo: base) { try? admin.execute("DROP SCHEMA IF EXISTS \(schema) CASCADE") }

@@ -19,12 +19,13 @@ public final class PostgresStore: SQLStore {
     }
 
     public let backend = "postgres"
-    let dialect = SQLDialect.postgres
+    let dialect: SQLDialect
     let pool: PostgresPool
     let appender: PostgresAppender
     let listener: PostgresListener
 
-    private init(pool: PostgresPool) {
+    private init(pool: PostgresPool, migrations: MigrationSet) {
+        self.dialect = SQLDialect.postgres.with(migrations)
         self.pool = pool
         self.listener = PostgresListener(conninfo: pool.conninfo, channel: "chat_messages", instanceID: Self.instanceID)
         self.appender = PostgresAppender(
@@ -47,7 +48,7 @@ public final class PostgresStore: SQLStore {
                 defer { _ = try? db.query("SELECT pg_advisory_unlock($1)", [.integer(migrationLockKey)]) }
                 try SQLMigrator.migrate(db, migrations, .postgres, logger: logger)
             }
-            return PostgresStore(pool: pool)
+            return PostgresStore(pool: pool, migrations: migrations)
         } catch {
             await pool.close()
             throw error

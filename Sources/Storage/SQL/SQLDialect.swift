@@ -17,8 +17,8 @@ public enum SQLValue: Sendable, Equatable {
 /// once, with `$n` placeholders; UUIDs, timestamps (RFC 3339) and JSON are bound as text on both (Postgres
 /// casts them to its column types), and `ON CONFLICT … DO NOTHING` and `RETURNING` are the same on both.
 struct SQLDialect: Sendable {
-    /// The migrations written for this database.
-    let migrations: MigrationSet
+    /// The migrations written for this database (the store's own set, which `migrationStatus` reports on).
+    var migrations: MigrationSet
     /// How a boolean is bound: SQLite has no boolean type (0 and 1), Postgres takes `true`/`false`.
     let flag: @Sendable (Bool) -> SQLValue
     /// Ends a SELECT of rows the transaction is about to change: a row lock on Postgres; SQLite's single
@@ -35,6 +35,13 @@ struct SQLDialect: Sendable {
     static let postgres = SQLDialect(
         migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", begin: "BEGIN", timeType: "TIMESTAMPTZ"
     )
+
+    /// This dialect with a store's own migration set.
+    func with(_ migrations: MigrationSet) -> SQLDialect {
+        var copy = self
+        copy.migrations = migrations
+        return copy
+    }
 
     /// SQLite's spelling of a shared statement: `$n` becomes `?n` (outside quotes), when it is first prepared.
     static func sqlitePlaceholders(_ sql: String) -> String {

@@ -34,13 +34,14 @@ public final class SQLiteStore: SQLStore {
     }
 
     public let backend = "sqlite"
-    let dialect = SQLDialect.sqlite
+    let dialect: SQLDialect
     public let path: String
     let writer: SQLiteWriter
     let readers: SQLiteReaders
     let condition: SQLiteCondition
 
-    private init(path: String, writer: SQLiteWriter, readers: SQLiteReaders, condition: SQLiteCondition) {
+    private init(path: String, writer: SQLiteWriter, readers: SQLiteReaders, condition: SQLiteCondition, migrations: MigrationSet) {
+        self.dialect = SQLDialect.sqlite.with(migrations)
         self.path = path
         self.writer = writer
         self.readers = readers
@@ -89,7 +90,7 @@ public final class SQLiteStore: SQLStore {
                 try reader.execute("PRAGMA foreign_keys=ON; PRAGMA query_only=1")
                 connections.append(reader)
             }
-            return SQLiteStore(path: path, writer: writer, readers: SQLiteReaders(connections: connections), condition: condition)
+            return SQLiteStore(path: path, writer: writer, readers: SQLiteReaders(connections: connections), condition: condition, migrations: migrations)
         } catch let error as StoreError where error.kind == .corrupt && error.detail != nil {
             await writer.close { _ in }
             throw StoreError(.corrupt, "\(path) is corrupt (\(error.detail!)); \(recoverySteps)")
