@@ -37,6 +37,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            exclude: ["README.md"],
             plugins: ["EmbedResources"]
         ),
         .target(
