@@ -13,7 +13,7 @@ APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3
 APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 
-.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench check-reproducible clean
+.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench profile check-reproducible clean
 
 all: build
 
@@ -95,6 +95,11 @@ bench: release test-deps
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench.py sqlite postgres
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench_realtime.py
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/bench_peer.py
+
+# Where a send and a history read spend their time: perf samples of the release server under wrk.
+profile: release test-deps
+	@command -v perf >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf; }
+	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/profile.py
 
 clean:
 	rm -rf $(BUILD_DIR) $(VENV)
