@@ -10,12 +10,17 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
+import requests.adapters
+
+import openapi_check
 
 JWT_SECRET = "e2e-test-secret-0123456789abcdef0123456789abcdef-0123456789abcdef"
 PASSWORD = "correct-horse-battery"
@@ -30,6 +35,70 @@ _SERVER_KEYS = (
     "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
     "HTTP_HEADER_TIMEOUT", "MAX_CONNECTIONS",
 )
+
+
+# ---- Every response checked against openapi.yaml --------------------------------------------------------------
+#
+# All HTTP the tests do through `requests` (directly or through the helpers below) passes HTTPAdapter.send:
+# each answer of a chat-backend started by this run (its port, and the X-Request-Id every answer carries) is
+# kept, and checked against openapi.yaml after the test (not while it runs, so timing stays as it was). A
+# test whose responses do not match fails at teardown with the list; the summary at the end lists them all.
+
+_CHAT_PORTS: set[int] = set()
+_received: list[tuple[str, str, int, str, bytes]] = []
+_received_lock = threading.Lock()
+_mismatches: list[str] = []
+_checked = 0
+_send = requests.adapters.HTTPAdapter.send
+
+
+def _recording_send(self, request, **kwargs):
+    response = _send(self, request, **kwargs)
+    url = urlsplit(request.url)
+    if url.port in _CHAT_PORTS and "X-Request-Id" in response.headers and not kwargs.get("stream"):
+        body = response.content  # what Session.send reads next anyway (it raises the same errors)
+        with _received_lock:
+            _received.append((request.method, url.path, response.status_code, response.headers.get("Content-Type", ""), body))
+    return response
+
+
+requests.adapters.HTTPAdapter.send = _recording_send
+
+
+def _check_received() -> list[str]:
+    global _checked
+    with _received_lock:
+        batch = list(_received)
+        _received.clear()
+    problems = []
+    for method, path, status, content_type, body in batch:
+        for problem in openapi_check.check(method, path, status, content_type, body):
+            problems.append(f"{method} {path} -> {status}: {problem}")
+    _checked += len(batch)
+    _mismatches.extend(problems)
+    return problems
+
+
+@pytest.fixture(autouse=True)
+def responses_match_openapi():
+    """Fails the test if a response it received does not match openapi.yaml (route, status, content type, body)."""
+    yield
+    problems = _check_received()
+    if problems:
+        pytest.fail(f"{len(problems)} response(s) do not match openapi.yaml:\n" + "\n".join(problems), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _check_received():  # answers received after the last test's check (module fixtures' teardown)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _checked:
+        return
+    terminalreporter.write_sep("-", f"openapi.yaml: {_checked} responses checked, {len(_mismatches)} mismatches")
+    for line in _mismatches:
+        terminalreporter.write_line(line)
 
 
 def wait_for_health(url: str, timeout: float, interval: float = 0.05, alive=lambda: None) -> None:
@@ -108,6 +177,7 @@ class Server:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = db_path or (directory / "chat.db")
         self.port = port or free_port()
+        _CHAT_PORTS.add(self.port)
         self.env = base_env(directory, **(env or {}))
         self.proc: subprocess.Popen | None = None
         n = next(self._counter)

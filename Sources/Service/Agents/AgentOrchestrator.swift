@@ -98,14 +98,12 @@ public final class AgentOrchestrator: Service, Sendable {
     func hasAgent(_ name: String) -> Bool { entries[name] != nil }
 
     /// The configured agents as `GET /api/agents` shows them: no URLs, no secrets.
-    func summaries() -> [JSONValue] {
+    func summaries() -> [API.Agent] {
         config.agents.map { definition in
-            .object([
-                "name": .string(definition.name), "kind": .string(definition.kind.name),
-                "description": definition.description.map(JSONValue.string) ?? .null,
-                "default": .bool(definition.name == config.defaultAgent),
-                "available": .bool(!(entries[definition.name]?.breaker.isOpen ?? false)),
-            ])
+            API.Agent(
+                name: definition.name, kind: definition.kind.name, description: definition.description,
+                isDefault: definition.name == config.defaultAgent, available: !(entries[definition.name]?.breaker.isOpen ?? false)
+            )
         }
     }
 
@@ -251,13 +249,13 @@ public final class AgentOrchestrator: Service, Sendable {
         let hub = self.hub
         let delta: @Sendable (String) -> Void = { piece in
             let index = sequence.wrappingAdd(1, ordering: .relaxed).oldValue
-            hub.broadcast(RealtimeEvent.delta(session: session.id, streamId: streamId, agent: name, index: index, text: piece), session: session.id, exceptUser: nil)
+            hub.broadcast(.delta(session: session.id, streamId: streamId, agent: name, index: index, text: piece), session: session.id, exceptUser: nil)
         }
         await permits.acquire()
         defer { permits.release() }
         // Clients show that the assistant is writing, as they do for people.
-        hub.broadcast(RealtimeEvent.agentTyping(session: session.id, agent: name, isTyping: true), session: session.id, exceptUser: nil)
-        defer { hub.broadcast(RealtimeEvent.agentTyping(session: session.id, agent: name, isTyping: false), session: session.id, exceptUser: nil) }
+        hub.broadcast(.typing(session: session.id, user: nil, agent: name, isTyping: true), session: session.id, exceptUser: nil)
+        defer { hub.broadcast(.typing(session: session.id, user: nil, agent: name, isTyping: false), session: session.id, exceptUser: nil) }
         entry.requests.increment()
         let started = ContinuousClock.now
         do {

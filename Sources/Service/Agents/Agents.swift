@@ -144,10 +144,15 @@ struct WebhookAgent: ChatAgent {
     static let maxResponseBytes = 1 << 20
 
     func respond(to request: AgentRequest, delta: @escaping @Sendable (String) -> Void) async throws -> AgentReply {
-        let body = JSONValue.object([
-            "session": Wire.session(request.session), "message": Wire.message(request.message),
-            "recentMessages": .array(request.history.map(Wire.message)),
-        ]).jsonBytes()
+        var json = JSONWriter(capacity: 4096)
+        json.object { json in
+            json.key("session")
+            json.value(API.Session(request.session))
+            json.key("message")
+            json.value(API.Message(request.message))
+            json.field("recentMessages", request.history.map(API.Message.init))
+        }
+        let body = json.bytes
         return try await withRetries(retries) { _ in try await attempt(body, requestId: request.requestId) }
     }
 

@@ -23,10 +23,7 @@ struct AgentController {
 
     @Sendable func list(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         _ = try QueryParameters(request, allowed: [])
-        return JSONResponse.make(.ok, .object([
-            "agents": .array(orchestrator?.summaries() ?? []),
-            "defaultAgent": orchestrator?.config.defaultAgent.map(JSONValue.string) ?? .null,
-        ]))
+        return JSONResponse.make(.ok, API.AgentList(defaultAgent: orchestrator?.config.defaultAgent, agents: orchestrator?.summaries() ?? []))
     }
 
     private func requireStaff(_ context: AuthenticatedContext) throws {
@@ -42,7 +39,7 @@ struct AgentController {
         let limit = try query.int("limit", default: 50, range: Limits.sessionPageLimit)
         let sessions = try await store.handoffs(assignee: context.isAdmin ? nil : context.userId, limit: limit)
         let now = Date()
-        return JSONResponse.make(.ok, .object(["sessions": .array(sessions.map { Wire.session($0, now: now) })]))
+        return JSONResponse.make(.ok, API.HandoffList(sessions: sessions.map { API.Session($0, now: now) }), capacity: 512 + 500 * sessions.count)
     }
 
     /// Takes a waiting session: its messages can then be read and answered by the caller.
@@ -65,7 +62,7 @@ struct AgentController {
                     metadata: ["handoff": "assigned", "assigneeId": .string(context.userId.lowercased)]
                 )
             }
-            return JSONResponse.make(.ok, Wire.session(session))
+            return JSONResponse.make(.ok, API.Session(session))
         }
     }
 
@@ -88,7 +85,7 @@ struct AgentController {
             agent == nil ? "The support agent left the conversation." : "The conversation is back with the assistant.", session: id,
             metadata: ["handoff": .null, "agent": agent.map(JSONValue.string) ?? .null]
         )
-        return JSONResponse.make(.ok, Wire.session(updated))
+        return JSONResponse.make(.ok, API.Session(updated))
     }
 
     /// A `system` message in the session, published like any other.

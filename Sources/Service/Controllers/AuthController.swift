@@ -65,22 +65,13 @@ struct AuthController {
         }
     }
 
-    private static let usernameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-
     @Sendable func register(_ request: Request, context: ChatRequestContext) async throws -> Response {
         try limitClient(context)
-        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password", "email"])
-        let username = try body.string("username", required: true, length: Limits.usernameLength)!
-        guard username.allSatisfy(Self.usernameCharacters.contains) else {
-            throw APIError.invalid("username", "may contain only letters, digits, '_', '.' and '-'")
-        }
-        let password = try body.string("password", required: true, length: Limits.passwordLength)!
-        let email = try body.string("email", length: Limits.emailLength)
-        if let email, !Self.looksLikeEmail(email) { throw APIError.invalid("email", "must be an email address") }
-        if try await store.user(username: username) != nil { throw Self.usernameTaken }
+        let body = try await API.RegisterRequest.decode(request, maxBytes: maxBodyBytes)
+        if try await store.user(username: body.username) != nil { throw Self.usernameTaken }
         let now = Timestamp.now()
         let user = User(
-            id: UUID(), username: username, email: email, passwordHash: try await hasher.hash(password), role: .user,
+            id: UUID(), username: body.username, email: body.email, passwordHash: try await hasher.hash(body.password), role: .user,
             createdAt: now, updatedAt: now
         )
         do {
@@ -93,9 +84,8 @@ struct AuthController {
     }
 
     @Sendable func login(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["username", "password"])
-        let username = try body.string("username", required: true, length: 1...256)!
-        let password = try body.string("password", required: true, length: 1...1024)!
+        let body = try await API.LoginRequest.decode(request, maxBytes: maxBodyBytes)
+        let (username, password) = (body.username, body.password)
         let failures = rule.map { LoginFailures(limiter: limiter, rule: $0, ip: context.clientIP, user: username.lowercased()) }
         try failures?.check()
         guard let user = try await store.user(username: username) else {
@@ -113,9 +103,8 @@ struct AuthController {
 
     @Sendable func refresh(_ request: Request, context: ChatRequestContext) async throws -> Response {
         try limitClient(context)
-        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["refreshToken"])
-        let token = try body.string("refreshToken", required: true, length: 1...512)!
-        let (user, pair) = try await tokens.refresh(token)
+        let body = try await API.RefreshRequest.decode(request, maxBytes: maxBodyBytes)
+        let (user, pair) = try await tokens.refresh(body.refreshToken)
         return tokenResponse(.ok, user: user, pair: pair)
     }
 
@@ -126,22 +115,13 @@ struct AuthController {
     }
 
     private func tokenResponse(_ status: HTTPResponse.Status, user: User, pair: TokenPair) -> Response {
-        JSONResponse.make(status, .object([
-            "user": Wire.user(user), "accessToken": .string(pair.accessToken), "refreshToken": .string(pair.refreshToken),
-            "tokenType": .string("Bearer"), "expiresIn": .int(Int64(pair.expiresIn)),
-        ]))
+        JSONResponse.make(status, API.TokenResponse(
+            user: API.User(user), accessToken: pair.accessToken, refreshToken: pair.refreshToken, expiresIn: pair.expiresIn
+        ))
     }
 
     private static let badCredentials = APIError(.unauthorized, code: "invalid_credentials", message: "username or password is wrong")
     private static let usernameTaken = APIError(.conflict, code: "username_taken", message: "username is already taken", details: .object(["field": "username"]))
-
-    /// One `@` with something before it, a `.` after it, no whitespace; checked per code point, as the
-    /// schema's pattern reads it (a combining mark must not hide an `@` or a `.`).
-    private static func looksLikeEmail(_ text: String) -> Bool {
-        let scalars = Array(text.unicodeScalars)
-        guard let at = scalars.firstIndex(of: "@"), at > 0, scalars.lastIndex(of: "@") == at else { return false }
-        return scalars[(at + 1)...].contains(".") && !scalars.contains(where: { $0.properties.isWhitespace })
-    }
 }
 
 extension JSONValue: ExpressibleByStringLiteral {

@@ -34,7 +34,7 @@ struct HealthController {
 
     /// Liveness: the process answers; storage is not touched.
     @Sendable func alive(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        JSONResponse.make(.ok, .object(["status": "ok", "version": .string(version)]))
+        JSONResponse.make(.ok, API.Liveness(version: version))
     }
 
     /// Readiness: storage answers and would accept a write.
@@ -44,31 +44,23 @@ struct HealthController {
         case .up:
             let latency = ContinuousClock.now - started
             let ms = Double(latency.components.attoseconds) / 1e15 + Double(latency.components.seconds) * 1000
-            return JSONResponse.make(.ok, .object([
-                "status": "ok", "version": .string(version),
-                "storage": .object(["backend": .string(store.backend), "status": "up", "latencyMs": .double((ms * 1000).rounded() / 1000)]),
-            ]))
+            return JSONResponse.make(.ok, API.Health(
+                version: version, storage: .init(backend: store.backend, up: true, latencyMs: (ms * 1000).rounded() / 1000)
+            ))
         case .down(let reason, let detail):
             context.logger.warning("storage health check failed", metadata: ["reason": .string(reason), "detail": .string(detail)])
-            return JSONResponse.make(.serviceUnavailable, .object([
-                "status": "unavailable", "version": .string(version),
-                "storage": .object(["backend": .string(store.backend), "status": "down", "reason": .string(reason)]),
-            ]))
+            return JSONResponse.make(.serviceUnavailable, API.Health(
+                version: version, storage: .init(backend: store.backend, up: false, reason: reason)
+            ))
         }
     }
 
     @Sendable func status(_ request: Request, context: ChatRequestContext) async throws -> Response {
         let stats = try await store.statistics()
-        return JSONResponse.make(.ok, .object([
-            "version": .string(version), "uptimeSeconds": .double((uptimeSeconds * 1000).rounded() / 1000),
-            "startedAt": .string(Timestamp.format(startedAtDate)),
-            "storage": .object(["backend": .string(store.backend)]),
-            "statistics": .object([
-                "users": .int(Int64(stats.totalUsers)), "sessions": .int(Int64(stats.totalSessions)),
-                "activeSessions": .int(Int64(stats.activeSessions)), "expiredSessions": .int(Int64(stats.expiredSessions)),
-                "resolvedSessions": .int(Int64(stats.resolvedSessions)), "messages": .int(Int64(stats.totalMessages)),
-            ]),
-        ]))
+        return JSONResponse.make(.ok, API.Status(
+            version: version, uptimeSeconds: (uptimeSeconds * 1000).rounded() / 1000, startedAt: startedAtDate,
+            backend: store.backend, statistics: stats
+        ))
     }
 
     @Sendable func metrics(_ request: Request, context: ChatRequestContext) async throws -> Response {

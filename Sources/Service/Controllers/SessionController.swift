@@ -45,24 +45,22 @@ struct SessionController {
     }
 
     @Sendable func create(_ request: Request, context: AuthenticatedContext) async throws -> Response {
-        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["metadata", "agent"], emptyIsObject: true)
-        let metadata = try body.object("metadata", maxBytes: Limits.metadataBytes) ?? .emptyObject
-        let agent = try body.string("agent", length: 1...64)
-        if let agent, orchestrator?.hasAgent(agent) != true {
+        let body = try await API.CreateSessionRequest.decode(request, maxBytes: maxBodyBytes)
+        if let agent = body.agent, orchestrator?.hasAgent(agent) != true {
             throw APIError.invalid("agent", "no agent named \(agent) is configured; GET /api/agents lists them")
         }
         let now = Timestamp.now()
         let session = ChatSession(
-            id: UUID(), userId: context.userId, metadata: metadata, state: .active, isResolved: false,
-            expiresAt: now.addingTimeInterval(Double(sessionTTL)), resolvedAt: nil, createdAt: now, updatedAt: now, agent: agent
+            id: UUID(), userId: context.userId, metadata: body.metadata, state: .active, isResolved: false,
+            expiresAt: now.addingTimeInterval(Double(sessionTTL)), resolvedAt: nil, createdAt: now, updatedAt: now, agent: body.agent
         )
         try await store.createSession(session)
-        return JSONResponse.make(.created, Wire.session(session, now: now))
+        return JSONResponse.make(.created, API.Session(session, now: now))
     }
 
     @Sendable func get(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let session = try await loadVisible(visibleSession(context), context)
-        return JSONResponse.make(.ok, Wire.session(session))
+        return JSONResponse.make(.ok, API.Session(session))
     }
 
     @Sendable func delete(_ request: Request, context: AuthenticatedContext) async throws -> Response {
@@ -82,10 +80,9 @@ struct SessionController {
             await changes.changed(id, to: session, reason: "resumed")
             // The newest page: everything before the largest possible id.
             let recent = try await store.messages(MessageQuery(sessionId: id, before: Self.maxUUID, limit: 50))
-            return JSONResponse.make(.ok, .object([
-                "session": Wire.session(session, now: now), "messages": .array(recent.messages.map(Wire.message)),
-                "hasMoreMessages": .bool(recent.hasMore),
-            ]))
+            return JSONResponse.make(.ok, API.ResumeResponse(
+                session: API.Session(session, now: now), messages: recent.messages.map(API.Message.init), hasMoreMessages: recent.hasMore
+            ), capacity: 16 * 1024)
         case .notFound:
             throw APIError.notFound("session")
         case .resolved:
@@ -98,18 +95,17 @@ struct SessionController {
         _ = try await loadVisible(id, context, for: .resolve)
         guard let session = try await store.resolveSession(id: id, now: Timestamp.now()) else { throw APIError.notFound("session") }
         await changes.changed(id, to: session, reason: "resolved")
-        return JSONResponse.make(.ok, Wire.session(session))
+        return JSONResponse.make(.ok, API.Session(session))
     }
 
     @Sendable func sendMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
         try messages.checkRate(userId: context.userId)
-        let body = try await JSONBody.read(request, maxBytes: maxBodyBytes, allowed: ["content", "type", "metadata", "clientMessageId"])
-        let input = try MessageInput.parse(body)
+        let input = try await API.SendMessageRequest.decode(request, maxBytes: maxBodyBytes)
         let (message, created) = try await messages.send(
             sessionId: id, userId: context.userId, role: context.claims.role, input: input, requestId: context.requestId
         )
-        return JSONResponse.make(created ? .created : .ok, Wire.message(message))
+        return JSONResponse.make(created ? .created : .ok, API.Message(message))
     }
 
     @Sendable func listMessages(_ request: Request, context: AuthenticatedContext) async throws -> Response {
@@ -121,9 +117,10 @@ struct SessionController {
         )
         _ = try await loadVisible(id, context)
         let result = try await store.messages(page)
-        return JSONResponse.make(.ok, .object([
-            "sessionId": .string(id.lowercased), "messages": .array(result.messages.map(Wire.message)), "hasMore": .bool(result.hasMore),
-        ]))
+        return JSONResponse.make(
+            .ok, API.MessagePage(sessionId: id, messages: result.messages.map(API.Message.init), hasMore: result.hasMore),
+            capacity: 512 + 400 * result.messages.count
+        )
     }
 
     @Sendable func getMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
@@ -131,7 +128,7 @@ struct SessionController {
         let messageId = try context.parameters.uuid("messageId")
         _ = try await loadVisible(id, context)
         guard let message = try await store.message(sessionId: id, id: messageId) else { throw APIError.notFound("message") }
-        return JSONResponse.make(.ok, Wire.message(message))
+        return JSONResponse.make(.ok, API.Message(message))
     }
 
     @Sendable func listForUser(_ request: Request, context: AuthenticatedContext) async throws -> Response {
@@ -146,9 +143,8 @@ struct SessionController {
             userId: userId, state: try query.oneOf("state", SessionState.self), isResolved: try query.bool("resolved"), limit: limit, offset: offset
         ))
         let now = Date()
-        return JSONResponse.make(.ok, .object([
-            "sessions": .array(page.sessions.map { Wire.session($0, now: now) }), "total": .int(Int64(page.total)),
-            "limit": .int(Int64(limit)), "offset": .int(Int64(offset)),
-        ]))
+        return JSONResponse.make(.ok, API.SessionList(
+            sessions: page.sessions.map { API.Session($0, now: now) }, total: page.total, limit: limit, offset: offset
+        ), capacity: 512 + 500 * page.sessions.count)
     }
 }

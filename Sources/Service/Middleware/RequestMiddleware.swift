@@ -82,7 +82,7 @@ struct RequestMiddleware: RouterMiddleware {
                 message: "internal error; quote request id \(context.requestId) when reporting it"
             )
         }
-        var response = JSONResponse.make(apiError.status, apiError.body)
+        var response = JSONResponse.make(apiError.status, API.ErrorBody(apiError))
         for field in apiError.headers { response.headers.append(field) }
         return response
     }

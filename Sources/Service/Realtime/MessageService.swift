@@ -5,29 +5,6 @@ import Foundation
 #endif
 import Storage
 
-/// A validated message a client wants to send.
-struct MessageInput: Sendable {
-    var content: String
-    var type: String
-    var metadata: JSONValue
-    var clientMessageId: String?
-
-    /// Validates the fields of a send; `typeKey` is `type` over REST and `messageType` over WebSockets.
-    static func parse(_ body: JSONBody, typeKey: String = "type") throws -> MessageInput {
-        let content = try body.string("content", required: true, length: Limits.contentCharacters)!
-        let type = try body.string(typeKey) ?? "text"
-        guard Limits.messageTypes.contains(type) else {
-            throw APIError.invalid(typeKey, "must be one of \(Limits.messageTypes.sorted().joined(separator: ", "))")
-        }
-        let metadata = try body.object("metadata", maxBytes: Limits.metadataBytes) ?? .emptyObject
-        let clientMessageId = try body.string("clientMessageId", length: Limits.clientMessageIdLength)
-        if let clientMessageId, !clientMessageId.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 32 && $0.value < 127 }) {
-            throw APIError.invalid("clientMessageId", "must be printable ASCII without spaces")
-        }
-        return MessageInput(content: content, type: type, metadata: metadata, clientMessageId: clientMessageId)
-    }
-}
-
 /// Who may do what with a session.
 enum SessionAccess {
     case read
@@ -70,7 +47,7 @@ struct MessageService: Sendable {
     /// The owner's messages are `inbound` and go to the session's agent. A human agent (or admin) the
     /// session is assigned to replies `outbound` with type `agent`.
     func send(
-        sessionId: UUID, userId: UUID, role: Role, input: MessageInput, requestId: String?, exceptClient: UInt64? = nil
+        sessionId: UUID, userId: UUID, role: Role, input: API.SendMessageRequest, requestId: String?, exceptClient: UInt64? = nil
     ) async throws -> (ChatMessage, created: Bool) {
         let now = Timestamp.now()
         var message = ChatMessage(

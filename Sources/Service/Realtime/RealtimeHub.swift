@@ -23,25 +23,6 @@ struct RecentIDs {
     }
 }
 
-/// One server event as `/ws` JSON text. Fan-out hands the same frame to every connection, so the
-/// Socket.IO form is made once, by the first Socket.IO connection that needs it, and shared.
-final class RealtimeFrame: Sendable {
-    let json: String
-    private let socketIO = Mutex<([String], Int)?>(nil)
-
-    init(_ json: String) {
-        self.json = json
-    }
-
-    /// The frame converted with `convert`, computed once.
-    func socketIOPackets(_ convert: (String) -> ([String], Int)) -> ([String], Int) {
-        if let cached = socketIO.withLock({ $0 }) { return cached }
-        let made = convert(json)
-        socketIO.withLock { $0 = made }
-        return made
-    }
-}
-
 /// What a connection's writer sends next.
 enum OutboundItem: Sendable {
     case text(RealtimeFrame)
@@ -95,10 +76,10 @@ final class RealtimeClient: Sendable {
 
     func setIdentity(_ claims: AccessClaims) { state.withLock { $0.identity = claims } }
 
-    /// Queues a frame; false (and the connection is dropped) when the client is too far behind.
+    /// Queues an event; false (and the connection is dropped) when the client is too far behind.
     @discardableResult
-    func send(_ text: String) -> Bool {
-        send(RealtimeFrame(text))
+    func send(_ event: ServerEvent) -> Bool {
+        send(RealtimeFrame(event))
     }
 
     /// Queues a frame shared with other connections. A client whose queue is full gets no more frames but
@@ -159,17 +140,18 @@ final class RealtimeClient: Sendable {
 
     /// Sends one replayed message, waiting while the queue is nearly full (a replay can be longer than
     /// the queue). False when the client stopped reading and was dropped.
-    func replay(messageId: UUID, session: UUID, text: String) async -> Bool {
+    func replay(_ message: ChatMessage) async -> Bool {
+        let (messageId, session) = (message.id, message.sessionId)
         let deadline = ContinuousClock.now + .seconds(30)
         while queued.load(ordering: .relaxed) >= maxQueued - 1 {
             guard ContinuousClock.now < deadline, !Task.isCancelled else {
-                send(text)  // overflows: drops the connection
+                send(.message(message))  // overflows: drops the connection
                 return false
             }
             try? await Task.sleep(for: .milliseconds(2))
         }
         let fresh = state.withLock { $0.delivered[session, default: RecentIDs()].insert(messageId) }
-        return fresh ? send(text) : true
+        return fresh ? send(.message(message)) : true
     }
 
     /// Replay is done: sends the held live messages that were not replayed, in order.
@@ -266,12 +248,12 @@ public final class RealtimeHub: Sendable {
             if let claims = client.identity {
                 if claims.expiresAt <= nowSeconds {
                     state.withLock { _ = $0.live.removeValue(forKey: client.id) }
-                    client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "token_expired", message: "token expired; reconnect with a fresh one")))
+                    client.send(.error(id: nil, APIError(.unauthorized, code: "token_expired", message: "token expired; reconnect with a fresh one")))
                     client.close(code: 1008, reason: "token expired")
                 }
             } else if now - client.created > authTimeout {
                 state.withLock { _ = $0.live.removeValue(forKey: client.id) }
-                client.send(RealtimeEvent.error(nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
+                client.send(.error(id: nil, APIError(.unauthorized, code: "authentication_timeout", message: "authenticate within \(authTimeout)")))
                 client.close(code: 1008, reason: "authentication timeout")
             }
         }
@@ -357,7 +339,7 @@ public final class RealtimeHub: Sendable {
         }
         for client in evicted {
             client.left(id)
-            client.send(RealtimeEvent.left(session: id, reason: reason))
+            client.send(.left(session: id, reason: reason))
         }
     }
 
@@ -395,13 +377,13 @@ public final class RealtimeHub: Sendable {
             return room.members.values.filter { $0.id != exceptClient && Self.mayReceive($0, room.session) }
         }
         guard !targets.isEmpty else { return }
-        let frame = RealtimeFrame(RealtimeEvent.message(message))
+        let frame = RealtimeFrame(.message(message))
         for client in targets { client.deliver(messageId: message.id, session: message.sessionId, frame: frame) }
     }
 
     /// Sends an event to the session's connections except those of `exceptUser`.
-    func broadcast(_ text: String, session: UUID, exceptUser: UUID?) {
-        let frame = RealtimeFrame(text)
+    func broadcast(_ event: ServerEvent, session: UUID, exceptUser: UUID?) {
+        let frame = RealtimeFrame(event)
         for client in receivers(session) where exceptUser == nil || client.identity?.subject != exceptUser {
             client.send(frame)
         }
@@ -409,7 +391,7 @@ public final class RealtimeHub: Sendable {
 
     /// Tells every room catching up failed: its connections must rejoin with `lastMessageId`.
     func announceGap(session: UUID) {
-        let frame = RealtimeFrame(RealtimeEvent.resync(session: session))
+        let frame = RealtimeFrame(.resync(session: session))
         for client in receivers(session) { client.send(frame) }
     }
 
@@ -431,62 +413,6 @@ public final class RealtimeHub: Sendable {
         let targets = state.withLock { Array($0.live.values) + Array($0.clients.values) }
         var seen = Set<UInt64>()
         for client in targets where seen.insert(client.id).inserted { client.close(code: 1001, reason: "server shutting down") }
-    }
-}
-
-/// Server events as JSON text.
-enum RealtimeEvent {
-    static func message(_ m: ChatMessage) -> String {
-        JSONValue.object(["type": "message", "message": Wire.message(m)]).jsonText()
-    }
-
-    static func typing(session: UUID, user: UUID, isTyping: Bool) -> String {
-        JSONValue.object(["type": "typing", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "isTyping": .bool(isTyping)]).jsonText()
-    }
-
-    /// An agent is working on a reply (`isTyping` true) or has finished; `userId` is null.
-    static func agentTyping(session: UUID, agent: String, isTyping: Bool) -> String {
-        JSONValue.object([
-            "type": "typing", "sessionId": .string(session.lowercased), "userId": .null, "agent": .string(agent), "isTyping": .bool(isTyping),
-        ]).jsonText()
-    }
-
-    static func presence(session: UUID, user: UUID, status: String) -> String {
-        JSONValue.object(["type": "presence", "sessionId": .string(session.lowercased), "userId": .string(user.lowercased), "status": .string(status)]).jsonText()
-    }
-
-    /// A part of an agent's reply while it is produced; the stored message carries `metadata.streamId`.
-    static func delta(session: UUID, streamId: UUID, agent: String, index: Int, text: String) -> String {
-        JSONValue.object([
-            "type": "message.delta", "sessionId": .string(session.lowercased), "streamId": .string(streamId.lowercased),
-            "agent": .string(agent), "index": .int(Int64(index)), "delta": .string(text),
-        ]).jsonText()
-    }
-
-    /// The connection left a session's room because its user may no longer read it.
-    static func left(session: UUID, reason: String) -> String {
-        JSONValue.object(["type": "left", "sessionId": .string(session.lowercased), "reason": .string(reason)]).jsonText()
-    }
-
-    /// Messages of the session may have been missed: rejoin with `lastMessageId` to get them.
-    static func resync(session: UUID) -> String {
-        JSONValue.object([
-            "type": "resync", "sessionId": .string(session.lowercased),
-            "message": "live delivery was interrupted; join again with lastMessageId to receive what was missed",
-        ]).jsonText()
-    }
-
-    static func ack(_ id: JSONValue?, _ fields: [String: JSONValue] = [:]) -> String {
-        var body = fields
-        body["type"] = "ack"
-        body["id"] = id ?? .null
-        return JSONValue.object(body).jsonText()
-    }
-
-    static func error(_ id: JSONValue?, _ error: APIError) -> String {
-        var body: [String: JSONValue] = ["type": "error", "id": id ?? .null]
-        body["error"] = .object(["code": .string(error.code), "message": .string(error.message), "details": error.details ?? .null])
-        return JSONValue.object(body).jsonText()
     }
 }
 

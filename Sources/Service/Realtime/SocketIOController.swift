@@ -428,8 +428,8 @@ final class SocketIOController: Sendable {
             guard let session else { return }
             switch item {
             case .text(let frame):
-                let (packets, frames) = frame.socketIOPackets(Self.convert)
-                session.push(packets, frames: frames, client: client)
+                // An ack nobody asked for is not sent, but its frame still leaves the queue.
+                session.push(frame.socketIOPacket.map { [$0] } ?? [], frames: 1, client: client)
             case .close(let code, let reason):
                 // The Socket.IO disconnect, then the end of the Engine.IO session.
                 session.push(session.isUpgraded ? ["4" + SocketIOPacket(kind: .disconnect).encoded]
@@ -476,7 +476,7 @@ final class SocketIOController: Sendable {
     private func leaveRooms(_ client: RealtimeClient) {
         for room in hub.remove(client) {
             if let user = client.identity?.subject {
-                hub.broadcast(RealtimeEvent.presence(session: room, user: user, status: "offline"), session: room, exceptUser: user)
+                hub.broadcast(.presence(session: room, user: user, status: "offline"), session: room, exceptUser: user)
             }
         }
     }
@@ -511,7 +511,7 @@ final class SocketIOController: Sendable {
 
     /// Binary attachments are not supported: the client is told, then the session ends.
     func refuseBinary(_ session: EngineSession) {
-        session.client?.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "binary attachments are not supported")))
+        session.client?.send(.error(id: nil, APIError(.badRequest, code: "unsupported_frame", message: "binary attachments are not supported")))
         end(session, code: 1008, reason: "binary attachments are not supported", byClient: false)
     }
 
@@ -555,7 +555,7 @@ final class SocketIOController: Sendable {
             if items.count > 1 {
                 guard case .object(let payload) = items[1] else {
                     let error = APIError(.badRequest, code: "invalid_payload", message: "the event's argument must be an object")
-                    client.send(RealtimeEvent.error(packet.ackId.map { .int(Int64($0)) }, error))
+                    client.send(.error(id: packet.ackId.map { .int(Int64($0)) }, error))
                     return
                 }
                 fields = payload
@@ -574,28 +574,6 @@ final class SocketIOController: Sendable {
             refuseBinary(session)
         case .ack, .connectError:
             break
-        }
-    }
-
-    /// A `/ws` event as Socket.IO packets; the count is the frames it takes off the client's queue.
-    static func convert(_ json: String) -> ([String], Int) {
-        guard case .object(var fields)? = JSONValue.parse(json), case .string(let type)? = fields["type"] else { return ([], 1) }
-        let id = fields["id"]
-        fields["type"] = nil
-        fields["id"] = nil
-        switch type {
-        case "message":
-            return (["4" + SocketIOPacket.event("message", fields["message"] ?? .null).encoded], 1)
-        case "ack":
-            guard case .int(let ack)? = id else { return ([], 1) }
-            return (["4" + SocketIOPacket(kind: .ack, ackId: Int(ack), data: .array([.object(fields)])).encoded], 1)
-        case "error":
-            if case .int(let ack)? = id {
-                return (["4" + SocketIOPacket(kind: .ack, ackId: Int(ack), data: .array([.object(["error": fields["error"] ?? .null])])).encoded], 1)
-            }
-            return (["4" + SocketIOPacket.event("error", fields["error"] ?? .null).encoded], 1)
-        default:
-            return (["4" + SocketIOPacket.event(type, .object(fields)).encoded], 1)
         }
     }
 

@@ -25,7 +25,7 @@ struct WebSocketController: Sendable {
         do {
             try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
         } catch {
-            client.send(RealtimeEvent.error(nil, APIError.from(error) ?? .unauthenticated))
+            client.send(.error(id: nil, APIError.from(error) ?? .unauthenticated))
             client.close(code: 1008, reason: "authentication failed")
         }
     }
@@ -34,7 +34,7 @@ struct WebSocketController: Sendable {
     func disconnected(_ client: RealtimeClient) {
         for session in hub.remove(client) {
             if let user = client.identity?.subject {
-                hub.broadcast(RealtimeEvent.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
+                hub.broadcast(.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
             }
         }
     }
@@ -48,13 +48,13 @@ struct WebSocketController: Sendable {
     }
 
     func refuseBinary(_ client: RealtimeClient) {
-        client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
+        client.send(.error(id: nil, APIError(.badRequest, code: "unsupported_frame", message: "send JSON text frames")))
     }
 
     /// One text frame: a JSON event.
     func receive(text: String, client: RealtimeClient, logger: Logger) async {
         guard case .object(let fields)? = try? JSONValue.parse(bytes: Array(text.utf8)) else {
-            client.send(RealtimeEvent.error(nil, APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")))
+            client.send(.error(id: nil, APIError(.badRequest, code: "invalid_json", message: "an event is a JSON object")))
             return
         }
         await handle(fields, client: client, logger: logger)
@@ -79,7 +79,7 @@ struct WebSocketController: Sendable {
                 let token = try event.string("token", required: true, length: 1...4096)!
                 let claims = try await tokens.authenticate(authorizationHeader: "Bearer " + token, logger: logger)
                 try authenticate(client, claims: claims)
-                client.send(RealtimeEvent.ack(requestId, ["event": "authenticate", "userId": .string(claims.subject.lowercased)]))
+                client.send(.ack(id: requestId, .authenticate(user: claims.subject)))
                 return
             }
             guard let claims = client.identity else { throw APIError.unauthenticated }
@@ -97,24 +97,24 @@ struct WebSocketController: Sendable {
                 let session = try event.uuid("sessionId")
                 guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "this connection has not joined that session") }
                 hub.leave(client, session: session)
-                hub.broadcast(RealtimeEvent.presence(session: session, user: claims.subject, status: "offline"), session: session, exceptUser: claims.subject)
-                client.send(RealtimeEvent.ack(requestId, ["event": "leave", "sessionId": .string(session.lowercased)]))
+                hub.broadcast(.presence(session: session, user: claims.subject, status: "offline"), session: session, exceptUser: claims.subject)
+                client.send(.ack(id: requestId, .leave(session: session)))
             case "message":
                 try event.allowOnly(["sessionId", "content", "messageType", "metadata", "clientMessageId"])
                 let session = try event.uuid("sessionId")
                 try messages.checkRate(userId: claims.subject)
-                let input = try MessageInput.parse(event, typeKey: "messageType")
+                let input = try API.SendMessageRequest(event, typeKey: "messageType")
                 let (stored, created) = try await messages.send(
                     sessionId: session, userId: claims.subject, role: claims.role, input: input, requestId: "ws-\(client.id)", exceptClient: client.id
                 )
-                client.send(RealtimeEvent.ack(requestId, ["event": "message", "message": Wire.message(stored), "duplicate": .bool(!created)]))
+                client.send(.ack(id: requestId, .message(stored, duplicate: !created)))
             case "typing":
                 try event.allowOnly(["sessionId", "isTyping"])
                 let session = try event.uuid("sessionId")
                 let isTyping = try event.bool("isTyping") ?? true
                 guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "join the session first") }
                 if client.mayType(in: session) {
-                    hub.broadcast(RealtimeEvent.typing(session: session, user: claims.subject, isTyping: isTyping), session: session, exceptUser: claims.subject)
+                    hub.broadcast(.typing(session: session, user: claims.subject, agent: nil, isTyping: isTyping), session: session, exceptUser: claims.subject)
                 }
             default:
                 throw APIError.invalid("type", "unknown event '\(type.prefix(64))'")
@@ -122,7 +122,7 @@ struct WebSocketController: Sendable {
         } catch {
             let apiError = APIError.from(error) ?? APIError(.internalServerError, code: "internal_error", message: "internal error")
             if apiError.status.code >= 500 { logger.error("websocket event failed", metadata: ["error": .string(String(reflecting: error))]) }
-            client.send(RealtimeEvent.error(requestId, apiError))
+            client.send(.error(id: requestId, apiError))
         }
     }
 
@@ -141,15 +141,15 @@ struct WebSocketController: Sendable {
             while replayed < maxReplay {
                 let page = try await store.messages(MessageQuery(sessionId: session, after: cursor, limit: 200))
                 for message in page.messages {
-                    guard await client.replay(messageId: message.id, session: session, text: RealtimeEvent.message(message)) else { return }
+                    guard await client.replay(message) else { return }
                 }
                 replayed += page.messages.count
                 if let last = page.messages.last { cursor = last.id }
                 if !page.hasMore { break }
             }
         }
-        client.send(RealtimeEvent.ack(requestId, ["event": "join", "sessionId": .string(session.lowercased), "replayed": .int(Int64(replayed))]))
-        hub.broadcast(RealtimeEvent.presence(session: session, user: claims.subject, status: "online"), session: session, exceptUser: claims.subject)
+        client.send(.ack(id: requestId, .join(session: session, replayed: replayed)))
+        hub.broadcast(.presence(session: session, user: claims.subject, status: "online"), session: session, exceptUser: claims.subject)
     }
 }
 

@@ -63,7 +63,7 @@ enum ConnectionErrors {
     }
 
     static func body(_ error: APIError) -> ByteBuffer {
-        ByteBuffer(bytes: error.body.jsonBytes())
+        ByteBuffer(bytes: API.ErrorBody(error).jsonBytes())
     }
 
     /// The whole response as HTTP/1.1 bytes, for handlers that sit below the HTTP encoder.

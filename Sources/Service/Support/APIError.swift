@@ -30,13 +30,6 @@ public struct APIError: Error, Sendable {
     }
 
     public static let storageUnavailable = APIError(.serviceUnavailable, code: "storage_unavailable", message: "storage is unavailable, try again later")
-
-    /// The response body.
-    var body: JSONValue {
-        var error: [String: JSONValue] = ["code": .string(code), "message": .string(message)]
-        error["details"] = details ?? .null
-        return .object(["error": .object(error)])
-    }
 }
 
 extension APIError {

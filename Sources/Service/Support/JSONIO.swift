@@ -8,12 +8,12 @@ import Hummingbird
 import NIOCore
 import Storage
 
-/// JSON responses from `JSONValue`s, so every field (explicit nulls included) is spelled out.
+/// JSON responses from the typed bodies of `API`, every field (explicit nulls included) in the documented order.
 enum JSONResponse {
-    static func make(_ status: HTTPResponse.Status, _ value: JSONValue, headers: HTTPFields = [:]) -> Response {
+    static func make(_ status: HTTPResponse.Status, _ value: some JSONWritable, headers: HTTPFields = [:], capacity: Int = 1024) -> Response {
         var fields = headers
         fields[.contentType] = "application/json; charset=utf-8"
-        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: value.jsonBytes())))
+        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: value.jsonBytes(capacity: capacity))))
     }
 }
 
@@ -148,43 +148,6 @@ extension Parameters {
             throw APIError.invalid(name, "must be a UUID")
         }
         return id
-    }
-}
-
-/// JSON shapes of the records, camelCase as the original API.
-enum Wire {
-    static func user(_ u: User) -> JSONValue {
-        .object([
-            "id": .string(u.id.lowercased), "username": .string(u.username), "role": .string(u.role.rawValue),
-            "email": u.email.map(JSONValue.string) ?? .null, "createdAt": .string(Timestamp.format(u.createdAt)),
-        ])
-    }
-
-    static func session(_ s: ChatSession, now: Date = Date()) -> JSONValue {
-        // A session past its expiry is expired even before the sweeper marks it.
-        let state = s.state == .active && s.expiresAt <= now ? SessionState.expired : s.state
-        return .object([
-            "sessionId": .string(s.id.lowercased), "userId": .string(s.userId.lowercased), "metadata": s.metadata,
-            "state": .string(state.rawValue), "isResolved": .bool(s.isResolved), "expiresAt": .string(Timestamp.format(s.expiresAt)),
-            "resolvedAt": s.resolvedAt.map { .string(Timestamp.format($0)) } ?? .null,
-            "createdAt": .string(Timestamp.format(s.createdAt)), "updatedAt": .string(Timestamp.format(s.updatedAt)),
-            "agent": s.agent.map(JSONValue.string) ?? .null,
-            "handoff": s.handoff.map { handoff in
-                .object([
-                    "status": .string(handoff.rawValue), "assigneeId": s.assigneeId.map { .string($0.lowercased) } ?? .null,
-                    "since": s.handoffAt.map { .string(Timestamp.format($0)) } ?? .null,
-                ])
-            } ?? .null,
-        ])
-    }
-
-    static func message(_ m: ChatMessage) -> JSONValue {
-        .object([
-            "id": .string(m.id.lowercased), "sessionId": .string(m.sessionId.lowercased), "userId": m.userId.map { .string($0.lowercased) } ?? .null,
-            "content": .string(m.content), "type": .string(m.type), "direction": .string(m.direction.rawValue), "metadata": m.metadata,
-            "clientMessageId": m.clientMessageId.map(JSONValue.string) ?? .null,
-            "createdAt": .string(Timestamp.format(m.createdAt)), "updatedAt": .string(Timestamp.format(m.updatedAt)),
-        ])
     }
 }
 

@@ -1,0 +1,357 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Storage
+
+/// The schemas of `openapi.yaml` (`components/schemas` and the inline response objects), one type each.
+///
+/// Each type writes its fields in the order of the schema's `properties`, `id` first where there is one,
+/// every field present (`null` when empty). `Tests/e2e/openapi_check.py` validates every response the
+/// end-to-end suite receives against these schemas, field order included.
+enum API {}
+
+extension API {
+    /// `Error`: `{"error":{"code","message","details"}}`.
+    struct ErrorBody: JSONWritable, Sendable {
+        var code: String
+        var message: String
+        var details: JSONValue?
+
+        init(code: String, message: String, details: JSONValue?) {
+            self.code = code
+            self.message = message
+            self.details = details
+        }
+
+        init(_ error: APIError) {
+            self.init(code: error.code, message: error.message, details: error.details)
+        }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.key("error")
+                writeError(to: &json)
+            }
+        }
+
+        /// The inner `error` object alone (realtime `error` events carry it).
+        func writeError(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("code", code)
+                json.field("message", message)
+                json.field("details", details ?? .null)
+            }
+        }
+    }
+
+    /// `User`.
+    struct User: JSONWritable, Sendable {
+        var id: UUID
+        var username: String
+        var role: Role
+        var email: String?
+        var createdAt: Date
+
+        init(_ u: Storage.User) {
+            id = u.id
+            username = u.username
+            role = u.role
+            email = u.email
+            createdAt = u.createdAt
+        }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("id", id)
+                json.field("username", username)
+                json.field("role", role.rawValue)
+                json.field("email", email)
+                json.field("createdAt", createdAt)
+            }
+        }
+    }
+
+    /// `TokenResponse`: the answer of register, login and refresh.
+    struct TokenResponse: JSONWritable, Sendable {
+        var user: User
+        var accessToken: String
+        var refreshToken: String
+        var tokenType = "Bearer"
+        var expiresIn: Int
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.key("user")
+                json.value(user)
+                json.field("accessToken", accessToken)
+                json.field("refreshToken", refreshToken)
+                json.field("tokenType", tokenType)
+                json.field("expiresIn", expiresIn)
+            }
+        }
+    }
+
+    /// `Agent`: a configured agent, without URLs or secrets.
+    struct Agent: JSONWritable, Sendable {
+        var name: String
+        var kind: String
+        var description: String?
+        var isDefault: Bool
+        var available: Bool
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("name", name)
+                json.field("kind", kind)
+                json.field("description", description)
+                json.field("default", isDefault)
+                json.field("available", available)
+            }
+        }
+    }
+
+    /// The `GET /api/agents` answer.
+    struct AgentList: JSONWritable, Sendable {
+        var defaultAgent: String?
+        var agents: [Agent]
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("defaultAgent", defaultAgent)
+                json.field("agents", agents)
+            }
+        }
+    }
+
+    /// `Session.handoff`.
+    struct Handoff: JSONWritable, Sendable {
+        var status: HandoffState
+        var assigneeId: UUID?
+        var since: Date?
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("status", status.rawValue)
+                json.field("assigneeId", assigneeId)
+                json.field("since", since)
+            }
+        }
+    }
+
+    /// `Session`.
+    struct Session: JSONWritable, Sendable {
+        var sessionId: UUID
+        var userId: UUID
+        var metadata: JSONValue
+        var state: SessionState
+        var isResolved: Bool
+        var expiresAt: Date
+        var resolvedAt: Date?
+        var createdAt: Date
+        var updatedAt: Date
+        var agent: String?
+        var handoff: Handoff?
+
+        /// The session as seen at `now`: a session past its expiry is expired even before the sweeper marks it.
+        init(_ s: ChatSession, now: Date = Date()) {
+            sessionId = s.id
+            userId = s.userId
+            metadata = s.metadata
+            state = s.state == .active && s.expiresAt <= now ? .expired : s.state
+            isResolved = s.isResolved
+            expiresAt = s.expiresAt
+            resolvedAt = s.resolvedAt
+            createdAt = s.createdAt
+            updatedAt = s.updatedAt
+            agent = s.agent
+            handoff = s.handoff.map { Handoff(status: $0, assigneeId: s.assigneeId, since: s.handoffAt) }
+        }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("sessionId", sessionId)
+                json.field("userId", userId)
+                json.field("metadata", metadata)
+                json.field("state", state.rawValue)
+                json.field("isResolved", isResolved)
+                json.field("expiresAt", expiresAt)
+                json.field("resolvedAt", resolvedAt)
+                json.field("createdAt", createdAt)
+                json.field("updatedAt", updatedAt)
+                json.field("agent", agent)
+                json.field("handoff", handoff)
+            }
+        }
+    }
+
+    /// `Message`.
+    struct Message: JSONWritable, Sendable {
+        var id: UUID
+        var sessionId: UUID
+        var userId: UUID?
+        var content: String
+        var type: String
+        var direction: MessageDirection
+        var metadata: JSONValue
+        var clientMessageId: String?
+        var createdAt: Date
+        var updatedAt: Date
+
+        init(_ m: ChatMessage) {
+            id = m.id
+            sessionId = m.sessionId
+            userId = m.userId
+            content = m.content
+            type = m.type
+            direction = m.direction
+            metadata = m.metadata
+            clientMessageId = m.clientMessageId
+            createdAt = m.createdAt
+            updatedAt = m.updatedAt
+        }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("id", id)
+                json.field("sessionId", sessionId)
+                json.field("userId", userId)
+                json.field("content", content)
+                json.field("type", type)
+                json.field("direction", direction.rawValue)
+                json.field("metadata", metadata)
+                json.field("clientMessageId", clientMessageId)
+                json.field("createdAt", createdAt)
+                json.field("updatedAt", updatedAt)
+            }
+        }
+    }
+
+    /// `MessagePage`: `GET /api/sessions/{sessionId}/messages`.
+    struct MessagePage: JSONWritable, Sendable {
+        var sessionId: UUID
+        var messages: [Message]
+        var hasMore: Bool
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("sessionId", sessionId)
+                json.field("messages", messages)
+                json.field("hasMore", hasMore)
+            }
+        }
+    }
+
+    /// `ResumeResponse`.
+    struct ResumeResponse: JSONWritable, Sendable {
+        var session: Session
+        var messages: [Message]
+        var hasMoreMessages: Bool
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.key("session")
+                json.value(session)
+                json.field("messages", messages)
+                json.field("hasMoreMessages", hasMoreMessages)
+            }
+        }
+    }
+
+    /// `SessionList`: `GET /api/users/{userId}/sessions`.
+    struct SessionList: JSONWritable, Sendable {
+        var sessions: [Session]
+        var total: Int
+        var limit: Int
+        var offset: Int
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("sessions", sessions)
+                json.field("total", total)
+                json.field("limit", limit)
+                json.field("offset", offset)
+            }
+        }
+    }
+
+    /// The `GET /api/handoffs` answer.
+    struct HandoffList: JSONWritable, Sendable {
+        var sessions: [Session]
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in json.field("sessions", sessions) }
+        }
+    }
+
+    /// `Liveness`: `GET /health`.
+    struct Liveness: JSONWritable, Sendable {
+        var status = "ok"
+        var version: String
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("status", status)
+                json.field("version", version)
+            }
+        }
+    }
+
+    /// `Health`: `GET /api/health`.
+    struct Health: JSONWritable, Sendable {
+        struct StorageState: Sendable {
+            var backend: String
+            var up: Bool
+            /// Present only when up.
+            var latencyMs: Double?
+            /// Present only when down.
+            var reason: String?
+        }
+
+        var version: String
+        var storage: StorageState
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("status", storage.up ? "ok" : "unavailable")
+                json.field("version", version)
+                json.key("storage")
+                json.object { json in
+                    json.field("backend", storage.backend)
+                    json.field("status", storage.up ? "up" : "down")
+                    if let latencyMs = storage.latencyMs { json.field("latencyMs", latencyMs) }
+                    if let reason = storage.reason { json.field("reason", reason) }
+                }
+            }
+        }
+    }
+
+    /// `Status`: `GET /api/status`.
+    struct Status: JSONWritable, Sendable {
+        var version: String
+        var uptimeSeconds: Double
+        var startedAt: Date
+        var backend: String
+        var statistics: SessionStatistics
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("version", version)
+                json.field("uptimeSeconds", uptimeSeconds)
+                json.field("startedAt", startedAt)
+                json.key("storage")
+                json.object { json in json.field("backend", backend) }
+                json.key("statistics")
+                json.object { json in
+                    json.field("users", statistics.totalUsers)
+                    json.field("sessions", statistics.totalSessions)
+                    json.field("activeSessions", statistics.activeSessions)
+                    json.field("expiredSessions", statistics.expiredSessions)
+                    json.field("resolvedSessions", statistics.resolvedSessions)
+                    json.field("messages", statistics.totalMessages)
+                }
+            }
+        }
+    }
+}
