@@ -390,6 +390,22 @@ def test_client_close_ends_the_pending_poll_with_a_noop(polling, pool):
     polling.assert_gone(sid, "after the client's close packet")
 
 
+def test_server_close_between_polls_reaches_the_next_poll(start_server):
+    """The server ends the session while no poll is pending: the client's next poll still gets what was
+    queued, ending with the close packet, instead of `Session ID unknown`."""
+    polling = Polling(start_server(env={"REALTIME_AUTH_TIMEOUT": "1s"}))
+    sid, _ = polling.open()
+    assert polling.post(sid, "40").text == "ok"
+    connect = polling.get(sid, timeout=RECV)
+    assert connect.status_code == 200 and connect.text.startswith("40{"), connect.text
+    time.sleep(2)  # the authentication timeout ends the session meanwhile; no poll is pending
+    r = polling.get(sid, timeout=RECV)
+    assert r.status_code == 200, r.text
+    packets = r.text.split(SEP)
+    assert packets[-1] == "1" and "41" in packets, packets
+    polling.assert_gone(sid, "after the close packet was delivered")
+
+
 def test_server_close_ends_the_session_with_a_close_packet(start_server, pool):
     """When the server ends the session (here: no authentication within 1 s), the client's polls see `1` last."""
     polling = Polling(start_server(env={"REALTIME_AUTH_TIMEOUT": "1s"}))

@@ -291,7 +291,9 @@ final class SocketIOController: Sendable {
     private let sessions = Mutex<[String: EngineSession]>([:])
     /// Polling sessions the client closed a moment ago: a long-poll that was on its way when the client's
     /// close arrived (two connections, either may come first) is answered with a noop once, not 400.
-    private let closedByClients = Mutex<[String: ContinuousClock.Instant]>([:])
+    /// Polling sessions that ended while no poll was pending, by sid: what the next poll gets (the
+    /// client's own close: a noop; the server's: what was still queued, ending with the close packet).
+    private let tombstones = Mutex<[String: (at: ContinuousClock.Instant, answer: String)]>([:])
     let logger: Logger
 
     init(
@@ -361,8 +363,8 @@ final class SocketIOController: Sendable {
             return Self.text(EnginePacket.open(handshake(session, upgrades: ["websocket"]).jsonText()).encoded)
         }
         guard let session = session(sid), !session.isClosed else {
-            if closedByClients.withLock({ $0.removeValue(forKey: sid) }).map({ ContinuousClock.now - $0 < .seconds(2) }) == true {
-                return Self.text(EnginePacket.noop.encoded)
+            if let tombstone = tombstones.withLock({ $0.removeValue(forKey: sid) }), ContinuousClock.now - tombstone.at < Self.tombstoneLife {
+                return Self.text(tombstone.answer)
             }
             return Self.engineError(1, "Session ID unknown")
         }
@@ -456,6 +458,9 @@ final class SocketIOController: Sendable {
         ])
     }
 
+    /// How long an ended polling session answers its client's next poll.
+    static let tombstoneLife: Duration = .seconds(5)
+
     /// Ends a session: its Socket.IO connection leaves every room.
     func end(_ session: EngineSession, code: UInt16, reason: String, byClient: Bool) {
         // A poll pending now gets its noop; one on its way gets it from the tombstone below.
@@ -464,11 +469,13 @@ final class SocketIOController: Sendable {
         // Leaving the registry happens once, whoever closed the session first.
         guard sessions.withLock({ $0.removeValue(forKey: session.sid) }) != nil else { return }
         if let client = session.client { leaveRooms(client) }
-        if byClient, !session.isUpgraded, !pollPending {
+        if !session.isUpgraded, !pollPending {
+            let answer = byClient ? EnginePacket.noop.encoded
+                : (session.takeBuffered() ?? [EnginePacket.close.encoded]).joined(separator: String(EnginePacket.separator))
             let now = ContinuousClock.now
-            closedByClients.withLock { closed in
-                closed = closed.filter { now - $0.value < .seconds(2) }
-                closed[session.sid] = now
+            tombstones.withLock { kept in
+                kept = kept.filter { now - $0.value.at < Self.tombstoneLife }
+                kept[session.sid] = (now, answer)
             }
         }
     }
