@@ -469,9 +469,14 @@ final class SocketIOController: Sendable {
         // Leaving the registry happens once, whoever closed the session first.
         guard sessions.withLock({ $0.removeValue(forKey: session.sid) }) != nil else { return }
         if let client = session.client { leaveRooms(client) }
-        if !session.isUpgraded, !pollPending {
-            let answer = byClient ? EnginePacket.noop.encoded
-                : (session.takeBuffered() ?? [EnginePacket.close.encoded]).joined(separator: String(EnginePacket.separator))
+        // An orderly close by the server (its disconnect and close packets queued) is delivered to the
+        // next poll, as the reference flushes its buffer before closing; a session failed for a protocol
+        // error or a ping timeout is simply gone (400).
+        guard !session.isUpgraded, !pollPending else { return }
+        let queued = byClient ? nil : session.takeBuffered()
+        let answer = byClient ? EnginePacket.noop.encoded
+            : queued?.last == EnginePacket.close.encoded ? queued!.joined(separator: String(EnginePacket.separator)) : nil
+        if let answer {
             let now = ContinuousClock.now
             tombstones.withLock { kept in
                 kept = kept.filter { now - $0.value.at < Self.tombstoneLife }
