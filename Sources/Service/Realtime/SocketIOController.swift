@@ -130,10 +130,16 @@ final class EngineSession: Sendable {
         waiter?.resume()
     }
 
-    /// Takes everything buffered for a long-poll.
-    func takeBuffered() -> [String]? {
+    /// Takes everything buffered for the pending long-poll, which ends with it: in one step, so a close
+    /// deciding whether a poll will still carry its packets (`takeBufferedUnlessPolling`) never misses.
+    func finishPoll() -> [String]? { take { s in s.polling = false; return true } }
+
+    /// Takes everything buffered when no long-poll is pending (one pending will answer with it).
+    func takeBufferedUnlessPolling() -> [String]? { take { s in !s.polling } }
+
+    private func take(_ when: (inout State) -> Bool) -> [String]? {
         let (packets, frames) = state.withLock { s -> ([String], Int) in
-            guard !s.buffer.isEmpty else { return ([], 0) }
+            guard when(&s), !s.buffer.isEmpty else { return ([], 0) }
             let taken = (s.buffer, s.bufferedFrames)
             s.buffer.removeAll()
             s.bufferedFrames = 0
@@ -376,7 +382,7 @@ final class SocketIOController: Sendable {
         }
         defer { session.endPoll() }
         await session.waitForPackets(timeout: pingInterval + pingTimeout)
-        if let packets = session.takeBuffered() { return Self.text(packets.joined(separator: String(EnginePacket.separator))) }
+        if let packets = session.finishPoll() { return Self.text(packets.joined(separator: String(EnginePacket.separator))) }
         if session.isClosed, !session.closedByClient { return Self.text(EnginePacket.close.encoded) }
         // Released by an upgrade, by the client's own close, or by the deadline: nothing to say.
         return Self.text(EnginePacket.noop.encoded)
@@ -463,7 +469,7 @@ final class SocketIOController: Sendable {
 
     /// Ends a session: its Socket.IO connection leaves every room.
     func end(_ session: EngineSession, code: UInt16, reason: String, byClient: Bool) {
-        // A poll pending now gets its noop; one on its way gets it from the tombstone below.
+        // A poll pending now answers with what is queued; one on its way gets it from the tombstone below.
         let pollPending = session.isPolling
         session.close(code: code, reason: reason, byClient: byClient)
         // Leaving the registry happens once, whoever closed the session first.
@@ -472,8 +478,9 @@ final class SocketIOController: Sendable {
         // An orderly close by the server (its disconnect and close packets queued) is delivered to the
         // next poll, as the reference flushes its buffer before closing; a session failed for a protocol
         // error or a ping timeout is simply gone (400).
-        guard !session.isUpgraded, !pollPending else { return }
-        let queued = byClient ? nil : session.takeBuffered()
+        guard !session.isUpgraded else { return }
+        let queued = session.takeBufferedUnlessPolling()
+        if byClient, pollPending { return }
         let answer = byClient ? EnginePacket.noop.encoded
             : queued?.last == EnginePacket.close.encoded ? queued!.joined(separator: String(EnginePacket.separator)) : nil
         if let answer {
