@@ -53,6 +53,9 @@ final class RealtimeClient: Sendable {
         var lastTyping: [UUID: ContinuousClock.Instant] = [:]
     }
     private let state = Mutex(State())
+    /// Live frames in the order the room decided them (under `state`), sent after the lock is released:
+    /// the sink (a channel write, a Socket.IO buffer) is never called while `state` is held.
+    private let outbox = DrainQueue<RealtimeFrame>()
 
     private static let nextID = Atomic<UInt64>(1)
 
@@ -128,14 +131,20 @@ final class RealtimeClient: Sendable {
 
     /// A live message for a session: sent now (once), or held while that session is recovering.
     func deliver(messageId: UUID, session: UUID, frame: RealtimeFrame) {
-        state.withLock { s in
+        let drain = state.withLock { s -> Bool in
             if s.recovering[session] != nil {
                 s.recovering[session]!.append((messageId, frame))
-            } else if s.delivered[session, default: RecentIDs()].insert(messageId) {
-                // Sent under the lock, so live messages and the end of a replay keep their order.
-                send(frame)
+                return false
             }
+            // Queued under the lock, so live messages and the end of a replay keep their order.
+            return s.delivered[session, default: RecentIDs()].insert(messageId) && outbox.push(frame) == .drain
         }
+        if drain { sendOutbox() }
+    }
+
+    /// Sends what `deliver` and `finishRecovery` queued, in order, one drainer at a time.
+    private func sendOutbox() {
+        outbox.drain { frames in for frame in frames { send(frame) } }
     }
 
     /// Sends one replayed message, waiting while the queue is nearly full (a replay can be longer than
@@ -156,12 +165,15 @@ final class RealtimeClient: Sendable {
 
     /// Replay is done: sends the held live messages that were not replayed, in order.
     func finishRecovery(_ session: UUID) {
-        state.withLock { s in
+        let drain = state.withLock { s -> Bool in
             let held = s.recovering.removeValue(forKey: session) ?? []
+            var drain = false
             for (id, frame) in held where s.delivered[session, default: RecentIDs()].insert(id) {
-                send(frame)
+                drain = outbox.push(frame) == .drain || drain
             }
+            return drain
         }
+        if drain { sendOutbox() }
     }
 
     /// Whether a typing event may go out now (at most one per session every 500 ms).
