@@ -84,6 +84,9 @@ public protocol ChatStore: Sendable {
     func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome
     /// A page of a session's messages in id order.
     func messages(_ query: MessageQuery) async throws -> MessagePage
+    /// The session and a page of its messages, read together (one trip to the store); nil when there
+    /// is no such session. The caller checks who may read it before showing either.
+    func sessionMessages(_ query: MessageQuery) async throws -> (session: ChatSession, page: MessagePage)?
     /// One message of a session.
     func message(sessionId: UUID, id: UUID) async throws -> ChatMessage?
 

@@ -178,6 +178,11 @@ struct StoreContractTests {
             let one = try #require(try await store.message(sessionId: session.id, id: ids[4]))
             #expect(one.content == "m4" && one.metadata == .object(["k": .int(1)]))
             #expect(try await store.message(sessionId: UUID(), id: ids[4]) == nil)
+            // The session and a page together: the same page, and nothing for an unknown session.
+            let together = try #require(try await store.sessionMessages(MessageQuery(sessionId: session.id, after: ids[9], limit: 10)))
+            #expect(together.session.id == session.id && together.session.userId == session.userId)
+            #expect(together.page.messages.map(\.id) == second.messages.map(\.id) && together.page.hasMore)
+            #expect(try await store.sessionMessages(MessageQuery(sessionId: UUID(), limit: 10)) == nil)
         }
     }
 

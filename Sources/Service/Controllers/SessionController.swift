@@ -115,8 +115,10 @@ struct SessionController {
             sessionId: id, after: try query.uuid("after"), before: try query.uuid("before"),
             limit: try query.int("limit", default: 50, range: Limits.pageLimit)
         )
-        _ = try await loadVisible(id, context)
-        let result = try await store.messages(page)
+        // The session and the page in one trip to the store; the page is shown only if the session may be.
+        guard let (session, result) = try await store.sessionMessages(page),
+              SessionAccess.read.allows(session, userId: context.userId, role: context.claims.role)
+        else { throw APIError.notFound("session") }
         return JSONResponse.make(
             .ok, API.MessagePage(sessionId: id, messages: result.messages.map(API.Message.init), hasMore: result.hasMore),
             capacity: 512 + 400 * result.messages.count

@@ -309,25 +309,34 @@ extension SQLStore {
     // MARK: Messages
 
     public func messages(_ query: MessageQuery) async throws -> MessagePage {
-        try await read { db in
-            var filter = "session_id = $1"
-            var params: [SQLValue] = [.id(query.sessionId)]
-            if let after = query.after {
-                params.append(.id(after))
-                filter += " AND id > $\(params.count)"
-            }
-            if let before = query.before {
-                params.append(.id(before))
-                filter += " AND id < $\(params.count)"
-            }
-            // Only `before`: the newest page before the cursor, read backwards then put in order.
-            let backwards = query.before != nil && query.after == nil
-            params.append(.integer(Int64(query.limit + 1)))
-            let rows = try db.query("\(Codec.message.select) WHERE \(filter) ORDER BY id \(backwards ? "DESC" : "ASC") LIMIT $\(params.count)", params)
-            var messages = try rows.prefix(query.limit).map(Codec.message.decode)
-            if backwards { messages.reverse() }
-            return MessagePage(messages: messages, hasMore: rows.count > query.limit)
+        try await read { [self] db in try messagePage(query, db: db) }
+    }
+
+    public func sessionMessages(_ query: MessageQuery) async throws -> (session: ChatSession, page: MessagePage)? {
+        try await read { [self] db in
+            guard let session = try loadSession(query.sessionId, db: db) else { return nil }
+            return (session, try messagePage(query, db: db))
         }
+    }
+
+    private func messagePage(_ query: MessageQuery, db: DB) throws -> MessagePage {
+        var filter = "session_id = $1"
+        var params: [SQLValue] = [.id(query.sessionId)]
+        if let after = query.after {
+            params.append(.id(after))
+            filter += " AND id > $\(params.count)"
+        }
+        if let before = query.before {
+            params.append(.id(before))
+            filter += " AND id < $\(params.count)"
+        }
+        // Only `before`: the newest page before the cursor, read backwards then put in order.
+        let backwards = query.before != nil && query.after == nil
+        params.append(.integer(Int64(query.limit + 1)))
+        let rows = try db.query("\(Codec.message.select) WHERE \(filter) ORDER BY id \(backwards ? "DESC" : "ASC") LIMIT $\(params.count)", params)
+        var messages = try rows.prefix(query.limit).map(Codec.message.decode)
+        if backwards { messages.reverse() }
+        return MessagePage(messages: messages, hasMore: rows.count > query.limit)
     }
 
     public func message(sessionId: UUID, id: UUID) async throws -> ChatMessage? {
