@@ -495,6 +495,17 @@ def test_rsv_bits_without_extension_are_1002(opened, path, rsv):
     expect_close_code(ws, 1002)
 
 
+@pytest.mark.parametrize("fault", ["unmasked", "rsv1"])
+@pytest.mark.parametrize("path", PATHS)
+def test_continuation_frames_are_checked_one_by_one(opened, path, fault):
+    """Masking and reserved bits hold for every fragment, the last one included (not only for the first)."""
+    ws = opened(path)
+    data = ('{"type":"authenticate","token":"x"}' if path == WS_PATH else "40").encode()
+    ws.send_raw(frame(OP_TEXT, data[:1], fin=False))
+    ws.send_raw(frame(OP_CONT, data[1:], mask=fault != "unmasked", rsv=4 if fault == "rsv1" else 0))
+    expect_close_code(ws, 1002)
+
+
 @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF], ids=lambda o: f"op{o:x}")
 @pytest.mark.parametrize("path", PATHS)
 def test_reserved_opcode_is_1002(opened, path, opcode):
@@ -636,6 +647,27 @@ def test_message_over_the_limit_is_1009(opened, path, shape):
             if not ws.send_raw(frame(OP_TEXT if i == 0 else OP_CONT, piece, fin=i == len(pieces) - 1)):
                 break
     expect_close_code(ws, 1009)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_message_in_too_many_fragments_is_1009(opened, path):
+    """Empty fragments cost the server memory but add no bytes: a message is refused past a fragment count
+    (the limit in fragments of 64 bytes), before it ends."""
+    ws = opened(path)
+    limit = MAX_MESSAGE if path == WS_PATH else ws.open_packet["maxPayload"]
+    burst = b"".join(frame(OP_TEXT if i == 0 else OP_CONT, b"", fin=False) for i in range(max(128, limit // 64) + 1))
+    ws.send_raw(burst)
+    expect_close_code(ws, 1009)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_masked_fragments_in_many_small_pieces_make_one_message(opened, shared, path):
+    """A message in many one-byte fragments (within the limits) is one message, as from a client that streams it."""
+    ws = opened(path)
+    data = authenticate_message(path, shared.token).encode()
+    pieces = [data[i:i + 1] for i in range(len(data))]
+    ws.send_raw(b"".join(frame(OP_TEXT if i == 0 else OP_CONT, p, fin=i == len(pieces) - 1) for i, p in enumerate(pieces)))
+    expect_authenticated(ws, shared.user_id)
 
 
 # ---- promptness -------------------------------------------------------------------------------------------

@@ -455,7 +455,15 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             let frameDecoder = ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: endpoint.maxMessageBytes))
             try pipeline.addHandler(frameDecoder, position: .after(decoder))
             try pipeline.addHandler(WebSocketFrameEncoder(), position: .after(decoder))
-            try pipeline.addHandler(socket, position: .after(frameDecoder))
+            // Each fragment is checked before the aggregator joins a message's fragments (a bounded number
+            // of them, so tiny or empty fragments cannot pile up).
+            let checker = WebSocketFrameChecker()
+            let aggregator = NIOWebSocketFrameAggregator(
+                minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: endpoint.maxFragments, maxAccumulatedFrameSize: endpoint.maxMessageBytes
+            )
+            try pipeline.addHandler(checker, position: .after(frameDecoder))
+            try pipeline.addHandler(aggregator, position: .after(checker))
+            try pipeline.addHandler(socket, position: .after(aggregator))
             pipeline.removeHandler(context: context, promise: nil)
             // Bytes the client sent after its upgrade request go on to the WebSocket decoder.
             pipeline.removeHandler(decoder, promise: nil)

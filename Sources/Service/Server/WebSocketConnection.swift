@@ -23,6 +23,8 @@ enum WebSocketUpgradeDecision {
 struct WebSocketEndpoint {
     /// Largest message (frames of one message together); larger is closed with 1009.
     var maxMessageBytes: Int
+    /// Most fragments one message may come in: a message of the largest size in fragments of 64 bytes.
+    var maxFragments: Int { max(128, maxMessageBytes / 64) }
     /// Send a ping this often; a peer that answered nothing since the last one is gone. Nil: no pings.
     var pingInterval: TimeAmount?
     /// Makes the application for the connection, on its event loop.
@@ -116,9 +118,32 @@ final class WebSocketSocket: Sendable {
     }
 }
 
-/// RFC 6455 on an upgraded connection: frames checked (masked, no reserved bits or opcodes, control frames
-/// short and whole, valid close codes, UTF-8 text), messages reassembled up to the limit, pings answered,
-/// the close handshake. A violation fails the connection with its code: 1002 (protocol), 1007 (invalid
+/// Checks each frame as it arrives, before `NIOWebSocketFrameAggregator` joins fragments (and unmasks them):
+/// a client's frame is masked and sets no reserved bit (RFC 6455 §5.1, §5.2, no extension is negotiated).
+/// A frame that is not goes no further; the connection handler fails the connection with 1002.
+final class WebSocketFrameChecker: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+
+    struct Violation: Error {
+        let reason: String
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        if frame.maskKey == nil {
+            context.fireErrorCaught(Violation(reason: "client frames must be masked"))
+        } else if frame.rsv1 || frame.rsv2 || frame.rsv3 {
+            context.fireErrorCaught(Violation(reason: "reserved bits set without an extension"))
+        } else {
+            context.fireChannelRead(data)
+        }
+    }
+}
+
+/// RFC 6455 on an upgraded connection: whole messages (checked by `WebSocketFrameChecker`, joined by NIO's
+/// aggregator up to the limit) with no reserved opcodes, control frames short and whole, valid close codes,
+/// UTF-8 text; pings answered; the close handshake. A violation fails the connection with its code: 1002 (protocol), 1007 (invalid
 /// UTF-8), 1009 (too large). Every close the server makes sends its close frame after what was queued
 /// before it, then half-closes, so the frame reaches the peer rather than being reset away.
 final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
@@ -130,8 +155,6 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private let logger: Logger
     private var application: (any WebSocketApplication)?
     private var context: ChannelHandlerContext?
-    private var fragments: ByteBuffer?
-    private var fragmentsAreText = true
     private var closeSent = false
     private var awaitingPong = false
     private var pingTask: RepeatedTask?
@@ -210,7 +233,6 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     fileprivate func initiateClose(code: UInt16, reason: String) {
         guard let context, !closeSent, !ended else { return }
         closeSent = true
-        fragments = nil
         var data = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
         data.writeInteger(code)
         data.writeString(String(reason.utf8.prefix(123)) ?? "")
@@ -247,33 +269,11 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         awaitingPong = false  // any traffic shows the peer is there
-        guard frame.maskKey != nil else { return fail(.protocolError, "client frames must be masked") }
-        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return fail(.protocolError, "reserved bits set without an extension") }
         switch frame.opcode {
         case .text, .binary:
+            // Whole messages only: the aggregator before this handler joined the fragments.
             guard !closeSent else { return }
-            guard fragments == nil else { return fail(.protocolError, "a new message began inside a fragmented one") }
-            if frame.fin {
-                deliver(frame.unmaskedData, isText: frame.opcode == .text)
-            } else {
-                guard frame.length <= endpoint.maxMessageBytes else { return fail(.messageTooLarge, "message too large") }
-                fragments = frame.unmaskedData
-                fragmentsAreText = frame.opcode == .text
-            }
-        case .continuation:
-            guard !closeSent else { return }
-            guard var buffer = fragments else { return fail(.protocolError, "a continuation frame without a message") }
-            guard buffer.readableBytes + frame.length <= endpoint.maxMessageBytes else {
-                return fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
-            }
-            var piece = frame.unmaskedData
-            buffer.writeBuffer(&piece)
-            if frame.fin {
-                fragments = nil
-                deliver(buffer, isText: fragmentsAreText)
-            } else {
-                fragments = buffer
-            }
+            deliver(frame.unmaskedData, isText: frame.opcode == .text)
         case .ping:
             guard !closeSent else { return }
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
@@ -352,6 +352,16 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch error {
+        case let violation as WebSocketFrameChecker.Violation:
+            fail(.protocolError, violation.reason)
+        case NIOWebSocketFrameAggregator.Error.accumulatedFrameSizeIsTooLarge:
+            fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
+        case NIOWebSocketFrameAggregator.Error.tooManyFragments:
+            fail(.messageTooLarge, "message in more than \(endpoint.maxFragments) fragments")
+        case NIOWebSocketFrameAggregator.Error.receivedNewFrameWithoutFinishingPrevious:
+            fail(.protocolError, "a new message began inside a fragmented one")
+        case NIOWebSocketFrameAggregator.Error.didReceiveFragmentBeforeReceivingTextOrBinaryFrame:
+            fail(.protocolError, "a continuation frame without a message")
         case NIOWebSocketError.invalidFrameLength:
             fail(.messageTooLarge, "frame larger than \(endpoint.maxMessageBytes) bytes")
         case NIOWebSocketError.fragmentedControlFrame:
