@@ -3,33 +3,52 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import CSQLite
 import Synchronization
 
 /// Time-ordered UUIDs (RFC 9562 version 7) that also sort in creation order within one process:
 /// ids made in the same millisecond use a counter in the random bits (method 1 of RFC 9562 §6.2).
 public enum UUIDv7 {
-    private static let state = Mutex<(millis: UInt64, counter: UInt16)>((0, 0))
+    private struct State {
+        var millis: UInt64 = 0
+        var counter: UInt16 = 0
+        /// Random bits, fetched 4 KiB at a time (not two system calls per id).
+        var pool = [UInt64](repeating: 0, count: 512)
+        var used = 512
+
+        mutating func random() -> UInt64 {
+            if used == pool.count {
+                // SQLite's generator (ChaCha20, seeded from the operating system), one call per refill.
+                pool.withUnsafeMutableBytes { sqlite3_randomness(Int32($0.count), $0.baseAddress) }
+                used = 0
+            }
+            defer { used += 1 }
+            return pool[used]
+        }
+    }
+    private static let state = Mutex(State())
+
+    /// The id of a message not yet stored: the store gives it its id (in commit order).
+    public static let unassigned = UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
     /// Makes a new UUIDv7, strictly greater than any made before by this process.
     public static func make(now: Date = Date()) -> UUID {
-        var rng = SystemRandomNumberGenerator()
-        let (millis, counter) = state.withLock { s -> (UInt64, UInt16) in
+        let (millis, counter, randB) = state.withLock { s -> (UInt64, UInt16, UInt64) in
             var ms = UInt64(max(0, now.timeIntervalSince1970 * 1000))
             if ms <= s.millis {
                 ms = s.millis
                 if s.counter >= 0x0FFF {
                     ms += 1
-                    s.counter = UInt16.random(in: 0...0x01FF, using: &rng)
+                    s.counter = UInt16(truncatingIfNeeded: s.random() & 0x01FF)
                 } else {
                     s.counter += 1
                 }
             } else {
-                s.counter = UInt16.random(in: 0...0x01FF, using: &rng)
+                s.counter = UInt16(truncatingIfNeeded: s.random() & 0x01FF)
             }
             s.millis = ms
-            return (ms, s.counter)
+            return (ms, s.counter, s.random())
         }
-        let randB = UInt64.random(in: 0...UInt64.max, using: &rng)
         let bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
             UInt8(truncatingIfNeeded: millis >> 40), UInt8(truncatingIfNeeded: millis >> 32),
             UInt8(truncatingIfNeeded: millis >> 24), UInt8(truncatingIfNeeded: millis >> 16),

@@ -79,6 +79,19 @@ struct UnitTests {
         #expect(DurationText.parse("15x") == nil && DurationText.parse("") == nil && DurationText.parse("m") == nil)
     }
 
+    @Test("white space is trimmed at both ends only; JSON media types are recognised in any case, with parameters")
+    func textAndMediaTypes() {
+        #expect(" \t 300/1m \n".trimmingWhitespace() == "300/1m" && "  ".trimmingWhitespace() == "" && "a b".trimmingWhitespace() == "a b")
+        #expect("\u{00A0}é\u{2003}".trimmingWhitespace() == "é")
+        #expect(RateLimit.parse("  20/1h ") == .some(RateLimit(limit: 20, windowSeconds: 3600)))
+        for accepted in ["application/json", "Application/JSON", " application/json ; charset=utf-8", "application/problem+json", "text/abcdef+json"] {
+            #expect(JSONBody.isJSONMediaType(accepted), "\(accepted)")
+        }
+        for refused in ["", " ", "text/plain", "application/jsonx", "xapplication/json", "application/json5", "multipart/form-data; x=+json", "application/\u{0F}son"] {
+            #expect(!JSONBody.isJSONMediaType(refused), "\(refused)")
+        }
+    }
+
     @Test("base64 round-trips in both alphabets")
     func base64() {
         for n in 0..<40 {

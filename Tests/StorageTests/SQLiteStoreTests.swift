@@ -175,6 +175,10 @@ struct StorageValueTests {
         #expect(texts.allSatisfy { $0[$0.index($0.startIndex, offsetBy: 14)] == "7" })
         let later = UUIDv7.make(now: now.addingTimeInterval(1))
         #expect(later.lowercased > texts.last!)
+        // The 62 random bits (variant 10) differ from id to id across several refills of the random pool.
+        let randomTails = ids.map { id in withUnsafeBytes(of: id.uuid) { Array($0[8...]) } }
+        #expect(randomTails.allSatisfy { $0[0] & 0xC0 == 0x80 } && Set(randomTails).count == ids.count)
+        #expect(Set(randomTails.map { $0[7] }).count > 200)
     }
 
     @Test("UUID text is canonical lowercase and parses back in either case")

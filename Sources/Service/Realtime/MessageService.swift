@@ -51,7 +51,7 @@ struct MessageService: Sendable {
     ) async throws -> (ChatMessage, created: Bool) {
         let now = Timestamp.now()
         var message = ChatMessage(
-            id: UUIDv7.make(now: now), sessionId: sessionId, userId: userId, content: input.content, type: input.type, direction: .inbound,
+            id: UUIDv7.unassigned, sessionId: sessionId, userId: userId, content: input.content, type: input.type, direction: .inbound,
             metadata: input.metadata, clientMessageId: input.clientMessageId, createdAt: now, updatedAt: now
         )
         var owner: UUID? = userId
@@ -102,7 +102,7 @@ func postOutbound(
 ) async throws -> Bool {
     let now = Timestamp.now()
     let message = ChatMessage(
-        id: UUIDv7.make(now: now), sessionId: session, userId: nil, content: text, type: type, direction: .outbound,
+        id: UUIDv7.unassigned, sessionId: session, userId: nil, content: text, type: type, direction: .outbound,
         metadata: .object(metadata), clientMessageId: nil, createdAt: now, updatedAt: now
     )
     switch try await store.appendMessage(message, now: now, owner: nil) {

@@ -38,8 +38,7 @@ struct JSONBody {
             throw APIError(.badRequest, code: "invalid_json", message: "request body must be a JSON object")
         }
         if let type = request.headers[.contentType] {
-            let mediaType = type.split(separator: ";").first.map { String($0).trimmingWhitespace().lowercased() } ?? ""
-            guard mediaType == "application/json" || mediaType.hasSuffix("+json") else {
+            guard isJSONMediaType(type) else {
                 throw APIError(.unsupportedMediaType, code: "unsupported_media_type", message: "Content-Type must be application/json")
             }
         }
@@ -60,6 +59,21 @@ struct JSONBody {
             throw APIError.invalid(key, "must not contain NUL (\\u0000) characters")
         }
         return JSONBody(fields: fields)
+    }
+
+    /// `application/json` or `…+json`, in any case, parameters and optional white space around it allowed
+    /// (RFC 9110 §8.3.1), read byte by byte: this runs on every request with a body.
+    static func isJSONMediaType(_ value: String) -> Bool {
+        var utf8 = Substring(value).utf8
+        if let semicolon = utf8.firstIndex(of: UInt8(ascii: ";")) { utf8 = utf8[..<semicolon] }
+        let isSpace = { (c: UInt8) in c == UInt8(ascii: " ") || c == UInt8(ascii: "\t") }
+        guard let start = utf8.firstIndex(where: { !isSpace($0) }), let end = utf8.lastIndex(where: { !isSpace($0) }) else { return false }
+        let media = utf8[start...end]
+        func endsWith(_ suffix: String) -> Bool {
+            let lower = { (c: UInt8) in (65...90).contains(c) ? c + 32 : c }
+            return media.count >= suffix.utf8.count && zip(media.suffix(suffix.utf8.count), suffix.utf8).allSatisfy { lower($0) == $1 }
+        }
+        return endsWith("+json") || (media.count == 16 && endsWith("application/json"))
     }
 
     /// A string field; nil when absent (or null and `required` is false).

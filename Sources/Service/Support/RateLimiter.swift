@@ -64,8 +64,13 @@ extension Character {
 }
 
 extension String {
+    /// Without leading and trailing white space (scalar by scalar: no grapheme breaking on hot paths).
     func trimmingWhitespace() -> String {
-        String(self.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+        let scalars = unicodeScalars
+        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
+              let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
+        else { return "" }
+        return String(scalars[first...last])
     }
 }
 

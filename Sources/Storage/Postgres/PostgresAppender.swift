@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import NIOCore
 import NIOPosix
 import Synchronization
 
@@ -15,6 +16,7 @@ final class PostgresAppender: Sendable {
         var now: Date
         var owner: UUID?
         var continuation: CheckedContinuation<AppendOutcome, any Error>
+        var loop: (any EventLoop)? = CallerLoops.current
     }
 
     private let conninfo: String
@@ -59,30 +61,28 @@ final class PostgresAppender: Sendable {
     }
 
     private func run(_ batch: [Job]) {
+        let outcomes = outcomes(batch)
+        CallerLoops.resume(Array(zip(batch, outcomes)), loop: \.0.loop) { job, outcome in job.continuation.resume(with: outcome) }
+    }
+
+    /// What each append of the batch comes to, in order (on the appender's thread).
+    private func outcomes(_ batch: [Job]) -> [Result<AppendOutcome, any Error>] {
         let db: PostgresConnection
         do {
             db = try currentConnection()
         } catch {
-            for job in batch { job.continuation.resume(throwing: error) }
-            return
+            return batch.map { _ in .failure(error) }
         }
-        if batch.count == 1 {
-            let job = batch[0]
-            job.continuation.resume(with: Result { try single(db, job.message, job.now, job.owner) })
-            return
-        }
+        let each = { (job: Job) in Result { try self.single(db, job.message, job.now, job.owner) } }
+        if batch.count == 1 { return [each(batch[0])] }
         do {
             let rows = try db.pipelined(statement, batch.map { parameters($0.message, $0.now, $0.owner) })
-            for (job, row) in zip(batch, rows) {
-                job.continuation.resume(with: Result { try decide(db, job.message, job.owner, row) })
-            }
+            return zip(batch, rows).map { job, row in Result { try decide(db, job.message, job.owner, row) } }
         } catch let error as StoreError where error.kind != .unavailable && db.isHealthy {
             // One append failed and aborted the batch; nothing was committed. Run each on its own.
-            for job in batch {
-                job.continuation.resume(with: Result { try single(db, job.message, job.now, job.owner) })
-            }
+            return batch.map(each)
         } catch {
-            for job in batch { job.continuation.resume(throwing: error) }
+            return batch.map { _ in .failure(error) }
         }
     }
 

@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import NIOPosix
 import Synchronization
 
@@ -8,6 +9,8 @@ private protocol WriteJob: AnyObject, Sendable {
     func run(_ db: SQLiteConnection) -> (any Error)?
     /// Resumes the waiting caller once the transaction committed (nil) or failed.
     func finish(commitError: (any Error)?)
+    /// The event loop the caller waits on, if any (see `CallerLoops`).
+    var loop: (any EventLoop)? { get }
 }
 
 private final class TypedWriteJob<T: Sendable>: WriteJob, @unchecked Sendable {
@@ -15,6 +18,7 @@ private final class TypedWriteJob<T: Sendable>: WriteJob, @unchecked Sendable {
     private let body: (SQLiteConnection) throws -> T
     private let continuation: CheckedContinuation<T, any Error>
     private var result: Result<T, any Error>?
+    let loop: (any EventLoop)? = CallerLoops.current
 
     init(body: @escaping (SQLiteConnection) throws -> T, continuation: CheckedContinuation<T, any Error>) {
         self.body = body
@@ -74,47 +78,54 @@ final class SQLiteWriter: Sendable {
         return try await worker.thread.runIfActive { try body(connection.value) }
     }
 
+    /// Runs a batch in one transaction. Transaction control goes through the prepared-statement cache
+    /// (`run`), so a commit parses no SQL.
     private func commit(_ batch: [any WriteJob], db: SQLiteConnection) {
         do {
-            try db.execute("BEGIN IMMEDIATE")
+            try db.run("BEGIN IMMEDIATE")
         } catch {
             noteFailure(error)
-            for job in batch { job.finish(commitError: error) }
+            finish(batch, commitError: error)
             return
         }
         if batch.count == 1 {
             if let error = batch[0].run(db) {
                 noteFailure(error)
                 try? db.execute("ROLLBACK")
-                batch[0].finish(commitError: nil)
+                finish(batch, commitError: nil)
                 return
             }
         } else {
             for job in batch {
                 do {
-                    try db.execute("SAVEPOINT job")
+                    try db.run("SAVEPOINT job")
                     if let error = job.run(db) {
                         noteFailure(error)
-                        try db.execute("ROLLBACK TO job")
+                        try db.run("ROLLBACK TO job")
                     }
-                    try db.execute("RELEASE job")
+                    try db.run("RELEASE job")
                 } catch {
                     noteFailure(error)
                     try? db.execute("ROLLBACK")
-                    for job in batch { job.finish(commitError: error) }
+                    finish(batch, commitError: error)
                     return
                 }
             }
         }
         do {
-            try db.execute("COMMIT")
+            try db.run("COMMIT")
             condition.wrote(nil)
-            for job in batch { job.finish(commitError: nil) }
+            finish(batch, commitError: nil)
         } catch {
             noteFailure(error)
             try? db.execute("ROLLBACK")
-            for job in batch { job.finish(commitError: error) }
+            finish(batch, commitError: error)
         }
+    }
+
+    private func finish(_ batch: [any WriteJob], commitError: (any Error)?) {
+        let commitError = commitError.map(UnsafeTransfer.init)
+        CallerLoops.resume(batch, loop: \.loop) { $0.finish(commitError: commitError?.value) }
     }
 
     /// Remembers a write that failed for want of space, permission or I/O, for the health check.
