@@ -3,11 +3,6 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// RFC 3339 timestamps in UTC with milliseconds (`2026-01-02T03:04:05.678Z`), the one format used
 /// on the wire and in the databases' text columns.
@@ -17,34 +12,61 @@ public enum Timestamp {
         // Clamped to years 0001-9999, so no input can trap the conversion.
         let millis1970 = min(max(date.timeIntervalSince1970 * 1000, -62_135_596_800_000), 253_402_300_799_999)
         let totalMillis = Int64(millis1970.rounded(.down))
-        var seconds = time_t(totalMillis >= 0 ? totalMillis / 1000 : (totalMillis - 999) / 1000)
-        let millis = Int(totalMillis - Int64(seconds) * 1000)
-        var parts = tm()
-        gmtime_r(&seconds, &parts)
-        let fields: [(Int, Int)] = [
-            (Int(parts.tm_year) + 1900, 4), (Int(parts.tm_mon) + 1, 2), (Int(parts.tm_mday), 2),
-            (Int(parts.tm_hour), 2), (Int(parts.tm_min), 2), (Int(parts.tm_sec), 2), (millis, 3),
-        ]
-        let separators: [UInt8] = [45, 45, 84, 58, 58, 46, 90]  // - - T : : . Z
+        let seconds = totalMillis >= 0 ? totalMillis / 1000 : (totalMillis - 999) / 1000
+        let millis = Int(totalMillis - seconds * 1000)
+        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+        let secondOfDay = Int(seconds - days * 86400)
+        let (year, month, day) = civil(days: days)
         return String(unsafeUninitializedCapacity: 24) { out in
-            var j = 0
-            for (k, (value, width)) in fields.enumerated() {
+            func put(_ value: Int, _ width: Int, at start: Int, then separator: UInt8) {
                 var v = value
-                for p in stride(from: width - 1, through: 0, by: -1) {
-                    out[j + p] = UInt8(48 + v % 10)
+                for p in stride(from: start + width - 1, through: start, by: -1) {
+                    out[p] = UInt8(48 + v % 10)
                     v /= 10
                 }
-                j += width
-                out[j] = separators[k]
-                j += 1
+                out[start + width] = separator
             }
-            return j
+            put(Int(year), 4, at: 0, then: UInt8(ascii: "-"))
+            put(month, 2, at: 5, then: UInt8(ascii: "-"))
+            put(day, 2, at: 8, then: UInt8(ascii: "T"))
+            put(secondOfDay / 3600, 2, at: 11, then: UInt8(ascii: ":"))
+            put(secondOfDay / 60 % 60, 2, at: 14, then: UInt8(ascii: ":"))
+            put(secondOfDay % 60, 2, at: 17, then: UInt8(ascii: "."))
+            put(millis, 3, at: 20, then: UInt8(ascii: "Z"))
+            return 24
         }
+    }
+
+    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`); a day past
+    /// the end of its month carries into the next, as `timegm` does.
+    static func days(year: Int64, month: Int, day: Int) -> Int64 {
+        let y = month <= 2 ? year - 1 : year
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yearOfEra = y - era * 400
+        let dayOfYear = Int64((153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1)
+        return era * 146_097 + yearOfEra * 365 + yearOfEra / 4 - yearOfEra / 100 + dayOfYear - 719_468
+    }
+
+    /// The date of a day counted from 1970-01-01 (`civil_from_days`).
+    static func civil(days: Int64) -> (year: Int64, month: Int, day: Int) {
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = Int(dayOfYear - (153 * mp + 2) / 5 + 1)
+        let month = Int(mp < 10 ? mp + 3 : mp - 9)
+        return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
     }
 
     /// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction). Returns nil when malformed.
     public static func parse(_ text: String) -> Date? {
-        let b = Array(text.utf8)
+        var text = text
+        return text.withUTF8(parse)
+    }
+
+    private static func parse(_ b: UnsafeBufferPointer<UInt8>) -> Date? {
         guard b.count >= 20 else { return nil }
         func num(_ from: Int, _ len: Int) -> Int? {
             guard from + len <= b.count else { return nil }
@@ -99,15 +121,8 @@ public enum Timestamp {
             return nil
         }
         guard i == b.count else { return nil }
-        var parts = tm()
-        parts.tm_year = Int32(year - 1900)
-        parts.tm_mon = Int32(month - 1)
-        parts.tm_mday = Int32(day)
-        parts.tm_hour = Int32(hour)
-        parts.tm_min = Int32(minute)
-        parts.tm_sec = Int32(second)
-        let epoch = timegm(&parts)
-        return Date(timeIntervalSince1970: Double(epoch - offset) + fraction)
+        let epoch = days(year: Int64(year), month: month, day: day) * 86400 + Int64(hour * 3600 + minute * 60 + second)
+        return Date(timeIntervalSince1970: Double(epoch - Int64(offset)) + fraction)
     }
 
     /// The current time truncated to whole milliseconds, so a stored and re-read value compares equal.

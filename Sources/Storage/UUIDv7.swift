@@ -113,9 +113,6 @@ extension UUID {
 
     private static func parse(_ b: UnsafeBufferPointer<UInt8>) -> UUID? {
         guard b.count == 36, b[8] == 45, b[13] == 45, b[18] == 45, b[23] == 45 else { return nil }
-        var bytes = [UInt8](repeating: 0, count: 16)
-        var i = 0
-        var k = 0
         func nibble(_ c: UInt8) -> UInt8? {
             switch c {
             case 48...57: return c - 48
@@ -124,14 +121,17 @@ extension UUID {
             default: return nil
             }
         }
-        while k < 16 {
-            if i == 8 || i == 13 || i == 18 || i == 23 { i += 1 }
-            guard let hi = nibble(b[i]), let lo = nibble(b[i + 1]) else { return nil }
-            bytes[k] = hi << 4 | lo
-            k += 1
-            i += 2
+        var uuid: uuid_t = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        let complete = withUnsafeMutableBytes(of: &uuid) { bytes -> Bool in
+            var i = 0
+            for k in 0..<16 {
+                if i == 8 || i == 13 || i == 18 || i == 23 { i += 1 }
+                guard let hi = nibble(b[i]), let lo = nibble(b[i + 1]) else { return false }
+                bytes[k] = hi << 4 | lo
+                i += 2
+            }
+            return true
         }
-        return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-                           bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
+        return complete ? UUID(uuid: uuid) : nil
     }
 }

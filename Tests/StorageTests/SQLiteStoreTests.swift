@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 @testable import Storage
 
@@ -163,6 +166,26 @@ struct StorageValueTests {
         #expect(Timestamp.parse("2026-13-02T03:04:05Z") == nil)
         #expect(Timestamp.parse("yesterday") == nil)
         #expect(Timestamp.format(Date(timeIntervalSince1970: -0.5)) == "1969-12-31T23:59:59.500Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: -1e15)) == "0001-01-01T00:00:00.000Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: 1e15)) == "9999-12-31T23:59:59.999Z")
+        // Calendar arithmetic agrees with the C library's gmtime/timegm over the whole range, leap days included.
+        var generator = SystemRandomNumberGenerator()
+        let samples = (0..<3000).map { _ in Int64.random(in: -62_135_596_800...253_402_300_799, using: &generator) }
+            + [951_782_400, -2_203_891_200, 4_107_456_000, 0, -1, 86_399, 86_400]  // 2000-02-29, 1900-03-01, 2100-02-28
+        for seconds in samples {
+            var t = time_t(seconds)
+            var parts = tm()
+            gmtime_r(&t, &parts)
+            let expected = String(
+                format: "%04d-%02d-%02dT%02d:%02d:%02d.250Z", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec
+            )
+            let date = Date(timeIntervalSince1970: Double(seconds) + 0.25)
+            #expect(Timestamp.format(date) == expected)
+            #expect(Timestamp.parse(expected) == date, "\(expected)")
+        }
+        // A day past the end of its month carries over, as timegm does; leap seconds become the next minute.
+        #expect(Timestamp.parse("2026-02-31T00:00:00Z") == Timestamp.parse("2026-03-03T00:00:00Z"))
+        #expect(Timestamp.parse("2026-06-30T23:59:60Z") == Timestamp.parse("2026-07-01T00:00:00Z"))
     }
 
     @Test("UUIDv7 ids are version 7 and strictly increasing within one millisecond")

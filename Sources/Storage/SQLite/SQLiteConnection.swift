@@ -155,7 +155,8 @@ final class SQLiteConnection: SQLDatabase {
                 case SQLITE_NULL: values.append(.null)
                 default:
                     if let text = sqlite3_column_text(stmt, c) {
-                        values.append(.text(String(cString: text)))
+                        let length = Int(sqlite3_column_bytes(stmt, c))
+                        values.append(.text(String(decoding: UnsafeBufferPointer(start: text, count: length), as: UTF8.self)))
                     } else {
                         values.append(.null)
                     }
