@@ -9,6 +9,14 @@ import Foundation
 public enum Timestamp {
     /// Formats a date as RFC 3339 UTC with milliseconds.
     public static func format(_ date: Date) -> String {
+        String(unsafeUninitializedCapacity: 24) { out in
+            write(date, into: out)
+            return 24
+        }
+    }
+
+    /// Writes the 24 bytes of `format(date)` to the start of `out`, with no allocation (JSON responses).
+    public static func write(_ date: Date, into out: UnsafeMutableBufferPointer<UInt8>) {
         // Clamped to years 0001-9999, so no input can trap the conversion.
         let millis1970 = min(max(date.timeIntervalSince1970 * 1000, -62_135_596_800_000), 253_402_300_799_999)
         let totalMillis = Int64(millis1970.rounded(.down))
@@ -17,24 +25,21 @@ public enum Timestamp {
         let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
         let secondOfDay = Int(seconds - days * 86400)
         let (year, month, day) = civil(days: days)
-        return String(unsafeUninitializedCapacity: 24) { out in
-            func put(_ value: Int, _ width: Int, at start: Int, then separator: UInt8) {
-                var v = value
-                for p in stride(from: start + width - 1, through: start, by: -1) {
-                    out[p] = UInt8(48 + v % 10)
-                    v /= 10
-                }
-                out[start + width] = separator
+        func put(_ value: Int, _ width: Int, at start: Int, then separator: UInt8) {
+            var v = value
+            for p in stride(from: start + width - 1, through: start, by: -1) {
+                out[p] = UInt8(48 + v % 10)
+                v /= 10
             }
-            put(Int(year), 4, at: 0, then: UInt8(ascii: "-"))
-            put(month, 2, at: 5, then: UInt8(ascii: "-"))
-            put(day, 2, at: 8, then: UInt8(ascii: "T"))
-            put(secondOfDay / 3600, 2, at: 11, then: UInt8(ascii: ":"))
-            put(secondOfDay / 60 % 60, 2, at: 14, then: UInt8(ascii: ":"))
-            put(secondOfDay % 60, 2, at: 17, then: UInt8(ascii: "."))
-            put(millis, 3, at: 20, then: UInt8(ascii: "Z"))
-            return 24
+            out[start + width] = separator
         }
+        put(Int(year), 4, at: 0, then: UInt8(ascii: "-"))
+        put(month, 2, at: 5, then: UInt8(ascii: "-"))
+        put(day, 2, at: 8, then: UInt8(ascii: "T"))
+        put(secondOfDay / 3600, 2, at: 11, then: UInt8(ascii: ":"))
+        put(secondOfDay / 60 % 60, 2, at: 14, then: UInt8(ascii: ":"))
+        put(secondOfDay % 60, 2, at: 17, then: UInt8(ascii: "."))
+        put(millis, 3, at: 20, then: UInt8(ascii: "Z"))
     }
 
     /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`); a day past
@@ -48,7 +53,7 @@ public enum Timestamp {
     }
 
     /// The date of a day counted from 1970-01-01 (`civil_from_days`).
-    static func civil(days: Int64) -> (year: Int64, month: Int, day: Int) {
+    public static func civil(days: Int64) -> (year: Int64, month: Int, day: Int) {
         let z = days + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let dayOfEra = z - era * 146_097

@@ -156,40 +156,11 @@ struct JSONWriter {
     mutating func value(_ date: Date) {
         comma()
         bytes.append(UInt8(ascii: "\""))
-        // Clamped to years 0001-9999, as Timestamp.format does.
-        let millis1970 = min(max(date.timeIntervalSince1970 * 1000, -62_135_596_800_000), 253_402_300_799_999)
-        let total = Int64(millis1970.rounded(.down))
-        let millis = Int(((total % 1000) + 1000) % 1000)
-        let seconds = (total - Int64(millis)) / 1000
-        let daySeconds = Int(((seconds % 86_400) + 86_400) % 86_400)
-        let days = (seconds - Int64(daySeconds)) / 86_400
-        // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = Int(doy - (153 * mp + 2) / 5 + 1)
-        let month = Int(mp < 10 ? mp + 3 : mp - 9)
-        let year = Int(yoe + era * 400) + (month <= 2 ? 1 : 0)
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 25) { out in
-            func put(_ value: Int, _ width: Int, at end: Int) {
-                var v = value
-                for k in stride(from: end - 1, through: end - width, by: -1) {
-                    out[k] = UInt8(48 + v % 10)
-                    v /= 10
-                }
-            }
-            put(year, 4, at: 4); out[4] = UInt8(ascii: "-")
-            put(month, 2, at: 7); out[7] = UInt8(ascii: "-")
-            put(day, 2, at: 10); out[10] = UInt8(ascii: "T")
-            put(daySeconds / 3600, 2, at: 13); out[13] = UInt8(ascii: ":")
-            put(daySeconds / 60 % 60, 2, at: 16); out[16] = UInt8(ascii: ":")
-            put(daySeconds % 60, 2, at: 19); out[19] = UInt8(ascii: ".")
-            put(millis, 3, at: 23); out[23] = UInt8(ascii: "Z"); out[24] = UInt8(ascii: "\"")
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { out in
+            Timestamp.write(date, into: out)
             bytes.append(contentsOf: UnsafeBufferPointer(out))
         }
+        bytes.append(UInt8(ascii: "\""))
         separate = true
     }
 
