@@ -3,8 +3,8 @@
 #
 # dpkg-buildpackage wants debian/ at the top of a source tree and writes its results next to
 # that tree, so the repository (what git does not ignore) is copied to packaging/out/src with
-# packaging/debian as its debian/, and built there. The copy is updated in place (rsync), and its
-# .build directory, SwiftPM's package checkouts and incremental build state, is kept between runs.
+# packaging/debian as its debian/, and built there. The copy is updated in place (rsync); SwiftPM's
+# package checkouts and incremental build state are kept between runs in /var/tmp/chat-backend-deb-build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
