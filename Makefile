@@ -6,10 +6,10 @@ RESOLVED := --force-resolved-versions
 BUILD_DIR ?= .build
 BIN := $(BUILD_DIR)/debug/chat-backend
 RELEASE_BIN := $(BUILD_DIR)/release/chat-backend
-APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev pkg-config
-APT_TEST_DEPS := systemd python3-venv curl postgresql postgresql-client
+APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev zlib1g-dev pkg-config
+APT_TEST_DEPS := systemd python3-venv curl postgresql postgresql-client chromium
 APT_BENCH_DEPS := wrk
-APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3
+APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3 debugedit binutils
 APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 
@@ -73,10 +73,13 @@ deb-deps: deps
 deb: deb-deps
 	packaging/build-deb.sh
 
+# SwiftPM's build directory for the package (packaging/debian/rules, SCRATCH).
+DEB_SCRATCH := /var/tmp/chat-backend-deb-build
+
 # Builds the package twice, the second time from scratch in another directory, and checks that the
 # two .deb files are identical (README, "Verifying a package"). Takes two full release builds.
 check-reproducible: deb
-	rm -rf packaging/out/again
+	rm -rf packaging/out/again $(DEB_SCRATCH)
 	CHAT_DEB_OUT=packaging/out/again packaging/build-deb.sh
 	@deb=chat-backend_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb; \
 	sha256sum packaging/out/$$deb packaging/out/again/$$deb; \
@@ -102,4 +105,4 @@ profile: release test-deps
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/profile.py
 
 clean:
-	rm -rf $(BUILD_DIR) $(VENV)
+	rm -rf $(BUILD_DIR) $(VENV) $(DEB_SCRATCH)

@@ -3,6 +3,7 @@
 //
 //   EmbedResourcesTool migrations OUTPUT DIALECT=DIR ...    extension MigrationSet { sqlite, postgres }
 //   EmbedResourcesTool openapi OUTPUT FILE                   enum OpenAPIDocument { yaml }
+//   EmbedResourcesTool web OUTPUT DIR                        enum EmbeddedWeb { files } (every file under DIR)
 //
 // Each text is embedded with its trailing newlines removed (the migration checksums recorded in
 // databases are computed over exactly that text). The output depends only on the files' names
@@ -79,7 +80,7 @@ func migrations(in dir: String) -> [Migration] {
 }
 
 let args = Array(CommandLine.arguments.dropFirst())
-guard args.count >= 2 else { fail("usage: migrations OUTPUT DIALECT=DIR... | openapi OUTPUT FILE") }
+guard args.count >= 2 else { fail("usage: migrations OUTPUT DIALECT=DIR... | openapi OUTPUT FILE | web OUTPUT DIR") }
 let output = args[1]
 
 switch args[0] {
@@ -114,6 +115,35 @@ case "openapi":
 
         """
     write(text, to: output)
+case "web":
+    guard args.count == 3 else { fail("usage: web OUTPUT DIR") }
+    let root = args[2]
+    /// Files under `dir` (relative to `root`), skipping hidden ones.
+    func files(_ dir: String) -> [String] {
+        let full = dir.isEmpty ? root : root + "/" + dir
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: full) else { return [] }
+        return names.filter { !$0.hasPrefix(".") }.flatMap { name -> [String] in
+            let path = dir.isEmpty ? name : dir + "/" + name
+            var isDirectory = false
+            _ = FileManager.default.fileExists(atPath: root + "/" + path, isDirectory: &isDirectory)
+            return isDirectory ? files(path) : [path]
+        }
+    }
+    let paths = files("")
+    var lines = [
+        "// Generated at build time by the EmbedResources plugin from Sources/Service/Web.", "",
+        "/// Every file under Sources/Service/Web by its path there (`console/index.html`), as text.",
+        "enum EmbeddedWeb {", "    static let files: [String: String] = [",
+    ]
+    for path in paths.sorted() {
+        guard let data = FileManager.default.contents(atPath: root + "/" + path), let text = String(data: data, encoding: .utf8) else {
+            fail("\(root)/\(path) is not UTF-8 text (web assets are text: HTML, CSS, JavaScript, SVG)")
+        }
+        lines.append("        \(literal(path)): \(literal(text)),")
+    }
+    lines.append(paths.isEmpty ? "    :]" : "    ]")
+    lines.append("}")
+    write(lines.joined(separator: "\n") + "\n", to: output)
 default:
     fail("unknown mode \(args[0])")
 }

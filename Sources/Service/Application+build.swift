@@ -121,6 +121,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         pingTimeout: config.socketIOPingTimeout, maxPayload: config.socketIOMaxPayload, logger: dependencies.logger
     )
     socketIO.addRoutes(to: router)
+    WebController().addRoutes(to: router)
     routeMethods.load(router.routes.map { ($0.path.description, $0.method) })
     let logger = dependencies.logger
     let webSockets = WebSocketRoutes { request, clientIP in

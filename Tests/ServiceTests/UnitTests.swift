@@ -92,6 +92,24 @@ struct UnitTests {
         }
     }
 
+    @Test("console files: gzip when accepted, ETags compared as RFC 9110 says, a policy naming only this server")
+    func webAssets() {
+        #expect(WebController.acceptsGzip("gzip, deflate, br") && WebController.acceptsGzip("GZIP;q=0.5") && WebController.acceptsGzip("br, *"))
+        #expect(!WebController.acceptsGzip(nil) && !WebController.acceptsGzip("identity") && !WebController.acceptsGzip("gzip;q=0"))
+        #expect(!WebController.acceptsGzip("*;q=0.8, gzip;q=0") && WebController.acceptsGzip("*;q=0, gzip"))
+        #expect(WebController.matches("\"a\", \"b\"", "\"b\"") && WebController.matches("W/\"b\"", "\"b\"") && WebController.matches("*", "\"b\""))
+        #expect(!WebController.matches("\"a\"", "\"b\"") && !WebController.matches("b", "\"b\""))
+        let policy = WebController.consolePolicy(host: "chat.example.com:3006")
+        #expect(policy.contains("script-src 'self';") && policy.contains("style-src 'self';") && policy.contains("frame-ancestors 'none'"))
+        #expect(policy.contains("connect-src 'self' ws://chat.example.com:3006 wss://chat.example.com:3006;") && !policy.contains("unsafe"))
+        #expect(WebController.consolePolicy(host: "evil; script-src *").contains("connect-src 'self';"))
+        let text = Array(String(repeating: "<p>a chat console</p>\n", count: 200).utf8)
+        let gzipped = Gzip.compress(text) ?? []
+        #expect(gzipped.starts(with: [0x1F, 0x8B, 0x08]) && gzipped.count < text.count / 10)
+        // The console and widget stay small (uncompressed, all files together).
+        #expect(WebAssets.totalBytes <= 150 * 1024)
+    }
+
     @Test("base64 round-trips in both alphabets")
     func base64() {
         for n in 0..<40 {

@@ -69,7 +69,7 @@ def _resolve(node, root: dict):
 
 @lru_cache(maxsize=None)
 def _schema(path: str, method: str, status: int) -> tuple[str, str] | None:
-    """(media type, JSON Schema as JSON text) documented for the answer, or None if the status is not documented."""
+    """(media types, their JSON Schemas as JSON text) documented for the answer, or None if the status is not documented."""
     doc = document()
     responses = doc["paths"][path][method]["responses"]
     response = responses.get(str(status))
@@ -79,8 +79,8 @@ def _schema(path: str, method: str, status: int) -> tuple[str, str] | None:
     content = response.get("content") or {}
     if not content:
         return ("", "null")
-    media, spec = next(iter(content.items()))
-    return (media, json.dumps(spec.get("schema", {})))
+    # Several media types (the console's files): each with its schema, the first one the default.
+    return (" ".join(content), json.dumps({media: spec.get("schema", {}) for media, spec in content.items()}))
 
 
 def _error_schema() -> dict:
@@ -173,7 +173,11 @@ def check(method: str, path: str, status: int, content_type: str, body: bytes) -
             return _body_problems(body, content_type, "application/json", _error_schema())
         where = f"{method.upper()} {template}" if operation else (f"{method.upper()} on {template}" if template else "a path outside openapi.yaml")
         return [f"status {status} is not documented for {where} (body {body[:200]!r})"]
-    media, schema = documented
-    if not media:
+    medias, schemas = documented
+    if not medias:
         return [f"documented without a body, got {len(body)} bytes: {body[:200]!r}"] if body else []
-    return _body_problems(body, content_type, media, json.loads(schema))
+    schemas = json.loads(schemas)
+    media = content_type.split(";")[0].strip().lower()
+    if media not in schemas:
+        media = medias.split()[0]
+    return _body_problems(body, content_type, media, schemas[media])

@@ -30,12 +30,15 @@ public struct ServerSettings: Sendable {
 
 /// The headers every response carries, whether the router made it or the connection layer below it.
 enum SecurityHeaders {
-    /// helmet's defaults, with a CSP for JSON APIs: nothing may load or frame a response.
+    /// helmet's defaults, with a CSP for JSON APIs: nothing may load or frame a response. A page that set
+    /// its own policy (the web console) keeps it.
     static func apply(to headers: inout HTTPFields, hstsMaxAge: Int?) {
         headers[.xContentTypeOptions] = "nosniff"
         headers[.xFrameOptions] = "DENY"
         headers[.referrerPolicy] = "no-referrer"
-        headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        if headers[.contentSecurityPolicy] == nil {
+            headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        }
         headers[.crossOriginResourcePolicy] = "same-origin"
         headers[.crossOriginOpenerPolicy] = "same-origin"
         headers[.xDNSPrefetchControl] = "off"

@@ -1,0 +1,144 @@
+import CZlib
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// One file of the web console, ready to serve: its bytes, gzipped bytes when that is smaller, and a
+/// strong ETag from its content.
+struct WebAsset: Sendable {
+    let body: ByteBuffer
+    let gzipped: ByteBuffer?
+    let etag: String
+    let contentType: String
+
+    init(path: String, text: String) {
+        let bytes = Array(text.utf8)
+        body = ByteBuffer(bytes: bytes)
+        gzipped = Gzip.compress(bytes).flatMap { $0.count < bytes.count ? ByteBuffer(bytes: $0) : nil }
+        etag = "\"" + Base64.urlEncode(Array(Crypto.sha256(bytes).prefix(18))) + "\""
+        contentType = Self.contentType(of: path)
+    }
+
+    static func contentType(of path: String) -> String {
+        switch path.split(separator: ".").last {
+        case "html": "text/html; charset=utf-8"
+        case "js", "mjs": "text/javascript; charset=utf-8"
+        case "css": "text/css; charset=utf-8"
+        case "svg": "image/svg+xml"
+        case "json", "webmanifest": "application/json; charset=utf-8"
+        default: "text/plain; charset=utf-8"
+        }
+    }
+}
+
+/// The files under `Sources/Service/Web`, embedded at build time, by the path they are served at.
+enum WebAssets {
+    static let all: [String: WebAsset] = Dictionary(
+        uniqueKeysWithValues: EmbeddedWeb.files.map { path, text in ("/" + path, WebAsset(path: path, text: text)) }
+    )
+
+    /// Bytes of every asset together, uncompressed.
+    static var totalBytes: Int { EmbeddedWeb.files.values.reduce(0) { $0 + $1.utf8.count } }
+}
+
+/// The web console: `/` leads to `/console/`, whose files are served from the binary with ETags
+/// (`If-None-Match` answers 304), gzip when the client accepts it, and a Content-Security-Policy of their
+/// own: everything from the server itself, no inline script or style, never framed.
+struct WebController {
+    func addRoutes(to router: Router<ChatRequestContext>) {
+        router.get("/") { _, _ in Self.redirect(to: "/console/") }
+        router.get("console") { request, _ in try Self.serve("/console/index.html", request) }
+        router.get("console/**") { request, context in
+            let path = "/console/" + context.parameters.getCatchAll().joined(separator: "/")
+            return try Self.serve(path.hasSuffix("/") ? path + "index.html" : path, request)
+        }
+    }
+
+    static func redirect(to location: String) -> Response {
+        Response(status: .found, headers: [.location: location, .contentLength: "0"])
+    }
+
+    static func serve(_ path: String, _ request: Request) throws -> Response {
+        guard let asset = WebAssets.all[path] else { throw APIError.notFound("file") }
+        var headers: HTTPFields = [
+            .contentType: asset.contentType, .eTag: asset.etag, .cacheControl: "no-cache", .vary: "Accept-Encoding",
+        ]
+        if asset.contentType.hasPrefix("text/html") { headers[.contentSecurityPolicy] = consolePolicy(host: request.head.authority) }
+        if let tags = request.headers[.ifNoneMatch], matches(tags, asset.etag) {
+            return Response(status: .notModified, headers: headers)
+        }
+        if let gzipped = asset.gzipped, acceptsGzip(request.headers[.acceptEncoding]) {
+            headers[.contentEncoding] = "gzip"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: gzipped))
+        }
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: asset.body))
+    }
+
+    /// The console's policy: scripts, styles, images and connections from this server only (the WebSocket
+    /// at the same host named explicitly, as older browsers do not count it as `'self'`).
+    static func consolePolicy(host: String?) -> String {
+        var connect = "'self'"
+        if let host, !host.isEmpty, host.utf8.allSatisfy({ isHostByte($0) }) { connect += " ws://\(host) wss://\(host)" }
+        return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src \(connect); "
+            + "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    }
+
+    private static func isHostByte(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        case UInt8(ascii: "."), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "["), UInt8(ascii: "]"): true
+        default: false
+        }
+    }
+
+    /// `If-None-Match` (RFC 9110 §13.1.2): `*`, or a list of entity tags compared weakly.
+    static func matches(_ header: String, _ etag: String) -> Bool {
+        header.split(separator: ",").contains { (candidate: Substring) -> Bool in
+            var tag = String(candidate).trimmingWhitespace()
+            if tag == "*" { return true }
+            if tag.hasPrefix("W/") { tag.removeFirst(2) }
+            return tag == etag
+        }
+    }
+
+    /// Whether `Accept-Encoding` allows gzip (RFC 9110 §12.5.3): listed, or `*`, with a weight above 0.
+    static func acceptsGzip(_ header: String?) -> Bool {
+        guard let header else { return false }
+        var gzip: Double?
+        var any: Double?
+        for item in header.split(separator: ",") {
+            let parts = item.split(separator: ";").map { String($0).trimmingWhitespace().lowercased() }
+            guard let coding = parts.first else { continue }
+            var weight = 1.0
+            for parameter in parts.dropFirst() where parameter.hasPrefix("q=") {
+                weight = Double(parameter.dropFirst(2)) ?? 0
+            }
+            if coding == "gzip" || coding == "x-gzip" { gzip = weight } else if coding == "*" { any = weight }
+        }
+        return (gzip ?? any ?? 0) > 0
+    }
+}
+
+/// gzip (RFC 1952) with zlib, at the highest compression: assets are compressed once, at first use.
+enum Gzip {
+    static func compress(_ input: [UInt8]) -> [UInt8]? {
+        var stream = z_stream()
+        // windowBits 15 + 16: a gzip header and trailer around the deflate data (no file name, time 0).
+        guard deflateInit2_(&stream, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 9, Z_DEFAULT_STRATEGY, zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK
+        else { return nil }
+        defer { deflateEnd(&stream) }
+        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, UInt(input.count))) + 64)
+        var input = input
+        let result = input.withUnsafeMutableBufferPointer { source in
+            output.withUnsafeMutableBufferPointer { target in
+                stream.next_in = source.baseAddress
+                stream.avail_in = UInt32(source.count)
+                stream.next_out = target.baseAddress
+                stream.avail_out = UInt32(target.count)
+                return deflate(&stream, Z_FINISH)
+            }
+        }
+        guard result == Z_STREAM_END else { return nil }
+        return Array(output.prefix(Int(stream.total_out)))
+    }
+}

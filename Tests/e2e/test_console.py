@@ -1,0 +1,332 @@
+"""The web console at /console/ in a real browser (Playwright driving Debian's chromium), driven by role and
+accessible name: sign in, sessions, a conversation with an agent whose reply streams in live, reload, sign-out,
+user text shown as text (never as markup), the server's error messages, and no Content-Security-Policy violation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from conftest import PASSWORD, assert_json_error, auth_get, create_session, post_json, register
+from fakes import OpenAIServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+LLM_KEY = "sk-console-test"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
+                                                              "(`make test` installs it)")
+
+# The default agent streams: an OpenAI-compatible fake sends the reply word by word, so the page shows it growing.
+AGENTS_YAML = """\
+default_agent: assistant
+agents:
+  - name: assistant
+    kind: openai
+    base_url: {llm_url}/v1
+    model: test-model
+    api_key_env: LLM_KEY
+    timeout: 10s
+"""
+
+# The build and the tests share two cores with other work: give the page time.
+expect.set_options(timeout=15_000)
+
+
+# Not named `browser`: that name belongs to pytest-playwright's fixture when the plugin is installed.
+@pytest.fixture(scope="module")
+def chromium_browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def llm():
+    fake = OpenAIServer(LLM_KEY, chunk_delay=0.3)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def console_server(start_server, llm, tmp_path):
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS_YAML.format(llm_url=llm.url))
+    return start_server(env={"AGENTS_FILE": str(agents), "LLM_KEY": LLM_KEY})
+
+
+class Watched:
+    """A page whose console messages, uncaught errors and dialogs are recorded."""
+
+    def __init__(self, page: Page, violations: list[str]):
+        self.page = page
+        self.violations = violations  # securitypolicyviolation events, reported by the fixture's init script
+        self.console: list[str] = []
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+        def on_dialog(dialog):
+            self.dialogs.append(f"{dialog.type}: {dialog.message}")
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+
+    def csp_violations(self) -> list[str]:
+        return self.violations + [m for m in self.console if "Content Security Policy" in m or "Refused to" in m]
+
+
+@pytest.fixture
+def watched(chromium_browser):
+    context = chromium_browser.new_context(viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(15_000)
+    # Besides the console messages, the page's own securitypolicyviolation events (whatever their wording); the
+    # init script and the binding come in through the DevTools protocol, which the page's policy does not govern.
+    violations: list[str] = []
+    context.expose_binding("__reportCspViolation", lambda source, text: violations.append(text))
+    context.add_init_script("document.addEventListener('securitypolicyviolation', "
+                            "(e) => window.__reportCspViolation(`${e.violatedDirective} ${e.blockedURI}`));")
+    watched = Watched(context.new_page(), violations)
+    yield watched
+    context.close()
+    # Every test: nothing the page did was refused by the CSP, no script failed, nothing opened a dialog.
+    assert watched.csp_violations() == [], watched.console
+    assert watched.errors == [], watched.errors
+    assert watched.dialogs == [], watched.dialogs
+
+
+def sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def conversation(page: Page):
+    return page.get_by_role("region", name="Conversation")
+
+
+def message_box(page: Page):
+    # exact: a plain "Message" would also match the log labelled "Messages".
+    return page.get_by_label("Message", exact=True)
+
+
+def messages(page: Page):
+    return page.get_by_role("log", name="Messages")
+
+
+def test_sign_in_chat_with_a_streaming_agent_reload_and_sign_out(console_server, watched, tmp_path):
+    page = watched.page
+    user = register(console_server)
+
+    # `/` lands on the console's sign-in form, served under the strict CSP.
+    response = page.goto(console_server.url("/"))
+    assert response is not None and response.ok, response
+    assert page.url == console_server.url("/console/")
+    csp = response.headers.get("content-security-policy", "")
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp, csp
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    sign_in(page, user["user"]["username"])
+    header = page.get_by_role("banner")
+    expect(header.get_by_text(user["user"]["username"], exact=True)).to_be_visible()
+    expect(header.get_by_role("button", name="Sign out")).to_be_visible()
+
+    # A new session shows up in the list and opens.
+    sessions = page.get_by_role("navigation", name="Sessions")
+    page.get_by_role("button", name="New session").click()
+    expect(sessions.get_by_role("link")).to_have_count(1)
+    expect(sessions.get_by_role("link").first).to_have_accessible_name(re.compile(r"Session of .*Active"))
+    expect(message_box(page)).to_be_enabled()
+    expect(conversation(page).get_by_text("Live", exact=True)).to_be_visible()
+
+    # Record what the log shows while the reply streams in (before the final message replaces the draft).
+    page.evaluate("""() => {
+        const log = document.querySelector('[role="log"]');
+        window.__snapshots = [];
+        new MutationObserver(() => window.__snapshots.push(log.innerText))
+            .observe(log, {childList: true, subtree: true, characterData: true});
+    }""")
+    message_box(page).fill("hello from the console")
+    message_box(page).press("Enter")
+    log = messages(page)
+    expect(log.get_by_text("hello from the console", exact=True)).to_be_visible()
+    expect(message_box(page)).to_have_value("")
+
+    expect(page.get_by_text("Agent is typing…")).to_be_visible()
+    reply = "Echoing: hello from the console"
+    expect(log.get_by_text(reply, exact=True)).to_be_visible()
+    expect(log.get_by_role("article")).to_have_count(2)  # the draft was replaced, not kept beside the reply
+    expect(log.get_by_role("article").last).to_contain_text("Agent (assistant)")
+    expect(page.get_by_text("Agent is typing…")).to_have_count(0)
+    snapshots = page.evaluate("window.__snapshots")
+    partial = [s for s in snapshots if "Echoing:" in s and reply not in s]
+    assert partial, f"the reply never showed while it streamed: {snapshots}"
+
+    page.screenshot(path=str(tmp_path / "console-chat.png"), full_page=True)
+
+    # A reload keeps the sign-in (the refresh token is in sessionStorage) and the open session with its history.
+    page.reload()
+    expect(header.get_by_text(user["user"]["username"], exact=True)).to_be_visible()
+    expect(log.get_by_role("article")).to_have_count(2)
+    expect(log.get_by_text("hello from the console", exact=True)).to_be_visible()
+    expect(log.get_by_text(reply, exact=True)).to_be_visible()
+    expect(sessions.get_by_role("link")).to_have_count(1)
+
+    # Sign out: back at the form, and the refresh token this tab held is dead on the server too.
+    refresh_token = page.evaluate("() => Object.values(sessionStorage)[0]")
+    assert refresh_token, "no refresh token in sessionStorage"
+    header.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    expect(page.get_by_label("Username")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Sessions")).to_have_count(0)
+    assert page.evaluate("() => sessionStorage.length") == 0
+    assert_json_error(post_json(console_server.url("/auth/refresh"), {"refreshToken": refresh_token}), 401,
+                      "invalid_refresh_token")
+    # And a reload stays signed out.
+    page.reload()
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+
+
+def test_short_lived_tokens_are_refreshed_and_the_live_connection_follows(start_server, llm, tmp_path, watched):
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS_YAML.format(llm_url=llm.url))
+    server = start_server(env={"AGENTS_FILE": str(agents), "LLM_KEY": LLM_KEY, "JWT_ACCESS_TTL": "6s"})
+    page = watched.page
+    user = register(server)
+
+    page.goto(server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("button", name="New session").click()
+    expect(conversation(page).get_by_text("Live", exact=True)).to_be_visible()
+    first_refresh_token = page.evaluate("() => Object.values(sessionStorage)[0]")
+
+    # Past the first access token's expiry: the console refreshed before it ran out and replaced its /ws
+    # connection (which the server would otherwise close with token_expired).
+    page.wait_for_timeout(9_000)
+    assert page.evaluate("() => Object.values(sessionStorage)[0]") not in (None, first_refresh_token)
+    message_box(page).fill("still here?")
+    page.get_by_role("button", name="Send").click()
+    log = messages(page)
+    expect(log.get_by_text("still here?", exact=True)).to_be_visible()
+    expect(log.get_by_text("Echoing: still here?", exact=True)).to_be_visible()
+    expect(conversation(page).get_by_text("Live", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+def test_an_expired_session_shows_the_servers_answer_and_can_be_resumed(start_server, watched):
+    server = start_server(env={"SESSION_TTL": "3s"})
+    page = watched.page
+    user = register(server)
+
+    page.goto(server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("button", name="New session").click()
+    expect(message_box(page)).to_be_enabled()
+    session_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_timeout(3_500)
+
+    message_box(page).fill("are you still there?")
+    page.get_by_role("button", name="Send").click()
+    error = assert_json_error(post_json(server.url(f"/api/sessions/{session_id}/messages"), {"content": "x"},
+                                        token=user["accessToken"]), 410, "session_expired")
+    expect(conversation(page).get_by_role("alert")).to_have_text(error["message"])
+    expect(message_box(page)).to_have_value("are you still there?")  # nothing typed is lost
+
+    page.get_by_role("button", name="Resume").click()
+    expect(page.get_by_role("button", name="Resume")).to_have_count(0)
+    expect(message_box(page)).to_be_enabled()
+    page.get_by_role("button", name="Send").click()
+    expect(messages(page).get_by_text("are you still there?", exact=True)).to_be_visible()
+
+
+def test_a_long_history_pages_back_and_a_link_opens_its_session(server, watched):
+    page = watched.page
+    user = register(server)
+    token = user["accessToken"]
+    session_id = create_session(server, token)["sessionId"]
+    for i in range(60):
+        r = post_json(server.url(f"/api/sessions/{session_id}/messages"), {"content": f"message {i:02d}"}, token=token)
+        assert r.status_code == 201, r.text
+
+    # A link to the session survives the sign-in form.
+    page.goto(server.url(f"/console/#/sessions/{session_id}"))
+    sign_in(page, user["user"]["username"])
+    log = messages(page)
+    expect(log.get_by_role("article")).to_have_count(50)  # the newest page
+    expect(log.get_by_text("message 59", exact=True)).to_be_visible()
+    expect(log.get_by_text("message 09", exact=True)).to_have_count(0)
+    page.get_by_role("button", name="Load earlier messages").click()
+    expect(log.get_by_role("article")).to_have_count(60)
+    expect(log.get_by_text("message 00", exact=True)).to_be_visible()
+    expect(page.get_by_role("button", name="Load earlier messages")).to_have_count(0)
+
+    # Shift+Enter is a new line, Enter sends.
+    box = message_box(page)
+    box.fill("line one")
+    box.press("Shift+Enter")
+    box.press_sequentially("line two")
+    box.press("Enter")
+    expect(log.get_by_role("article")).to_have_count(61)
+    r = auth_get(server.url(f"/api/sessions/{session_id}/messages?limit=1&before=ffffffff-ffff-ffff-ffff-ffffffffffff"), token)
+    assert r.json()["messages"][0]["content"] == "line one\nline two"
+
+    # Resolve ends the session: no more writing.
+    page.get_by_role("button", name="Resolve").click()
+    expect(page.get_by_role("button", name="Resolve")).to_be_disabled()
+    expect(box).to_be_disabled()
+    expect(page.get_by_role("navigation", name="Sessions").get_by_role("link")).to_have_accessible_name(re.compile("Resolved"))
+    assert auth_get(server.url(f"/api/sessions/{session_id}"), token).json()["isResolved"] is True
+
+
+def test_markup_in_messages_is_shown_as_text(console_server, watched):
+    page = watched.page
+    user = register(console_server)
+    payload = "<img src=x onerror=alert(1)><script>window.__xss=1</script><b>bold</b>"
+
+    page.goto(console_server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("button", name="New session").click()
+    message_box(page).fill(payload)
+    page.get_by_role("button", name="Send").click()
+
+    log = messages(page)
+    expect(log.get_by_text(payload, exact=True)).to_be_visible()
+    # The agent echoes it back, streamed: the deltas are text too.
+    expect(log.get_by_text("Echoing: " + payload, exact=True)).to_be_visible()
+    assert log.locator("b, img, script").count() == 0
+    assert page.evaluate("() => window.__xss") is None
+    assert watched.dialogs == []
+
+
+def test_wrong_password_shows_the_servers_message(console_server, watched):
+    page = watched.page
+    user = register(console_server)
+    error = assert_json_error(post_json(console_server.url("/auth/login"),
+                                        {"username": user["user"]["username"], "password": "not-the-password"}),
+                              401, "invalid_credentials")
+
+    page.goto(console_server.url("/console/"))
+    page.get_by_label("Username").fill(user["user"]["username"])
+    page.get_by_label("Password").fill("not-the-password")
+    page.get_by_label("Password").press("Enter")  # the keyboard submits the form too
+    expect(page.get_by_role("alert")).to_have_text(error["message"])
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+
+
+def test_pages_load_without_csp_violations(console_server, watched):
+    page = watched.page
+    for path in ("/", "/console/", "/console/index.html"):
+        response = page.goto(console_server.url(path))
+        assert response is not None and response.ok, (path, response)
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    # Every asset the page uses came from the server under the same policy.
+    for asset in ("/console/app.js", "/console/api.js", "/console/realtime.js", "/console/chat.js",
+                  "/console/signin.js", "/console/console.css"):
+        response = page.request.get(console_server.url(asset))
+        assert response.ok, (asset, response.status)
+    assert watched.csp_violations() == [], watched.console
