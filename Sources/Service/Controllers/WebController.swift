@@ -46,6 +46,8 @@ enum WebAssets {
 /// own: everything from the server itself, no inline script or style, never framed.
 struct WebController {
     func addRoutes(to router: Router<ChatRequestContext>) {
+        // Compressed and hashed now, at start, not on an event loop by the first request.
+        _ = WebAssets.all
         router.get("/") { _, _ in Self.redirect(to: "/console/") }
         router.get("console") { request, _ in try Self.serve("/console/index.html", request) }
         router.get("console/**") { request, context in
@@ -119,7 +121,7 @@ struct WebController {
     }
 }
 
-/// gzip (RFC 1952) with zlib, at the highest compression: assets are compressed once, at first use.
+/// gzip (RFC 1952) with zlib, at the highest compression: assets are compressed once, when the routes are built.
 enum Gzip {
     static func compress(_ input: [UInt8]) -> [UInt8]? {
         var stream = z_stream()

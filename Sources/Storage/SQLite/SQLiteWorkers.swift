@@ -124,8 +124,7 @@ final class SQLiteWriter: Sendable {
     }
 
     private func finish(_ batch: [any WriteJob], commitError: (any Error)?) {
-        let commitError = commitError.map(UnsafeTransfer.init)
-        CallerLoops.resume(batch, loop: \.loop) { $0.finish(commitError: commitError?.value) }
+        CallerLoops.resume(batch, loop: \.loop) { $0.finish(commitError: commitError) }
     }
 
     /// Remembers a write that failed for want of space, permission or I/O, for the health check.
