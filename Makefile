@@ -73,13 +73,13 @@ deb-deps: deps
 deb: deb-deps
 	packaging/build-deb.sh
 
-# SwiftPM's build directory for the package (packaging/debian/rules, SCRATCH).
-DEB_SCRATCH := /var/tmp/chat-backend-deb-build
+# Where the package is built: a copy of the sources and SwiftPM's build directory (packaging/build-deb.sh).
+DEB_ROOT := /var/tmp/chat-backend-deb
 
-# Builds the package twice, the second time from scratch in another directory, and checks that the
-# two .deb files are identical (README, "Verifying a package"). Takes two full release builds.
+# Builds the package twice, the second time from scratch (a fresh copy of the sources, an empty
+# build directory), and checks that the two .deb files are identical (README, "Verifying a package"). Takes two full release builds.
 check-reproducible: deb
-	rm -rf packaging/out/again $(DEB_SCRATCH)
+	rm -rf packaging/out/again $(DEB_ROOT)
 	CHAT_DEB_OUT=packaging/out/again packaging/build-deb.sh
 	@deb=chat-backend_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb; \
 	sha256sum packaging/out/$$deb packaging/out/again/$$deb; \
@@ -105,4 +105,4 @@ profile: release test-deps
 	CHAT_BACKEND_BIN=$(abspath $(RELEASE_BIN)) $(VENV)/bin/python scripts/profile.py
 
 clean:
-	rm -rf $(BUILD_DIR) $(VENV) $(DEB_SCRATCH)
+	rm -rf $(BUILD_DIR) $(VENV) $(DEB_ROOT)
