@@ -382,6 +382,13 @@ struct Copy: AsyncParsableCommand {
             messageCursor = last.id
             copied += messages.count
         }
+        var readCursor: UUID?
+        while true {
+            let reads = try await source.exportSessionReads(after: readCursor, limit: batchSize)
+            guard let last = reads.last else { break }
+            try await target.importRecords(RecordBatch(sessionReads: reads))
+            readCursor = last.sessionId
+        }
         let after = try await target.recordCounts()
         let complete = before.isEmpty
             ? after == expected

@@ -30,6 +30,16 @@ public protocol ChatStore: Sendable {
     func user(id: UUID) async throws -> User?
     /// The user with this username, compared case-insensitively.
     func user(username: String) async throws -> User?
+    /// Users whose username or email contains `search` (any case), with `role`, newest first.
+    func users(_ query: UserQuery) async throws -> UserPage
+    /// Changes a user's role, disabled state or password hash; the user as it is now, nil when there is none.
+    func updateUser(id: UUID, _ change: UserChange, now: Date) async throws -> User?
+    /// Revokes every login (refresh-token family) of a user that is not revoked yet, and returns them, so
+    /// that their access tokens and realtime connections stop working on every instance.
+    func revokeLogins(userId: UUID, now: Date) async throws -> [UUID]
+    /// Deletes a user, their sessions with every message in them, their tokens and read markers; sessions
+    /// they had claimed wait for a person again. False when there is no such user.
+    func deleteUser(id: UUID, now: Date) async throws -> Bool
 
     // MARK: Tokens
 
@@ -90,6 +100,14 @@ public protocol ChatStore: Sendable {
     /// One message of a session.
     func message(sessionId: UUID, id: UUID) async throws -> ChatMessage?
 
+    // MARK: Read state
+
+    /// Marks `sessionId` read by `userId` up to message `messageId` (which must be in the session). Read
+    /// state never moves backwards: an older message leaves it where it is.
+    func markRead(sessionId: UUID, userId: UUID, messageId: UUID, now: Date) async throws -> ReadOutcome
+    /// Per session, the messages `reader` has not read that someone else wrote (sessions without any are left out).
+    func unreadCounts(sessionIds: [UUID], reader: UUID) async throws -> [UUID: Int]
+
     /// Counts from the `session_statistics` view.
     func statistics() async throws -> SessionStatistics
 
@@ -107,6 +125,8 @@ public protocol ChatStore: Sendable {
     func exportRefreshTokens(after: UUID?, limit: Int) async throws -> [RefreshTokenRecord]
     /// Every revoked access token id.
     func exportRevokedAccessTokens() async throws -> [RevokedAccessToken]
+    /// The read markers of up to `limit` sessions with ids greater than `after`, in session id order.
+    func exportSessionReads(after: UUID?, limit: Int) async throws -> [SessionRead]
     /// Inserts records as they are, in one transaction; a record whose id exists already is skipped.
     func importRecords(_ batch: RecordBatch) async throws
 

@@ -20,8 +20,12 @@ public struct User: Sendable, Equatable {
     public var role: Role
     public var createdAt: Date
     public var updatedAt: Date
+    /// Set while an admin has disabled the account: it cannot sign in.
+    public var disabledAt: Date?
 
-    public init(id: UUID, username: String, email: String?, passwordHash: String, role: Role, createdAt: Date, updatedAt: Date) {
+    public init(
+        id: UUID, username: String, email: String?, passwordHash: String, role: Role, createdAt: Date, updatedAt: Date, disabledAt: Date? = nil
+    ) {
         self.id = id
         self.username = username
         self.email = email
@@ -29,6 +33,47 @@ public struct User: Sendable, Equatable {
         self.role = role
         self.createdAt = createdAt
         self.updatedAt = updatedAt
+        self.disabledAt = disabledAt
+    }
+}
+
+/// Filter and page for listing users (admins).
+public struct UserQuery: Sendable, Equatable {
+    /// Part of the username or email, any case.
+    public var search: String?
+    public var role: Role?
+    public var limit: Int
+    public var offset: Int
+
+    public init(search: String? = nil, role: Role? = nil, limit: Int = 50, offset: Int = 0) {
+        self.search = search
+        self.role = role
+        self.limit = limit
+        self.offset = offset
+    }
+}
+
+/// A page of users, and how many match the filter.
+public struct UserPage: Sendable, Equatable {
+    public var users: [User]
+    public var total: Int
+
+    public init(users: [User], total: Int) {
+        self.users = users
+        self.total = total
+    }
+}
+
+/// What an admin changes in an account; nil leaves a field as it is.
+public struct UserChange: Sendable, Equatable {
+    public var role: Role?
+    public var disabled: Bool?
+    public var passwordHash: String?
+
+    public init(role: Role? = nil, disabled: Bool? = nil, passwordHash: String? = nil) {
+        self.role = role
+        self.disabled = disabled
+        self.passwordHash = passwordHash
     }
 }
 
@@ -230,6 +275,29 @@ public enum ResumeOutcome: Sendable, Equatable {
     case resolved
 }
 
+/// How far one reader has read a session: the newest message they have seen.
+public struct SessionRead: Sendable, Equatable {
+    public var sessionId: UUID
+    public var userId: UUID
+    public var lastReadId: UUID
+    public var readAt: Date
+
+    public init(sessionId: UUID, userId: UUID, lastReadId: UUID, readAt: Date) {
+        self.sessionId = sessionId
+        self.userId = userId
+        self.lastReadId = lastReadId
+        self.readAt = readAt
+    }
+}
+
+/// Outcome of marking a session read up to a message.
+public enum ReadOutcome: Sendable, Equatable {
+    /// The reader's read state as it is now: never moved backwards, so it may be later than the message given.
+    case read(SessionRead)
+    /// No such message in the session.
+    case messageNotFound
+}
+
 /// Outcome of a human agent taking a handed-off session.
 public enum ClaimOutcome: Sendable, Equatable {
     case claimed(ChatSession)
@@ -267,19 +335,21 @@ public struct RecordCounts: Sendable, Equatable, CustomStringConvertible {
     public var messages = 0
     public var refreshTokens = 0
     public var revokedAccessTokens = 0
+    public var sessionReads = 0
 
-    public init(users: Int = 0, sessions: Int = 0, messages: Int = 0, refreshTokens: Int = 0, revokedAccessTokens: Int = 0) {
+    public init(users: Int = 0, sessions: Int = 0, messages: Int = 0, refreshTokens: Int = 0, revokedAccessTokens: Int = 0, sessionReads: Int = 0) {
         self.users = users
         self.sessions = sessions
         self.messages = messages
         self.refreshTokens = refreshTokens
         self.revokedAccessTokens = revokedAccessTokens
+        self.sessionReads = sessionReads
     }
 
     public var isEmpty: Bool { self == RecordCounts() }
 
     public var description: String {
-        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens"
+        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens, \(sessionReads) read markers"
     }
 }
 
@@ -290,12 +360,17 @@ public struct RecordBatch: Sendable {
     public var messages: [ChatMessage] = []
     public var refreshTokens: [RefreshTokenRecord] = []
     public var revokedAccessTokens: [RevokedAccessToken] = []
+    public var sessionReads: [SessionRead] = []
 
-    public init(users: [User] = [], sessions: [ChatSession] = [], messages: [ChatMessage] = [], refreshTokens: [RefreshTokenRecord] = [], revokedAccessTokens: [RevokedAccessToken] = []) {
+    public init(
+        users: [User] = [], sessions: [ChatSession] = [], messages: [ChatMessage] = [], refreshTokens: [RefreshTokenRecord] = [],
+        revokedAccessTokens: [RevokedAccessToken] = [], sessionReads: [SessionRead] = []
+    ) {
         self.users = users
         self.sessions = sessions
         self.messages = messages
         self.refreshTokens = refreshTokens
         self.revokedAccessTokens = revokedAccessTokens
+        self.sessionReads = sessionReads
     }
 }

@@ -14,7 +14,8 @@ struct StoreContractTests {
         let first = try await fixture.open()
         let status = try await first.migrationStatus()
         await first.close()
-        #expect(status.map(\.version) == Array(1...9))
+        #expect(status.map(\.version) == MigrationSet.sqlite.migrations.map(\.version))
+        #expect(status.map(\.version) == Array(1...status.count))
         #expect(status.allSatisfy { $0.appliedAt != nil })
         let second = try await fixture.open()
         #expect(try await second.migrationStatus() == status)
@@ -42,6 +43,72 @@ struct StoreContractTests {
             #expect(try await store.user(username: "bob") == nil)
             let error = await #expect(throws: StoreError.self) { try await store.createUser(Make.user("ALICE")) }
             #expect(error?.kind == .conflict)
+        }
+    }
+
+    @Test("accounts: search and page, change role, disable, revoke logins, delete with their data", arguments: backends)
+    func accounts(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let names = ["carol_1", "Carla", "dave", "100%_real", "caRl.x"]
+            for (i, name) in names.enumerated() {
+                var user = Make.user(name)
+                user.createdAt = user.createdAt.addingTimeInterval(Double(i))
+                try await store.createUser(user)
+            }
+            // Newest first.
+            let all = try await store.users(UserQuery(limit: 100))
+            #expect(all.users.map(\.username) == names.reversed() && all.total == 5)
+            // A substring of the username, any case; % and _ are plain characters.
+            #expect(try await store.users(UserQuery(search: "CAR")).users.map(\.username) == ["caRl.x", "Carla", "carol_1"])
+            #expect(try await store.users(UserQuery(search: "%_")).users.map(\.username) == ["100%_real"])
+            #expect(try await store.users(UserQuery(search: "l_")).users.map(\.username) == ["carol_1"])
+            let paged = try await store.users(UserQuery(search: "a", limit: 2, offset: 2))
+            #expect(paged.total == 5 && paged.users.map(\.username) == ["dave", "Carla"])
+
+            let dave = try #require(try await store.user(username: "dave"))
+            let now = Timestamp.now()
+            let staff = try #require(try await store.updateUser(id: dave.id, UserChange(role: .agent), now: now))
+            #expect(staff.role == .agent && staff.disabledAt == nil && staff.passwordHash == dave.passwordHash)
+            #expect(try await store.users(UserQuery(role: .agent)).users.map(\.id) == [dave.id])
+            let disabled = try #require(try await store.updateUser(id: dave.id, UserChange(disabled: true), now: now))
+            #expect(disabled.disabledAt == now && disabled.role == .agent)
+            // Disabling again keeps the first time; enabling clears it; a new password hash is stored.
+            #expect(try await store.updateUser(id: dave.id, UserChange(disabled: true), now: now.addingTimeInterval(5))?.disabledAt == now)
+            let enabled = try #require(try await store.updateUser(id: dave.id, UserChange(disabled: false, passwordHash: "$scrypt$new"), now: now))
+            #expect(enabled.disabledAt == nil && enabled.passwordHash == "$scrypt$new")
+            #expect(try await store.updateUser(id: UUID(), UserChange(role: .admin), now: now) == nil)
+
+            // Two logins of dave, one of them already signed out: revoking returns the other one only.
+            let (first, second) = (UUID(), UUID())
+            for (family, hash) in [(first, "a"), (second, "b")] {
+                try await store.insertRefreshToken(RefreshTokenRecord(
+                    id: UUID(), userId: dave.id, familyId: family, tokenHash: String(repeating: hash, count: 64), expiresAt: now.addingTimeInterval(60), createdAt: now
+                ))
+            }
+            try await store.revokeRefreshFamily(first, now: now)
+            #expect(try await store.revokeLogins(userId: dave.id, now: now) == [second])
+            #expect(try await store.isRefreshFamilyRevoked(second))
+            #expect(try await store.revokeLogins(userId: dave.id, now: now) == [])
+
+            // Deleting dave deletes his sessions and their messages; a session he had claimed waits again.
+            let owner = try #require(try await store.user(username: "Carla"))
+            let his = Make.session(userId: dave.id)
+            let theirs = Make.session(userId: owner.id)
+            try await store.createSession(his)
+            try await store.createSession(theirs)
+            try await store.appendMessage(Make.message(his.id, userId: dave.id), now: now).expectCreated()
+            _ = try await store.requestHandoff(sessionId: theirs.id, now: now)
+            _ = try await store.claimHandoff(sessionId: theirs.id, assignee: dave.id, now: now)
+            let before = try await store.recordCounts()
+            #expect(try await store.deleteUser(id: dave.id, now: now))
+            #expect(try await store.user(id: dave.id) == nil)
+            #expect(try await store.session(id: his.id) == nil)
+            let after = try await store.recordCounts()
+            #expect(after.users == before.users - 1 && after.sessions == before.sessions - 1 && after.messages == before.messages - 1)
+            #expect(after.refreshTokens == before.refreshTokens - 2)
+            let waiting = try #require(try await store.session(id: theirs.id))
+            #expect(waiting.handoff == .waiting && waiting.assigneeId == nil)
+            #expect(try await store.deleteUser(id: dave.id, now: now) == false)
         }
     }
 
@@ -311,6 +378,58 @@ struct StoreContractTests {
         }
     }
 
+    @Test("read state: unread counts others' messages after the marker, which never moves back", arguments: backends)
+    func readState(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let (owner, staff) = (Make.user(), Make.user(role: .agent))
+            try await store.createUser(owner)
+            try await store.createUser(staff)
+            let session = Make.session(userId: owner.id)
+            let other = Make.session(userId: owner.id)
+            try await store.createSession(session)
+            try await store.createSession(other)
+            func append(_ user: UUID?, in id: UUID = session.id) async throws -> ChatMessage {
+                guard case .created(let m) = try await store.appendMessage(Make.message(id, userId: user), now: Timestamp.now()) else {
+                    throw StoreError(.failed, "append failed")
+                }
+                return m
+            }
+            let first = try await append(owner.id)
+            let reply = try await append(staff.id)
+            let bot = try await append(nil)
+            _ = try await append(owner.id, in: other.id)
+            // Nothing read yet: the owner has two unread (staff and agent), the staff member two (owner and agent).
+            #expect(try await store.unreadCounts(sessionIds: [session.id, other.id], reader: owner.id) == [session.id: 2])
+            #expect(try await store.unreadCounts(sessionIds: [session.id, other.id], reader: staff.id) == [session.id: 2, other.id: 1])
+            #expect(try await store.unreadCounts(sessionIds: [], reader: owner.id) == [:])
+
+            guard case .read(let read) = try await store.markRead(sessionId: session.id, userId: owner.id, messageId: reply.id, now: Timestamp.now()) else {
+                Issue.record("markRead failed")
+                return
+            }
+            #expect(read.lastReadId == reply.id && read.userId == owner.id)
+            #expect(try await store.unreadCounts(sessionIds: [session.id], reader: owner.id) == [session.id: 1])
+            // An older message leaves the marker where it is.
+            if case .read(let kept) = try await store.markRead(sessionId: session.id, userId: owner.id, messageId: first.id, now: Timestamp.now()) {
+                #expect(kept.lastReadId == reply.id)
+            } else {
+                Issue.record("markRead of an older message failed")
+            }
+            _ = try await store.markRead(sessionId: session.id, userId: owner.id, messageId: bot.id, now: Timestamp.now())
+            #expect(try await store.unreadCounts(sessionIds: [session.id], reader: owner.id) == [:])
+            // Another reader's marker is their own.
+            #expect(try await store.unreadCounts(sessionIds: [session.id], reader: staff.id) == [session.id: 2])
+            // A message of another session, or none at all, is refused.
+            let foreign = try await append(owner.id, in: other.id)
+            #expect(try await store.markRead(sessionId: session.id, userId: owner.id, messageId: foreign.id, now: Timestamp.now()) == .messageNotFound)
+            #expect(try await store.markRead(sessionId: session.id, userId: owner.id, messageId: UUID(), now: Timestamp.now()) == .messageNotFound)
+            // Deleting the session deletes its markers.
+            #expect(try await store.recordCounts().sessionReads == 1)
+            #expect(try await store.deleteSession(id: session.id))
+            #expect(try await store.recordCounts().sessionReads == 0)
+        }
+    }
+
     @Test("statistics count users, sessions by state and messages", arguments: backends)
     func statistics(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, _ in
@@ -372,10 +491,27 @@ struct StoreContractTests {
             try await source.createSession(Make.session(userId: user.id))
             #expect(try await source.handoffs(assignee: nil, limit: 1).count == 1)
 
+            // Read markers of two sessions by two readers, exported a session at a time.
+            let messages = try await source.exportMessages(after: nil, limit: 100)
+            let second = Make.session(userId: user.id)
+            try await source.createSession(second)
+            try await source.appendMessage(Make.message(second.id, userId: nil), now: now).expectCreated()
+            let secondMessage = try await source.messages(MessageQuery(sessionId: second.id, limit: 1)).messages[0]
+            let reader = Make.user()
+            try await source.createUser(reader)
+            for (s, m) in [(session.id, messages[0].id), (second.id, secondMessage.id)] {
+                for u in [user.id, reader.id] { _ = try await source.markRead(sessionId: s, userId: u, messageId: m, now: now) }
+            }
+            let firstPage = try await source.exportSessionReads(after: nil, limit: 1)
+            #expect(firstPage.count == 2 && Set(firstPage.map(\.sessionId)).count == 1)
+            let secondPage = try await source.exportSessionReads(after: firstPage[0].sessionId, limit: 1)
+            #expect(secondPage.count == 2 && secondPage[0].sessionId != firstPage[0].sessionId)
+            #expect(try await source.exportSessionReads(after: secondPage[0].sessionId, limit: 1).isEmpty)
+
             let batch = RecordBatch(
                 users: try await source.exportUsers(after: nil, limit: 100), sessions: try await source.exportSessions(after: nil, limit: 100),
                 messages: try await source.exportMessages(after: nil, limit: 100), refreshTokens: try await source.exportRefreshTokens(after: nil, limit: 100),
-                revokedAccessTokens: try await source.exportRevokedAccessTokens()
+                revokedAccessTokens: try await source.exportRevokedAccessTokens(), sessionReads: firstPage + secondPage
             )
             try await withStore(make) { target, _ in
                 try await target.importRecords(batch)
@@ -386,6 +522,9 @@ struct StoreContractTests {
                 #expect(try await target.exportMessages(after: nil, limit: 100) == batch.messages)
                 #expect(try await target.exportRefreshTokens(after: nil, limit: 100) == [token])
                 #expect(try await target.exportRevokedAccessTokens() == batch.revokedAccessTokens)
+                #expect(try await target.exportSessionReads(after: nil, limit: 100) == batch.sessionReads.sorted {
+                    ($0.sessionId.lowercased, $0.userId.lowercased) < ($1.sessionId.lowercased, $1.userId.lowercased)
+                })
                 #expect(try await target.session(id: session.id) == (try await source.session(id: session.id)))
             }
         }

@@ -375,3 +375,18 @@ def assert_json_error(r: requests.Response, status: int, code: str | None = None
     if code is not None:
         assert error["code"] == code, error
     return error
+
+
+def closed_code(ws, within: float = 3.0):
+    """The close code of a (websockets sync) connection the server closes within `within` seconds, else None;
+    whatever arrives before the close is read and dropped."""
+    from websockets.exceptions import ConnectionClosed
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            ws.recv(timeout=max(0.05, deadline - time.monotonic()))
+    except TimeoutError:
+        return None
+    except ConnectionClosed:
+        return ws.protocol.close_code
+    return None

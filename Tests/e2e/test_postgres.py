@@ -8,8 +8,8 @@ import time
 
 import requests
 
-from conftest import (MIGRATION_COUNT, PASSWORD, assert_json_error, auth_get, create_session, pg_control, post_json, psql, register,
-                      run_cli, base_env)
+from conftest import (MIGRATION_COUNT, PASSWORD, assert_json_error, auth_get, closed_code, create_session, pg_control, post_json, psql,
+                      register, run_cli, base_env)
 
 
 def test_check_config_reports_server_version_and_migrations(bin_path, tmp_path, pg_url):
@@ -197,7 +197,6 @@ def test_revocations_on_one_instance_close_connections_on_the_other(start_server
     waiting for its cache; a reused refresh token on A ends that other login's connections on B too."""
     import contextlib
     import json
-    from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     a = start_server(name="a", database_url=pg_url)
@@ -213,17 +212,6 @@ def test_revocations_on_one_instance_close_connections_on_the_other(start_server
         ws.send(json.dumps({"type": "join", "sessionId": create_session(b, token)["sessionId"], "id": 1}))
         assert json.loads(ws.recv(timeout=5))["type"] == "ack"
         return ws
-
-    def closed_code(ws, within=3.0):
-        deadline = time.monotonic() + within
-        try:
-            while time.monotonic() < deadline:
-                ws.recv(timeout=max(0.05, deadline - time.monotonic()))
-        except TimeoutError:
-            return None
-        except ConnectionClosed:
-            return ws.protocol.close_code
-        return None
 
     ws_first, ws_second, ws_other = open_ws(first["accessToken"]), open_ws(second["accessToken"]), open_ws(other["accessToken"])
     try:

@@ -70,6 +70,7 @@ final class TokenService: Sendable {
         switch try await store.rotateRefreshToken(hash: Self.hash(token), replacement: replacement, now: now) {
         case .rotated(let userId, let familyId):
             guard let user = try await store.user(id: userId) else { throw Self.refreshRefused("the user no longer exists") }
+            guard user.disabledAt == nil else { throw Self.refreshRefused("this account is disabled") }
             return (user, TokenPair(accessToken: accessToken(userId: user.id, role: user.role, family: familyId, now: now), refreshToken: refresh, expiresIn: accessTTL))
         case .reused(let familyId):
             markRevoked(jti: nil, family: familyId)
@@ -91,6 +92,15 @@ final class TokenService: Sendable {
         revocations.set("jti:" + claims.jti, (true, Double(claims.expiresAt)))
         if let family = claims.family { revocations.set("fid:" + family.lowercased, (true, Date().timeIntervalSince1970 + Double(accessTTL))) }
         onRevoke(claims.jti, claims.family)
+    }
+
+    /// Ends every login of a user (an admin disabled, demoted or deleted the account, or reset its password):
+    /// their access tokens are refused and their realtime connections closed, here and on other instances.
+    func revokeLogins(userId: UUID) async throws {
+        for family in try await store.revokeLogins(userId: userId, now: Timestamp.now()) {
+            markRevoked(jti: nil, family: family)
+            onRevoke(nil, family)
+        }
     }
 
     /// Verifies an `Authorization` header value and that the token is not revoked.

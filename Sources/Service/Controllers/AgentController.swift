@@ -39,7 +39,10 @@ struct AgentController {
         let limit = try query.int("limit", default: 50, range: Limits.sessionPageLimit)
         let sessions = try await store.handoffs(assignee: context.isAdmin ? nil : context.userId, limit: limit)
         let now = Date()
-        return JSONResponse.make(.ok, API.HandoffList(sessions: sessions.map { API.Session($0, now: now) }), capacity: 512 + 500 * sessions.count)
+        let unread = try await store.unreadCounts(sessionIds: sessions.map(\.id), reader: context.userId)
+        return JSONResponse.make(
+            .ok, API.HandoffList(sessions: sessions.map { API.Session($0, now: now, unread: unread[$0.id] ?? 0) }), capacity: 512 + 500 * sessions.count
+        )
     }
 
     /// Takes a waiting session: its messages can then be read and answered by the caller.

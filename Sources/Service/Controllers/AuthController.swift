@@ -65,20 +65,26 @@ struct AuthController {
         }
     }
 
-    @Sendable func register(_ request: Request, context: ChatRequestContext) async throws -> Response {
-        try limitClient(context)
-        let body = try await API.RegisterRequest.decode(request, maxBytes: maxBodyBytes)
-        if try await store.user(username: body.username) != nil { throw Self.usernameTaken }
+    /// Stores a new account; a username taken in any case is a 409 (checked first, so no password is hashed for it).
+    static func createAccount(_ account: API.RegisterRequest, role: Role, store: any ChatStore, hasher: PasswordHasher) async throws -> User {
+        if try await store.user(username: account.username) != nil { throw usernameTaken }
         let now = Timestamp.now()
         let user = User(
-            id: UUID(), username: body.username, email: body.email, passwordHash: try await hasher.hash(body.password), role: .user,
+            id: UUID(), username: account.username, email: account.email, passwordHash: try await hasher.hash(account.password), role: role,
             createdAt: now, updatedAt: now
         )
         do {
             try await store.createUser(user)
         } catch let error as StoreError where error.kind == .conflict {
-            throw Self.usernameTaken
+            throw usernameTaken
         }
+        return user
+    }
+
+    @Sendable func register(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        try limitClient(context)
+        let body = try await API.RegisterRequest.decode(request, maxBytes: maxBodyBytes)
+        let user = try await Self.createAccount(body, role: .user, store: store, hasher: hasher)
         context.logger.info("user registered", metadata: ["user_id": .string(user.id.lowercased)])
         return try await tokenResponse(.created, user: user, pair: tokens.issue(for: user))
     }
@@ -98,6 +104,10 @@ struct AuthController {
             throw Self.badCredentials
         }
         failures?.succeeded()
+        // Said only to whoever knows the password.
+        guard user.disabledAt == nil else {
+            throw APIError(.forbidden, code: "account_disabled", message: "this account is disabled; ask an administrator")
+        }
         return try await tokenResponse(.ok, user: user, pair: tokens.issue(for: user))
     }
 

@@ -24,6 +24,7 @@ struct SessionController {
         api.post("sessions/:sessionId/messages", use: sendMessage)
         api.get("sessions/:sessionId/messages", use: listMessages)
         api.get("sessions/:sessionId/messages/:messageId", use: getMessage)
+        api.post("sessions/:sessionId/read", use: markRead)
         api.get("users/:userId/sessions", use: listForUser)
     }
 
@@ -145,8 +146,24 @@ struct SessionController {
             userId: userId, state: try query.oneOf("state", SessionState.self), isResolved: try query.bool("resolved"), limit: limit, offset: offset
         ))
         let now = Date()
+        let unread = try await store.unreadCounts(sessionIds: page.sessions.map(\.id), reader: context.userId)
         return JSONResponse.make(.ok, API.SessionList(
-            sessions: page.sessions.map { API.Session($0, now: now) }, total: page.total, limit: limit, offset: offset
+            sessions: page.sessions.map { API.Session($0, now: now, unread: unread[$0.id] ?? 0) }, total: page.total, limit: limit, offset: offset
         ), capacity: 512 + 500 * page.sessions.count)
+    }
+
+    /// Marks the session read by the caller up to a message; the session's connections get a `read` event.
+    @Sendable func markRead(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        let body = try await API.ReadRequest.decode(request, maxBytes: maxBodyBytes)
+        _ = try await loadVisible(id, context)
+        switch try await store.markRead(sessionId: id, userId: context.userId, messageId: body.lastMessageId, now: Timestamp.now()) {
+        case .messageNotFound:
+            throw APIError.notFound("message")
+        case .read(let read):
+            let unread = try await store.unreadCounts(sessionIds: [id], reader: context.userId)[id] ?? 0
+            changes.hub.broadcast(.read(read), session: id, exceptUser: nil)
+            return JSONResponse.make(.ok, API.ReadState(read: read, unread: unread))
+        }
     }
 }

@@ -1,4 +1,9 @@
 import CZlib
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import HTTPTypes
 import Hummingbird
 import NIOCore
@@ -37,6 +42,23 @@ enum WebAssets {
         uniqueKeysWithValues: EmbeddedWeb.files.map { path, text in ("/" + path, WebAsset(path: path, text: text)) }
     )
 
+    /// The asset served at `path`.
+    static func asset(_ path: String) -> WebAsset? {
+        #if DEBUG
+        if let directory = developmentDirectory {
+            guard !path.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) else { return nil }
+            return (try? String(contentsOfFile: directory + path, encoding: .utf8)).map { WebAsset(path: path, text: $0) }
+        }
+        #endif
+        return all[path]
+    }
+
+    #if DEBUG
+    /// Debug builds only, for working on the pages: with `CHAT_WEB_DIR` set to the `Sources/Service/Web`
+    /// directory, files are read from there on every request, so an edit shows on reload without a rebuild.
+    static let developmentDirectory = ProcessInfo.processInfo.environment["CHAT_WEB_DIR"]
+    #endif
+
     /// Bytes of every asset together, uncompressed.
     static var totalBytes: Int { EmbeddedWeb.files.values.reduce(0) { $0 + $1.utf8.count } }
 }
@@ -61,7 +83,7 @@ struct WebController {
     }
 
     static func serve(_ path: String, _ request: Request) throws -> Response {
-        guard let asset = WebAssets.all[path] else { throw APIError.notFound("file") }
+        guard let asset = WebAssets.asset(path) else { throw APIError.notFound("file") }
         var headers: HTTPFields = [
             .contentType: asset.contentType, .eTag: asset.etag, .cacheControl: "no-cache", .vary: "Accept-Encoding",
         ]

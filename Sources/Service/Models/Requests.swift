@@ -76,6 +76,52 @@ extension API {
         }
     }
 
+    /// `ReadRequest`: the newest message the caller has seen.
+    struct ReadRequest: APIRequestBody {
+        static let fields: Set<String> = ["lastMessageId"]
+        var lastMessageId: UUID
+
+        init(_ body: JSONBody) throws {
+            let text = try body.string("lastMessageId", required: true)!
+            guard let id = UUID(text: text) else { throw APIError.invalid("lastMessageId", "must be a UUID") }
+            lastMessageId = id
+        }
+    }
+
+    /// `AdminCreateUserRequest`: an account made by an admin, with any role.
+    struct AdminCreateUserRequest: APIRequestBody {
+        static let fields: Set<String> = ["username", "password", "email", "role"]
+        var account: RegisterRequest
+        var role: Role
+
+        init(_ body: JSONBody) throws {
+            account = try RegisterRequest(body)
+            role = try body.oneOf("role", Role.self) ?? .user
+        }
+    }
+
+    /// `AdminUpdateUserRequest`: fields left out stay as they are.
+    struct AdminUpdateUserRequest: APIRequestBody {
+        static let fields: Set<String> = ["role", "disabled"]
+        var role: Role?
+        var disabled: Bool?
+
+        init(_ body: JSONBody) throws {
+            role = try body.oneOf("role", Role.self)
+            disabled = try body.bool("disabled")
+        }
+    }
+
+    /// `AdminPasswordRequest`.
+    struct AdminPasswordRequest: APIRequestBody {
+        static let fields: Set<String> = ["password"]
+        var password: String
+
+        init(_ body: JSONBody) throws {
+            password = try body.string("password", required: true, length: Limits.passwordLength)!
+        }
+    }
+
     /// `CreateSessionRequest`; the body is optional.
     struct CreateSessionRequest: APIRequestBody {
         static let fields: Set<String> = ["metadata", "agent"]

@@ -153,9 +153,12 @@ extension API {
         var updatedAt: Date
         var agent: String?
         var handoff: Handoff?
+        /// In lists: messages of others the caller has not read (`POST /api/sessions/{id}/read`).
+        var unread: Int?
 
         /// The session as seen at `now`: a session past its expiry is expired even before the sweeper marks it.
-        init(_ s: ChatSession, now: Date = Date()) {
+        init(_ s: ChatSession, now: Date = Date(), unread: Int? = nil) {
+            self.unread = unread
             sessionId = s.id
             userId = s.userId
             metadata = s.metadata
@@ -182,6 +185,60 @@ extension API {
                 json.field("updatedAt", updatedAt)
                 json.field("agent", agent)
                 json.field("handoff", handoff)
+                if let unread { json.field("unread", unread) }
+            }
+        }
+    }
+
+    /// `AdminUser`: an account as admins see it.
+    struct AdminUser: JSONWritable, Sendable {
+        var user: Storage.User
+
+        init(_ user: Storage.User) { self.user = user }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("id", user.id)
+                json.field("username", user.username)
+                json.field("role", user.role.rawValue)
+                json.field("email", user.email)
+                json.field("createdAt", user.createdAt)
+                json.field("updatedAt", user.updatedAt)
+                json.field("disabled", user.disabledAt != nil)
+                json.field("disabledAt", user.disabledAt)
+            }
+        }
+    }
+
+    /// `AdminUserList`: a page of accounts.
+    struct AdminUserList: JSONWritable, Sendable {
+        var users: [AdminUser]
+        var total: Int
+        var limit: Int
+        var offset: Int
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("users", users)
+                json.field("total", total)
+                json.field("limit", limit)
+                json.field("offset", offset)
+            }
+        }
+    }
+
+    /// `ReadState`: how far the caller has read a session.
+    struct ReadState: JSONWritable, Sendable {
+        var read: SessionRead
+        var unread: Int
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("sessionId", read.sessionId)
+                json.field("userId", read.userId)
+                json.field("lastMessageId", read.lastReadId)
+                json.field("readAt", read.readAt)
+                json.field("unread", unread)
             }
         }
     }

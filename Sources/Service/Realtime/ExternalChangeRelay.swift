@@ -42,7 +42,7 @@ struct ExternalChangeRelay: Service {
                     tokens.markRevoked(jti: jti, family: family)
                     hub.disconnect(jti: jti, family: family)
                 case .session(let id, let reason):
-                    guard hub.hasMembers(id) else { continue }
+                    guard hub.hasMembers(id) || RealtimeHub.handoffReasons.contains(reason) else { continue }
                     await retrying("reading a session another instance changed", session: id) {
                         hub.sessionChanged(id, to: try await store.session(id: id), reason: reason)
                     }

@@ -353,6 +353,18 @@ public final class RealtimeHub: Sendable {
             client.left(id)
             client.send(.left(session: id, reason: reason))
         }
+        if Self.handoffReasons.contains(reason) { notifyStaff(.handoff(session: id, state: session, reason: reason)) }
+    }
+
+    /// The session changes that may add a session to the handoff queue or take one out of it.
+    static let handoffReasons: Set<String> = ["handoff", "claimed", "released", "resolved", "deleted"]
+
+    /// Sends an event to every connection of an agent or an admin.
+    func notifyStaff(_ event: ServerEvent) {
+        let staff = state.withLock { s in s.clients.values.filter { $0.identity.map { $0.role == .agent || $0.role == .admin } ?? false } }
+        guard !staff.isEmpty else { return }
+        let frame = RealtimeFrame(event)
+        for client in staff { client.send(frame) }
     }
 
     /// Whether any connection is joined to the session.

@@ -21,6 +21,12 @@ enum ServerEvent: Sendable {
     case left(session: UUID, reason: String)
     /// Messages of the session may have been missed: rejoin with `lastMessageId` to get them.
     case resync(session: UUID)
+    /// A reader marked the session read up to a message (sent to the session's room).
+    case read(SessionRead)
+    /// The queue of sessions handed to people changed (sent to every connection of an agent or admin):
+    /// `session` as it is now, nil when it was deleted; `reason` says what happened (handoff, claimed,
+    /// released, resolved, deleted).
+    case handoff(session: UUID, state: ChatSession?, reason: String)
     /// The reply to a client event that succeeded; `id` is the event's `id`, echoed.
     case ack(id: JSONValue?, Ack)
     /// The reply to a client event that failed (or an error no event asked for, `id` nil).
@@ -45,6 +51,8 @@ enum ServerEvent: Sendable {
         case .delta: "message.delta"
         case .left: "left"
         case .resync: "resync"
+        case .read: "read"
+        case .handoff: "handoff"
         case .ack: "ack"
         case .error: "error"
         }
@@ -77,6 +85,16 @@ enum ServerEvent: Sendable {
         case .resync(let session):
             json.field("sessionId", session)
             json.field("message", Self.resyncMessage)
+        case .read(let read):
+            json.field("sessionId", read.sessionId)
+            json.field("userId", read.userId)
+            json.field("lastMessageId", read.lastReadId)
+            json.field("readAt", read.readAt)
+        case .handoff(let session, let state, let reason):
+            json.field("sessionId", session)
+            json.field("reason", reason)
+            json.key("session")
+            if let state { json.value(API.Session(state)) } else { json.null() }
         case .ack(_, let ack):
             switch ack {
             case .authenticate(let user):

@@ -164,7 +164,7 @@ final class PostgresConnection: SQLDatabase {
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY else {
             let message = String(cString: PQresultErrorMessage(result)).trimmingTrailingNewlines
             let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? ""
-            throw StoreError(SQLDialect.kind(sqlState: state, healthy: PQstatus(handle) == CONNECTION_OK), "Postgres error", detail: "\(state) \(message)", sql: sql)
+            throw StoreError(Self.kind(sqlState: state, healthy: PQstatus(handle) == CONNECTION_OK), "Postgres error", detail: "\(state) \(message)", sql: sql)
         }
     }
 
@@ -196,6 +196,20 @@ extension SQLValue {
         case .integer(let v): return String(v)
         case .real(let d): return String(d)
         case .text(let s): return s
+        }
+    }
+}
+
+extension PostgresConnection {
+    /// The store's error kind for a Postgres SQLSTATE (`healthy`: the connection is still up).
+    static func kind(sqlState: String, healthy: Bool) -> StoreError.Kind {
+        switch sqlState {
+        case _ where !healthy: .unavailable
+        case "23505": .conflict
+        case "23503": .notFound
+        case _ where ["22", "23"].contains(sqlState.prefix(2)): .invalid
+        case _ where ["08", "57", "53"].contains(sqlState.prefix(2)) || ["40001", "40P01"].contains(sqlState): .unavailable
+        default: .failed
         }
     }
 }

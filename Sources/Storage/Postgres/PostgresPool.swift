@@ -56,17 +56,7 @@ final class PostgresPool: Sendable {
 
     /// Runs `body` inside BEGIN … COMMIT; rolls back when it throws.
     func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
-        try await withConnection { db in
-            try db.execute("BEGIN")
-            do {
-                let result = try body(db)
-                try db.execute("COMMIT")
-                return result
-            } catch {
-                try? db.execute("ROLLBACK")
-                throw error
-            }
-        }
+        try await withConnection { db in try db.transaction { try body(db) } }
     }
 
     func close() async {

@@ -70,6 +70,18 @@ extension Optional: SQLColumnValue where Wrapped: SQLColumnValue {
     func bind(_ dialect: SQLDialect) -> SQLValue { map { $0.bind(dialect) } ?? .null }
 }
 
+extension SQLRow {
+    func uuid(_ i: Int) throws -> UUID { try UUID.read(self, i) }
+    func date(_ i: Int) throws -> Date { try Date.read(self, i) }
+}
+
+extension SQLDatabase {
+    /// The records the codec's SELECT finds with `rest` (WHERE, ORDER BY, LIMIT).
+    func select<R>(_ codec: RowCodec<R>, _ rest: String, _ params: [SQLValue] = []) throws -> [R] {
+        try query("\(codec.select) \(rest)", params).map(codec.decode)
+    }
+}
+
 /// Reads a row's columns in order, each as the type its record field wants.
 struct RowReader {
     let row: SQLRow
@@ -130,9 +142,10 @@ enum Codec {
     static let user = RowCodec<User>("users", key: "id", [
         Column("id", { $0.id }), Column("username", { $0.username }), Column("email", { $0.email }), Column("password_hash", { $0.passwordHash }),
         Column("role", { $0.role }), Column("created_at", { $0.createdAt }), Column("updated_at", { $0.updatedAt }),
+        Column("disabled_at", { $0.disabledAt }),
     ]) { r in
         User(id: try r.next(), username: try r.next(), email: try r.next(), passwordHash: try r.next(), role: try r.next(),
-             createdAt: try r.next(), updatedAt: try r.next())
+             createdAt: try r.next(), updatedAt: try r.next(), disabledAt: try r.next())
     }
 
     static let session = RowCodec<ChatSession>("chat_sessions", key: "session_id", [
@@ -172,4 +185,9 @@ enum Codec {
     static let revokedAccessToken = RowCodec<RevokedAccessToken>("revoked_access_tokens", key: "jti", [
         Column("jti", { $0.jti }), Column("expires_at", { $0.expiresAt }),
     ]) { r in RevokedAccessToken(jti: try r.next(), expiresAt: try r.next()) }
+
+    static let sessionRead = RowCodec<SessionRead>("session_reads", key: "session_id", [
+        Column("session_id", { $0.sessionId }), Column("user_id", { $0.userId }), Column("last_read_id", { $0.lastReadId }),
+        Column("read_at", { $0.readAt }),
+    ]) { r in SessionRead(sessionId: try r.next(), userId: try r.next(), lastReadId: try r.next(), readAt: try r.next()) }
 }

@@ -53,11 +53,11 @@ enum SQLMigrator {
             )
             """
         )
-        let pending = try transaction(db, dialect) { try migrations.pending(applied: applied(db)) }
+        let pending = try db.transaction(dialect.begin) { try migrations.pending(applied: applied(db)) }
         for migration in pending {
             let started = ContinuousClock.now
             do {
-                try transaction(db, dialect) {
+                try db.transaction(dialect.begin) {
                     // Another process (`migrate` beside `serve`) may have applied it since the check above.
                     if try !db.query("SELECT 1 FROM schema_history WHERE version = $1", [.integer(Int64(migration.version))]).isEmpty { return }
                     try db.execute(migration.sql)
@@ -88,18 +88,6 @@ enum SQLMigrator {
                 version: Int(try $0.int(0)), name: try $0.string(1), checksum: Int32(truncatingIfNeeded: try $0.int(2)),
                 appliedAt: Timestamp.format(try $0.date(3))
             )
-        }
-    }
-
-    private static func transaction<T>(_ db: some SQLDatabase, _ dialect: SQLDialect, _ body: () throws -> T) throws -> T {
-        try db.execute(dialect.begin)
-        do {
-            let result = try body()
-            try db.execute("COMMIT")
-            return result
-        } catch {
-            try? db.execute("ROLLBACK")
-            throw error
         }
     }
 }
@@ -133,6 +121,79 @@ extension SQLStore {
 
     public func user(username: String) async throws -> User? {
         try await read { db in try db.select(Codec.user, "WHERE lower(username) = lower($1)", [.text(username)]).first }
+    }
+
+    public func users(_ query: UserQuery) async throws -> UserPage {
+        try await read { db in
+            var filter = "TRUE"
+            var params: [SQLValue] = []
+            if let search = query.search?.lowercased(), !search.isEmpty {
+                // LIKE with its wildcards escaped: the search is a plain substring.
+                var pattern = "%"
+                for c in search.unicodeScalars {
+                    if c == "\\" || c == "%" || c == "_" { pattern.unicodeScalars.append("\\") }
+                    pattern.unicodeScalars.append(c)
+                }
+                pattern += "%"
+                params.append(.text(pattern))
+                filter += " AND (lower(username) LIKE $1 ESCAPE '\\' OR lower(COALESCE(email, '')) LIKE $1 ESCAPE '\\')"
+            }
+            if let role = query.role {
+                params.append(.text(role.rawValue))
+                filter += " AND role = $\(params.count)"
+            }
+            let total = try db.query("SELECT COUNT(*) FROM users WHERE \(filter)", params).first?.int(0) ?? 0
+            let users = try db.select(
+                Codec.user, "WHERE \(filter) ORDER BY created_at DESC, id DESC LIMIT $\(params.count + 1) OFFSET $\(params.count + 2)",
+                params + [.integer(Int64(query.limit)), .integer(Int64(query.offset))]
+            )
+            return UserPage(users: users, total: Int(total))
+        }
+    }
+
+    public func updateUser(id: UUID, _ change: UserChange, now: Date) async throws -> User? {
+        try await write(atomic: true) { db in
+            var sets = ["updated_at = $2"]
+            var params: [SQLValue] = [.id(id), .time(now)]
+            func set(_ column: String, _ value: SQLValue) {
+                params.append(value)
+                sets.append("\(column) = $\(params.count)")
+            }
+            if let role = change.role { set("role", .text(role.rawValue)) }
+            if let hash = change.passwordHash { set("password_hash", .text(hash)) }
+            if let disabled = change.disabled {
+                // Disabling a disabled account keeps the time it was first disabled.
+                if disabled {
+                    params.append(.time(now))
+                    sets.append("disabled_at = COALESCE(disabled_at, $\(params.count))")
+                } else {
+                    sets.append("disabled_at = NULL")
+                }
+            }
+            try db.run("UPDATE users SET \(sets.joined(separator: ", ")) WHERE id = $1", params)
+            return try db.select(Codec.user, "WHERE id = $1", [.id(id)]).first
+        }
+    }
+
+    public func revokeLogins(userId: UUID, now: Date) async throws -> [UUID] {
+        try await write(atomic: true) { [self] db in
+            let families = try db.query(
+                "SELECT DISTINCT family_id FROM refresh_tokens WHERE user_id = $1 AND revoked_at IS NULL", [.id(userId)]
+            ).map { try $0.uuid(0) }
+            for family in families { try revokeFamily(family, now: now, db: db) }
+            return families
+        }
+    }
+
+    public func deleteUser(id: UUID, now: Date) async throws -> Bool {
+        try await write(atomic: true) { db in
+            try db.run(
+                "UPDATE chat_sessions SET handoff = 'waiting', assignee_id = NULL, updated_at = $2 WHERE assignee_id = $1 AND handoff = 'assigned'",
+                [.id(id), .time(now)]
+            )
+            try db.run("DELETE FROM chat_sessions WHERE user_id = $1", [.id(id)])
+            return try db.run("DELETE FROM users WHERE id = $1", [.id(id)]) > 0
+        }
     }
 
     // MARK: Tokens
@@ -345,6 +406,41 @@ extension SQLStore {
         }
     }
 
+    // MARK: Read state
+
+    public func markRead(sessionId: UUID, userId: UUID, messageId: UUID, now: Date) async throws -> ReadOutcome {
+        try await write(atomic: true) { [dialect] db in
+            guard try !db.query("SELECT 1 FROM chat_messages WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(messageId)]).isEmpty else {
+                return .messageNotFound
+            }
+            let read = SessionRead(sessionId: sessionId, userId: userId, lastReadId: messageId, readAt: now)
+            try db.run(
+                Codec.sessionRead.insert + """
+                 ON CONFLICT (session_id, user_id) DO UPDATE SET last_read_id = excluded.last_read_id, read_at = excluded.read_at \
+                WHERE session_reads.last_read_id < excluded.last_read_id
+                """, Codec.sessionRead.values(read, dialect)
+            )
+            let current = try db.select(Codec.sessionRead, "WHERE session_id = $1 AND user_id = $2", [.id(sessionId), .id(userId)]).first
+            return .read(current ?? read)
+        }
+    }
+
+    public func unreadCounts(sessionIds: [UUID], reader: UUID) async throws -> [UUID: Int] {
+        guard !sessionIds.isEmpty else { return [:] }
+        return try await read { db in
+            let list = sessionIds.indices.map { "$\($0 + 2)" }.joined(separator: ", ")
+            let rows = try db.query(
+                """
+                SELECT m.session_id, COUNT(*) FROM chat_messages m
+                LEFT JOIN session_reads r ON r.session_id = m.session_id AND r.user_id = $1
+                WHERE m.session_id IN (\(list)) AND (r.last_read_id IS NULL OR m.id > r.last_read_id) AND (m.user_id IS NULL OR m.user_id <> $1)
+                GROUP BY m.session_id
+                """, [.id(reader)] + sessionIds.map(SQLValue.id)
+            )
+            return try Dictionary(rows.map { (try $0.uuid(0), Int(try $0.int(1))) }, uniquingKeysWith: { a, _ in a })
+        }
+    }
+
     public func statistics() async throws -> SessionStatistics {
         try await read { db in
             guard let row = try db.query(
@@ -354,9 +450,9 @@ extension SQLStore {
                 FROM session_statistics
                 """, []
             ).first else { throw StoreError(.failed, "statistics returned no row") }
+            let n = try row.ints()
             return SessionStatistics(
-                totalSessions: Int(try row.int(0)), activeSessions: Int(try row.int(1)), expiredSessions: Int(try row.int(2)),
-                resolvedSessions: Int(try row.int(3)), totalMessages: Int(try row.int(4)), totalUsers: Int(try row.int(5))
+                totalSessions: n[0], activeSessions: n[1], expiredSessions: n[2], resolvedSessions: n[3], totalMessages: n[4], totalUsers: n[5]
             )
         }
     }
@@ -365,14 +461,14 @@ extension SQLStore {
 
     public func recordCounts() async throws -> RecordCounts {
         try await read { db in
-            let tables = [Codec.user.table, Codec.session.table, Codec.message.table, Codec.refreshToken.table, Codec.revokedAccessToken.table]
+            let tables = [
+                Codec.user.table, Codec.session.table, Codec.message.table, Codec.refreshToken.table, Codec.revokedAccessToken.table, Codec.sessionRead.table,
+            ]
             guard let row = try db.query("SELECT " + tables.map { "(SELECT COUNT(*) FROM \($0))" }.joined(separator: ", "), []).first else {
                 throw StoreError(.failed, "counts returned no row")
             }
-            return RecordCounts(
-                users: Int(try row.int(0)), sessions: Int(try row.int(1)), messages: Int(try row.int(2)),
-                refreshTokens: Int(try row.int(3)), revokedAccessTokens: Int(try row.int(4))
-            )
+            let n = try row.ints()
+            return RecordCounts(users: n[0], sessions: n[1], messages: n[2], refreshTokens: n[3], revokedAccessTokens: n[4], sessionReads: n[5])
         }
     }
 
@@ -394,6 +490,19 @@ extension SQLStore {
         try await read { db in try db.select(Codec.revokedAccessToken, "ORDER BY jti") }
     }
 
+    public func exportSessionReads(after: UUID?, limit: Int) async throws -> [SessionRead] {
+        try await read { db in
+            // Whole sessions per page: a session's markers are never split between two pages.
+            try db.select(
+                Codec.sessionRead,
+                """
+                WHERE session_id IN (SELECT DISTINCT session_id FROM session_reads\(after == nil ? "" : " WHERE session_id > $2") ORDER BY session_id LIMIT $1) \
+                ORDER BY session_id, user_id
+                """, [.integer(Int64(limit))] + (after.map { [.id($0)] } ?? [])
+            )
+        }
+    }
+
     public func importRecords(_ batch: RecordBatch) async throws {
         try await write(atomic: true) { [dialect] db in
             func insert<R>(_ codec: RowCodec<R>, _ records: [R]) throws {
@@ -404,6 +513,7 @@ extension SQLStore {
             try insert(Codec.message, batch.messages)
             try insert(Codec.refreshToken, batch.refreshTokens)
             try insert(Codec.revokedAccessToken, batch.revokedAccessTokens)
+            try insert(Codec.sessionRead, batch.sessionReads)
         }
     }
 }

@@ -95,7 +95,7 @@ final class SQLiteConnection: SQLDatabase {
     /// Turns a result code into a typed error carrying the SQL.
     func error(_ rc: Int32, sql: String?) -> StoreError {
         let message = String(cString: sqlite3_errmsg(handle))
-        let kind = SQLDialect.kind(sqliteCode: rc)
+        let kind = Self.kind(code: rc)
         if kind == .corrupt { condition?.markCorrupt("\(message) (code \(rc))") }
         return StoreError(kind, "SQLite error", detail: "\(message) (code \(rc))", sql: sql)
     }
@@ -112,7 +112,7 @@ final class SQLiteConnection: SQLDatabase {
     private func prepared(_ sql: String) throws -> SQLiteStatement {
         if let cached = statements[sql] { return cached }
         var stmt: OpaquePointer?
-        let rc = sqlite3_prepare_v3(handle, SQLDialect.sqlitePlaceholders(sql), -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        let rc = sqlite3_prepare_v3(handle, Self.placeholders(sql), -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
         guard rc == SQLITE_OK, let stmt else { throw error(rc, sql: sql) }
         let statement = SQLiteStatement(handle: stmt)
         statements[sql] = statement
@@ -201,5 +201,32 @@ extension SQLiteConnection {
         let finish = sqlite3_backup_finish(backup)
         guard rc == SQLITE_DONE, finish == SQLITE_OK else { throw target.error(rc == SQLITE_DONE ? finish : rc, sql: nil) }
         try target.execute("PRAGMA journal_mode=DELETE")
+    }
+}
+
+extension SQLiteConnection {
+    /// SQLite's spelling of a shared statement: `$n` becomes `?n` (outside quotes), when it is first prepared.
+    static func placeholders(_ sql: String) -> String {
+        var bytes = Array(sql.utf8)
+        var quoted = false
+        for i in bytes.indices {
+            if bytes[i] == UInt8(ascii: "'") {
+                quoted.toggle()
+            } else if !quoted, bytes[i] == UInt8(ascii: "$"), i + 1 < bytes.count, (48...57).contains(bytes[i + 1]) {
+                bytes[i] = UInt8(ascii: "?")
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The store's error kind for an SQLite extended result code (1555, 2067: primary key and unique
+    /// constraints, 787: foreign key; macros Swift does not import).
+    static func kind(code rc: Int32) -> StoreError.Kind {
+        let kinds: [Int32: StoreError.Kind] = [
+            1555: .conflict, 2067: .conflict, 787: .notFound, SQLITE_CONSTRAINT: .invalid, SQLITE_MISMATCH: .invalid, SQLITE_TOOBIG: .invalid,
+            SQLITE_BUSY: .unavailable, SQLITE_LOCKED: .unavailable, SQLITE_IOERR: .unavailable, SQLITE_FULL: .unavailable,
+            SQLITE_CANTOPEN: .unavailable, SQLITE_READONLY: .unavailable, SQLITE_PROTOCOL: .unavailable, SQLITE_CORRUPT: .corrupt, SQLITE_NOTADB: .corrupt,
+        ]
+        return kinds[rc] ?? kinds[rc & 0xFF] ?? .failed
     }
 }
