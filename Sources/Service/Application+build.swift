@@ -111,7 +111,9 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         changes: changes
     ).addRoutes(to: authenticated)
     AgentController(store: store, hub: hub, orchestrator: orchestrator, changes: changes).addRoutes(to: authenticated)
-    AdminController(store: store, tokens: tokens, hasher: hasher, maxBodyBytes: config.maxBodyBytes).addRoutes(to: authenticated)
+    AdminController(
+        store: store, tokens: tokens, hasher: hasher, maxBodyBytes: config.maxBodyBytes, hub: hub, orchestrator: orchestrator, health: health
+    ).addRoutes(to: authenticated)
 
     let events = WebSocketController(
         store: store, hub: hub, tokens: tokens, messages: messages, limiter: limiter, eventRule: config.rateLimitAPI,

@@ -108,6 +108,10 @@ public protocol ChatStore: Sendable {
     /// Per session, the messages `reader` has not read that someone else wrote (sessions without any are left out).
     func unreadCounts(sessionIds: [UUID], reader: UUID) async throws -> [UUID: Int]
 
+    /// Messages and sessions per day since `since`, how many of the sessions opened since are resolved, and
+    /// the time to the first reply in them.
+    func activity(since: Date) async throws -> ActivityReport
+
     /// Counts from the `session_statistics` view.
     func statistics() async throws -> SessionStatistics
 

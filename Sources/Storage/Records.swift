@@ -328,6 +328,29 @@ public struct RevokedAccessToken: Sendable, Equatable {
     }
 }
 
+/// Activity since a day, for the admins' charts.
+public struct ActivityReport: Sendable, Equatable {
+    /// Per UTC day (`YYYY-MM-DD`) with any: messages stored and sessions opened that day.
+    public var messagesPerDay: [String: Int]
+    public var sessionsPerDay: [String: Int]
+    /// Of the sessions opened in the period: how many, and how many are resolved now.
+    public var sessionsOpened: Int
+    public var sessionsResolved: Int
+    /// For the newest sessions of the period (at most `ActivityReport.replySample`) that had a user's message
+    /// and a reply after it: seconds from the first user message to the first reply by an agent or a person.
+    public var firstReplySeconds: [Double]
+
+    public static let replySample = 5000
+
+    public init(messagesPerDay: [String: Int], sessionsPerDay: [String: Int], sessionsOpened: Int, sessionsResolved: Int, firstReplySeconds: [Double]) {
+        self.messagesPerDay = messagesPerDay
+        self.sessionsPerDay = sessionsPerDay
+        self.sessionsOpened = sessionsOpened
+        self.sessionsResolved = sessionsResolved
+        self.firstReplySeconds = firstReplySeconds
+    }
+}
+
 /// How many records each table holds (`chat-backend copy` compares them).
 public struct RecordCounts: Sendable, Equatable, CustomStringConvertible {
     public var users = 0

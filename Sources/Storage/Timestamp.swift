@@ -65,6 +65,18 @@ public enum Timestamp {
         return (yearOfEra + era * 400 + (month <= 2 ? 1 : 0), month, day)
     }
 
+    /// The UTC day of a date, counted from 1970-01-01.
+    public static func days(_ date: Date) -> Int64 {
+        Int64((date.timeIntervalSince1970 / 86_400).rounded(.down))
+    }
+
+    /// A day counted from 1970-01-01 as `YYYY-MM-DD`.
+    public static func dayString(_ days: Int64) -> String {
+        let (year, month, day) = civil(days: days)
+        func two(_ n: Int) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(year)-\(two(month))-\(two(day))"
+    }
+
     /// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction). Returns nil when malformed.
     public static func parse(_ text: String) -> Date? {
         var text = text

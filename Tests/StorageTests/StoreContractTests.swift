@@ -430,6 +430,47 @@ struct StoreContractTests {
         }
     }
 
+    @Test("activity: messages and sessions per UTC day, resolved share, time to the first reply", arguments: backends)
+    func activity(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let user = Make.user()
+            try await store.createUser(user)
+            let day0 = Timestamp.days(Timestamp.now()) - 3
+            let since = Date(timeIntervalSince1970: Double(day0) * 86_400)
+            func at(_ days: Double, _ seconds: Double = 0) -> Date { since.addingTimeInterval(days * 86_400 + seconds) }
+            func session(_ created: Date) async throws -> UUID {
+                let s = Make.session(userId: user.id, ttl: 30 * 86_400, now: created)
+                try await store.createSession(s)
+                return s.id
+            }
+            func say(_ id: UUID, _ time: Date, _ direction: MessageDirection, type: String = "text") async throws {
+                var m = Make.message(id, userId: direction == .inbound ? user.id : nil, now: time)
+                m.direction = direction
+                m.type = type
+                try await store.appendMessage(m, now: time).expectCreated()
+            }
+            let a = try await session(at(0, 3600))
+            try await say(a, at(0, 3600), .inbound)
+            try await say(a, at(0, 3601), .outbound, type: "system")  // a note is not a reply
+            try await say(a, at(0, 3630), .outbound)
+            let b = try await session(at(1, 3600))
+            try await say(b, at(1, 3600), .inbound)
+            try await say(b, at(1, 3690), .outbound, type: "agent")
+            _ = try await store.resolveSession(id: b, now: at(1, 4000))
+            let old = try await session(at(-1))  // opened before the period: its later message still counts that day
+            try await say(old, at(2, 60), .inbound)
+            _ = try await session(at(2, 120))  // no messages: no first reply
+
+            let report = try await store.activity(since: since)
+            let day = { (n: Int64) in Timestamp.dayString(day0 + n) }
+            #expect(report.sessionsPerDay == [day(0): 1, day(1): 1, day(2): 1])
+            #expect(report.messagesPerDay == [day(0): 3, day(1): 2, day(2): 1])
+            #expect(report.sessionsOpened == 3 && report.sessionsResolved == 1)
+            #expect(report.firstReplySeconds.sorted() == [30, 90])
+            #expect(try await store.activity(since: at(2)).sessionsOpened == 1)
+        }
+    }
+
     @Test("statistics count users, sessions by state and messages", arguments: backends)
     func statistics(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, _ in

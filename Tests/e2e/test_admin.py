@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 
 import pytest
 import requests
@@ -183,3 +184,77 @@ def test_disabling_on_one_instance_ends_connections_on_the_other(start_server, p
         assert closed_code(ws) == 1008
         assert_json_error(auth_get(b.url(f"/api/users/{user['user']['id']}/sessions"), user["accessToken"]), 401, "token_revoked")
         assert_json_error(login(b, user["user"]["username"]), 403, "account_disabled")
+
+
+OPS_AGENTS = """\
+default_agent: echo
+agents:
+  - name: echo
+    kind: echo
+  - name: broken
+    kind: webhook
+    url: http://127.0.0.1:{port}/hook
+    secret_env: HOOK_SECRET
+    timeout: 1s
+    retries: 0
+    breaker:
+      failures: 2
+      cooldown: 60s
+"""
+
+
+def test_agents_status_and_activity_show_what_happened(bin_path, tmp_path):
+    from conftest import free_port
+    from test_agents import history, new_session, send, wait_for
+
+    agents_file = tmp_path / "agents.yaml"
+    agents_file.write_text(OPS_AGENTS.format(port=free_port()))  # nothing listens there
+    server = Server(bin_path, tmp_path / "server", env={"AGENTS_FILE": str(agents_file), "HOOK_SECRET": "s3cret"})
+    server.start()
+    try:
+        admin = add_user(server, "admin")
+        token = admin["accessToken"]
+        agents = {a["name"]: a for a in admin_call(server, "GET", "/agents", token).json()["agents"]}
+        assert agents["echo"] == {"name": "echo", "kind": "echo", "default": True, "breaker": "closed", "requests": 0, "errors": 0,
+                                  "refused": 0, "latencyMs": None, "lastError": None}
+        assert agents["broken"]["kind"] == "webhook" and agents["broken"]["default"] is False
+        before = admin_call(server, "GET", "/activity?days=7", token).json()
+        assert len(before["days"]) == 7 and before["days"][-1]["messages"] == 0
+
+        user = register(server)
+        utoken = user["accessToken"]
+        echo_sid = new_session(server, utoken)
+        send(server, utoken, echo_sid, "hello")
+        wait_for(lambda: len(history(server, utoken, echo_sid)) == 2, what="the echo reply")
+        broken_sid = new_session(server, utoken, "broken")
+        for i in range(3):
+            send(server, utoken, broken_sid, f"try {i}")
+            wait_for(lambda: len([m for m in history(server, utoken, broken_sid) if m["type"] == "system"]) == i + 1, what="the failure note")
+
+        agents = {a["name"]: a for a in admin_call(server, "GET", "/agents", token).json()["agents"]}
+        assert agents["echo"]["requests"] == 1 and agents["echo"]["errors"] == 0 and agents["echo"]["latencyMs"]["p95"] >= 0
+        broken = agents["broken"]
+        assert (broken["requests"], broken["errors"], broken["refused"], broken["breaker"]) == (2, 2, 1, "open"), broken
+        assert broken["lastError"]["code"] in ("connection", "timeout") and broken["lastError"]["at"]
+
+        with contextlib.ExitStack() as stack:
+            open_ws(server, utoken, stack)
+            status = admin_call(server, "GET", "/status", token).json()
+        assert status["storage"] == {"backend": "sqlite", "up": True, "reason": None}
+        assert status["realtimeConnections"] == 1 and status["agents"] == {"configured": 2, "breakersOpen": 1}
+        assert status["statistics"]["users"] == 2 and status["version"] and status["uptimeSeconds"] > 0
+
+        assert post_json(server.url(f"/api/sessions/{echo_sid}/resolve"), {}, token=utoken).status_code == 200
+        after = admin_call(server, "GET", "/activity?days=7", token).json()
+        today = after["days"][-1]
+        assert today["date"] == time.strftime("%Y-%m-%d", time.gmtime()) or after["days"][-2]["sessions"] > 0
+        assert sum(d["messages"] for d in after["days"]) == len(history(server, utoken, echo_sid)) + len(history(server, utoken, broken_sid))
+        assert sum(d["sessions"] for d in after["days"]) == 3  # the two above and the one open_ws made
+        assert after["sessions"] == {"opened": 3, "resolved": 1, "resolvedShare": 0.333}
+        # The echo session was answered; the broken one got only system notes, which are no reply.
+        assert after["firstReply"]["sessions"] == 1 and 0 <= after["firstReply"]["medianSeconds"] < 10
+        for query in ("days=0", "days=367", "days=x", "from=1"):
+            assert_json_error(admin_call(server, "GET", f"/activity?{query}", token), 400, "validation_failed")
+        assert_json_error(admin_call(server, "GET", "/status", utoken), 403, "forbidden")
+    finally:
+        server.stop()

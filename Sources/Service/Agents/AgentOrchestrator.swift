@@ -22,6 +22,7 @@ public final class AgentOrchestrator: Service, Sendable {
         var requests: Counter
         var latency: DurationHistogram
         var breakerGauge: Gauge
+        var stats = AgentStats()
     }
 
     struct Job: Sendable {
@@ -104,6 +105,18 @@ public final class AgentOrchestrator: Service, Sendable {
                 name: definition.name, kind: definition.kind.name, description: definition.description,
                 isDefault: definition.name == config.defaultAgent, available: !(entries[definition.name]?.breaker.isOpen ?? false)
             )
+        }
+    }
+
+    /// The configured agents with their breaker state and what they did since the start (admins).
+    func operations() -> [API.AgentOperations] {
+        config.agents.compactMap { definition in
+            entries[definition.name].map { entry in
+                API.AgentOperations(
+                    name: definition.name, kind: definition.kind.name, isDefault: definition.name == config.defaultAgent,
+                    breaker: entry.breaker.status(), stats: entry.stats.snapshot
+                )
+            }
         }
     }
 
@@ -239,6 +252,7 @@ public final class AgentOrchestrator: Service, Sendable {
             ? try await store.messages(MessageQuery(sessionId: session.id, before: job.message.id, limit: entry.definition.history)).messages
             : []
         guard entry.breaker.permit() else {
+            entry.stats.refusedByBreaker()
             errorCounter(agent: name, reason: "breaker_open").increment()
             try await unavailable(session: session.id, agent: name, code: "breaker_open", job: job, log: log)
             return nil
@@ -261,6 +275,7 @@ public final class AgentOrchestrator: Service, Sendable {
         do {
             var reply = try await entry.agent.respond(to: request, delta: delta)
             entry.latency.record(ContinuousClock.now - started)
+            entry.stats.record(ContinuousClock.now - started)
             entry.breaker.succeeded()
             entry.breakerGauge.set(0.0)
             if sequence.load(ordering: .relaxed) > 0 { reply.metadata["streamId"] = .string(streamId.lowercased) }
@@ -273,6 +288,7 @@ public final class AgentOrchestrator: Service, Sendable {
             entry.breaker.failed()
             entry.breakerGauge.set(entry.breaker.isOpen ? 1.0 : 0.0)
             let failure = error as? AgentFailure ?? AgentFailure(code: "internal", detail: String(reflecting: error), retryable: false)
+            entry.stats.record(ContinuousClock.now - started, error: failure.code)
             errorCounter(agent: name, reason: Self.reason(failure.code)).increment()
             log.error("agent failed", metadata: ["agent": "\(name)", "error": "\(failure)"])
             if Task.isCancelled { throw CancellationError() }

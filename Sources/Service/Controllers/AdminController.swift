@@ -6,7 +6,7 @@ import Foundation
 import Hummingbird
 import Storage
 
-/// `/api/admin/…` (role admin): accounts. Changing an account's role or password, disabling or deleting it
+/// `/api/admin/…` (role admin): accounts, agents, the server's status and activity. Changing an account's role or password, disabling or deleting it
 /// revokes its logins, so its access tokens and realtime connections stop working at once on every
 /// instance and it signs in again with what changed.
 struct AdminController {
@@ -14,6 +14,9 @@ struct AdminController {
     let tokens: TokenService
     let hasher: PasswordHasher
     let maxBodyBytes: Int
+    let hub: RealtimeHub
+    let orchestrator: AgentOrchestrator?
+    let health: HealthController
 
     func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
         let admin = api.group("admin")
@@ -23,6 +26,9 @@ struct AdminController {
         admin.patch("users/:userId", use: updateUser)
         admin.post("users/:userId/password", use: resetPassword)
         admin.delete("users/:userId", use: deleteUser)
+        admin.get("agents", use: agents)
+        admin.get("status", use: status)
+        admin.get("activity", use: activity)
     }
 
     private func requireAdmin(_ context: AuthenticatedContext) throws {
@@ -105,5 +111,38 @@ struct AdminController {
         guard try await store.deleteUser(id: user.id, now: Timestamp.now()) else { throw APIError.notFound("user") }
         context.logger.info("user deleted by an admin", metadata: ["user_id": .string(user.id.lowercased)])
         return Response(status: .noContent)
+    }
+
+    /// The agents with their breaker state, calls, failures and latency since the start.
+    @Sendable func agents(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        try requireAdmin(context)
+        _ = try QueryParameters(request, allowed: [])
+        return JSONResponse.make(.ok, API.AgentOperationsList(agents: orchestrator?.operations() ?? []))
+    }
+
+    @Sendable func status(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        try requireAdmin(context)
+        _ = try QueryParameters(request, allowed: [])
+        async let health = store.health()
+        let statistics = try await store.statistics()
+        let status = API.Status(
+            version: self.health.version, uptimeSeconds: (self.health.uptimeSeconds * 1000).rounded() / 1000, startedAt: self.health.startedAtDate,
+            backend: store.backend, statistics: statistics
+        )
+        return JSONResponse.make(.ok, API.AdminStatus(
+            status: status, storage: await health, connections: hub.connectionCount, agents: orchestrator?.operations() ?? []
+        ))
+    }
+
+    /// Messages and sessions per UTC day over the last `days` days (today included), the share of the
+    /// period's sessions resolved, and the median time to the first reply.
+    @Sendable func activity(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        try requireAdmin(context)
+        let query = try QueryParameters(request, allowed: ["days"])
+        let count = try query.int("days", default: 30, range: 1...366)
+        let today = Timestamp.days(Timestamp.now())
+        let days = (0..<count).reversed().map { Timestamp.dayString(today - Int64($0)) }
+        let since = Date(timeIntervalSince1970: Double(today - Int64(count - 1)) * 86_400)
+        return JSONResponse.make(.ok, API.Activity(days: days, report: try await store.activity(since: since)), capacity: 512 + 64 * count)
     }
 }

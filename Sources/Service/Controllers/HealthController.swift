@@ -27,7 +27,7 @@ struct HealthController {
         api.get("metrics", use: metrics)
     }
 
-    private var uptimeSeconds: Double {
+    var uptimeSeconds: Double {
         let elapsed = ContinuousClock.now - startedAt
         return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }

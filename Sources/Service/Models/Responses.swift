@@ -227,6 +227,136 @@ extension API {
         }
     }
 
+    /// `AgentOperations`: an agent as admins see it.
+    struct AgentOperations: JSONWritable, Sendable {
+        var name: String
+        var kind: String
+        var isDefault: Bool
+        var breaker: String
+        var stats: AgentStats.Snapshot
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("name", name)
+                json.field("kind", kind)
+                json.field("default", isDefault)
+                json.field("breaker", breaker)
+                json.field("requests", stats.requests)
+                json.field("errors", stats.errors)
+                json.field("refused", stats.refused)
+                json.key("latencyMs")
+                if let p50 = stats.p50, let p95 = stats.p95 {
+                    json.object { json in
+                        json.field("p50", p50)
+                        json.field("p95", p95)
+                    }
+                } else {
+                    json.null()
+                }
+                json.key("lastError")
+                if let last = stats.lastError {
+                    json.object { json in
+                        json.field("code", last.code)
+                        json.field("at", last.at)
+                    }
+                } else {
+                    json.null()
+                }
+            }
+        }
+    }
+
+    /// The `GET /api/admin/agents` answer.
+    struct AgentOperationsList: JSONWritable, Sendable {
+        var agents: [AgentOperations]
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in json.field("agents", agents) }
+        }
+    }
+
+    /// `AdminStatus`: the server as admins see it.
+    struct AdminStatus: JSONWritable, Sendable {
+        var status: Status
+        var storage: StoreHealth
+        var connections: Int
+        var agents: [AgentOperations]
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("version", status.version)
+                json.field("uptimeSeconds", status.uptimeSeconds)
+                json.field("startedAt", status.startedAt)
+                json.key("storage")
+                json.object { json in
+                    json.field("backend", status.backend)
+                    switch storage {
+                    case .up:
+                        json.field("up", true)
+                        json.field("reason", nil as String?)
+                    case .down(let reason, _):
+                        json.field("up", false)
+                        json.field("reason", reason)
+                    }
+                }
+                json.field("realtimeConnections", connections)
+                json.key("agents")
+                json.object { json in
+                    json.field("configured", agents.count)
+                    json.field("breakersOpen", agents.filter { $0.breaker != "closed" }.count)
+                }
+                json.key("statistics")
+                status.writeStatistics(to: &json)
+            }
+        }
+    }
+
+    /// `Activity`: the admins' charts.
+    struct Activity: JSONWritable, Sendable {
+        /// The days of the period, oldest first, each `YYYY-MM-DD`.
+        var days: [String]
+        var report: ActivityReport
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.key("days")
+                json.array { json in
+                    for day in days {
+                        json.object { json in
+                            json.field("date", day)
+                            json.field("messages", report.messagesPerDay[day] ?? 0)
+                            json.field("sessions", report.sessionsPerDay[day] ?? 0)
+                        }
+                    }
+                }
+                json.key("sessions")
+                json.object { json in
+                    json.field("opened", report.sessionsOpened)
+                    json.field("resolved", report.sessionsResolved)
+                    json.key("resolvedShare")
+                    if report.sessionsOpened > 0 {
+                        json.value((Double(report.sessionsResolved) / Double(report.sessionsOpened) * 1000).rounded() / 1000)
+                    } else {
+                        json.null()
+                    }
+                }
+                json.key("firstReply")
+                json.object { json in
+                    json.field("sessions", report.firstReplySeconds.count)
+                    json.key("medianSeconds")
+                    let sorted = report.firstReplySeconds.sorted()
+                    if sorted.isEmpty {
+                        json.null()
+                    } else {
+                        let middle = sorted.count / 2
+                        let median = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+                        json.value((median * 1000).rounded() / 1000)
+                    }
+                }
+            }
+        }
+    }
+
     /// `ReadState`: how far the caller has read a session.
     struct ReadState: JSONWritable, Sendable {
         var read: SessionRead
@@ -400,14 +530,18 @@ extension API {
                 json.key("storage")
                 json.object { json in json.field("backend", backend) }
                 json.key("statistics")
-                json.object { json in
-                    json.field("users", statistics.totalUsers)
-                    json.field("sessions", statistics.totalSessions)
-                    json.field("activeSessions", statistics.activeSessions)
-                    json.field("expiredSessions", statistics.expiredSessions)
-                    json.field("resolvedSessions", statistics.resolvedSessions)
-                    json.field("messages", statistics.totalMessages)
-                }
+                writeStatistics(to: &json)
+            }
+        }
+
+        func writeStatistics(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("users", statistics.totalUsers)
+                json.field("sessions", statistics.totalSessions)
+                json.field("activeSessions", statistics.activeSessions)
+                json.field("expiredSessions", statistics.expiredSessions)
+                json.field("resolvedSessions", statistics.resolvedSessions)
+                json.field("messages", statistics.totalMessages)
             }
         }
     }

@@ -19,12 +19,16 @@ struct SQLDialect: Sendable {
     let begin: String
     /// The column type of a timestamp (SQLite keeps RFC 3339 text, which sorts in time order).
     let timeType: String
+    /// The UTC day (`YYYY-MM-DD`) of a timestamp column.
+    let day: @Sendable (String) -> String
 
     static let sqlite = SQLDialect(
-        migrations: .sqlite, flag: { .integer($0 ? 1 : 0) }, forUpdate: "", begin: "BEGIN IMMEDIATE", timeType: "TEXT"
+        migrations: .sqlite, flag: { .integer($0 ? 1 : 0) }, forUpdate: "", begin: "BEGIN IMMEDIATE", timeType: "TEXT",
+        day: { "substr(\($0), 1, 10)" }
     )
     static let postgres = SQLDialect(
-        migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", begin: "BEGIN", timeType: "TIMESTAMPTZ"
+        migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", begin: "BEGIN", timeType: "TIMESTAMPTZ",
+        day: { "to_char(\($0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" }
     )
 
     /// This dialect with a store's own migration set.

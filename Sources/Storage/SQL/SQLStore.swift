@@ -441,6 +441,36 @@ extension SQLStore {
         }
     }
 
+    public func activity(since: Date) async throws -> ActivityReport {
+        try await read { [dialect] db in
+            func perDay(_ table: String) throws -> [String: Int] {
+                let day = dialect.day("created_at")
+                let rows = try db.query("SELECT \(day), COUNT(*) FROM \(table) WHERE created_at >= $1 GROUP BY \(day)", [.time(since)])
+                return try Dictionary(rows.map { (try $0.string(0), Int(try $0.int(1))) }, uniquingKeysWith: +)
+            }
+            let opened = try db.query(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE is_resolved) FROM chat_sessions WHERE created_at >= $1", [.time(since)]
+            ).first?.ints() ?? [0, 0]
+            // The first user message and the first reply (an agent's or a person's, not a system note) of each session.
+            let pairs = try db.query(
+                """
+                SELECT (SELECT MIN(created_at) FROM chat_messages m WHERE m.session_id = s.session_id AND m.direction = 'inbound'),
+                       (SELECT MIN(created_at) FROM chat_messages m WHERE m.session_id = s.session_id AND m.direction = 'outbound' AND m.type <> 'system')
+                FROM chat_sessions s WHERE s.created_at >= $1 ORDER BY s.created_at DESC LIMIT $2
+                """, [.time(since), .integer(Int64(ActivityReport.replySample))]
+            )
+            let replies = try pairs.compactMap { row -> Double? in
+                guard row.values[0] != .null, row.values[1] != .null else { return nil }
+                let seconds = try row.date(1).timeIntervalSince(try row.date(0))
+                return seconds >= 0 ? seconds : nil
+            }
+            return ActivityReport(
+                messagesPerDay: try perDay("chat_messages"), sessionsPerDay: try perDay("chat_sessions"), sessionsOpened: opened[0],
+                sessionsResolved: opened[1], firstReplySeconds: replies
+            )
+        }
+    }
+
     public func statistics() async throws -> SessionStatistics {
         try await read { db in
             guard let row = try db.query(
