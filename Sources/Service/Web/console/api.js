@@ -240,6 +240,26 @@ export function listMessages(sessionId, { before = NEWEST, limit = 50 } = {}) {
   return request("GET", `/api/sessions/${id(sessionId)}/messages?before=${id(before)}&limit=${limit}`);
 }
 
+/** Marks the session read up to `lastMessageId`: `{sessionId, userId, lastMessageId, readAt, unread}`. */
+export function markRead(sessionId, lastMessageId) {
+  return request("POST", `/api/sessions/${id(sessionId)}/read`, { lastMessageId });
+}
+
+/** Staff: sessions waiting for a person and those the caller claimed (admins: every claimed one), oldest first. */
+export function listHandoffs() {
+  return request("GET", "/api/handoffs");
+}
+
+/** Staff: takes a waiting session; resolves to the session (409 `handoff_unavailable` if someone else has it). */
+export function claimHandoff(sessionId) {
+  return request("POST", `/api/handoffs/${id(sessionId)}/claim`);
+}
+
+/** Staff: hands a claimed session back to the default agent; resolves to the session. */
+export function releaseHandoff(sessionId) {
+  return request("POST", `/api/handoffs/${id(sessionId)}/release`);
+}
+
 /** Sends a text message; `clientMessageId` makes a retry return the first message instead of storing two. */
 export function sendMessage(sessionId, content, clientMessageId) {
   return request("POST", `/api/sessions/${id(sessionId)}/messages`, { content, clientMessageId });

@@ -1,17 +1,26 @@
-// Entry point: restores the sign-in of this tab, then shows either the sign-in form or the chat view, and keeps
-// the open session in the address (#/sessions/<id>) so that reload, back, forward and links to a session work.
+// Entry point: restores the sign-in of this tab, then shows either the sign-in form or a view, and keeps what is
+// open in the address so that reload, back, forward and links work: #/sessions/<id> is the chat view with a
+// session open; for staff (role agent or admin) #/inbox and #/inbox/<id> are the inbox of handoffs.
 
 import * as api from "./api.js";
 import { Realtime } from "./realtime.js";
 import { mountSignIn } from "./signin.js";
 import { mountChat } from "./chat.js";
+import { mountInbox } from "./inbox.js";
+import { element } from "./conversation.js";
 
 const SESSION_HASH = /^#\/sessions\/([0-9a-f-]{36})$/i;
+const INBOX_HASH = /^#\/inbox(?:\/([0-9a-f-]{36}))?$/i;
+const TITLE = "chat-backend console";
+const VIEW_NAMES = { chat: "Chats", inbox: "Inbox" };
 
 const boot = document.getElementById("boot");
 const account = document.getElementById("account");
 const whoami = document.getElementById("whoami");
 const signOutButton = document.getElementById("sign-out");
+const navigation = document.getElementById("views");
+const links = { chat: document.getElementById("nav-chats"), inbox: document.getElementById("nav-inbox") };
+const inboxCount = document.getElementById("inbox-count");
 
 const realtime = new Realtime({
   getToken: async (fresh) => {
@@ -19,30 +28,82 @@ const realtime = new Realtime({
     return api.freshAccessToken();
   },
 });
-const chat = mountChat(realtime);
-const signIn = mountSignIn({ onSignedIn: showChat });
-let signedIn = false;
+const views = {
+  chat: mountChat(realtime),
+  inbox: mountInbox(realtime, { onWaiting: showWaiting }),
+};
+const signIn = mountSignIn({ onSignedIn: showConsole });
+let user = null; // signed in
+let shown = null; // the name of the view on screen
+let waiting = 0; // sessions waiting for a person (staff)
 
-function sessionFromHash() {
-  const match = SESSION_HASH.exec(location.hash);
-  return match ? match[1].toLowerCase() : null;
+const isStaff = () => Boolean(user) && (user.role === "agent" || user.role === "admin");
+
+function route() {
+  const inbox = isStaff() ? INBOX_HASH.exec(location.hash) : null;
+  if (inbox) return { name: "inbox", sessionId: inbox[1] ? inbox[1].toLowerCase() : null };
+  const session = SESSION_HASH.exec(location.hash);
+  return { name: "chat", sessionId: session ? session[1].toLowerCase() : null };
 }
 
-function showChat(user) {
-  signedIn = true;
+function renderTitle() {
+  if (!user || !isStaff()) {
+    document.title = TITLE;
+    return;
+  }
+  document.title = `${waiting > 0 ? `(${waiting}) ` : ""}${VIEW_NAMES[shown] ?? VIEW_NAMES.chat} · ${TITLE}`;
+}
+
+function renderNavigation() {
+  navigation.hidden = !isStaff();
+  for (const [name, link] of Object.entries(links)) {
+    if (name === shown) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  inboxCount.hidden = waiting === 0;
+  inboxCount.replaceChildren(String(waiting), element("span", "visually-hidden", " waiting"));
+  renderTitle();
+}
+
+function showWaiting(count) {
+  waiting = count;
+  renderNavigation();
+}
+
+/** Shows the view the address names (switching views only when it changed). */
+function showRoute({ focus = false } = {}) {
+  const { name, sessionId } = route();
+  if (shown === name) {
+    views[name].open(sessionId);
+    return;
+  }
+  if (shown) views[shown].suspend();
+  shown = name;
+  renderNavigation();
+  views[name].show(sessionId, { focus });
+}
+
+function showConsole(signedInUser) {
+  user = signedInUser;
   boot.hidden = true;
   signIn.hide();
   whoami.textContent = user.username;
   account.hidden = false;
   realtime.start();
-  chat.show(user, sessionFromHash());
+  views.chat.start(user);
+  if (isStaff()) views.inbox.start(user);
+  showRoute({ focus: true });
 }
 
 function showSignIn(message = "") {
-  signedIn = false;
+  user = null;
+  shown = null;
+  waiting = 0;
   boot.hidden = true;
   realtime.stop();
-  chat.hide();
+  views.chat.stop();
+  views.inbox.stop();
+  renderNavigation();
   account.hidden = true;
   whoami.textContent = "";
   signIn.show(message);
@@ -67,11 +128,11 @@ async function start() {
   api.onTokenChange(() => realtime.reauthenticate());
   signOutButton.addEventListener("click", signOut);
   addEventListener("hashchange", () => {
-    if (signedIn) chat.open(sessionFromHash());
+    if (user) showRoute();
   });
   try {
-    const user = await api.restore();
-    if (user) showChat(user);
+    const restored = await api.restore();
+    if (restored) showConsole(restored);
     else showSignIn();
   } catch (error) {
     // A refused refresh token has already brought up the form (onSignedOut); this is the server being unreachable.

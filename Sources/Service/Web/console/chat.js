@@ -1,33 +1,14 @@
-// The chat view: the signed-in user's sessions on the left, the open session's conversation on the right.
-// History comes over REST, live messages, agent reply streams and typing over the realtime connection.
-// User text is only ever put into the page with textContent.
+// The chat view: the signed-in user's sessions on the left (with what is unread in each), the open session's
+// conversation on the right (the pane of conversation.js). User text is only ever put into the page with textContent.
 
 import * as api from "./api.js";
+import {
+  STATE_LABELS, byId, element, merged, mountConversation, renderConnection, sessionTitle, unreadBadge,
+} from "./conversation.js";
 
 const SESSION_PAGE = 50;
-const TYPING_IDLE_MS = 3_000; // stop saying "typing" after this long without a keystroke
-const TYPING_STALE_MS = 8_000; // forget someone's typing if their "stopped" never arrives
-
-const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-// Seconds in session titles: sessions opened in the same minute must still be told apart.
-const createdTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
-const timeOnly = new Intl.DateTimeFormat(undefined, { timeStyle: "short" });
-const STATE_LABELS = { active: "Active", expired: "Expired", resolved: "Resolved" };
-const CONNECTION_LABELS = { online: "Live", connecting: "Connecting…", offline: "Offline, reconnecting…" };
-
-const byId = (id) => document.getElementById(id);
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function sessionTitle(session) {
-  const title = session.metadata && session.metadata.title;
-  return typeof title === "string" && title.trim() ? title.trim() : `Session of ${createdTime.format(new Date(session.createdAt))}`;
-}
+// While a person handles the open session, read it again now and then: when they resolve it, no event says so.
+const HANDOFF_POLL_MS = 5_000;
 
 function sessionDetails(session) {
   const parts = [STATE_LABELS[session.state] ?? session.state];
@@ -36,39 +17,7 @@ function sessionDetails(session) {
   return parts.join(" · ");
 }
 
-function agentName(metadata) {
-  return metadata && typeof metadata.agent === "string" ? metadata.agent : null;
-}
-
-function authorOf(message, me) {
-  if (message.type === "system") return "System";
-  if (message.direction === "inbound") return message.userId === me.id ? "You" : "User";
-  const agent = agentName(message.metadata);
-  if (agent === "human") return "Support";
-  return agent ? `Agent (${agent})` : "Agent";
-}
-
-function kindOf(message, me) {
-  if (message.type === "system") return "system";
-  return message.direction === "inbound" && message.userId === me.id ? "mine" : "theirs";
-}
-
-function messageElement(author, kind, createdAt, text) {
-  const article = element("article", "message");
-  article.dataset.kind = kind;
-  const head = element("header", "message-head");
-  head.append(element("span", "message-author", author));
-  if (createdAt) {
-    const time = element("time", "message-time", timeOnly.format(new Date(createdAt)));
-    time.dateTime = createdAt;
-    time.title = dateTime.format(new Date(createdAt));
-    head.append(time);
-  }
-  article.append(head, element("p", "message-text", text));
-  return article;
-}
-
-/** Wires the chat view to the page; `realtime` is the shared /ws client. Returns `{show, hide, open}`. */
+/** Wires the chat view to the page; `realtime` is the shared /ws client. Returns `{start, show, suspend, stop, open}`. */
 export function mountChat(realtime) {
   const view = byId("chat");
   const list = byId("session-list");
@@ -81,21 +30,46 @@ export function mountChat(realtime) {
   const resumeButton = byId("resume");
   const resolveButton = byId("resolve");
   const errorBox = byId("chat-error");
-  const scroller = byId("messages-scroll");
-  const loadEarlier = byId("load-earlier");
-  const empty = byId("conversation-empty");
-  const log = byId("messages");
-  const typingLine = byId("typing");
-  const composer = byId("composer");
-  const input = byId("message-input");
-  const sendButton = byId("send");
 
   let me = null;
   let sessions = new Map(); // sessionId → session, in list order
   let sessionsTotal = 0;
-  let current = null; // the open session and what is on screen of it
-  let typingTimer = 0;
-  let openSeq = 0;
+  let pollTimer = 0;
+
+  const pane = mountConversation(realtime, {
+    scroller: byId("messages-scroll"),
+    loadEarlier: byId("load-earlier"),
+    empty: byId("conversation-empty"),
+    log: byId("messages"),
+    typingLine: byId("typing"),
+    composer: byId("composer"),
+    input: byId("message-input"),
+    sendButton: byId("send"),
+  }, {
+    canWrite: (session) => session.state === "active",
+    renderHeader,
+    onMessage(message) {
+      // Agents can hand off or resolve a session along with a message: read its state again.
+      if (message.direction === "outbound" || message.type === "system") refreshSession(message.sessionId);
+    },
+    onLeft,
+    onRead(sessionId, unread) {
+      const session = sessions.get(sessionId);
+      if (!session || session.unread === unread) return;
+      sessions.set(sessionId, { ...session, unread });
+      renderSessions();
+    },
+    onUnread(sessionId) {
+      const session = sessions.get(sessionId);
+      if (!session) return;
+      sessions.set(sessionId, { ...session, unread: (session.unread ?? 0) + 1 });
+      renderSessions();
+    },
+    onError: showError,
+    onSendFailed(error, sessionId) {
+      if (error.code === "session_expired" || error.code === "session_resolved") refreshSession(sessionId);
+    },
+  });
 
   function showError(error) {
     errorBox.textContent = error ? error.message || String(error) : "";
@@ -105,13 +79,18 @@ export function mountChat(realtime) {
 
   function renderSessions() {
     list.replaceChildren();
+    const open = pane.session;
     for (const session of sessions.values()) {
       const link = element("a");
       link.href = `#/sessions/${session.sessionId}`;
-      if (current && current.session.sessionId === session.sessionId) link.setAttribute("aria-current", "page");
+      if (open && open.sessionId === session.sessionId) link.setAttribute("aria-current", "page");
+      const row = element("span", "session-row");
+      row.append(element("span", "session-name", sessionTitle(session)));
+      const badge = unreadBadge(session.unread);
+      if (badge) row.append(badge);
       const state = element("span", "session-state", sessionDetails(session));
       state.dataset.state = session.state;
-      link.append(element("span", "session-name", sessionTitle(session)), state);
+      link.append(row, state);
       const item = element("li");
       item.append(link);
       list.append(item);
@@ -129,134 +108,23 @@ export function mountChat(realtime) {
   }
 
   function updateSession(session) {
-    if (sessions.has(session.sessionId)) sessions.set(session.sessionId, session);
+    const known = sessions.get(session.sessionId);
+    if (known) sessions.set(session.sessionId, merged(known, session));
     else {
       sessions = new Map([[session.sessionId, session], ...sessions]);
       sessionsTotal += 1;
     }
-    if (current && current.session.sessionId === session.sessionId) {
-      current.session = session;
-      renderHeader();
-    }
+    pane.setSession(session);
     renderSessions();
   }
 
-  // ---- conversation header and composer ----
+  // ---- conversation header ----
 
-  function renderHeader() {
-    const session = current && current.session;
+  function renderHeader(session) {
     title.textContent = session ? sessionTitle(session) : "No session open";
     meta.textContent = session ? sessionDetails(session) : "";
     resolveButton.disabled = !session || session.isResolved;
     resumeButton.hidden = !session || session.state !== "expired";
-    const writable = Boolean(session) && session.state === "active";
-    input.disabled = !writable;
-    sendButton.disabled = !writable;
-    empty.hidden = Boolean(session);
-    loadEarlier.hidden = !current || !current.hasMoreBefore;
-  }
-
-  function renderConnection(status) {
-    connection.dataset.status = status;
-    connection.textContent = CONNECTION_LABELS[status] ?? status;
-  }
-
-  // ---- messages ----
-
-  function nearBottom() {
-    return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
-  }
-
-  function scrollToBottom() {
-    scroller.scrollTop = scroller.scrollHeight;
-  }
-
-  function insertMessage(message) {
-    if (!current || message.sessionId !== current.session.sessionId) return;
-    realtime.seen(message);
-    const streamId = message.metadata && message.metadata.streamId;
-    const draft = streamId ? current.drafts.get(streamId) : null;
-    if (current.nodes.has(message.id)) {
-      // Already shown (the REST answer and the live event both bring a sent message): messages never change.
-      if (draft) draft.node.remove();
-      current.drafts.delete(streamId);
-      return;
-    }
-    const node = messageElement(authorOf(message, me), kindOf(message, me), message.createdAt, message.content);
-    if (draft) {
-      // The stored reply takes the place of the text streamed so far.
-      draft.node.replaceWith(node);
-      current.drafts.delete(streamId);
-    } else {
-      // Ids are time-ordered: find the first message that is newer and go before it.
-      const later = [...current.nodes.keys()].filter((id) => id > message.id).sort()[0];
-      if (later) current.nodes.get(later).before(node);
-      else {
-        const firstDraft = current.drafts.values().next().value;
-        if (firstDraft) firstDraft.node.before(node);
-        else log.append(node);
-      }
-    }
-    current.nodes.set(message.id, node);
-    if (!current.oldestId || message.id < current.oldestId) current.oldestId = message.id;
-  }
-
-  function showMessages(messages, { stick = false } = {}) {
-    const follow = stick || nearBottom();
-    for (const message of messages) insertMessage(message);
-    if (follow) scrollToBottom();
-  }
-
-  function onDelta(event) {
-    if (!current || event.sessionId !== current.session.sessionId) return;
-    const follow = nearBottom();
-    let draft = current.drafts.get(event.streamId);
-    if (!draft) {
-      const node = messageElement(`Agent (${event.agent})`, "theirs", null, "");
-      node.setAttribute("aria-busy", "true"); // assistive tech reads the reply once, when it is complete
-      log.append(node);
-      draft = { node, parts: [] };
-      current.drafts.set(event.streamId, draft);
-    }
-    draft.parts[event.index] = event.delta;
-    draft.node.querySelector(".message-text").textContent = draft.parts.join("");
-    if (follow) scrollToBottom();
-  }
-
-  // ---- typing ----
-
-  function renderTyping() {
-    if (!current || current.typers.size === 0) {
-      typingLine.textContent = "";
-      return;
-    }
-    const keys = [...current.typers.keys()];
-    typingLine.textContent = keys.some((key) => key.startsWith("agent:")) ? "Agent is typing…" : "Someone is typing…";
-  }
-
-  function setTyping(key, isTyping) {
-    if (!current) return;
-    clearTimeout(current.typers.get(key));
-    if (isTyping) current.typers.set(key, setTimeout(() => setTyping(key, false), TYPING_STALE_MS));
-    else current.typers.delete(key);
-    renderTyping();
-  }
-
-  function onTyping(event) {
-    if (!current || event.sessionId !== current.session.sessionId || (event.userId && event.userId === me.id)) return;
-    setTyping(event.agent ? `agent:${event.agent}` : `user:${event.userId}`, event.isTyping);
-  }
-
-  function onLiveMessage(message) {
-    if (!current || message.sessionId !== current.session.sessionId) return;
-    if (message.direction === "outbound") {
-      const agent = agentName(message.metadata);
-      if (agent && agent !== "human") setTyping(`agent:${agent}`, false);
-      else if (message.userId) setTyping(`user:${message.userId}`, false);
-    }
-    showMessages([message]);
-    // Agents can hand off or resolve a session along with a message: read its state again.
-    if (message.direction === "outbound" || message.type === "system") refreshSession(message.sessionId);
   }
 
   async function refreshSession(sessionId) {
@@ -267,19 +135,19 @@ export function mountChat(realtime) {
     }
   }
 
-  function lastSeenId() {
-    let last = null;
-    for (const id of current.nodes.keys()) if (!last || id > last) last = id;
-    return last;
+  function poll() {
+    const session = pane.session;
+    if (session && session.handoff && session.state === "active" && document.visibilityState === "visible") {
+      refreshSession(session.sessionId);
+    }
   }
 
   async function onLeft(event) {
-    if (!current || event.sessionId !== current.session.sessionId) return;
-    const shown = current;
     try {
-      updateSession(await api.getSession(event.sessionId));
+      const session = await api.getSession(event.sessionId);
+      updateSession(session);
       // Still readable (the change did not concern this user after all): listen again from where we were.
-      if (current === shown) realtime.join(event.sessionId, lastSeenId());
+      if (pane.isOpen(event.sessionId)) pane.rejoin();
     } catch (error) {
       if (error.status === 404) dropSession(event.sessionId, "This session is no longer available to you.");
       else showError(error);
@@ -288,115 +156,59 @@ export function mountChat(realtime) {
 
   function dropSession(sessionId, message) {
     sessions.delete(sessionId);
-    renderSessions();
-    if (current && current.session.sessionId === sessionId) {
-      close();
+    if (pane.isOpen(sessionId)) {
+      pane.close();
       showError({ message });
     }
-  }
-
-  // ---- opening, sending, resolving ----
-
-  function close() {
-    if (current) for (const timer of current.typers.values()) clearTimeout(timer);
-    current = null;
-    realtime.leave();
-    log.replaceChildren();
-    typingLine.textContent = "";
-    renderHeader();
     renderSessions();
   }
+
+  // ---- opening, resolving, resuming, creating ----
 
   /** Opens a session by id (null closes the conversation). */
   async function open(sessionId) {
-    const seq = ++openSeq;
     showError(null);
     if (!sessionId) {
-      close();
+      pane.close();
+      renderSessions();
       return;
     }
-    if (current && current.session.sessionId === sessionId) return;
+    if (pane.isOpen(sessionId)) return;
     try {
-      const [session, page] = await Promise.all([api.getSession(sessionId), api.listMessages(sessionId)]);
-      if (seq !== openSeq) return; // another session was chosen meanwhile
-      close();
-      current = { session, nodes: new Map(), drafts: new Map(), typers: new Map(), oldestId: null, hasMoreBefore: page.hasMore };
+      const session = await pane.open(sessionId);
+      if (!session) return; // another session was chosen meanwhile
       updateSession(session);
-      showMessages(page.messages, { stick: true });
-      const last = page.messages.length ? page.messages[page.messages.length - 1].id : null;
-      realtime.join(sessionId, last);
-      if (!input.disabled) input.focus();
+      pane.focusInput();
     } catch (error) {
-      if (seq !== openSeq) return;
       if (error.status === 404) dropSession(sessionId, "This session does not exist, or it is not yours.");
       else showError(error);
     }
   }
 
-  async function loadOlder() {
-    if (!current || !current.oldestId) return;
-    const session = current;
-    loadEarlier.disabled = true;
-    try {
-      const page = await api.listMessages(session.session.sessionId, { before: session.oldestId });
-      if (current !== session) return;
-      const height = scroller.scrollHeight;
-      for (const message of page.messages) insertMessage(message);
-      // Keep the message the reader was looking at where it was.
-      scroller.scrollTop += scroller.scrollHeight - height;
-      current.hasMoreBefore = page.hasMore;
-      renderHeader();
-    } catch (error) {
-      showError(error);
-    } finally {
-      loadEarlier.disabled = false;
-    }
-  }
-
-  async function send() {
-    const content = input.value;
-    if (!current || !content.trim() || sendButton.disabled) return;
-    const session = current;
-    showError(null);
-    clearTimeout(typingTimer);
-    realtime.typing(false);
-    sendButton.disabled = true;
-    try {
-      const message = await api.sendMessage(session.session.sessionId, content, api.randomId());
-      if (input.value === content) input.value = "";
-      if (current === session) showMessages([message], { stick: true });
-    } catch (error) {
-      showError(error);
-      if (error.code === "session_expired" || error.code === "session_resolved") refreshSession(session.session.sessionId);
-    } finally {
-      renderHeader();
-      if (!input.disabled) input.focus();
-    }
-  }
-
   async function resolve() {
-    if (!current) return;
+    const session = pane.session;
+    if (!session) return;
     showError(null);
     resolveButton.disabled = true;
     try {
-      updateSession(await api.resolveSession(current.session.sessionId));
+      updateSession(await api.resolveSession(session.sessionId));
     } catch (error) {
       showError(error);
-      renderHeader();
+      pane.render();
     }
   }
 
   async function resume() {
-    if (!current) return;
+    const session = pane.session;
+    if (!session) return;
     showError(null);
-    const session = current;
     try {
-      const result = await api.resumeSession(session.session.sessionId);
-      if (current !== session) return;
+      const result = await api.resumeSession(session.sessionId);
+      if (!pane.isOpen(session.sessionId)) return;
       updateSession(result.session);
-      showMessages(result.messages, { stick: true });
-      realtime.join(result.session.sessionId, lastSeenId());
-      input.focus();
+      pane.showMessages(result.messages, { stick: true });
+      pane.rejoin();
+      pane.focusInput();
     } catch (error) {
       showError(error);
     }
@@ -416,66 +228,53 @@ export function mountChat(realtime) {
     }
   }
 
-  // ---- events ----
-
-  composer.addEventListener("submit", (event) => {
-    event.preventDefault();
-    send();
-  });
-  input.addEventListener("keydown", (event) => {
-    // Enter sends; Shift+Enter is a new line; Enter that confirms an input method's composition is neither.
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      send();
-    }
-  });
-  input.addEventListener("input", () => {
-    clearTimeout(typingTimer);
-    if (!input.value) {
-      realtime.typing(false);
-      return;
-    }
-    realtime.typing(true);
-    typingTimer = setTimeout(() => realtime.typing(false), TYPING_IDLE_MS);
-  });
   newSession.addEventListener("click", create);
   moreSessions.addEventListener("click", () => loadSessions({ more: true }).catch(showError));
   resolveButton.addEventListener("click", resolve);
   resumeButton.addEventListener("click", resume);
-  loadEarlier.addEventListener("click", loadOlder);
 
-  realtime.on("message", onLiveMessage);
-  realtime.on("delta", onDelta);
-  realtime.on("typing", onTyping);
-  realtime.on("status", renderConnection);
-  realtime.on("left", onLeft);
-  realtime.on("error", (error) => showError(error));
+  realtime.on("status", (status) => renderConnection(connection, status));
+  realtime.on("error", (error) => {
+    if (!view.hidden) showError(error);
+  });
 
   return {
-    /** Shows the view for `user` and opens `sessionId` if given. */
-    async show(user, sessionId) {
+    /** The signed-in user (before the first `show`). */
+    start(user) {
       me = user;
+      pane.setUser(user);
+    },
+    /** Shows the view and opens `sessionId` if given; `focus`: put the focus in it when nothing is open. */
+    async show(sessionId, { focus = false } = {}) {
       view.hidden = false;
-      renderConnection(realtime.status);
-      renderHeader();
+      renderConnection(connection, realtime.status);
+      pane.render();
+      clearInterval(pollTimer);
+      pollTimer = setInterval(poll, HANDOFF_POLL_MS);
       try {
         await loadSessions();
       } catch (error) {
         showError(error);
       }
       await open(sessionId);
-      if (!current) newSession.focus();
+      if (focus && !pane.session) newSession.focus();
+    },
+    /** Hides the view (another one is shown) and closes its conversation. */
+    suspend() {
+      clearInterval(pollTimer);
+      pane.close();
+      view.hidden = true;
+      showError(null);
     },
     /** Hides the view and forgets everything it showed (sign-out). */
-    hide() {
-      openSeq += 1;
-      close();
+    stop() {
+      clearInterval(pollTimer);
+      pane.forget();
       view.hidden = true;
       me = null;
       sessions = new Map();
       sessionsTotal = 0;
       list.replaceChildren();
-      input.value = "";
       showError(null);
     },
     open,

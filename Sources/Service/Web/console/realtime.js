@@ -1,5 +1,6 @@
 // Client of the plain JSON WebSocket at /ws: one connection, authenticated with the access token, joined to the
-// one session on screen. Server events go out to callbacks registered with `on`.
+// one session on screen. Server events go out to callbacks registered with `on`; staff connections also hear of
+// every change of the handoff queue (`handoff`), joined or not.
 //
 // A connection lives only as long as the token it authenticated with, so after every token refresh it is replaced
 // by a new one; rejoining with the last message id seen makes the server replay whatever arrived in between.
@@ -27,7 +28,7 @@ export class Realtime {
     this.reconnectNow = () => { if (this.running && !this.socket) this.open(); };
   }
 
-  /** Registers `callback` for an event: message, delta, typing, presence, left, joined, error, status. */
+  /** Registers `callback` for an event: message, delta, typing, presence, read, handoff, left, joined, error, status. */
   on(event, callback) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(callback);
@@ -67,8 +68,9 @@ export class Realtime {
     this.sendJoin();
   }
 
-  /** Leaves the joined session, if any. */
-  leave() {
+  /** Leaves the joined session, if any (only if it is `sessionId`, when that is given). */
+  leave(sessionId = null) {
+    if (sessionId && sessionId !== this.sessionId) return;
     if (this.sessionId) this.send({ type: "leave", sessionId: this.sessionId });
     this.sessionId = null;
     this.lastMessageId = null;
@@ -197,6 +199,12 @@ export class Realtime {
         break;
       case "presence":
         this.emit("presence", event);
+        break;
+      case "read":
+        this.emit("read", event);
+        break;
+      case "handoff":
+        this.emit("handoff", event);
         break;
       case "left":
         if (event.sessionId === this.sessionId) {
