@@ -165,14 +165,27 @@ struct AppConfig {
         service.accessTokenTTL = try duration("jwt.access.ttl", "JWT_ACCESS_TTL", "15m")
         service.refreshTokenTTL = try duration("jwt.refresh.ttl", "JWT_REFRESH_TTL", "30d")
         service.sessionTTL = try duration("session.ttl", "SESSION_TTL", "24h")
-        service.corsOrigins = (value("cors.origins") ?? "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
-        for origin in service.corsOrigins where !(origin.hasPrefix("http://") || origin.hasPrefix("https://")) || origin.hasSuffix("/") {
-            throw ConfigError("CORS_ORIGINS: '\(origin)' must be an origin like https://chat.example.com (scheme and host, no path)")
+        func origins(_ key: ConfigKey, _ name: String) throws -> [String] {
+            let list = (value(key) ?? "").split(separator: ",").map { String($0).trimmed }.filter { !$0.isEmpty }
+            for origin in list where !Self.isOrigin(origin) {
+                throw ConfigError("\(name): '\(origin)' must be an origin like https://chat.example.com (scheme and host, no path)")
+            }
+            summary.append((name, list.joined(separator: ",")))
+            return list
         }
-        summary.append(("CORS_ORIGINS", service.corsOrigins.joined(separator: ",")))
+        service.corsOrigins = try origins("cors.origins", "CORS_ORIGINS")
+        service.widgetOrigins = try origins("widget.origins", "WIDGET_ORIGINS")
         service.rateLimitAPI = try rate("rate.limit.api", "RATE_LIMIT_API", "300/1m")
         service.rateLimitAuth = try rate("rate.limit.auth", "RATE_LIMIT_AUTH", "10/1m")
         service.rateLimitMessages = try rate("rate.limit.messages", "RATE_LIMIT_MESSAGES", "60/1m")
+        let guestText = (value("guest.access") ?? "off").lowercased()
+        guard ["on", "off", "true", "false", "1", "0", "yes", "no"].contains(guestText) else {
+            throw ConfigError("GUEST_ACCESS: must be on or off (got '\(guestText)')")
+        }
+        service.guestAccess = ["on", "true", "1", "yes"].contains(guestText)
+        summary.append(("GUEST_ACCESS", service.guestAccess ? "on" : "off"))
+        service.rateLimitGuest = try rate("rate.limit.guest", "RATE_LIMIT_GUEST", "10/1h")
+        service.guestTTL = try duration("guest.ttl", "GUEST_TTL", "30d")
         let bodyText = value("max.body.bytes") ?? String(1 << 20)
         guard let body = Int(bodyText), (1024...(64 << 20)).contains(body) else {
             throw ConfigError("MAX_BODY_BYTES: must be 1024 to 67108864 (got '\(bodyText)')")
@@ -248,6 +261,15 @@ struct AppConfig {
 
     /// Hides every password in a connection string: `user:secret@` in a URI, `password=…` in its query,
     /// and `password = …` in a key=value string.
+    /// `http(s)://host[:port]`, nothing after it (the form of a browser's `Origin` header).
+    static func isOrigin(_ text: String) -> Bool {
+        for scheme in ["http://", "https://"] where text.hasPrefix(scheme) {
+            let rest = text.dropFirst(scheme.count)
+            return !rest.isEmpty && !rest.contains(where: { "/?#@ ".contains($0) })
+        }
+        return false
+    }
+
     static func maskURL(_ text: String) -> String {
         var out = text
         let parts = out.split(separator: "://", maxSplits: 1)

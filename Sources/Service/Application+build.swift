@@ -98,7 +98,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     if let rule = config.rateLimitAPI { auth.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     AuthController(
         store: store, tokens: tokens, hasher: hasher, hub: hub, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes,
-        identity: identity
+        identity: identity, guestAccess: config.guestAccess, guestRule: config.rateLimitGuest
     ).addRoutes(to: auth)
 
     let api = router.group("api").add(middleware: identity)
@@ -124,7 +124,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         pingTimeout: config.socketIOPingTimeout, maxPayload: config.socketIOMaxPayload, logger: dependencies.logger
     )
     socketIO.addRoutes(to: router)
-    WebController().addRoutes(to: router)
+    WebController(widgetOrigins: config.widgetOrigins).addRoutes(to: router)
     routeMethods.load(router.routes.map { ($0.path.description, $0.method) })
     let logger = dependencies.logger
     let webSockets = WebSocketRoutes { request, clientIP in
@@ -166,7 +166,11 @@ public func buildApplication(
     case .address(let h, let p): (host, port) = (h, p)
     case .inheritedSocket: (host, port) = ("127.0.0.1", 0)
     }
-    let sweeper = SessionSweeper(store: dependencies.store, interval: .seconds(config.sweepIntervalSeconds), logger: dependencies.logger)
+    // A guest lifetime shorter than the sweep interval is swept a few times per lifetime.
+    let sweeper = SessionSweeper(
+        store: dependencies.store, interval: .seconds(min(config.sweepIntervalSeconds, max(1, config.guestTTL / 4))), logger: dependencies.logger,
+        guestTTL: config.guestTTL
+    )
     let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, tokens: routers.tokens, logger: dependencies.logger)
     let onListening = dependencies.onListening
     let channel = ChatServerChannel(
@@ -245,16 +249,21 @@ public final class StoreService: Service, Sendable {
 }
 
 /// Marks sessions past their expiry as expired, and drops expired token rows, every `interval`.
+/// Also deletes guests inactive for `guestTTL` seconds, a batch per round.
 struct SessionSweeper: Service {
     let store: any ChatStore
     let interval: Duration
     let logger: Logger
+    var guestTTL: Int = 30 * 86400
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
-                let expired = try await store.sweepExpired(now: Timestamp.now())
+                let now = Timestamp.now()
+                let expired = try await store.sweepExpired(now: now)
                 if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }
+                let guests = try await store.deleteInactiveGuests(inactiveSince: now.addingTimeInterval(-Double(guestTTL)), limit: 500)
+                if guests > 0 { logger.info("deleted inactive guests", metadata: ["count": "\(guests)"]) }
             } catch {
                 logger.warning("session sweep failed", metadata: ["error": .string(String(reflecting: error))])
             }

@@ -7,9 +7,18 @@ public struct ServiceConfig: Sendable {
     public var sessionTTL: Int = 24 * 3600
     /// Origins allowed to make cross-origin requests; empty means none.
     public var corsOrigins: [String] = []
+    /// Origins of the websites that may embed the chat widget (`/widget.js`, its `/widget/` frame); empty means none.
+    public var widgetOrigins: [String] = []
     public var rateLimitAPI: RateLimit? = RateLimit(limit: 300, windowSeconds: 60)
     public var rateLimitAuth: RateLimit? = RateLimit(limit: 10, windowSeconds: 60)
     public var rateLimitMessages: RateLimit? = RateLimit(limit: 60, windowSeconds: 60)
+    /// `POST /auth/guest` makes guest accounts (website visitors using the widget).
+    public var guestAccess: Bool = false
+    /// Guest accounts one client address may make.
+    public var rateLimitGuest: RateLimit? = RateLimit(limit: 10, windowSeconds: 3600)
+    /// Guests without activity (a message in their sessions, a token refresh) for this many seconds are
+    /// deleted with their sessions.
+    public var guestTTL: Int = 30 * 86400
     /// Largest accepted request body.
     public var maxBodyBytes: Int {
         get { server.maxBodyBytes }

@@ -30,13 +30,18 @@ public protocol ChatStore: Sendable {
     func user(id: UUID) async throws -> User?
     /// The user with this username, compared case-insensitively.
     func user(username: String) async throws -> User?
+    /// The users with these ids (missing ones are left out).
+    func users(ids: [UUID]) async throws -> [User]
     /// Users whose username or email contains `search` (any case), with `role`, newest first.
     func users(_ query: UserQuery) async throws -> UserPage
     /// Changes a user's role, disabled state or password hash; the user as it is now, nil when there is none.
     func updateUser(id: UUID, _ change: UserChange, now: Date) async throws -> User?
-    /// Revokes every login (refresh-token family) of a user that is not revoked yet, and returns them, so
-    /// that their access tokens and realtime connections stop working on every instance.
-    func revokeLogins(userId: UUID, now: Date) async throws -> [UUID]
+    /// Revokes every login (refresh-token family) of a user that is not revoked yet, but `except`, and
+    /// returns them, so that their access tokens and realtime connections stop working on every instance.
+    func revokeLogins(userId: UUID, except: UUID?, now: Date) async throws -> [UUID]
+    /// Deletes up to `limit` guests with no activity since `inactiveSince` (made before it, no message in
+    /// their sessions and no token issued since), with their sessions; returns how many.
+    func deleteInactiveGuests(inactiveSince: Date, limit: Int) async throws -> Int
     /// Deletes a user, their sessions with every message in them, their tokens and read markers; sessions
     /// they had claimed wait for a person again. False when there is no such user.
     func deleteUser(id: UUID, now: Date) async throws -> Bool

@@ -9,6 +9,11 @@ public enum Role: String, Sendable, Codable, CaseIterable {
     case user
     case admin
     case agent
+    /// A website visitor chatting through the widget without an account (`POST /auth/guest`).
+    case guest
+
+    /// The roles an account can be given (guests are only made by `POST /auth/guest`).
+    public static let assignable: [Role] = [.user, .agent, .admin]
 }
 
 /// A registered account.

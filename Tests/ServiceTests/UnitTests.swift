@@ -99,10 +99,11 @@ struct UnitTests {
         #expect(!WebController.acceptsGzip("*;q=0.8, gzip;q=0") && WebController.acceptsGzip("*;q=0, gzip"))
         #expect(WebController.matches("\"a\", \"b\"", "\"b\"") && WebController.matches("W/\"b\"", "\"b\"") && WebController.matches("*", "\"b\""))
         #expect(!WebController.matches("\"a\"", "\"b\"") && !WebController.matches("b", "\"b\""))
-        let policy = WebController.consolePolicy(host: "chat.example.com:3006")
+        let policy = WebController.pagePolicy(host: "chat.example.com:3006", frameAncestors: "'none'")
         #expect(policy.contains("script-src 'self';") && policy.contains("style-src 'self';") && policy.contains("frame-ancestors 'none'"))
         #expect(policy.contains("connect-src 'self' ws://chat.example.com:3006 wss://chat.example.com:3006;") && !policy.contains("unsafe"))
-        #expect(WebController.consolePolicy(host: "evil; script-src *").contains("connect-src 'self';"))
+        #expect(WebController.pagePolicy(host: "evil; script-src *", frameAncestors: "'none'").contains("connect-src 'self';"))
+        #expect(WebController.pagePolicy(host: nil, frameAncestors: "https://shop.example").hasSuffix("frame-ancestors https://shop.example"))
         let text = Array(String(repeating: "<p>a chat console</p>\n", count: 200).utf8)
         let gzipped = Gzip.compress(text) ?? []
         #expect(gzipped.starts(with: [0x1F, 0x8B, 0x08]) && gzipped.count < text.count / 10)

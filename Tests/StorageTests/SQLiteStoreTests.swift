@@ -105,6 +105,70 @@ struct SQLiteStoreTests {
         #expect(try db.query("SELECT name FROM sqlite_master WHERE name = 'b'").isEmpty)
     }
 
+    @Test("a migration that rebuilds a table keeps the rows referring to it, and one that would orphan rows is refused")
+    func tableRebuild() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rebuild-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.db").path
+        let all = MigrationSet.sqlite.migrations
+        let rebuild = try #require(all.firstIndex { $0.sql.hasPrefix("-- migration: foreign keys off") })
+        // A database from before the users table was rebuilt, with rows that refer to users.
+        let older = try await SQLiteStore.open(path: path, migrations: MigrationSet(dialect: "sqlite", migrations: Array(all[..<rebuild])))
+        let user = Make.user("before")
+        try await older.createUser(user)
+        let now = Timestamp.now()
+        try await older.insertRefreshToken(RefreshTokenRecord(
+            id: UUID(), userId: user.id, familyId: UUID(), tokenHash: String(repeating: "d", count: 64), expiresAt: now.addingTimeInterval(60), createdAt: now
+        ))
+        let session = Make.session(userId: user.id)
+        try await older.createSession(session)
+        guard case .created(let message) = try await older.appendMessage(Make.message(session.id, userId: user.id), now: now) else {
+            Issue.record("append failed")
+            return
+        }
+        _ = try await older.markRead(sessionId: session.id, userId: user.id, messageId: message.id, now: now)
+        let counts = try await older.recordCounts()
+        await older.close()
+
+        let store = try await SQLiteStore.open(path: path)
+        #expect(try await store.recordCounts() == counts)
+        #expect(try await store.user(id: user.id) == user)
+        // Foreign keys are enforced again, and cascade from the rebuilt table.
+        let db = try SQLiteConnection(path: path)
+        #expect(try db.query("PRAGMA foreign_key_check").isEmpty)
+        db.close()
+        let orphan = RefreshTokenRecord(
+            id: UUID(), userId: UUID(), familyId: UUID(), tokenHash: String(repeating: "e", count: 64), expiresAt: now.addingTimeInterval(60), createdAt: now
+        )
+        await #expect(throws: StoreError.self) { try await store.insertRefreshToken(orphan) }
+        #expect(try await store.deleteUser(id: user.id, now: now))
+        let left = try await store.recordCounts()
+        #expect(left.refreshTokens == 0 && left.sessionReads == 0)
+        await store.close()
+
+        // A rebuild that would leave rows without the row they refer to is rolled back.
+        let path2 = dir.appendingPathComponent("orphan.db").path
+        let base = MigrationSet(dialect: "sqlite", migrations: Array(all[..<rebuild]))
+        let seeded = try await SQLiteStore.open(path: path2, migrations: base)
+        let owner = Make.user("owner")
+        try await seeded.createUser(owner)
+        try await seeded.insertRefreshToken(RefreshTokenRecord(
+            id: UUID(), userId: owner.id, familyId: UUID(), tokenHash: String(repeating: "f", count: 64), expiresAt: now.addingTimeInterval(60), createdAt: now
+        ))
+        await seeded.close()
+        let losing = Migration(
+            version: all[rebuild].version, fileName: "V\(all[rebuild].version)__lose_users.sql",
+            sql: "-- migration: foreign keys off\nDELETE FROM users;"
+        )
+        await #expect(throws: StoreError.self) {
+            _ = try await SQLiteStore.open(path: path2, migrations: MigrationSet(dialect: "sqlite", migrations: base.migrations + [losing]))
+        }
+        let check = try SQLiteConnection(path: path2)
+        #expect(try check.query("SELECT COUNT(*) FROM users").first?.int(0) == 1)
+        check.close()
+    }
+
     @Test("the database runs in WAL mode with foreign keys and full sync")
     func pragmas() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pragma-\(UUID().uuidString)")

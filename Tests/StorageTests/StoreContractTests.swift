@@ -66,6 +66,9 @@ struct StoreContractTests {
             #expect(paged.total == 5 && paged.users.map(\.username) == ["dave", "Carla"])
 
             let dave = try #require(try await store.user(username: "dave"))
+            let carla = try #require(try await store.user(username: "Carla"))
+            #expect(Set(try await store.users(ids: [dave.id, carla.id, dave.id, UUID()]).map(\.username)) == ["dave", "Carla"])
+            #expect(try await store.users(ids: []).isEmpty)
             let now = Timestamp.now()
             let staff = try #require(try await store.updateUser(id: dave.id, UserChange(role: .agent), now: now))
             #expect(staff.role == .agent && staff.disabledAt == nil && staff.passwordHash == dave.passwordHash)
@@ -86,9 +89,15 @@ struct StoreContractTests {
                 ))
             }
             try await store.revokeRefreshFamily(first, now: now)
-            #expect(try await store.revokeLogins(userId: dave.id, now: now) == [second])
+            let third = UUID()
+            try await store.insertRefreshToken(RefreshTokenRecord(
+                id: UUID(), userId: dave.id, familyId: third, tokenHash: String(repeating: "g", count: 64), expiresAt: now.addingTimeInterval(60), createdAt: now
+            ))
+            #expect(try await store.revokeLogins(userId: dave.id, except: third, now: now) == [second])
             #expect(try await store.isRefreshFamilyRevoked(second))
-            #expect(try await store.revokeLogins(userId: dave.id, now: now) == [])
+            #expect(try await !store.isRefreshFamilyRevoked(third))
+            #expect(try await store.revokeLogins(userId: dave.id, except: nil, now: now) == [third])
+            #expect(try await store.revokeLogins(userId: dave.id, except: nil, now: now) == [])
 
             // Deleting dave deletes his sessions and their messages; a session he had claimed waits again.
             let owner = try #require(try await store.user(username: "Carla"))
@@ -105,10 +114,49 @@ struct StoreContractTests {
             #expect(try await store.session(id: his.id) == nil)
             let after = try await store.recordCounts()
             #expect(after.users == before.users - 1 && after.sessions == before.sessions - 1 && after.messages == before.messages - 1)
-            #expect(after.refreshTokens == before.refreshTokens - 2)
+            #expect(after.refreshTokens == before.refreshTokens - 3)
             let waiting = try #require(try await store.session(id: theirs.id))
             #expect(waiting.handoff == .waiting && waiting.assigneeId == nil)
             #expect(try await store.deleteUser(id: dave.id, now: now) == false)
+        }
+    }
+
+    @Test("guests without activity since a time are deleted with their sessions; active ones and accounts stay", arguments: backends)
+    func inactiveGuests(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let old = Timestamp.now().addingTimeInterval(-10 * 86_400)
+            let cutoff = Timestamp.now().addingTimeInterval(-86_400)
+            func guest(_ name: String) async throws -> User {
+                var user = Make.user(name, role: .guest)
+                user.createdAt = old
+                try await store.createUser(user)
+                return user
+            }
+            let idle = try await guest("guest-idle"), chatty = try await guest("guest-chatty"), refreshed = try await guest("guest-refreshed")
+            var member = Make.user("member")
+            member.createdAt = old
+            try await store.createUser(member)
+            let fresh = Make.user("guest-new", role: .guest)  // made after the cutoff
+            try await store.createUser(fresh)
+            for user in [idle, chatty, member] {
+                let session = Make.session(userId: user.id, ttl: 30 * 86_400, now: old)
+                try await store.createSession(session)
+                try await store.appendMessage(Make.message(session.id, userId: user.id, now: old), now: old).expectCreated()
+                if user.id == chatty.id {
+                    try await store.appendMessage(Make.message(session.id, userId: user.id), now: Timestamp.now()).expectCreated()
+                }
+            }
+            try await store.insertRefreshToken(RefreshTokenRecord(
+                id: UUID(), userId: refreshed.id, familyId: UUID(), tokenHash: String(repeating: "c", count: 64),
+                expiresAt: Timestamp.now().addingTimeInterval(60), createdAt: Timestamp.now()
+            ))
+            let before = try await store.recordCounts()
+            #expect(try await store.deleteInactiveGuests(inactiveSince: cutoff, limit: 10) == 1)
+            #expect(try await store.user(id: idle.id) == nil)
+            for kept in [chatty, refreshed, member, fresh] { #expect(try await store.user(id: kept.id) != nil) }
+            let after = try await store.recordCounts()
+            #expect(after.sessions == before.sessions - 1 && after.messages == before.messages - 1)
+            #expect(try await store.deleteInactiveGuests(inactiveSince: cutoff, limit: 10) == 0)
         }
     }
 

@@ -36,7 +36,7 @@ _SERVER_KEYS = (
     "CORS_ORIGINS", "RATE_LIMIT_API", "RATE_LIMIT_AUTH", "RATE_LIMIT_MESSAGES", "MAX_BODY_BYTES", "HSTS_MAX_AGE",
     "TRUST_PROXY", "AGENTS_FILE", "SQLITE_SYNCHRONOUS", "STATE_DIRECTORY", "CHAT_BACKEND_CONFIG",
     "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
-    "HTTP_HEADER_TIMEOUT", "MAX_CONNECTIONS",
+    "HTTP_HEADER_TIMEOUT", "MAX_CONNECTIONS", "GUEST_ACCESS", "RATE_LIMIT_GUEST", "GUEST_TTL", "WIDGET_ORIGINS",
 )
 
 
@@ -152,6 +152,7 @@ def base_env(state_dir: Path, **overrides: str) -> dict[str, str]:
         "RATE_LIMIT_API": "off",
         "RATE_LIMIT_AUTH": "off",
         "RATE_LIMIT_MESSAGES": "off",
+        "RATE_LIMIT_GUEST": "off",
         "LOG_LEVEL": "info",
     })
     for key, value in overrides.items():

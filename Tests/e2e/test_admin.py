@@ -86,7 +86,11 @@ def test_accounts_are_listed_with_search_and_paging_and_created_with_a_role(admi
 
     for query in ("limit=0", "limit=101", "offset=-1", "role=boss", "sort=name", "search=" + "x" * 300):
         assert_json_error(admin_call(server, "GET", f"/users?{query}", token), 400, "validation_failed")
+    r = admin_call(server, "POST", "/users", token, {"username": f"{tag}_null", "password": PASSWORD, "role": None})
+    assert r.status_code == 201 and r.json()["role"] == "user", r.text
+    assert admin_call(server, "DELETE", f"/users/{r.json()['id']}", token).status_code == 204
     for body in ({"username": "x", "password": PASSWORD}, {"username": unique_name(), "password": "short"},
+                 {"username": unique_name(), "password": PASSWORD, "role": "guest"},
                  {"username": unique_name(), "password": PASSWORD, "role": "owner"}, {"username": unique_name(), "password": PASSWORD, "extra": 1}):
         assert_json_error(admin_call(server, "POST", "/users", token, body), 400, "validation_failed")
     assert_json_error(admin_call(server, "POST", "/users", token, {"username": f"{tag}_0".upper(), "password": PASSWORD}), 409, "username_taken")
@@ -168,6 +172,11 @@ def test_admins_cannot_lock_themselves_out(admin_world):
         assert_json_error(admin_call(server, method, path, token, body), 409, "own_account")
     assert admin_call(server, "GET", f"/users/{me}", token).json()["role"] == "admin"
     assert admin_call(server, "PATCH", f"/users/{me}", token, {"disabled": False}).status_code == 200
+    # Setting their own password ends their other logins, not the one they use.
+    other_login = login(server, admin["user"]["username"], "staff-password-1").json()
+    assert admin_call(server, "POST", f"/users/{me}/password", token, {"password": "staff-password-1"}).status_code == 204
+    assert admin_call(server, "GET", f"/users/{me}", token).status_code == 200
+    assert_json_error(admin_call(server, "GET", f"/users/{me}", other_login["accessToken"]), 401, "token_revoked")
 
 
 def test_disabling_on_one_instance_ends_connections_on_the_other(start_server, pg_url):

@@ -326,7 +326,8 @@ def test_pages_load_without_csp_violations(console_server, watched):
         expect(page.get_by_role("button", name="Sign in")).to_be_visible()
     # Every asset the page uses came from the server under the same policy.
     for asset in ("/console/app.js", "/console/api.js", "/console/realtime.js", "/console/chat.js",
-                  "/console/conversation.js", "/console/inbox.js", "/console/signin.js", "/console/console.css"):
+                  "/console/conversation.js", "/console/inbox.js", "/console/signin.js", "/console/admin.js",
+                  "/console/charts.js", "/console/console.css"):
         response = page.request.get(console_server.url(asset))
         assert response.ok, (asset, response.status)
     assert watched.csp_violations() == [], watched.console

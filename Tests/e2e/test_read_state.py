@@ -63,6 +63,9 @@ def test_unread_counts_follow_the_read_marker_and_every_connection_hears_of_it(h
     # Nothing read yet: each side counts what the others wrote (bot replies and notes included).
     assert listed(server, token, owner_id, sid)["unread"] == len(others(messages, owner_id)) > 0
     assert queued(server, staff_token, sid)["unread"] == len(others(messages, staff_id)) > 0
+    # Staff see whose session it is.
+    assert queued(server, staff_token, sid)["owner"] == {"id": owner_id, "username": owner["user"]["username"], "role": "user"}
+    assert "owner" not in listed(server, token, owner_id, sid)
 
     owner_ws, staff_ws = WSConn(server, token), WSConn(server, staff_token)
     owner_sio = SIOEvents(server, token)
@@ -110,8 +113,8 @@ def test_bad_read_requests_are_refused_and_change_nothing(handoff_world):
     assert_json_error(post_json(server.url(f"/api/sessions/{sid}/read"), {}, token=token), 400, "validation_failed")
     assert_json_error(post_json(server.url(f"/api/sessions/{sid}/read"), {"lastMessageId": first["id"], "x": 1}, token=token), 400, "validation_failed")
     assert_json_error(post_json(server.url(f"/api/sessions/{sid}/read"), {"lastMessageId": 5}, token=token), 400, "validation_failed")
-    # A message of another session, someone else's session, no session: 404, as for any read.
-    assert_json_error(mark(server, token, sid, foreign["id"]), 404, "not_found")
+    # A message of another session is a bad reference; someone else's session, or none: 404, as for any read.
+    assert_json_error(mark(server, token, sid, foreign["id"]), 400, "validation_failed")
     assert_json_error(mark(server, token, other_sid, foreign["id"]), 404, "not_found")
     assert_json_error(mark(server, token, "00000000-0000-4000-8000-000000000000", first["id"]), 404, "not_found")
     assert_json_error(mark(server, None, sid, first["id"]), 401)

@@ -94,10 +94,10 @@ final class TokenService: Sendable {
         onRevoke(claims.jti, claims.family)
     }
 
-    /// Ends every login of a user (an admin disabled, demoted or deleted the account, or reset its password):
-    /// their access tokens are refused and their realtime connections closed, here and on other instances.
-    func revokeLogins(userId: UUID) async throws {
-        for family in try await store.revokeLogins(userId: userId, now: Timestamp.now()) {
+    /// Ends every login of a user but `keeping` (an admin disabled, demoted or deleted the account, or reset its
+    /// password): their access tokens are refused and their realtime connections closed, here and on other instances.
+    func revokeLogins(userId: UUID, keeping: UUID? = nil) async throws {
+        for family in try await store.revokeLogins(userId: userId, except: keeping, now: Timestamp.now()) {
             markRevoked(jti: nil, family: family)
             onRevoke(nil, family)
         }

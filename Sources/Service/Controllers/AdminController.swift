@@ -91,7 +91,8 @@ struct AdminController {
         return JSONResponse.make(.ok, API.AdminUser(updated))
     }
 
-    /// Sets a new password and signs the account out everywhere.
+    /// Sets a new password and signs the account out everywhere (an admin setting their own keeps the login
+    /// they are using).
     @Sendable func resetPassword(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let body = try await API.AdminPasswordRequest.decode(request, maxBytes: maxBodyBytes)
         let user = try await target(context)
@@ -99,7 +100,7 @@ struct AdminController {
         guard try await store.updateUser(id: user.id, UserChange(passwordHash: hash), now: Timestamp.now()) != nil else {
             throw APIError.notFound("user")
         }
-        try await tokens.revokeLogins(userId: user.id)
+        try await tokens.revokeLogins(userId: user.id, keeping: user.id == context.userId ? context.claims.family : nil)
         context.logger.info("password reset by an admin", metadata: ["user_id": .string(user.id.lowercased)])
         return Response(status: .noContent)
     }

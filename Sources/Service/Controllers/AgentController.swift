@@ -39,10 +39,14 @@ struct AgentController {
         let limit = try query.int("limit", default: 50, range: Limits.sessionPageLimit)
         let sessions = try await store.handoffs(assignee: context.isAdmin ? nil : context.userId, limit: limit)
         let now = Date()
-        let unread = try await store.unreadCounts(sessionIds: sessions.map(\.id), reader: context.userId)
-        return JSONResponse.make(
-            .ok, API.HandoffList(sessions: sessions.map { API.Session($0, now: now, unread: unread[$0.id] ?? 0) }), capacity: 512 + 500 * sessions.count
-        )
+        async let unread = store.unreadCounts(sessionIds: sessions.map(\.id), reader: context.userId)
+        let owners = Dictionary(try await store.users(ids: sessions.map(\.userId)).map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        let counts = try await unread
+        return JSONResponse.make(.ok, API.HandoffList(sessions: sessions.map {
+            var session = API.Session($0, now: now, unread: counts[$0.id] ?? 0)
+            session.owner = owners[$0.userId]
+            return session
+        }), capacity: 512 + 560 * sessions.count)
     }
 
     /// Takes a waiting session: its messages can then be read and answered by the caller.

@@ -17,9 +17,13 @@ struct AuthController {
     let rule: RateLimit?
     let maxBodyBytes: Int
     let identity: IdentityMiddleware
+    /// Guest accounts: on or off, and how many one address may make.
+    var guestAccess = false
+    var guestRule: RateLimit?
 
     func addRoutes(to group: RouterGroup<ChatRequestContext>) {
         group.post("register", use: register)
+        group.post("guest", use: guest)
         group.post("login", use: login)
         group.post("refresh", use: refresh)
         group.group().add(middleware: identity).group(context: AuthenticatedContext.self).post("logout", use: logout)
@@ -86,6 +90,25 @@ struct AuthController {
         let body = try await API.RegisterRequest.decode(request, maxBytes: maxBodyBytes)
         let user = try await Self.createAccount(body, role: .user, store: store, hasher: hasher)
         context.logger.info("user registered", metadata: ["user_id": .string(user.id.lowercased)])
+        return try await tokenResponse(.created, user: user, pair: tokens.issue(for: user))
+    }
+
+    /// A guest account for a website visitor (the widget): no name to choose, no password; it lives on
+    /// its refresh token. Off unless `GUEST_ACCESS=on`; limited per client address.
+    @Sendable func guest(_ request: Request, context: ChatRequestContext) async throws -> Response {
+        guard guestAccess else {
+            throw APIError(.forbidden, code: "guest_access_disabled", message: "guest access is off on this server (GUEST_ACCESS)")
+        }
+        _ = try await API.GuestRequest.decode(request, maxBytes: maxBodyBytes)
+        if let guestRule { try limiter.take("guest:ip:\(context.clientIP)", rule: guestRule).enforce() }
+        let now = Timestamp.now()
+        // No password can match: the hash is not in the format the hasher verifies.
+        let user = User(
+            id: UUID(), username: "guest-" + Crypto.hex(Crypto.randomBytes(6)), email: nil, passwordHash: "!guest", role: .guest,
+            createdAt: now, updatedAt: now
+        )
+        try await store.createUser(user)
+        context.logger.info("guest created", metadata: ["user_id": .string(user.id.lowercased)])
         return try await tokenResponse(.created, user: user, pair: tokens.issue(for: user))
     }
 

@@ -159,7 +159,7 @@ struct SessionController {
         _ = try await loadVisible(id, context)
         switch try await store.markRead(sessionId: id, userId: context.userId, messageId: body.lastMessageId, now: Timestamp.now()) {
         case .messageNotFound:
-            throw APIError.notFound("message")
+            throw APIError.invalid("lastMessageId", "must be the id of a message of this session")
         case .read(let read):
             let unread = try await store.unreadCounts(sessionIds: [id], reader: context.userId)[id] ?? 0
             changes.hub.broadcast(.read(read), session: id, exceptUser: nil)

@@ -63,18 +63,29 @@ enum WebAssets {
     static var totalBytes: Int { EmbeddedWeb.files.values.reduce(0) { $0 + $1.utf8.count } }
 }
 
-/// The web console: `/` leads to `/console/`, whose files are served from the binary with ETags
-/// (`If-None-Match` answers 304), gzip when the client accepts it, and a Content-Security-Policy of their
-/// own: everything from the server itself, no inline script or style, never framed.
+/// The web console and the website widget, served from the binary with ETags (`If-None-Match` answers
+/// 304) and gzip when the client accepts it. `/` leads to `/console/`, whose page has a
+/// Content-Security-Policy of its own: everything from the server itself, no inline script or style,
+/// never framed. `/widget.js` is the script a website includes; it opens `/widget/` in a frame, which
+/// only the sites in `WIDGET_ORIGINS` may embed.
 struct WebController {
+    /// Origins of the websites that may embed the widget (`WIDGET_ORIGINS`).
+    var widgetOrigins: [String] = []
+
     func addRoutes(to router: Router<ChatRequestContext>) {
         // Compressed and hashed now, at start, not on an event loop by the first request.
         _ = WebAssets.all
         router.get("/") { _, _ in Self.redirect(to: "/console/") }
-        router.get("console") { request, _ in try Self.serve("/console/index.html", request) }
+        router.get("console") { request, _ in try serve("/console/index.html", request) }
         router.get("console/**") { request, context in
             let path = "/console/" + context.parameters.getCatchAll().joined(separator: "/")
-            return try Self.serve(path.hasSuffix("/") ? path + "index.html" : path, request)
+            return try serve(path.hasSuffix("/") ? path + "index.html" : path, request)
+        }
+        router.get("widget.js") { request, _ in try serve("/widget.js", request) }
+        router.get("widget") { request, _ in try serve("/widget/index.html", request) }
+        router.get("widget/**") { request, context in
+            let path = "/widget/" + context.parameters.getCatchAll().joined(separator: "/")
+            return try serve(path.hasSuffix("/") ? path + "index.html" : path, request)
         }
     }
 
@@ -82,29 +93,43 @@ struct WebController {
         Response(status: .found, headers: [.location: location, .contentLength: "0"])
     }
 
-    static func serve(_ path: String, _ request: Request) throws -> Response {
+    func serve(_ path: String, _ request: Request) throws -> Response {
         guard let asset = WebAssets.asset(path) else { throw APIError.notFound("file") }
         var headers: HTTPFields = [
             .contentType: asset.contentType, .eTag: asset.etag, .cacheControl: "no-cache", .vary: "Accept-Encoding",
         ]
-        if asset.contentType.hasPrefix("text/html") { headers[.contentSecurityPolicy] = consolePolicy(host: request.head.authority) }
-        if let tags = request.headers[.ifNoneMatch], matches(tags, asset.etag) {
+        let widget = path == "/widget.js" || path.hasPrefix("/widget/")
+        if widget {
+            // Loaded by other sites: the script by a <script> tag, the page in a frame.
+            headers[.crossOriginResourcePolicy] = "cross-origin"
+            if path == "/widget.js", let origin = request.headers[.origin], widgetOrigins.contains(origin) {
+                headers[.accessControlAllowOrigin] = origin
+                headers[.vary] = "Accept-Encoding, Origin"
+            }
+        }
+        if asset.contentType.hasPrefix("text/html") {
+            headers[.contentSecurityPolicy] = Self.pagePolicy(
+                host: request.head.authority, frameAncestors: widget ? (widgetOrigins.isEmpty ? "'none'" : widgetOrigins.joined(separator: " ")) : "'none'"
+            )
+        }
+        if let tags = request.headers[.ifNoneMatch], Self.matches(tags, asset.etag) {
             return Response(status: .notModified, headers: headers)
         }
-        if let gzipped = asset.gzipped, acceptsGzip(request.headers[.acceptEncoding]) {
+        if let gzipped = asset.gzipped, Self.acceptsGzip(request.headers[.acceptEncoding]) {
             headers[.contentEncoding] = "gzip"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: gzipped))
         }
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: asset.body))
     }
 
-    /// The console's policy: scripts, styles, images and connections from this server only (the WebSocket
-    /// at the same host named explicitly, as older browsers do not count it as `'self'`).
-    static func consolePolicy(host: String?) -> String {
+    /// The pages' policy: scripts, styles, images and connections from this server only (the WebSocket
+    /// at the same host named explicitly, as older browsers do not count it as `'self'`); framed only by
+    /// `frameAncestors` (`'none'` for the console, the widget's sites for its frame).
+    static func pagePolicy(host: String?, frameAncestors: String) -> String {
         var connect = "'self'"
         if let host, !host.isEmpty, host.utf8.allSatisfy({ isHostByte($0) }) { connect += " ws://\(host) wss://\(host)" }
         return "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src \(connect); "
-            + "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+            + "base-uri 'none'; form-action 'self'; frame-ancestors \(frameAncestors)"
     }
 
     private static func isHostByte(_ c: UInt8) -> Bool {

@@ -7,7 +7,7 @@ struct CORSMiddleware: RouterMiddleware {
     typealias Context = ChatRequestContext
 
     let allowedOrigins: Set<String>
-    static let methods = "GET, POST, DELETE, OPTIONS"
+    static let methods = "GET, POST, PATCH, DELETE, OPTIONS"
     static let headers = "Authorization, Content-Type, X-Request-Id"
     static let exposed = "X-Request-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
 

@@ -88,6 +88,14 @@ extension API {
         }
     }
 
+    /// `GuestRequest`: an empty object (or no body).
+    struct GuestRequest: APIRequestBody {
+        static let fields: Set<String> = []
+        static var emptyIsObject: Bool { true }
+
+        init(_ body: JSONBody) throws {}
+    }
+
     /// `AdminCreateUserRequest`: an account made by an admin, with any role.
     struct AdminCreateUserRequest: APIRequestBody {
         static let fields: Set<String> = ["username", "password", "email", "role"]
@@ -96,7 +104,16 @@ extension API {
 
         init(_ body: JSONBody) throws {
             account = try RegisterRequest(body)
-            role = try body.oneOf("role", Role.self) ?? .user
+            role = try Self.assignableRole(body) ?? .user
+        }
+
+        /// `role`, one of those an admin may give.
+        static func assignableRole(_ body: JSONBody) throws -> Role? {
+            guard let text = try body.string("role") else { return nil }
+            guard let role = Role(rawValue: text), Role.assignable.contains(role) else {
+                throw APIError.invalid("role", "must be one of \(Role.assignable.map(\.rawValue).joined(separator: ", "))")
+            }
+            return role
         }
     }
 
@@ -107,7 +124,7 @@ extension API {
         var disabled: Bool?
 
         init(_ body: JSONBody) throws {
-            role = try body.oneOf("role", Role.self)
+            role = try AdminCreateUserRequest.assignableRole(body)
             disabled = try body.bool("disabled")
         }
     }

@@ -155,6 +155,8 @@ extension API {
         var handoff: Handoff?
         /// In lists: messages of others the caller has not read (`POST /api/sessions/{id}/read`).
         var unread: Int?
+        /// In the handoff list: who the session belongs to (staff see a guest as one).
+        var owner: Storage.User?
 
         /// The session as seen at `now`: a session past its expiry is expired even before the sweeper marks it.
         init(_ s: ChatSession, now: Date = Date(), unread: Int? = nil) {
@@ -186,6 +188,14 @@ extension API {
                 json.field("agent", agent)
                 json.field("handoff", handoff)
                 if let unread { json.field("unread", unread) }
+                if let owner {
+                    json.key("owner")
+                    json.object { json in
+                        json.field("id", owner.id)
+                        json.field("username", owner.username)
+                        json.field("role", owner.role.rawValue)
+                    }
+                }
             }
         }
     }

@@ -340,18 +340,22 @@ public final class RealtimeHub: Sendable {
     /// Who may read a session changed (claim, release, resolve, handoff); `nil` when it was deleted.
     /// Connections that may no longer read it leave its room and get a `left` event with `reason`.
     public func sessionChanged(_ id: UUID, to session: ChatSession?, reason: String) {
-        let evicted = state.withLock { s -> [RealtimeClient] in
-            guard var room = s.rooms[id] else { return [] }
-            if let session, let known = room.session, known.updatedAt > session.updatedAt { return [] }  // stale news
+        let (evicted, staying) = state.withLock { s -> ([RealtimeClient], [RealtimeClient]) in
+            guard var room = s.rooms[id] else { return ([], []) }
+            if let session, let known = room.session, known.updatedAt > session.updatedAt { return ([], []) }  // stale news
             room.session = session
             let out = room.members.values.filter { !Self.mayReceive($0, session) }
             for client in out { room.members[client.id] = nil }
             s.rooms[id] = room.members.isEmpty ? nil : room
-            return out
+            return (out, Array(room.members.values))
         }
         for client in evicted {
             client.left(id)
             client.send(.left(session: id, reason: reason))
+        }
+        if let session, !staying.isEmpty {
+            let frame = RealtimeFrame(.sessionUpdated(session: session, reason: reason))
+            for client in staying { client.send(frame) }
         }
         if Self.handoffReasons.contains(reason) { notifyStaff(.handoff(session: id, state: session, reason: reason)) }
     }

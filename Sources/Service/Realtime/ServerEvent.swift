@@ -27,6 +27,9 @@ enum ServerEvent: Sendable {
     /// `session` as it is now, nil when it was deleted; `reason` says what happened (handoff, claimed,
     /// released, resolved, deleted).
     case handoff(session: UUID, state: ChatSession?, reason: String)
+    /// The session changed (resolved, resumed, claimed, released, handed off), sent to the connections in
+    /// its room that may still read it: `session` as it is now.
+    case sessionUpdated(session: ChatSession, reason: String)
     /// The reply to a client event that succeeded; `id` is the event's `id`, echoed.
     case ack(id: JSONValue?, Ack)
     /// The reply to a client event that failed (or an error no event asked for, `id` nil).
@@ -53,6 +56,7 @@ enum ServerEvent: Sendable {
         case .resync: "resync"
         case .read: "read"
         case .handoff: "handoff"
+        case .sessionUpdated: "session.updated"
         case .ack: "ack"
         case .error: "error"
         }
@@ -95,6 +99,11 @@ enum ServerEvent: Sendable {
             json.field("reason", reason)
             json.key("session")
             if let state { json.value(API.Session(state)) } else { json.null() }
+        case .sessionUpdated(let state, let reason):
+            json.field("sessionId", state.id)
+            json.field("reason", reason)
+            json.key("session")
+            json.value(API.Session(state))
         case .ack(_, let ack):
             switch ack {
             case .authenticate(let user):

@@ -31,15 +31,17 @@ public struct ServerSettings: Sendable {
 /// The headers every response carries, whether the router made it or the connection layer below it.
 enum SecurityHeaders {
     /// helmet's defaults, with a CSP for JSON APIs: nothing may load or frame a response. A page that set
-    /// its own policy (the web console) keeps it.
+    /// its own policy (the web console, the website widget) keeps it, and one that other sites may embed
+    /// (the widget's frame and script) keeps its `Cross-Origin-Resource-Policy` and gets no
+    /// `X-Frame-Options` (its CSP `frame-ancestors` names the sites).
     static func apply(to headers: inout HTTPFields, hstsMaxAge: Int?) {
         headers[.xContentTypeOptions] = "nosniff"
-        headers[.xFrameOptions] = "DENY"
         headers[.referrerPolicy] = "no-referrer"
         if headers[.contentSecurityPolicy] == nil {
             headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
         }
-        headers[.crossOriginResourcePolicy] = "same-origin"
+        if headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") ?? true { headers[.xFrameOptions] = "DENY" }
+        if headers[.crossOriginResourcePolicy] == nil { headers[.crossOriginResourcePolicy] = "same-origin" }
         headers[.crossOriginOpenerPolicy] = "same-origin"
         headers[.xDNSPrefetchControl] = "off"
         headers[.xPermittedCrossDomainPolicies] = "none"

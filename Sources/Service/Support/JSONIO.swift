@@ -93,15 +93,6 @@ struct JSONBody {
         }
     }
 
-    /// A string field that must be one of an enumeration's values; nil when absent or null.
-    func oneOf<T: RawRepresentable>(_ key: String, _ type: T.Type) throws -> T? where T.RawValue == String, T: CaseIterable {
-        guard let text = try string(key) else { return nil }
-        guard let value = T(rawValue: text) else {
-            throw APIError.invalid(key, "must be one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        return value
-    }
-
     /// An object field; nil when absent. Serialized size is capped at `maxBytes`.
     func object(_ key: String, maxBytes: Int) throws -> JSONValue? {
         switch fields[key] {

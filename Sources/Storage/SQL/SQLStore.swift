@@ -56,11 +56,18 @@ enum SQLMigrator {
         let pending = try db.transaction(dialect.begin) { try migrations.pending(applied: applied(db)) }
         for migration in pending {
             let started = ContinuousClock.now
+            let rebuild = dialect.rebuildsTables && migration.sql.hasPrefix("-- migration: foreign keys off")
             do {
+                // Only outside a transaction does SQLite take this pragma.
+                if rebuild { try db.execute("PRAGMA foreign_keys=OFF") }
+                defer { if rebuild { try? db.execute("PRAGMA foreign_keys=ON") } }
                 try db.transaction(dialect.begin) {
                     // Another process (`migrate` beside `serve`) may have applied it since the check above.
                     if try !db.query("SELECT 1 FROM schema_history WHERE version = $1", [.integer(Int64(migration.version))]).isEmpty { return }
                     try db.execute(migration.sql)
+                    if rebuild, let row = try db.query("PRAGMA foreign_key_check", []).first {
+                        throw StoreError(.invalid, "the migration leaves a row of \(row.optionalString(0) ?? "?") without the row it refers to")
+                    }
                     let elapsed = ContinuousClock.now - started
                     try db.run(
                         "INSERT INTO schema_history (version, name, checksum, applied_at, execution_ms) VALUES ($1, $2, $3, $4, $5)",
@@ -123,6 +130,14 @@ extension SQLStore {
         try await read { db in try db.select(Codec.user, "WHERE lower(username) = lower($1)", [.text(username)]).first }
     }
 
+    public func users(ids: [UUID]) async throws -> [User] {
+        let unique = Array(Set(ids))
+        guard !unique.isEmpty else { return [] }
+        return try await read { db in
+            try db.select(Codec.user, "WHERE id IN (\(unique.indices.map { "$\($0 + 1)" }.joined(separator: ", ")))", unique.map(SQLValue.id))
+        }
+    }
+
     public func users(_ query: UserQuery) async throws -> UserPage {
         try await read { db in
             var filter = "TRUE"
@@ -175,11 +190,11 @@ extension SQLStore {
         }
     }
 
-    public func revokeLogins(userId: UUID, now: Date) async throws -> [UUID] {
+    public func revokeLogins(userId: UUID, except: UUID?, now: Date) async throws -> [UUID] {
         try await write(atomic: true) { [self] db in
             let families = try db.query(
                 "SELECT DISTINCT family_id FROM refresh_tokens WHERE user_id = $1 AND revoked_at IS NULL", [.id(userId)]
-            ).map { try $0.uuid(0) }
+            ).map { try $0.uuid(0) }.filter { $0 != except }
             for family in families { try revokeFamily(family, now: now, db: db) }
             return families
         }
@@ -193,6 +208,26 @@ extension SQLStore {
             )
             try db.run("DELETE FROM chat_sessions WHERE user_id = $1", [.id(id)])
             return try db.run("DELETE FROM users WHERE id = $1", [.id(id)]) > 0
+        }
+    }
+
+    public func deleteInactiveGuests(inactiveSince: Date, limit: Int) async throws -> Int {
+        try await write(atomic: true) { db in
+            let guests = try db.query(
+                """
+                SELECT u.id FROM users u WHERE u.role = 'guest' AND u.created_at < $1
+                AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.user_id = u.id AND t.created_at >= $1)
+                AND NOT EXISTS (
+                    SELECT 1 FROM chat_sessions s JOIN chat_messages m ON m.session_id = s.session_id WHERE s.user_id = u.id AND m.created_at >= $1
+                )
+                LIMIT $2
+                """, [.time(inactiveSince), .integer(Int64(limit))]
+            ).map { try $0.uuid(0) }
+            for id in guests {
+                try db.run("DELETE FROM chat_sessions WHERE user_id = $1", [.id(id)])
+                try db.run("DELETE FROM users WHERE id = $1", [.id(id)])
+            }
+            return guests.count
         }
     }
 

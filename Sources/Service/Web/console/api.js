@@ -1,11 +1,11 @@
 // REST client of the chat-backend API on the page's own origin.
 //
 // The access token lives in this module's memory only, so no other script can find it in storage. The refresh
-// token is kept in sessionStorage: a reload of this tab stays signed in, other tabs and a restarted browser do not.
-// Refresh tokens are single-use and a second use signs the whole login out, so every refresh goes through one
-// shared exchange.
+// token is kept in sessionStorage: a reload of this tab stays signed in, other tabs and a restarted browser do not
+// (the website widget keeps its guest's in localStorage instead, see `keepRefreshToken`). Refresh tokens are
+// single-use and a second use signs the whole login out, so every refresh goes through one shared exchange, and
+// under a Web Lock where the browser has them: tabs sharing a stored token never spend it twice.
 
-const REFRESH_KEY = "chat-backend.console.refreshToken";
 const NETWORK_MESSAGE = "Cannot reach the server. Check the connection and try again.";
 // Larger than any message id: `before` it gives the newest page of a session (the server's resume does the same).
 const NEWEST = "ffffffff-ffff-ffff-ffff-ffffffffffff";
@@ -31,9 +31,18 @@ const auth = {
 const tokenListeners = new Set();
 const signedOutListeners = new Set();
 
+let storage = () => sessionStorage; // a function: merely reading `localStorage` throws where storage is blocked
+let refreshKey = "chat-backend.console.refreshToken";
+
+/** Keeps the refresh token under `key` in the storage `getStorage()` returns (call before anything else). */
+export function keepRefreshToken(getStorage, key) {
+  storage = getStorage;
+  refreshKey = key;
+}
+
 function readRefreshToken() {
   try {
-    return sessionStorage.getItem(REFRESH_KEY);
+    return storage().getItem(refreshKey);
   } catch {
     return null; // storage disabled: the sign-in lasts as long as the page
   }
@@ -41,8 +50,8 @@ function readRefreshToken() {
 
 function writeRefreshToken(token) {
   try {
-    if (token) sessionStorage.setItem(REFRESH_KEY, token);
-    else sessionStorage.removeItem(REFRESH_KEY);
+    if (token) storage().setItem(refreshKey, token);
+    else storage().removeItem(refreshKey);
   } catch {
     // storage disabled: nothing to keep or forget
   }
@@ -149,13 +158,25 @@ async function exchange() {
 
 /** Exchanges the refresh token for a new token pair; concurrent callers share one exchange. Resolves to the user. */
 export function refresh() {
-  if (!auth.refreshing) auth.refreshing = exchange().finally(() => { auth.refreshing = null; });
+  if (!auth.refreshing) {
+    const locks = navigator.locks;
+    auth.refreshing = (locks ? locks.request(`refresh:${refreshKey}`, exchange) : exchange()).finally(() => {
+      auth.refreshing = null;
+    });
+  }
   return auth.refreshing;
 }
 
 /** Signs in with a username and password; resolves to the user. */
 export async function signIn(username, password) {
   const body = await call("POST", "/auth/login", { body: { username, password } });
+  adopt(body);
+  return body.user;
+}
+
+/** Makes a guest account (a website visitor, `POST /auth/guest`) and signs it in; resolves to the user. */
+export async function signInAsGuest() {
+  const body = await call("POST", "/auth/guest", { body: {} });
   adopt(body);
   return body.user;
 }

@@ -1,25 +1,32 @@
 // Entry point: restores the sign-in of this tab, then shows either the sign-in form or a view, and keeps what is
 // open in the address so that reload, back, forward and links work: #/sessions/<id> is the chat view with a
-// session open; for staff (role agent or admin) #/inbox and #/inbox/<id> are the inbox of handoffs.
+// session open; for staff (role agent or admin) #/inbox and #/inbox/<id> are the inbox of handoffs; for admins
+// #/admin/users and #/admin/activity the admin view.
 
 import * as api from "./api.js";
 import { Realtime } from "./realtime.js";
 import { mountSignIn } from "./signin.js";
 import { mountChat } from "./chat.js";
 import { mountInbox } from "./inbox.js";
+import { mountAdmin } from "./admin.js";
 import { element } from "./conversation.js";
 
 const SESSION_HASH = /^#\/sessions\/([0-9a-f-]{36})$/i;
 const INBOX_HASH = /^#\/inbox(?:\/([0-9a-f-]{36}))?$/i;
+const ADMIN_HASH = /^#\/admin(?:\/(users|activity))?$/;
 const TITLE = "chat-backend console";
-const VIEW_NAMES = { chat: "Chats", inbox: "Inbox" };
+const VIEW_NAMES = { chat: "Chats", inbox: "Inbox", admin: "Admin" };
 
 const boot = document.getElementById("boot");
 const account = document.getElementById("account");
 const whoami = document.getElementById("whoami");
 const signOutButton = document.getElementById("sign-out");
 const navigation = document.getElementById("views");
-const links = { chat: document.getElementById("nav-chats"), inbox: document.getElementById("nav-inbox") };
+const links = {
+  chat: document.getElementById("nav-chats"),
+  inbox: document.getElementById("nav-inbox"),
+  admin: document.getElementById("nav-admin"),
+};
 const inboxCount = document.getElementById("inbox-count");
 
 const realtime = new Realtime({
@@ -31,6 +38,7 @@ const realtime = new Realtime({
 const views = {
   chat: mountChat(realtime),
   inbox: mountInbox(realtime, { onWaiting: showWaiting }),
+  admin: mountAdmin(),
 };
 const signIn = mountSignIn({ onSignedIn: showConsole });
 let user = null; // signed in
@@ -38,12 +46,16 @@ let shown = null; // the name of the view on screen
 let waiting = 0; // sessions waiting for a person (staff)
 
 const isStaff = () => Boolean(user) && (user.role === "agent" || user.role === "admin");
+const isAdmin = () => Boolean(user) && user.role === "admin";
 
+// The view the address names, and what it opens there (a session id, an admin section).
 function route() {
+  const admin = isAdmin() ? ADMIN_HASH.exec(location.hash) : null;
+  if (admin) return { name: "admin", target: admin[1] ?? "users" };
   const inbox = isStaff() ? INBOX_HASH.exec(location.hash) : null;
-  if (inbox) return { name: "inbox", sessionId: inbox[1] ? inbox[1].toLowerCase() : null };
+  if (inbox) return { name: "inbox", target: inbox[1] ? inbox[1].toLowerCase() : null };
   const session = SESSION_HASH.exec(location.hash);
-  return { name: "chat", sessionId: session ? session[1].toLowerCase() : null };
+  return { name: "chat", target: session ? session[1].toLowerCase() : null };
 }
 
 function renderTitle() {
@@ -56,6 +68,7 @@ function renderTitle() {
 
 function renderNavigation() {
   navigation.hidden = !isStaff();
+  links.admin.hidden = !isAdmin();
   for (const [name, link] of Object.entries(links)) {
     if (name === shown) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -72,15 +85,15 @@ function showWaiting(count) {
 
 /** Shows the view the address names (switching views only when it changed). */
 function showRoute({ focus = false } = {}) {
-  const { name, sessionId } = route();
+  const { name, target } = route();
   if (shown === name) {
-    views[name].open(sessionId);
+    views[name].open(target);
     return;
   }
   if (shown) views[shown].suspend();
   shown = name;
   renderNavigation();
-  views[name].show(sessionId, { focus });
+  views[name].show(target, { focus });
 }
 
 function showConsole(signedInUser) {
@@ -92,6 +105,7 @@ function showConsole(signedInUser) {
   realtime.start();
   views.chat.start(user);
   if (isStaff()) views.inbox.start(user);
+  if (isAdmin()) views.admin.start(user);
   showRoute({ focus: true });
 }
 
@@ -103,6 +117,7 @@ function showSignIn(message = "") {
   realtime.stop();
   views.chat.stop();
   views.inbox.stop();
+  views.admin.stop();
   renderNavigation();
   account.hidden = true;
   whoami.textContent = "";

@@ -7,8 +7,6 @@ import {
 } from "./conversation.js";
 
 const SESSION_PAGE = 50;
-// While a person handles the open session, read it again now and then: when they resolve it, no event says so.
-const HANDOFF_POLL_MS = 5_000;
 
 function sessionDetails(session) {
   const parts = [STATE_LABELS[session.state] ?? session.state];
@@ -34,7 +32,6 @@ export function mountChat(realtime) {
   let me = null;
   let sessions = new Map(); // sessionId → session, in list order
   let sessionsTotal = 0;
-  let pollTimer = 0;
 
   const pane = mountConversation(realtime, {
     scroller: byId("messages-scroll"),
@@ -46,12 +43,18 @@ export function mountChat(realtime) {
     input: byId("message-input"),
     sendButton: byId("send"),
   }, {
-    canWrite: (session) => session.state === "active",
+    canWrite: (session) => Boolean(session) && session.state === "active",
     renderHeader,
     onMessage(message) {
-      // Agents can hand off or resolve a session along with a message: read its state again.
-      if (message.direction === "outbound" || message.type === "system") refreshSession(message.sessionId);
+      // A reply by another agent than the session's (the first one routed, or handed on): no event says so.
+      const agent = message.metadata && message.metadata.agent;
+      const session = pane.session;
+      if (typeof agent === "string" && agent !== "human" && session && !session.handoff && session.agent !== agent) {
+        refreshSession(message.sessionId);
+      }
     },
+    // Resolved, resumed, handed to a person, claimed, released: the server says so as it happens.
+    onUpdated: updateSession,
     onLeft,
     onRead(sessionId, unread) {
       const session = sessions.get(sessionId);
@@ -132,13 +135,6 @@ export function mountChat(realtime) {
       updateSession(await api.getSession(sessionId));
     } catch (error) {
       if (error.status === 404) dropSession(sessionId, "This session is no longer available.");
-    }
-  }
-
-  function poll() {
-    const session = pane.session;
-    if (session && session.handoff && session.state === "active" && document.visibilityState === "visible") {
-      refreshSession(session.sessionId);
     }
   }
 
@@ -249,8 +245,6 @@ export function mountChat(realtime) {
       view.hidden = false;
       renderConnection(connection, realtime.status);
       pane.render();
-      clearInterval(pollTimer);
-      pollTimer = setInterval(poll, HANDOFF_POLL_MS);
       try {
         await loadSessions();
       } catch (error) {
@@ -261,14 +255,12 @@ export function mountChat(realtime) {
     },
     /** Hides the view (another one is shown) and closes its conversation. */
     suspend() {
-      clearInterval(pollTimer);
       pane.close();
       view.hidden = true;
       showError(null);
     },
     /** Hides the view and forgets everything it showed (sign-out). */
     stop() {
-      clearInterval(pollTimer);
       pane.forget();
       view.hidden = true;
       me = null;

@@ -52,15 +52,6 @@ function agentName(metadata) {
   return metadata && typeof metadata.agent === "string" ? metadata.agent : null;
 }
 
-function authorOf(message, me) {
-  if (message.type === "system") return "System";
-  if (message.userId && message.userId === me.id) return "You";
-  if (message.direction === "inbound") return "User";
-  const agent = agentName(message.metadata);
-  if (agent === "human") return "Support";
-  return agent ? `Agent (${agent})` : "Agent";
-}
-
 function kindOf(message, me) {
   if (message.type === "system") return "system";
   return message.userId && message.userId === me.id ? "mine" : "theirs";
@@ -83,18 +74,31 @@ function messageElement(author, kind, createdAt, text) {
 
 /**
  * Wires a conversation pane. `parts` are its elements (scroller, loadEarlier, empty, log, typingLine, composer,
- * input, sendButton); the view says whether the session may be written to (`canWrite(session)`) and hears of
- * what happens: `renderHeader(session)` after every change, `onMessage(message)` for a live message of the open
- * session, `onLeft(event)` when the connection was taken out of its room, `onRead(sessionId, unread)` when the
- * caller's unread count of it is known anew, `onUnread(sessionId)` for a new message of others while the page is
- * out of view, `onError(error | null)`, `onSendFailed(error, sessionId)`.
+ * input, sendButton); the view says whether the composer is open (`canWrite(session | null)`) and hears of what
+ * happens: `renderHeader(session)` after every change, `onMessage(message)` for a live message of the open
+ * session, `onUpdated(session)` when the server says the open session changed (default: show it), `onLeft(event)`
+ * when the connection was taken out of its room, `onRead(sessionId, unread)` when the caller's unread count of it
+ * is known anew, `onUnread(sessionId)` for a new message of others while the page is out of view,
+ * `onError(error | null)`, `onSendFailed(error, sessionId)`. Optional: `create()` opens a new session in the pane
+ * when something is sent with none open; `inView()` whether the pane can be seen at all; `agentLabel(name)`.
  */
 export function mountConversation(realtime, parts, view) {
   const { scroller, loadEarlier, empty, log, typingLine, composer, input, sendButton } = parts;
+  const agentLabel = view.agentLabel ?? ((name) => `Agent (${name})`);
+  const inView = () => document.visibilityState === "visible" && (!view.inView || view.inView());
   let me = null;
   let current = null; // the open session and what is on screen of it
   let typingTimer = 0;
   let openSeq = 0;
+
+  function authorOf(message) {
+    if (message.type === "system") return "System";
+    if (message.userId && message.userId === me.id) return "You";
+    if (message.direction === "inbound") return "User";
+    const agent = agentName(message.metadata);
+    if (agent === "human") return "Support";
+    return agentLabel(agent ?? "agent");
+  }
 
   // ---- messages ----
 
@@ -123,7 +127,7 @@ export function mountConversation(realtime, parts, view) {
       current.drafts.delete(streamId);
       return;
     }
-    const node = messageElement(authorOf(message, me), kindOf(message, me), message.createdAt, message.content);
+    const node = messageElement(authorOf(message), kindOf(message, me), message.createdAt, message.content);
     if (draft) {
       // The stored reply takes the place of the text streamed so far.
       draft.node.replaceWith(node);
@@ -156,7 +160,7 @@ export function mountConversation(realtime, parts, view) {
     const follow = nearBottom();
     let draft = current.drafts.get(event.streamId);
     if (!draft) {
-      const node = messageElement(`Agent (${event.agent})`, "theirs", null, "");
+      const node = messageElement(agentLabel(event.agent), "theirs", null, "");
       node.setAttribute("aria-busy", "true"); // assistive tech reads the reply once, when it is complete
       log.append(node);
       draft = { node, parts: [] };
@@ -173,7 +177,7 @@ export function mountConversation(realtime, parts, view) {
   // the page is in view: a conversation in a background tab has not been read.
   async function markRead() {
     const shown = current;
-    if (!shown || document.visibilityState !== "visible") return;
+    if (!shown || !inView()) return;
     if (!shown.newestOther || (shown.readId && shown.readId >= shown.newestOther)) return;
     if (shown.reading) {
       shown.readAgain = true;
@@ -259,7 +263,7 @@ export function mountConversation(realtime, parts, view) {
     const fresh = !current.nodes.has(message.id);
     showMessages([message]);
     // Not read while the page is out of view: the list counts it until the reader comes back.
-    if (fresh && message.userId !== me.id && document.visibilityState !== "visible") view.onUnread?.(message.sessionId);
+    if (fresh && message.userId !== me.id && !inView()) view.onUnread?.(message.sessionId);
     view.onMessage?.(message);
   }
 
@@ -267,11 +271,23 @@ export function mountConversation(realtime, parts, view) {
     if (current && event.sessionId === current.session.sessionId) view.onLeft?.(event);
   }
 
+  function onUpdated(event) {
+    if (!current || event.sessionId !== current.session.sessionId) return;
+    if (view.onUpdated) view.onUpdated(event.session);
+    else setSession(event.session);
+  }
+
+  function setSession(session) {
+    if (!current || current.session.sessionId !== session.sessionId) return;
+    current.session = session;
+    render();
+  }
+
   // ---- the pane ----
 
   function render() {
     const session = current && current.session;
-    const writable = Boolean(session) && view.canWrite(session);
+    const writable = view.canWrite(session);
     input.disabled = !writable;
     sendButton.disabled = !writable;
     empty.hidden = Boolean(session);
@@ -333,20 +349,26 @@ export function mountConversation(realtime, parts, view) {
     }
   }
 
-  async function send() {
-    const content = input.value;
-    if (!current || !content.trim() || sendButton.disabled) return;
-    const shown = current;
+  // Sends what the composer holds, or `text` (leaving the composer as it is).
+  async function send(text) {
+    const content = text ?? input.value;
+    if ((!current && !view.create) || !content.trim() || sendButton.disabled) return;
     view.onError(null);
     stopTyping();
     sendButton.disabled = true;
+    let shown = current;
     try {
+      if (!shown) {
+        await view.create();
+        shown = current;
+        if (!shown) return;
+      }
       const message = await api.sendMessage(shown.session.sessionId, content, api.randomId());
-      if (input.value === content) input.value = "";
+      if (text === undefined && input.value === content) input.value = "";
       if (current === shown) showMessages([message], { stick: true });
     } catch (error) {
       view.onError(error);
-      view.onSendFailed?.(error, shown.session.sessionId);
+      if (shown) view.onSendFailed?.(error, shown.session.sessionId);
     } finally {
       render();
       if (!input.disabled) input.focus();
@@ -381,6 +403,7 @@ export function mountConversation(realtime, parts, view) {
   realtime.on("typing", onTyping);
   realtime.on("read", onRead);
   realtime.on("left", onLeft);
+  realtime.on("updated", onUpdated);
 
   return {
     /** The open session, or null. */
@@ -408,13 +431,13 @@ export function mountConversation(realtime, parts, view) {
       input.value = "";
     },
     /** The open session changed (its state, handoff, …): show it as it is now. */
-    setSession(session) {
-      if (!current || current.session.sessionId !== session.sessionId) return;
-      current.session = session;
-      render();
-    },
+    setSession,
     render,
     showMessages,
+    /** Sends `text` to the open session (or to a new one, see `create`), as if it had been typed. */
+    send: (text) => send(text),
+    /** Marks what is on screen read, if the pane is in view (after `inView()` changed). */
+    markRead,
     /** Joins the open session's room again, replaying what came after the newest message on screen. */
     rejoin() {
       if (current) realtime.join(current.session.sessionId, lastSeenId());

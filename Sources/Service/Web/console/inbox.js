@@ -52,7 +52,7 @@ export function mountInbox(realtime, { onWaiting }) {
     input: byId("reply-input"),
     sendButton: byId("inbox-send"),
   }, {
-    canWrite: (session) => session.state === "active" && isMine(session),
+    canWrite: (session) => Boolean(session) && session.state === "active" && isMine(session),
     renderHeader,
     onLeft,
     onRead(sessionId, unread) {
@@ -101,6 +101,8 @@ export function mountInbox(realtime, { onWaiting }) {
     const tag = element("span", "tag", GROUP_TAGS[group]);
     tag.dataset.group = group;
     details.append(tag, ` since ${timeOnly.format(new Date(session.handoff.since))}`);
+    const owner = session.owner; // who asked: a user, or a website visitor (a guest)
+    if (owner) details.append(` · ${owner.role === "guest" ? "website visitor" : owner.username}`);
     link.append(row, details);
     const item = element("li");
     item.append(link);

@@ -28,7 +28,10 @@ export class Realtime {
     this.reconnectNow = () => { if (this.running && !this.socket) this.open(); };
   }
 
-  /** Registers `callback` for an event: message, delta, typing, presence, read, handoff, left, joined, error, status. */
+  /**
+   * Registers `callback` for an event: message, delta, typing, presence, read, handoff, updated (session.updated),
+   * left, joined, error, status.
+   */
   on(event, callback) {
     if (!this.listeners.has(event)) this.listeners.set(event, new Set());
     this.listeners.get(event).add(callback);
@@ -152,10 +155,13 @@ export class Realtime {
     socket.addEventListener("message", (event) => {
       if (this.socket === socket) this.receive(event.data);
     });
-    socket.addEventListener("close", () => {
+    socket.addEventListener("close", (event) => {
       if (this.socket !== socket) return;
       this.socket = null;
       this.authenticated = false;
+      // 1008: the token expired or was revoked (signed out elsewhere, account disabled or deleted). Reconnect with
+      // a newly refreshed one; when the refresh is refused too, the sign-in has ended and `open` stops.
+      if (event.code === 1008) this.needFreshToken = true;
       if (this.running) this.retry();
     });
   }
@@ -205,6 +211,9 @@ export class Realtime {
         break;
       case "handoff":
         this.emit("handoff", event);
+        break;
+      case "session.updated":
+        this.emit("updated", event);
         break;
       case "left":
         if (event.sessionId === this.sessionId) {
