@@ -6,9 +6,9 @@ import Foundation
 import Hummingbird
 import Storage
 
-/// `/api/admin/…` (role admin): accounts, agents, the server's status and activity. Changing an account's role or password, disabling or deleting it
-/// revokes its logins, so its access tokens and realtime connections stop working at once on every
-/// instance and it signs in again with what changed.
+/// `/api/admin/…` (role admin): accounts, agents, the server's status and activity. Changing an account's
+/// role or password, disabling or deleting it revokes its logins, so its access tokens and realtime
+/// connections stop working at once on every instance and it signs in again with what changed.
 struct AdminController {
     let store: any ChatStore
     let tokens: TokenService
@@ -75,6 +75,7 @@ struct AdminController {
 
     /// Role and disabled state. Either change ends the account's logins.
     @Sendable func updateUser(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        try requireAdmin(context)
         let body = try await API.AdminUpdateUserRequest.decode(request, maxBytes: maxBodyBytes)
         let selfChange = body.disabled == true || (body.role != nil && body.role != .admin)
         let user = try await target(context, changingSelf: selfChange)
@@ -94,6 +95,7 @@ struct AdminController {
     /// Sets a new password and signs the account out everywhere (an admin setting their own keeps the login
     /// they are using).
     @Sendable func resetPassword(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        try requireAdmin(context)
         let body = try await API.AdminPasswordRequest.decode(request, maxBytes: maxBodyBytes)
         let user = try await target(context)
         let hash = try await hasher.hash(body.password)
