@@ -13,7 +13,7 @@ APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3 debugedit
 APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 
-.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench profile check-reproducible clean
+.PHONY: all build release run test test-swift test-e2e test-system deps test-deps deb deb-deps bench profile check-reproducible clean screenshots
 
 all: build
 
@@ -65,6 +65,18 @@ test-swift: deps
 
 test-e2e: build
 	CHAT_BACKEND_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q Tests/e2e
+
+# The browser scenarios that take screenshots; `make screenshots` runs them to write docs/screenshots/*.png
+# (1280×800, the README's pictures) instead of into pytest's temporary directories.
+SCREENSHOT_TESTS := \
+  Tests/e2e/test_console.py::test_sign_in_chat_with_a_streaming_agent_reload_and_sign_out \
+  Tests/e2e/test_console_inbox.py::test_staff_take_a_handoff_live_from_the_inbox \
+  Tests/e2e/test_console_admin.py::test_an_admin_manages_accounts_and_a_disabled_or_deleted_users_console_ends_at_once \
+  Tests/e2e/test_console_admin.py::test_activity_charts_and_counts_follow_new_messages \
+  Tests/e2e/test_widget.py::test_a_visitor_chats_through_the_widget_and_staff_answer_live
+
+screenshots: build test-deps
+	CHAT_SCREENSHOTS=$(abspath docs/screenshots) CHAT_BACKEND_BIN=$(abspath $(BIN)) $(VENV)/bin/python -m pytest -q $(SCREENSHOT_TESTS)
 
 deb-deps: deps
 	$(call apt-ensure,packaging,$(APT_DEB_DEPS))

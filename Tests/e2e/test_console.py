@@ -1,14 +1,20 @@
 """The web console at /console/ in a real browser (Playwright driving Debian's chromium), driven by role and
 accessible name: sign in, sessions, a conversation with an agent whose reply streams in live, reload, sign-out,
-user text shown as text (never as markup), the server's error messages, and no Content-Security-Policy violation."""
+user text shown as text (never as markup), the server's error messages, and no Content-Security-Policy violation
+nor console error.
+
+The helpers the other browser tests share live here: `Watched` (a page in a context of its own, whose console
+messages, CSP violations, uncaught errors and dialogs are recorded and checked) and `screenshot` (where the
+scenarios' screenshots go: $CHAT_SCREENSHOTS when set, which `make screenshots` uses for docs/screenshots)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
 
 from conftest import PASSWORD, assert_json_error, auth_get, create_session, post_json, register
 from fakes import OpenAIServer
@@ -58,16 +64,40 @@ def console_server(start_server, llm, tmp_path):
     return start_server(env={"AGENTS_FILE": str(agents), "LLM_KEY": LLM_KEY})
 
 
-class Watched:
-    """A page whose console messages, uncaught errors and dialogs are recorded."""
+# Markup a user may type: it must show as text, never become elements, never run (window.__xss stays undefined, no
+# dialog opens).
+MARKUP = "<img src=x onerror=alert(1)><script>window.__xss=1</script>"
 
-    def __init__(self, page: Page, violations: list[str]):
+# A desktop window: the size every test page has, and so the README's screenshots.
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
+    """Saves what `page` shows (its viewport, not the full page) as `name`.png: into the directory that
+    $CHAT_SCREENSHOTS names when it is set (`make screenshots` regenerates docs/screenshots/ so), else into the
+    test's tmp_path."""
+    directory = Path(os.environ.get("CHAT_SCREENSHOTS") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
+    page.screenshot(path=str(path), animations="disabled", caret="hide")
+    return path
+
+
+class Watched:
+    """A page in a browser context of its own (its own storage, so its own sign-in) whose console messages (its
+    frames' too), Content-Security-Policy violations, uncaught errors and dialogs are recorded; `check()` fails
+    on any of them, but for the errors a test causes on purpose and names with `expect_error` or
+    `expect_failed_request`."""
+
+    def __init__(self, context: BrowserContext, page: Page, violations: list[str]):
+        self.context = context
         self.page = page
-        self.violations = violations  # securitypolicyviolation events, reported by the fixture's init script
+        self.violations = violations  # securitypolicyviolation events, reported by the init script of `open`
         self.console: list[str] = []
         self.errors: list[str] = []
         self.dialogs: list[str] = []
-        page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        self.expected: list[re.Pattern] = []
+        page.on("console", self._on_console)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
 
         def on_dialog(dialog):
@@ -76,27 +106,71 @@ class Watched:
 
         page.on("dialog", on_dialog)
 
+    @classmethod
+    def open(cls, browser: Browser) -> "Watched":
+        context = browser.new_context(viewport=VIEWPORT)
+        context.set_default_timeout(15_000)
+        # Besides the console messages, the securitypolicyviolation events (whatever their wording) of the page and
+        # of every frame in it; the init script and the binding come in through the DevTools protocol, which the
+        # pages' policies do not govern.
+        violations: list[str] = []
+        context.expose_binding("__reportCspViolation",
+                               lambda source, text: violations.append(f"{text} in {source['frame'].url}"))
+        context.add_init_script("document.addEventListener('securitypolicyviolation', "
+                                "(e) => window.__reportCspViolation(`${e.violatedDirective} ${e.blockedURI}`));")
+        return cls(context, context.new_page(), violations)
+
+    def _on_console(self, message: ConsoleMessage) -> None:
+        # The location is where the message comes from: for a request that failed, its URL.
+        url = message.location.get("url") if message.location else ""
+        self.console.append(f"{message.type}: {message.text}" + (f" [{url}]" if url else ""))
+
+    def expect_error(self, pattern: str) -> None:
+        """Console errors and CSP violations that match `pattern` (a regular expression) are no failure: the test
+        causes them on purpose."""
+        self.expected.append(re.compile(pattern))
+
+    def expect_failed_request(self, status: int, path: str) -> None:
+        """The browser's console error for a request to `path` (a regular expression of the URL's path) that the
+        server answered with `status` is no failure: the test causes that answer on purpose."""
+        self.expect_error(rf"^error: Failed to load resource: the server responded with a status of {status} "
+                          rf"\([^)]*\) \[http://127\.0\.0\.1:\d+{path}\]$")
+
+    def _unexpected(self, lines: list[str]) -> list[str]:
+        return [line for line in lines if not any(pattern.search(line) for pattern in self.expected)]
+
     def csp_violations(self) -> list[str]:
-        return self.violations + [m for m in self.console if "Content Security Policy" in m or "Refused to" in m]
+        return self._unexpected(self.violations + [m for m in self.console
+                                                   if "Content Security Policy" in m or "Refused to" in m])
+
+    def console_errors(self) -> list[str]:
+        return self._unexpected([m for m in self.console if m.startswith("error: ")])
+
+    def problems(self) -> list[str]:
+        """What the page (or a frame in it) did that it should not have: anything refused by a CSP, an error logged
+        to the console, a script that failed, a dialog; but for the errors the test expects."""
+        return ([f"CSP violation: {line}" for line in self.csp_violations()]
+                + [f"console {line}" for line in self.console_errors()]
+                + [f"uncaught: {error}" for error in self.errors] + [f"dialog: {dialog}" for dialog in self.dialogs])
+
+    def check(self) -> None:
+        problems = self.problems()
+        assert problems == [], "\n".join(problems + ["all console messages:", *self.console])
 
 
 @pytest.fixture
 def watched(chromium_browser):
-    context = chromium_browser.new_context(viewport={"width": 1200, "height": 800})
-    context.set_default_timeout(15_000)
-    # Besides the console messages, the page's own securitypolicyviolation events (whatever their wording); the
-    # init script and the binding come in through the DevTools protocol, which the page's policy does not govern.
-    violations: list[str] = []
-    context.expose_binding("__reportCspViolation", lambda source, text: violations.append(text))
-    context.add_init_script("document.addEventListener('securitypolicyviolation', "
-                            "(e) => window.__reportCspViolation(`${e.violatedDirective} ${e.blockedURI}`));")
-    watched = Watched(context.new_page(), violations)
+    watched = Watched.open(chromium_browser)
     yield watched
-    context.close()
-    # Every test: nothing the page did was refused by the CSP, no script failed, nothing opened a dialog.
-    assert watched.csp_violations() == [], watched.console
-    assert watched.errors == [], watched.errors
-    assert watched.dialogs == [], watched.dialogs
+    watched.context.close()
+    watched.check()  # every test
+
+
+def assert_stayed_text(log, *documents) -> None:
+    """No element came of the markup in `log`, and no script of it ran in `documents` (pages or frames)."""
+    assert log.locator("img, script, b").count() == 0
+    for document in documents:
+        assert document.evaluate("() => typeof window.__xss") == "undefined", document.url
 
 
 def sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
@@ -166,7 +240,7 @@ def test_sign_in_chat_with_a_streaming_agent_reload_and_sign_out(console_server,
     partial = [s for s in snapshots if "Echoing:" in s and reply not in s]
     assert partial, f"the reply never showed while it streamed: {snapshots}"
 
-    page.screenshot(path=str(tmp_path / "console-chat.png"), full_page=True)
+    screenshot(page, "console-chat", tmp_path)
 
     # A reload keeps the sign-in (the refresh token is in sessionStorage) and the open session with its history.
     page.reload()
@@ -227,6 +301,8 @@ def test_an_expired_session_shows_the_servers_answer_and_can_be_resumed(start_se
     page.get_by_role("button", name="New session").click()
     expect(message_box(page)).to_be_enabled()
     session_id = page.url.rsplit("/", 1)[1]
+    # The browser logs the server's refusal of the message sent after the session expired, as it should.
+    watched.expect_failed_request(410, f"/api/sessions/{session_id}/messages")
     page.wait_for_timeout(3_500)
 
     message_box(page).fill("are you still there?")
@@ -285,7 +361,7 @@ def test_a_long_history_pages_back_and_a_link_opens_its_session(server, watched)
 def test_markup_in_messages_is_shown_as_text(console_server, watched):
     page = watched.page
     user = register(console_server)
-    payload = "<img src=x onerror=alert(1)><script>window.__xss=1</script><b>bold</b>"
+    payload = MARKUP + "<b>bold</b>"
 
     page.goto(console_server.url("/console/"))
     sign_in(page, user["user"]["username"])
@@ -297,8 +373,7 @@ def test_markup_in_messages_is_shown_as_text(console_server, watched):
     expect(log.get_by_text(payload, exact=True)).to_be_visible()
     # The agent echoes it back, streamed: the deltas are text too.
     expect(log.get_by_text("Echoing: " + payload, exact=True)).to_be_visible()
-    assert log.locator("b, img, script").count() == 0
-    assert page.evaluate("() => window.__xss") is None
+    assert_stayed_text(log, page)
     assert watched.dialogs == []
 
 
@@ -308,6 +383,7 @@ def test_wrong_password_shows_the_servers_message(console_server, watched):
     error = assert_json_error(post_json(console_server.url("/auth/login"),
                                         {"username": user["user"]["username"], "password": "not-the-password"}),
                               401, "invalid_credentials")
+    watched.expect_failed_request(401, "/auth/login")  # the browser logs the refused sign-in, as it should
 
     page.goto(console_server.url("/console/"))
     page.get_by_label("Username").fill(user["user"]["username"])

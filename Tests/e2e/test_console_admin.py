@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from conftest import PASSWORD, assert_json_error, auth_get, create_session, post_json, register, unique_name
 from test_agents import add_user, wait_for
-from test_console import CHROMIUM, Watched, chromium_browser, conversation, message_box, sign_in  # noqa: F401 (fixture)
+from test_console import CHROMIUM, chromium_browser, conversation, message_box, screenshot, sign_in  # noqa: F401 (fixture)
 from test_console_inbox import STAFF_PASSWORD, browser_pages  # noqa: F401 (fixture)
 from test_room_access import AGENTS_YAML
 
@@ -69,7 +69,17 @@ def test_an_admin_manages_accounts_and_a_disabled_or_deleted_users_console_ends_
     token = admin["accessToken"]
     victim = register(server)
     name = victim["user"]["username"]
-    admin_page, victim_page, staff_page = browser_pages().page, browser_pages().page, browser_pages().page
+    admin_console, victim_console, staff_console = browser_pages(), browser_pages(), browser_pages()
+    admin_page, victim_page, staff_page = admin_console.page, victim_console.page, staff_console.page
+    # The browser logs each refusal below that the test causes on purpose: the forms' invalid password and
+    # taken username, ...
+    admin_console.expect_failed_request(400, "/api/admin/users")
+    admin_console.expect_failed_request(409, "/api/admin/users")
+    admin_console.expect_failed_request(400, rf"/api/admin/users/{victim['user']['id']}/password")
+    # ... and, in the user's console, each sign-in the admin ends (its refresh token refused: the console then
+    # shows the sign-in form), and the sign-in refused while the account is disabled.
+    victim_console.expect_failed_request(401, "/auth/refresh")
+    victim_console.expect_failed_request(403, "/auth/login")
 
     # Users see no admin view.
     signed_in_console(victim_page, server, name)
@@ -182,6 +192,12 @@ def test_an_admin_manages_accounts_and_a_disabled_or_deleted_users_console_ends_
     expect(accounts(admin_page).get_by_role("row")).to_have_count(2)
     expect(guest_row.get_by_role("button", name=re.compile("^Reset password"))).to_have_count(0)
     admin_page.get_by_label("Filter by role").select_option("")
+    # All of them: the guest, the staff member and the admin. (The form is emptied of what it kept when the
+    # server refused it, for the screenshot.)
+    expect(accounts(admin_page).get_by_role("row")).to_have_count(4)
+    form.get_by_label("New username").fill("")
+    form.get_by_label("Initial password").fill("")
+    screenshot(admin_page, "console-admin-users", tmp_path)
 
     # Paging, 20 accounts a page, newest first.
     tag = unique_name("page")
@@ -199,7 +215,6 @@ def test_an_admin_manages_accounts_and_a_disabled_or_deleted_users_console_ends_
     expect(following).to_be_disabled()
     previous.click()
     expect(admin_page.get_by_text("1–20 of 23", exact=True)).to_be_visible()
-    admin_page.screenshot(path=str(tmp_path / "admin-users.png"), full_page=True)
 
 
 def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pages, tmp_path):
@@ -249,7 +264,7 @@ def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pa
     page.get_by_text("Numbers by day").click()
     today = page.get_by_role("table", name="Messages and sessions per day").get_by_role("row").nth(1)
     expect(today.get_by_role("cell")).to_have_text([str(messages_before + 6), str(sessions_before + 1)])
-    page.screenshot(path=str(tmp_path / "admin-activity.png"), full_page=True)
+    screenshot(page, "console-admin-activity", tmp_path)
 
     # Resolving counts toward the resolved share.
     assert post_json(server.url(f"/api/sessions/{sid}/resolve"), {}, token=token).status_code == 200
