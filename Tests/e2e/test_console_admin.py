@@ -2,7 +2,7 @@
 name: an admin creates a staff account (which then signs in and has the inbox), changes a role, gives a new
 password, disables an account whose open console is signed out at once, enables it again, deletes accounts
 (whose consoles end too); guests are shown as such; the server's error messages are shown; the activity charts
-and the counts shown as text follow new messages when refreshed."""
+and the counts shown as text follow new messages and resolved sessions when refreshed."""
 
 from __future__ import annotations
 
@@ -236,8 +236,10 @@ def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pa
     messages_before, sessions_before, stored_before = number("Messages"), number("Sessions opened"), number("Messages stored")
     messages_chart = page.get_by_role("img", name=re.compile(r"^Messages per day over 30 days"))
     sessions_chart = page.get_by_role("img", name=re.compile(r"^Sessions opened per day over 30 days"))
+    resolved_chart = page.get_by_role("img", name=re.compile(r"^Sessions resolved over 30 days: "))
     expect(messages_chart).to_have_accessible_name(re.compile(rf": {messages_before} in all"))
     expect(sessions_chart).to_be_visible()
+    expect(resolved_chart).to_be_visible()
     agents = page.get_by_role("table", name="Agents")
     front = agents.get_by_role("row", name=re.compile(r"^front \(default\)"))
     expect(front.get_by_role("cell").nth(0)).to_have_text("rules")
@@ -260,13 +262,21 @@ def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pa
     expect(shown("Median first reply")).not_to_have_text("—")
     expect(messages_chart).to_have_accessible_name(re.compile(rf": {messages_before + 6} in all"))
     expect(sessions_chart).to_have_accessible_name(re.compile(rf": {sessions_before + 1} in all"))
+    opened = sessions_before + 1
+    expect(resolved_chart).to_have_accessible_name(f"Sessions resolved over 30 days: 0 of {opened} (0 %), {opened} not resolved")
     expect(front.get_by_role("cell").nth(2)).to_have_text("3")  # calls
     page.get_by_text("Numbers by day").click()
     today = page.get_by_role("table", name="Messages and sessions per day").get_by_role("row").nth(1)
     expect(today.get_by_role("cell")).to_have_text([str(messages_before + 6), str(sessions_before + 1)])
-    screenshot(page, "console-admin-activity", tmp_path)
 
-    # Resolving counts toward the resolved share.
+    # Resolving counts toward the resolved share (figure and chart); a second session stays open.
+    create_session(server, token)
     assert post_json(server.url(f"/api/sessions/{sid}/resolve"), {}, token=token).status_code == 200
     page.get_by_role("button", name="Refresh").click()
-    expect(shown("Resolved")).to_have_text(re.compile(r"^\d+ % \(1 of \d+\)$"))
+    opened = sessions_before + 2
+    share = int(100 / opened + 0.5)  # rounded as the page does (half up)
+    expect(shown("Sessions opened")).to_have_text(str(opened))
+    expect(shown("Resolved")).to_have_text(f"{share} % (1 of {opened})")
+    expect(resolved_chart).to_have_accessible_name(
+        f"Sessions resolved over 30 days: 1 of {opened} ({share} %), {opened - 1} not resolved")
+    screenshot(page, "console-admin-activity", tmp_path)

@@ -1,4 +1,4 @@
-// The admin view's activity section: the last 30 days as figures and as bar charts (SVG drawn with DOM calls,
+// The admin view's activity section: the last 30 days as figures and as charts (SVG drawn with DOM calls,
 // colours from console.css; each chart has an accessible name, and every number is also in a table), the
 // server's status and the agents.
 
@@ -74,6 +74,34 @@ function barChart(days, key, label, className) {
   return chart;
 }
 
+const percent = (share) => `${Math.round(share * 100)} %`;
+
+/** The sessions opened in `days` days as one bar, resolved (share `share`) and not, as an <svg role="img">. */
+function shareChart(days, opened, resolved, share) {
+  const rest = opened - resolved;
+  const shown = Math.round(share * 100);
+  const parts = [["Resolved", resolved, shown, "done"], ["Not resolved", rest, 100 - shown, "rest"]];
+  const name = `Sessions resolved over ${days} days: ` +
+    (opened ? `${number.format(resolved)} of ${number.format(opened)} (${percent(share)}), ${number.format(rest)} not resolved` : "none opened");
+  const chart = svg("svg", { class: "chart chart-share", role: "img", "aria-label": name });
+  const track = svg("rect", { class: "rest", x: 0, y: 4, width: "100%", height: 24, rx: 4 });
+  chart.append(track);
+  if (!opened) {
+    chart.append(svg("text", { class: "label", x: 0, y: 50 }, "No sessions opened"));
+    return chart;
+  }
+  const bar = svg("rect", { class: "done", x: 0, y: 4, width: `${share * 100}%`, height: 24, rx: 4 });
+  chart.append(bar);
+  parts.forEach(([label, count, part, className], i) => {
+    const text = `${label}: ${number.format(count)} (${part} %)`;
+    [bar, track][i].append(svg("title", {}, text));
+    const legend = svg("text", { class: "label", x: i ? "100%" : 0, y: 50, "text-anchor": i ? "end" : "start" });
+    legend.append(svg("tspan", { class: `key-${className}` }, "\u25A0 "), text);
+    chart.append(legend);
+  });
+  return chart;
+}
+
 // <dl> of <div><dt>label</dt><dd>value</dd></div>.
 function stats(list, entries) {
   list.replaceChildren(...entries.map(([label, value, state]) => {
@@ -104,11 +132,12 @@ export function renderActivity(status, agents, activity) {
   stats(byId("activity-stats"), [
     ["Messages", number.format(sum("messages"))],
     ["Sessions opened", number.format(opened)],
-    ["Resolved", resolvedShare === null ? "—" : `${Math.round(resolvedShare * 100)} % (${resolved} of ${opened})`],
+    ["Resolved", resolvedShare === null ? "—" : `${percent(resolvedShare)} (${resolved} of ${opened})`],
     ["Median first reply", median === null ? "—" : duration(median)],
   ]);
   byId("chart-messages").replaceChildren(barChart(days, "messages", "Messages per day", "chart-messages"));
   byId("chart-sessions").replaceChildren(barChart(days, "sessions", "Sessions opened per day", "chart-sessions"));
+  byId("chart-resolved").replaceChildren(shareChart(days.length, opened, resolved, resolvedShare ?? 0));
   byId("day-rows").replaceChildren(...days.slice().reverse().map((d) => row([longDay.format(new Date(d.date)), d.messages, d.sessions])));
 
   const counts = status.statistics;
