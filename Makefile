@@ -96,7 +96,8 @@ check-reproducible: deb
 	@deb=chat-backend_$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH).deb; \
 	sha256sum packaging/out/$$deb packaging/out/again/$$deb; \
 	if cmp -s packaging/out/$$deb packaging/out/again/$$deb; then echo "reproducible: the two builds are identical"; \
-	else echo "NOT reproducible: packaging/out/$$deb and packaging/out/again/$$deb differ"; exit 1; fi
+	else echo "NOT reproducible: packaging/out/$$deb and packaging/out/again/$$deb differ"; \
+	  echo "(the binaries before stripping: packaging/out/chat-backend.unstripped and packaging/out/again/chat-backend.unstripped)"; exit 1; fi
 
 # Installs the package in a Debian 12 container booted with systemd and drives it from outside
 # (Tests/system; DEVELOPERS.md says how it runs). Needs root.

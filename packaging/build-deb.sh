@@ -36,6 +36,9 @@ rm -f "$OUT"/chat-backend_"$version"_* "$OUT"/chat-backend-dbgsym_"$version"_* "
 
 (cd "$SRC" && dpkg-buildpackage --build=binary --no-sign)
 mv "$ROOT"/chat-backend*_"$version"_* "$OUT"/
+# The binary as it was before dh_strip (debug information in it, build id set): what `make
+# check-reproducible` compares when two packages differ.
+cp "$SRC/debian/build/chat-backend" "$OUT/chat-backend.unstripped"
 
 deb=$OUT/chat-backend_${version}_${arch}.deb
 echo "lintian $deb"
