@@ -36,19 +36,6 @@ def uleb(data, pos):
             return result, pos
 
 
-def sleb(data, pos):
-    result, shift = 0, 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
-
-
 def abbreviations(abbrev, offset):
     """code -> [(attribute, form)] of the abbreviation table at `offset` (implicit constants skipped)."""
     table, pos = {}, offset
@@ -65,7 +52,7 @@ def abbreviations(abbrev, offset):
             if attribute == 0 and form == 0:
                 break
             if form == 0x21:
-                _, pos = sleb(abbrev, pos)
+                _, pos = uleb(abbrev, pos)  # the constant (signed, but skipped alike)
             specs.append((attribute, form))
         table[code] = specs
 
@@ -76,11 +63,8 @@ def attribute_size(info, pos, form, address_size):
         return FIXED[form]
     if form == 0x01:
         return address_size
-    if form in ULEB_FORMS or form == 0x0D:
-        end = pos
-        while info[end] & 0x80:
-            end += 1
-        return end + 1 - pos
+    if form in ULEB_FORMS or form == 0x0D:  # signed or not, the same bytes
+        return uleb(info, pos)[1] - pos
     if form == 0x08:
         return info.index(b"\0", pos) + 1 - pos
     if form in (0x09, 0x18):

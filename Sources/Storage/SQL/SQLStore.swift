@@ -24,6 +24,11 @@ enum SQL {
     static let sessionById = "\(Codec.session.select) WHERE session_id = $1"
     static let messageByClientId = "\(Codec.message.select) WHERE session_id = $1 AND client_message_id = $2"
 
+    /// `$first, …` for `count` parameters bound after the first `after` ones (an `IN (…)` list).
+    static func placeholders(_ count: Int, after: Int = 0) -> String {
+        (0..<count).map { "$\(after + $0 + 1)" }.joined(separator: ", ")
+    }
+
     /// The message stored earlier with the same client id in the session, if any.
     static func duplicate(of message: ChatMessage, db: some SQLDatabase) throws -> ChatMessage? {
         guard let clientId = message.clientMessageId else { return nil }
@@ -134,7 +139,7 @@ extension SQLStore {
         let unique = Array(Set(ids))
         guard !unique.isEmpty else { return [] }
         return try await read { db in
-            try db.select(Codec.user, "WHERE id IN (\(unique.indices.map { "$\($0 + 1)" }.joined(separator: ", ")))", unique.map(SQLValue.id))
+            try db.select(Codec.user, "WHERE id IN (\(SQL.placeholders(unique.count)))", unique.map(SQLValue.id))
         }
     }
 
@@ -463,7 +468,7 @@ extension SQLStore {
     public func unreadCounts(sessionIds: [UUID], reader: UUID) async throws -> [UUID: Int] {
         guard !sessionIds.isEmpty else { return [:] }
         return try await read { db in
-            let list = sessionIds.indices.map { "$\($0 + 2)" }.joined(separator: ", ")
+            let list = SQL.placeholders(sessionIds.count, after: 1)
             let rows = try db.query(
                 """
                 SELECT m.session_id, COUNT(*) FROM chat_messages m
