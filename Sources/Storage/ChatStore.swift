@@ -96,7 +96,12 @@ public protocol ChatStore: Sendable {
     /// Stores a message unless its session is missing, resolved or expired, or its clientMessageId was seen.
     /// With `owner`, a session belonging to someone else counts as missing (checked in the same transaction).
     /// The store gives the message its id (UUIDv7, in commit order); the outcome carries the stored message.
-    func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome
+    /// `committed` is called with a created message once it is durable, before this returns, and in commit
+    /// order across all appends of the store (so whoever publishes there publishes in history order). It runs
+    /// on the store's writer thread: it must be quick and must not wait for the store.
+    func appendMessage(
+        _ message: ChatMessage, now: Date, owner: UUID?, committed: (@Sendable (ChatMessage) -> Void)?
+    ) async throws -> AppendOutcome
     /// A page of a session's messages in id order.
     func messages(_ query: MessageQuery) async throws -> MessagePage
     /// The session and a page of its messages, read together (one trip to the store); nil when there
@@ -170,6 +175,8 @@ public enum ExternalChange: Sendable, Equatable {
     case revoked(jti: String?, familyId: UUID?)
     /// Who may read a session changed (`reason`: claimed, released, resolved, deleted, …).
     case session(sessionId: UUID, reason: String)
+    /// A reader's marker in a session moved.
+    case read(SessionRead)
 }
 
 extension ChatStore {
@@ -179,6 +186,10 @@ extension ChatStore {
 
     /// Stores a message without an ownership check.
     public func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome {
-        try await appendMessage(message, now: now, owner: nil)
+        try await appendMessage(message, now: now, owner: nil, committed: nil)
+    }
+
+    public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
+        try await appendMessage(message, now: now, owner: owner, committed: nil)
     }
 }

@@ -75,10 +75,11 @@ struct MessageService: Sendable {
             owner = nil
         }
         // Ownership is checked inside the write: one round trip to the store per send.
-        switch try await store.appendMessage(message, now: now, owner: owner) {
+        // Published as it commits, on the store's writer, so every room gets messages in history order.
+        let hub = self.hub
+        switch try await store.appendMessage(message, now: now, owner: owner, committed: { hub.publish(message: $0, exceptClient: exceptClient) }) {
         case .created(let stored):
             metrics.messageStored()
-            hub.publish(message: stored, exceptClient: exceptClient)
             // The agent answers the owner's messages (the orchestrator checks who wrote it).
             if stored.direction == .inbound { orchestrator?.submit(stored, requestId: requestId) }
             return (stored, true)
@@ -105,9 +106,8 @@ func postOutbound(
         id: UUIDv7.unassigned, sessionId: session, userId: nil, content: text, type: type, direction: .outbound,
         metadata: .object(metadata), clientMessageId: nil, createdAt: now, updatedAt: now
     )
-    switch try await store.appendMessage(message, now: now, owner: nil) {
-    case .created(let stored):
-        hub.publish(message: stored)
+    switch try await store.appendMessage(message, now: now, owner: nil, committed: { hub.publish(message: $0) }) {
+    case .created:
         return true
     case .duplicate:
         return true

@@ -15,6 +15,7 @@ final class PostgresAppender: Sendable {
         var message: ChatMessage
         var now: Date
         var owner: UUID?
+        var committed: (@Sendable (ChatMessage) -> Void)?
         var continuation: CheckedContinuation<AppendOutcome, any Error>
         var loop: (any EventLoop)? = CallerLoops.current
     }
@@ -40,14 +41,15 @@ final class PostgresAppender: Sendable {
         self.decide = decide
     }
 
-    func append(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
+    /// `committed` gets a created message on the appender's thread, in commit order, before the call returns.
+    func append(_ message: ChatMessage, now: Date, owner: UUID?, committed: (@Sendable (ChatMessage) -> Void)?) async throws -> AppendOutcome {
         try await withCheckedThrowingContinuation { continuation in
             // Ids are made in queue order, which is commit order (one connection, batches in turn),
             // so a reader paging with `after` cannot skip a message committed late.
             let queued = worker.submit({
                 var message = message
                 message.id = UUIDv7.make(now: now)
-                return Job(message: message, now: now, owner: owner, continuation: continuation)
+                return Job(message: message, now: now, owner: owner, committed: committed, continuation: continuation)
             }) { [self] batch in run(batch) }
             if !queued { continuation.resume(throwing: StoreError(.unavailable, "the store is closed")) }
         }
@@ -62,6 +64,9 @@ final class PostgresAppender: Sendable {
 
     private func run(_ batch: [Job]) {
         let outcomes = outcomes(batch)
+        for (job, outcome) in zip(batch, outcomes) {
+            if let committed = job.committed, case .success(.created(let message)) = outcome { committed(message) }
+        }
         CallerLoops.resume(Array(zip(batch, outcomes)), loop: \.0.loop) { job, outcome in job.continuation.resume(with: outcome) }
     }
 

@@ -121,8 +121,10 @@ public final class PostgresStore: SQLStore {
         SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (SELECT count(*) FROM ins), (SELECT count(*) FROM announced) FROM s
         """
 
-    public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
-        try await appender.append(message, now: now, owner: owner)
+    public func appendMessage(
+        _ message: ChatMessage, now: Date, owner: UUID?, committed: (@Sendable (ChatMessage) -> Void)?
+    ) async throws -> AppendOutcome {
+        try await appender.append(message, now: now, owner: owner, committed: committed)
     }
 
     /// Identifies this process in NOTIFY payloads, so it ignores its own announcements.

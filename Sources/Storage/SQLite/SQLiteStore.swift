@@ -180,8 +180,14 @@ public final class SQLiteStore: SQLStore {
         try await writer.write(body)
     }
 
-    public func appendMessage(_ message: ChatMessage, now: Date, owner: UUID?) async throws -> AppendOutcome {
-        try await writer.write { db in
+    public func appendMessage(
+        _ message: ChatMessage, now: Date, owner: UUID?, committed: (@Sendable (ChatMessage) -> Void)?
+    ) async throws -> AppendOutcome {
+        var observer: (@Sendable (AppendOutcome) -> Void)?
+        if let committed {
+            observer = { outcome in if case .created(let stored) = outcome { committed(stored) } }
+        }
+        return try await writer.write(committed: observer) { db in
             // The id is made here, on the one writer thread, so ids are in commit order: a reader paging
             // with `after` can never see a message before an earlier-id one is committed.
             var message = message

@@ -7,6 +7,8 @@ import Synchronization
 private protocol WriteJob: AnyObject, Sendable {
     /// Runs the job's statements; the error they threw, if any (the job's savepoint is rolled back).
     func run(_ db: SQLiteConnection) -> (any Error)?
+    /// The transaction committed: tells the job's observer, in commit order, before any caller resumes.
+    func committed()
     /// Resumes the waiting caller once the transaction committed (nil) or failed.
     func finish(commitError: (any Error)?)
     /// The event loop the caller waits on, if any (see `CallerLoops`).
@@ -17,12 +19,18 @@ private final class TypedWriteJob<T: Sendable>: WriteJob, @unchecked Sendable {
     // Touched only by the writer thread between enqueue and finish.
     private let body: (SQLiteConnection) throws -> T
     private let continuation: CheckedContinuation<T, any Error>
+    private let observer: (@Sendable (T) -> Void)?
     private var result: Result<T, any Error>?
     let loop: (any EventLoop)? = CallerLoops.current
 
-    init(body: @escaping (SQLiteConnection) throws -> T, continuation: CheckedContinuation<T, any Error>) {
+    init(body: @escaping (SQLiteConnection) throws -> T, observer: (@Sendable (T) -> Void)?, continuation: CheckedContinuation<T, any Error>) {
         self.body = body
+        self.observer = observer
         self.continuation = continuation
+    }
+
+    func committed() {
+        if let observer, case .success(let value)? = result { observer(value) }
     }
 
     func run(_ db: SQLiteConnection) -> (any Error)? {
@@ -62,10 +70,13 @@ final class SQLiteWriter: Sendable {
     }
 
     /// Runs `body` on the writer thread inside a transaction, returning once it is committed (durable).
+    /// `committed` gets the result after the commit, on the writer thread, in commit order.
     @discardableResult
-    func write<T: Sendable>(_ body: @escaping (SQLiteConnection) throws -> T) async throws -> T {
+    func write<T: Sendable>(
+        committed: (@Sendable (T) -> Void)? = nil, _ body: @escaping (SQLiteConnection) throws -> T
+    ) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let queued = worker.submit({ TypedWriteJob(body: body, continuation: continuation) }) { [self] batch in
+            let queued = worker.submit({ TypedWriteJob(body: body, observer: committed, continuation: continuation) }) { [self] batch in
                 commit(batch, db: connection.value)
             }
             if !queued { continuation.resume(throwing: StoreError(.unavailable, "the store is closed")) }
@@ -115,6 +126,7 @@ final class SQLiteWriter: Sendable {
         do {
             try db.run("COMMIT")
             condition.wrote(nil)
+            for job in batch { job.committed() }
             finish(batch, commitError: nil)
         } catch {
             noteFailure(error)
