@@ -342,12 +342,13 @@ public struct ActivityReport: Sendable, Equatable {
     public var sessionsOpened: Int
     public var sessionsResolved: Int
     /// For the newest sessions of the period (at most `ActivityReport.replySample`) that had a user's message
-    /// and a reply after it: seconds from the first user message to the first reply by an agent or a person.
-    public var firstReplySeconds: [Double]
+    /// and a reply after it, per UTC day the session was opened: seconds from the first user message to the
+    /// first reply by an agent or a person.
+    public var firstReplySeconds: [String: [Double]]
 
     public static let replySample = 5000
 
-    public init(messagesPerDay: [String: Int], sessionsPerDay: [String: Int], sessionsOpened: Int, sessionsResolved: Int, firstReplySeconds: [Double]) {
+    public init(messagesPerDay: [String: Int], sessionsPerDay: [String: Int], sessionsOpened: Int, sessionsResolved: Int, firstReplySeconds: [String: [Double]]) {
         self.messagesPerDay = messagesPerDay
         self.sessionsPerDay = sessionsPerDay
         self.sessionsOpened = sessionsOpened

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import Storage
 
@@ -325,6 +326,38 @@ struct StoreContractTests {
         }
     }
 
+    @Test("concurrent appends report their commits in history order, each before its append returns", arguments: backends)
+    func commitOrder(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let session = Make.session(userId: UUID())
+            try await store.createSession(session)
+            let reported = CommitLog()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<300 {
+                    group.addTask {
+                        let outcome = try await store.appendMessage(
+                            Make.message(session.id, userId: nil, content: "o\(i)"), now: Timestamp.now(), owner: nil,
+                            committed: { message in reported.ids.withLock { $0.append(message.id) } })
+                        guard case .created(let message) = outcome else { throw StoreError(.failed, "not created") }
+                        #expect(reported.ids.withLock { $0.contains(message.id) })
+                    }
+                }
+                try await group.waitForAll()
+            }
+            // A retry of a stored message and a refused append report nothing.
+            #expect(try await store.appendMessage(Make.message(UUID(), userId: nil), now: Timestamp.now(), owner: nil,
+                                                  committed: { message in reported.ids.withLock { $0.append(message.id) } }) == .sessionNotFound)
+            var history: [UUID] = []
+            while true {
+                let page = try await store.messages(MessageQuery(sessionId: session.id, after: history.last, limit: 200))
+                history += page.messages.map(\.id)
+                if !page.hasMore { break }
+            }
+            #expect(history.count == 300)
+            #expect(reported.ids.withLock { $0 } == history)
+        }
+    }
+
     @Test("many concurrent writes all commit (group commit)", arguments: backends)
     func groupCommit(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, _ in
@@ -514,7 +547,7 @@ struct StoreContractTests {
             #expect(report.sessionsPerDay == [day(0): 1, day(1): 1, day(2): 1])
             #expect(report.messagesPerDay == [day(0): 3, day(1): 2, day(2): 1])
             #expect(report.sessionsOpened == 3 && report.sessionsResolved == 1)
-            #expect(report.firstReplySeconds.sorted() == [30, 90])
+            #expect(report.firstReplySeconds == [day(0): [30], day(1): [90]])
             #expect(try await store.activity(since: at(2)).sessionsOpened == 1)
         }
     }
@@ -645,4 +678,9 @@ extension AppendOutcome {
         if case .created = self { return }
         Issue.record("expected created, got \(self)", sourceLocation: sourceLocation)
     }
+}
+
+/// The ids an append's `committed` callback reported, in the order it reported them.
+final class CommitLog: Sendable {
+    let ids = Mutex<[UUID]>([])
 }

@@ -262,6 +262,10 @@ def test_agents_status_and_activity_show_what_happened(bin_path, tmp_path):
         assert after["sessions"] == {"opened": 3, "resolved": 1, "resolvedShare": 0.333}
         # The echo session was answered; the broken one got only system notes, which are no reply.
         assert after["firstReply"]["sessions"] == 1 and 0 <= after["firstReply"]["medianSeconds"] < 10
+        # By day: the day the echo session was opened has that reply; days without one have no median.
+        answered = [d for d in after["days"] if d["firstReplies"]]
+        assert len(answered) == 1 and answered[0]["firstReplyMedianSeconds"] == after["firstReply"]["medianSeconds"]
+        assert all(d["firstReplyMedianSeconds"] is None for d in after["days"] if not d["firstReplies"])
         for query in ("days=0", "days=367", "days=x", "from=1"):
             assert_json_error(admin_call(server, "GET", f"/activity?{query}", token), 400, "validation_failed")
         assert_json_error(admin_call(server, "GET", "/status", utoken), 403, "forbidden")

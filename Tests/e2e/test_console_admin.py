@@ -237,6 +237,7 @@ def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pa
     messages_chart = page.get_by_role("img", name=re.compile(r"^Messages per day over 30 days"))
     sessions_chart = page.get_by_role("img", name=re.compile(r"^Sessions opened per day over 30 days"))
     resolved_chart = page.get_by_role("img", name=re.compile(r"^Sessions resolved over 30 days: "))
+    reply_chart = page.get_by_role("img", name=re.compile(r"^Median first reply per day over 30 days: "))
     expect(messages_chart).to_have_accessible_name(re.compile(rf": {messages_before} in all"))
     expect(sessions_chart).to_be_visible()
     expect(resolved_chart).to_be_visible()
@@ -260,6 +261,10 @@ def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pa
     expect(shown("Sessions opened")).to_have_text(str(sessions_before + 1))
     expect(shown("Messages stored")).to_have_text(str(stored_before + 6))
     expect(shown("Median first reply")).not_to_have_text("—")
+    # The bot answered within seconds: today's median is the overall one, and today has a bar.
+    overall = shown("Median first reply").inner_text()
+    expect(reply_chart).to_have_accessible_name(re.compile(rf": {re.escape(overall)} overall, slowest on "))
+    assert reply_chart.locator("rect.bar").count() >= 1
     expect(messages_chart).to_have_accessible_name(re.compile(rf": {messages_before + 6} in all"))
     expect(sessions_chart).to_have_accessible_name(re.compile(rf": {sessions_before + 1} in all"))
     opened = sessions_before + 1
@@ -267,7 +272,7 @@ def test_activity_charts_and_counts_follow_new_messages(admin_server, browser_pa
     expect(front.get_by_role("cell").nth(2)).to_have_text("3")  # calls
     page.get_by_text("Numbers by day").click()
     today = page.get_by_role("table", name="Messages and sessions per day").get_by_role("row").nth(1)
-    expect(today.get_by_role("cell")).to_have_text([str(messages_before + 6), str(sessions_before + 1)])
+    expect(today.get_by_role("cell")).to_have_text([str(messages_before + 6), str(sessions_before + 1), re.compile(r"^(under 1 s|\d+ s)$")])
 
     # Resolving counts toward the resolved share (figure and chart); a second session stays open.
     create_session(server, token)

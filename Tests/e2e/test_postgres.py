@@ -190,6 +190,13 @@ def test_two_instances_fan_out_messages_over_listen_notify(start_server, pg_url)
         except TimeoutError:
             extra = None
         assert extra is None, f"duplicate delivery: {extra}"
+        # Marking the session read on B reaches the connection on A as a `read` event.
+        r = post_json(b.url(f"/api/sessions/{sid}/read"), {"lastMessageId": sent[-1]}, token=token)
+        assert r.status_code == 200, r.text
+        event = json.loads(ws.recv(timeout=5))
+        assert event["type"] == "read", event
+        assert (event["sessionId"], event["userId"], event["lastMessageId"]) == (sid, user["user"]["id"], sent[-1])
+        assert event["readAt"] == r.json()["readAt"]
 
 
 def test_revocations_on_one_instance_close_connections_on_the_other(start_server, pg_url):

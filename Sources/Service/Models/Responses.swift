@@ -336,6 +336,10 @@ extension API {
                             json.field("date", day)
                             json.field("messages", report.messagesPerDay[day] ?? 0)
                             json.field("sessions", report.sessionsPerDay[day] ?? 0)
+                            let replies = report.firstReplySeconds[day] ?? []
+                            json.field("firstReplies", replies.count)
+                            json.key("firstReplyMedianSeconds")
+                            Self.median(replies, to: &json)
                         }
                     }
                 }
@@ -352,18 +356,21 @@ extension API {
                 }
                 json.key("firstReply")
                 json.object { json in
-                    json.field("sessions", report.firstReplySeconds.count)
+                    let all = report.firstReplySeconds.values.flatMap { $0 }
+                    json.field("sessions", all.count)
                     json.key("medianSeconds")
-                    let sorted = report.firstReplySeconds.sorted()
-                    if sorted.isEmpty {
-                        json.null()
-                    } else {
-                        let middle = sorted.count / 2
-                        let median = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
-                        json.value((median * 1000).rounded() / 1000)
-                    }
+                    Self.median(all, to: &json)
                 }
             }
+        }
+
+        /// The median of `values` in seconds, to the millisecond; null when there are none.
+        private static func median(_ values: [Double], to json: inout JSONWriter) {
+            let sorted = values.sorted()
+            guard !sorted.isEmpty else { return json.null() }
+            let middle = sorted.count / 2
+            let median = sorted.count % 2 == 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2
+            json.value((median * 1000).rounded() / 1000)
         }
     }
 

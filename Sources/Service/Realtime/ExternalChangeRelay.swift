@@ -9,7 +9,8 @@ import Storage
 
 /// Publishes to local connections the messages other instances stored (Postgres LISTEN/NOTIFY carries the
 /// ids; each instance reads them and publishes locally), follows other instances' changes of who may read a
-/// session, and ends local connections of tokens another instance revoked (logout, a reused refresh token).
+/// session, passes on their `read` markers, and ends local connections of tokens another instance revoked
+/// (logout, a reused refresh token).
 /// After the feed reconnects, every active room is caught up from storage, so a gap in announcements loses
 /// nothing.
 ///
@@ -46,6 +47,8 @@ struct ExternalChangeRelay: Service {
                     await retrying("reading a session another instance changed", session: id) {
                         hub.sessionChanged(id, to: try await store.session(id: id), reason: reason)
                     }
+                case .read(let read):
+                    hub.broadcast(.read(read), session: read.sessionId, exceptUser: nil)
                 case .resync:
                     if connectedBefore { await catchUp() }
                     connectedBefore = true

@@ -63,7 +63,8 @@ final class PostgresListener: Sendable {
                 continuation.yield(.resync)
                 try connection.waitForNotifications(until: { self.stopped.load(ordering: .relaxed) }) { payload in
                     // "<instance> <session> <message>", "<instance> revoke-token <jti>",
-                    // "<instance> revoke-family <family>" or "<instance> session:<reason> <session>";
+                    // "<instance> revoke-family <family>", "<instance> session:<reason> <session>" or
+                    // "<instance> read <session>/<reader>/<message>/<milliseconds since 1970>";
                     // our own changes are handled locally already.
                     let parts = payload.split(separator: " ")
                     guard parts.count == 3, parts[0] != self.instanceID else { return }
@@ -73,6 +74,12 @@ final class PostgresListener: Sendable {
                     case "revoke-family":
                         guard let family = UUID(text: parts[2]) else { return }
                         Self.yield(.revoked(jti: nil, familyId: family), to: continuation)
+                    case "read":
+                        let fields = parts[2].split(separator: "/")
+                        guard fields.count == 4, let session = UUID(text: fields[0]), let reader = UUID(text: fields[1]),
+                              let message = UUID(text: fields[2]), let millis = Int64(fields[3]) else { return }
+                        let at = Date(timeIntervalSince1970: Double(millis) / 1000)
+                        Self.yield(.read(SessionRead(sessionId: session, userId: reader, lastReadId: message, readAt: at)), to: continuation)
                     case let kind where kind.hasPrefix("session:"):
                         guard let session = UUID(text: parts[2]) else { return }
                         Self.yield(.session(sessionId: session, reason: String(kind.dropFirst("session:".count))), to: continuation)

@@ -460,8 +460,10 @@ extension SQLStore {
                 WHERE session_reads.last_read_id < excluded.last_read_id
                 """, Codec.sessionRead.values(read, dialect)
             )
-            let current = try db.select(Codec.sessionRead, "WHERE session_id = $1 AND user_id = $2", [.id(sessionId), .id(userId)]).first
-            return .read(current ?? read)
+            let current = try db.select(Codec.sessionRead, "WHERE session_id = $1 AND user_id = $2", [.id(sessionId), .id(userId)]).first ?? read
+            let millis = Int64((current.readAt.timeIntervalSince1970 * 1000).rounded())
+            try announce("read \([sessionId, userId, current.lastReadId].map(\.lowercased).joined(separator: "/"))/\(millis)", db: db)
+            return .read(current)
         }
     }
 
@@ -491,18 +493,20 @@ extension SQLStore {
             let opened = try db.query(
                 "SELECT COUNT(*), COUNT(*) FILTER (WHERE is_resolved) FROM chat_sessions WHERE created_at >= $1", [.time(since)]
             ).first?.ints() ?? [0, 0]
-            // The first user message and the first reply (an agent's or a person's, not a system note) of each session.
+            // The first user message and the first reply (an agent's or a person's, not a system note) of each
+            // session, by the day it was opened.
             let pairs = try db.query(
                 """
                 SELECT (SELECT MIN(created_at) FROM chat_messages m WHERE m.session_id = s.session_id AND m.direction = 'inbound'),
-                       (SELECT MIN(created_at) FROM chat_messages m WHERE m.session_id = s.session_id AND m.direction = 'outbound' AND m.type <> 'system')
+                       (SELECT MIN(created_at) FROM chat_messages m WHERE m.session_id = s.session_id AND m.direction = 'outbound' AND m.type <> 'system'),
+                       \(dialect.day("s.created_at"))
                 FROM chat_sessions s WHERE s.created_at >= $1 ORDER BY s.created_at DESC LIMIT $2
                 """, [.time(since), .integer(Int64(ActivityReport.replySample))]
             )
-            let replies = try pairs.compactMap { row -> Double? in
-                guard row.values[0] != .null, row.values[1] != .null else { return nil }
+            var replies: [String: [Double]] = [:]
+            for row in pairs where row.values[0] != .null && row.values[1] != .null {
                 let seconds = try row.date(1).timeIntervalSince(try row.date(0))
-                return seconds >= 0 ? seconds : nil
+                if seconds >= 0 { replies[try row.string(2), default: []].append(seconds) }
             }
             return ActivityReport(
                 messagesPerDay: try perDay("chat_messages"), sessionsPerDay: try perDay("chat_sessions"), sessionsOpened: opened[0],

@@ -38,32 +38,43 @@ function tickStep(max) {
   return [1, 2, 5, 10].map((f) => f * power).find((step) => step >= rough);
 }
 
-/** A bar chart of `days[i][key]`, named `label`, as an <svg role="img">. */
-function barChart(days, key, label, className) {
-  const values = days.map((d) => d[key]);
+// The same for seconds, in steps a clock reads well (15 s, 1 min, 30 min, 1 d, …).
+const CLOCK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, 86400];
+function durationStep(max) {
+  const rough = Math.max(1, max / 4);
+  return CLOCK_STEPS.find((step) => step >= rough) ?? 86400 * Math.ceil(rough / 86400);
+}
+
+const COUNTS = { step: tickStep, format: (value) => number.format(value) };
+const DURATIONS = { step: durationStep, format: duration };
+
+/**
+ * A bar chart of `days[i][key]` as an <svg role="img"> named `name(values)`; a day whose value is null has no bar.
+ * `scale` says how to space the axis and write a value (COUNTS or DURATIONS).
+ */
+function barChart(days, key, className, name, scale = COUNTS) {
+  const values = days.map((d) => d[key] ?? 0);
   const max = Math.max(0, ...values);
-  const step = tickStep(max);
+  const step = scale.step(max);
   const top = Math.max(step, Math.ceil(max / step) * step);
   const plotWidth = WIDTH - PAD.left - PAD.right;
   const plotHeight = HEIGHT - PAD.top - PAD.bottom;
   const y = (value) => PAD.top + plotHeight * (1 - value / top);
-  const total = values.reduce((a, b) => a + b, 0);
-  const peak = days[values.indexOf(max)];
-  const name = `${label} over ${days.length} days: ${number.format(total)} in all` +
-    (max > 0 ? `, most on ${longDay.format(new Date(peak.date))} (${number.format(max)})` : "");
-  const chart = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: `chart ${className}`, role: "img", "aria-label": name });
+  const chart = svg("svg", { viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: `chart ${className}`, role: "img", "aria-label": name(values, max) });
   for (let value = 0; value <= top; value += step) {
     chart.append(
       svg("line", { class: "grid", x1: PAD.left, x2: WIDTH - PAD.right, y1: y(value), y2: y(value) }),
-      svg("text", { class: "axis", x: PAD.left - 6, y: y(value) + 4, "text-anchor": "end" }, number.format(value)),
+      svg("text", { class: "axis", x: PAD.left - 6, y: y(value) + 4, "text-anchor": "end" }, scale.format(value)),
     );
   }
   const slot = plotWidth / Math.max(1, days.length);
   days.forEach((d, i) => {
     const x = PAD.left + i * slot;
-    const bar = svg("rect", { class: "bar", x: x + slot * 0.15, y: y(d[key]), width: slot * 0.7, height: Math.max(0, y(0) - y(d[key])) });
-    bar.append(svg("title", {}, `${longDay.format(new Date(d.date))}: ${number.format(d[key])}`));
-    chart.append(bar);
+    if (d[key] !== null) {
+      const bar = svg("rect", { class: "bar", x: x + slot * 0.15, y: y(d[key]), width: slot * 0.7, height: Math.max(0, y(0) - y(d[key])) });
+      bar.append(svg("title", {}, `${longDay.format(new Date(d.date))}: ${scale.format(d[key])}`));
+      chart.append(bar);
+    }
     // Dates under the last bar and every seventh one before it.
     const last = i === days.length - 1;
     if ((days.length - 1 - i) % 7 === 0) {
@@ -72,6 +83,27 @@ function barChart(days, key, label, className) {
     }
   });
   return chart;
+}
+
+/** "Messages per day over 30 days: 120 in all, most on 3 Dec 2026 (40)". */
+function totalName(label, days) {
+  return (values, max) => {
+    const total = values.reduce((a, b) => a + b, 0);
+    const peak = days[values.indexOf(max)];
+    return `${label} over ${days.length} days: ${number.format(total)} in all` +
+      (max > 0 ? `, most on ${longDay.format(new Date(peak.date))} (${number.format(max)})` : "");
+  };
+}
+
+/** "Median first reply per day over 30 days: 4 s overall, slowest on 3 Dec 2026 (1 min 5 s)". */
+function replyName(days, overall) {
+  return (values, max) => {
+    const answered = days.filter((d) => d.firstReplyMedianSeconds !== null);
+    if (!answered.length) return `Median first reply per day over ${days.length} days: no replies`;
+    const slowest = answered.find((d) => d.firstReplyMedianSeconds === max) ?? answered[0];
+    return `Median first reply per day over ${days.length} days: ${duration(overall)} overall, ` +
+      `slowest on ${longDay.format(new Date(slowest.date))} (${duration(slowest.firstReplyMedianSeconds)})`;
+  };
 }
 
 const percent = (share) => `${Math.round(share * 100)} %`;
@@ -135,10 +167,15 @@ export function renderActivity(status, agents, activity) {
     ["Resolved", resolvedShare === null ? "—" : `${percent(resolvedShare)} (${resolved} of ${opened})`],
     ["Median first reply", median === null ? "—" : duration(median)],
   ]);
-  byId("chart-messages").replaceChildren(barChart(days, "messages", "Messages per day", "chart-messages"));
-  byId("chart-sessions").replaceChildren(barChart(days, "sessions", "Sessions opened per day", "chart-sessions"));
+  byId("chart-messages").replaceChildren(barChart(days, "messages", "chart-messages", totalName("Messages per day", days)));
+  byId("chart-sessions").replaceChildren(barChart(days, "sessions", "chart-sessions", totalName("Sessions opened per day", days)));
   byId("chart-resolved").replaceChildren(shareChart(days.length, opened, resolved, resolvedShare ?? 0));
-  byId("day-rows").replaceChildren(...days.slice().reverse().map((d) => row([longDay.format(new Date(d.date)), d.messages, d.sessions])));
+  byId("chart-first-reply").replaceChildren(
+    barChart(days, "firstReplyMedianSeconds", "chart-first-reply", replyName(days, median), DURATIONS));
+  byId("day-rows").replaceChildren(...days.slice().reverse().map((d) => row([
+    longDay.format(new Date(d.date)), d.messages, d.sessions,
+    d.firstReplyMedianSeconds === null ? "—" : duration(d.firstReplyMedianSeconds),
+  ])));
 
   const counts = status.statistics;
   const storage = status.storage;
