@@ -186,6 +186,7 @@ struct AppConfig {
         summary.append(("GUEST_ACCESS", service.guestAccess ? "on" : "off"))
         service.rateLimitGuest = try rate("rate.limit.guest", "RATE_LIMIT_GUEST", "10/1h")
         service.guestTTL = try duration("guest.ttl", "GUEST_TTL", "30d")
+        service.messageEditWindow = try duration("message.edit.window", "MESSAGE_EDIT_WINDOW", "15m")
         let bodyText = value("max.body.bytes") ?? String(1 << 20)
         guard let body = Int(bodyText), (1024...(64 << 20)).contains(body) else {
             throw ConfigError("MAX_BODY_BYTES: must be 1024 to 67108864 (got '\(bodyText)')")

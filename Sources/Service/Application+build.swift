@@ -77,7 +77,8 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         ? nil
         : AgentOrchestrator(config: dependencies.agents, store: store, hub: hub, registry: dependencies.registry, logger: dependencies.logger)
     let messages = MessageService(
-        store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics, orchestrator: orchestrator
+        store: store, hub: hub, limiter: limiter, rule: config.rateLimitMessages, metrics: metrics, orchestrator: orchestrator,
+        editWindow: config.messageEditWindow
     )
 
     let router = Router(context: ChatRequestContext.self, options: .autoGenerateHeadEndpoints)

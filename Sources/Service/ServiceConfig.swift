@@ -19,6 +19,8 @@ public struct ServiceConfig: Sendable {
     /// Guests without activity (a message in their sessions, a token refresh) for this many seconds are
     /// deleted with their sessions.
     public var guestTTL: Int = 30 * 86400
+    /// For this many seconds after sending, the author may edit a message (admins: always).
+    public var messageEditWindow: Int = 15 * 60
     /// Largest accepted request body.
     public var maxBodyBytes: Int {
         get { server.maxBodyBytes }

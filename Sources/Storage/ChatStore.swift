@@ -109,6 +109,15 @@ public protocol ChatStore: Sendable {
     func sessionMessages(_ query: MessageQuery) async throws -> (session: ChatSession, page: MessagePage)?
     /// One message of a session.
     func message(sessionId: UUID, id: UUID) async throws -> ChatMessage?
+    /// Replaces the content of a message (`editedAt` and `updatedAt` become `now`); nil when the session has
+    /// no such message or it was deleted.
+    func editMessage(sessionId: UUID, id: UUID, content: String, now: Date) async throws -> ChatMessage?
+    /// Deletes a message, leaving a tombstone: no content, no metadata, `deletedAt`. Returns the tombstone
+    /// (also when it was deleted before, unchanged); nil when the session has no such message.
+    func deleteMessage(sessionId: UUID, id: UUID, now: Date) async throws -> ChatMessage?
+    /// Messages of the session up to `upTo` (included) edited or deleted after `since`, in id order, at most
+    /// `limit` (a reconnecting client's recovery sends them after the messages it missed).
+    func changedMessages(sessionId: UUID, upTo: UUID, since: Date, limit: Int) async throws -> [ChatMessage]
 
     // MARK: Read state
 
@@ -177,6 +186,8 @@ public enum ExternalChange: Sendable, Equatable {
     case session(sessionId: UUID, reason: String)
     /// A reader's marker in a session moved.
     case read(SessionRead)
+    /// A stored message was edited or deleted.
+    case messageChanged(sessionId: UUID, messageId: UUID)
 }
 
 extension ChatStore {

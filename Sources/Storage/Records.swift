@@ -156,10 +156,14 @@ public struct ChatMessage: Sendable, Equatable {
     public var clientMessageId: String?
     public var createdAt: Date
     public var updatedAt: Date
+    /// When its content was last edited.
+    public var editedAt: Date?
+    /// When it was deleted: a tombstone, without content or metadata.
+    public var deletedAt: Date?
 
     public init(
         id: UUID, sessionId: UUID, userId: UUID?, content: String, type: String, direction: MessageDirection,
-        metadata: JSONValue, clientMessageId: String?, createdAt: Date, updatedAt: Date
+        metadata: JSONValue, clientMessageId: String?, createdAt: Date, updatedAt: Date, editedAt: Date? = nil, deletedAt: Date? = nil
     ) {
         self.id = id
         self.sessionId = sessionId
@@ -171,6 +175,8 @@ public struct ChatMessage: Sendable, Equatable {
         self.clientMessageId = clientMessageId
         self.createdAt = createdAt
         self.updatedAt = updatedAt
+        self.editedAt = editedAt
+        self.deletedAt = deletedAt
     }
 }
 

@@ -20,7 +20,7 @@ struct ModelTests {
         #"{"id":"01a2123f-5cea-7197-8f32-ba19dd783536","sessionId":"f532ed1f-0e5e-4956-a9da-63496c1935a0","#
         + #""userId":"010f4334-0518-479f-8f7b-51b32ec95592","content":"Hello \"you\"\n\u0001é","type":"text","direction":"inbound","#
         + #""metadata":{"a":[null,true,1.5],"b":2},"clientMessageId":"c-1","createdAt":"2025-11-25T10:27:52.170Z","#
-        + #""updatedAt":"2025-11-25T10:27:52.170Z"}"#
+        + #""updatedAt":"2025-11-25T10:27:52.170Z","editedAt":null,"deletedAt":null}"#
 
     @Test("a message is written in the documented field order, id first, and reads back as written")
     func messageOrder() throws {
@@ -57,6 +57,10 @@ struct ModelTests {
         let s = Self.session.lowercased, u = Self.user.lowercased
         let cases: [(ServerEvent, String, String?)] = [
             (.message(Self.message), #"{"type":"message","message":"# + Self.messageJSON + "}", #"42["message","# + Self.messageJSON + "]"),
+            (.messageUpdated(Self.message), #"{"type":"message.updated","message":"# + Self.messageJSON + "}",
+             #"42["message.updated",{"message":"# + Self.messageJSON + "}]"),
+            (.messageDeleted(Self.message), #"{"type":"message.deleted","message":"# + Self.messageJSON + "}",
+             #"42["message.deleted",{"message":"# + Self.messageJSON + "}]"),
             (.typing(session: Self.session, user: Self.user, agent: nil, isTyping: true),
              #"{"type":"typing","sessionId":"\#(s)","userId":"\#(u)","isTyping":true}"#,
              #"42["typing",{"sessionId":"\#(s)","userId":"\#(u)","isTyping":true}]"#),

@@ -123,13 +123,19 @@ struct SQLiteStoreTests {
         ))
         let session = Make.session(userId: user.id)
         try await older.createSession(session)
-        guard case .created(let message) = try await older.appendMessage(Make.message(session.id, userId: user.id), now: now) else {
-            Issue.record("append failed")
-            return
-        }
-        _ = try await older.markRead(sessionId: session.id, userId: user.id, messageId: message.id, now: now)
-        let counts = try await older.recordCounts()
         await older.close()
+        // A message and a read marker, written as that schema has them (the store writes today's columns).
+        let raw = try SQLiteConnection(path: path)
+        let stamp = Timestamp.format(now), messageId = UUIDv7.make(now: now).lowercased
+        try raw.run("INSERT INTO chat_messages (id, session_id, user_id, content, created_at, updated_at) VALUES ($1, $2, $3, 'hi', $4, $4)",
+                    [.text(messageId), .text(session.id.lowercased), .text(user.id.lowercased), .text(stamp)])
+        try raw.run("INSERT INTO session_reads (session_id, user_id, last_read_id, read_at) VALUES ($1, $2, $3, $4)",
+                    [.text(session.id.lowercased), .text(user.id.lowercased), .text(messageId), .text(stamp)])
+        raw.close()
+        let reopened = try await SQLiteStore.open(path: path, migrations: MigrationSet(dialect: "sqlite", migrations: Array(all[..<rebuild])))
+        let counts = try await reopened.recordCounts()
+        #expect(counts.messages == 1 && counts.sessionReads == 1)
+        await reopened.close()
 
         let store = try await SQLiteStore.open(path: path)
         #expect(try await store.recordCounts() == counts)

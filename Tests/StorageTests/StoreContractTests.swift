@@ -609,6 +609,11 @@ struct StoreContractTests {
             _ = try await source.claimHandoff(sessionId: session.id, assignee: user.id, now: now.addingTimeInterval(1))
             try await source.appendMessage(Make.message(session.id, userId: user.id, clientId: "c1"), now: now).expectCreated()
             try await source.appendMessage(Make.message(session.id, userId: nil), now: now).expectCreated()
+            // One edited and one deleted message: their edited_at and deleted_at are copied too.
+            for (i, stored) in try await source.messages(MessageQuery(sessionId: session.id, limit: 2)).messages.enumerated() {
+                if i == 0 { _ = try await source.editMessage(sessionId: session.id, id: stored.id, content: "edited", now: now) }
+                else { _ = try await source.deleteMessage(sessionId: session.id, id: stored.id, now: now) }
+            }
             // Only one of two waiting sessions when the limit says one.
             try await source.createSession(Make.session(userId: user.id))
             #expect(try await source.handoffs(assignee: nil, limit: 1).count == 1)
@@ -649,6 +654,42 @@ struct StoreContractTests {
                 })
                 #expect(try await target.session(id: session.id) == (try await source.session(id: session.id)))
             }
+        }
+    }
+
+    @Test("edit and delete: current text, tombstones, and the changes a reconnecting client missed", arguments: backends)
+    func editAndDelete(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let session = Make.session(userId: UUID())
+            try await store.createSession(session)
+            var stored: [ChatMessage] = []
+            for i in 0..<4 {
+                var m = Make.message(session.id, userId: session.userId, content: "m\(i)")
+                m.metadata = .object(["k": .int(Int64(i))])
+                guard case .created(let created) = try await store.appendMessage(m, now: Timestamp.now()) else { throw StoreError(.failed, "not created") }
+                stored.append(created)
+            }
+            let later = Timestamp.now().addingTimeInterval(5)
+            let edited = try #require(try await store.editMessage(sessionId: session.id, id: stored[0].id, content: "m0 edited", now: later))
+            #expect(edited.content == "m0 edited" && edited.editedAt == later && edited.updatedAt == later && edited.deletedAt == nil)
+            #expect(edited.metadata == stored[0].metadata && edited.createdAt == stored[0].createdAt)
+            let tombstone = try #require(try await store.deleteMessage(sessionId: session.id, id: stored[1].id, now: later))
+            #expect(tombstone.content == "" && tombstone.metadata == .emptyObject && tombstone.deletedAt == later && tombstone.id == stored[1].id)
+            // Deleting again changes nothing; a tombstone cannot be edited; another session's id is no message.
+            #expect(try await store.deleteMessage(sessionId: session.id, id: stored[1].id, now: later.addingTimeInterval(9)) == tombstone)
+            #expect(try await store.editMessage(sessionId: session.id, id: stored[1].id, content: "back", now: later) == nil)
+            #expect(try await store.editMessage(sessionId: UUID(), id: stored[2].id, content: "x", now: later) == nil)
+            #expect(try await store.deleteMessage(sessionId: UUID(), id: stored[2].id, now: later) == nil)
+            #expect(try await store.message(sessionId: session.id, id: stored[1].id) == tombstone)
+            let history = try await store.messages(MessageQuery(sessionId: session.id, limit: 10)).messages
+            #expect(history.map(\.id) == stored.map(\.id) && history[0] == edited && history[1] == tombstone)
+
+            // Changed after a time, up to a message: the edit and the delete, not later messages.
+            _ = try await store.editMessage(sessionId: session.id, id: stored[3].id, content: "m3 edited", now: later)
+            let changed = try await store.changedMessages(sessionId: session.id, upTo: stored[2].id, since: later.addingTimeInterval(-1), limit: 10)
+            #expect(changed == [edited, tombstone])
+            #expect(try await store.changedMessages(sessionId: session.id, upTo: stored[2].id, since: later, limit: 10).isEmpty)
+            #expect(try await store.changedMessages(sessionId: session.id, upTo: stored[3].id, since: stored[0].createdAt, limit: 1) == [edited])
         }
     }
 

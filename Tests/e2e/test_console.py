@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
 
 from conftest import PASSWORD, assert_json_error, auth_get, create_session, post_json, register
@@ -375,6 +376,46 @@ def test_markup_in_messages_is_shown_as_text(console_server, watched):
     expect(log.get_by_text("Echoing: " + payload, exact=True)).to_be_visible()
     assert_stayed_text(log, page)
     assert watched.dialogs == []
+
+
+def test_edits_and_deletes_show_live_and_after_a_reload(console_server, watched):
+    page = watched.page
+    user = register(console_server)
+    token = user["accessToken"]
+    page.goto(console_server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("button", name="New session").click()
+    message_box(page).fill("first draft")
+    page.get_by_role("button", name="Send").click()
+    log = messages(page)
+    expect(log.get_by_text("first draft", exact=True)).to_be_visible()
+    message_box(page).fill("regrettable <b>words</b>")
+    page.get_by_role("button", name="Send").click()
+    expect(log.get_by_text("regrettable <b>words</b>", exact=True)).to_be_visible()
+    sid = auth_get(console_server.url(f"/api/users/{user['user']['id']}/sessions"), token).json()["sessions"][0]["sessionId"]
+    mine = [m for m in auth_get(console_server.url(f"/api/sessions/{sid}/messages"), token).json()["messages"] if m["userId"]]
+
+    def change(method: str, message: dict, body=None):
+        r = requests.request(method, console_server.url(f"/api/sessions/{sid}/messages/{message['id']}"), json=body, timeout=10,
+                             headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+
+    # Edited and deleted elsewhere (another tab, the API): the open conversation follows at once.
+    change("PATCH", mine[0], {"content": "final <i>text</i>"})
+    edited = log.get_by_role("article").filter(has_text="final <i>text</i>")
+    expect(edited).to_contain_text("edited")
+    expect(log.get_by_text("first draft", exact=True)).to_have_count(0)
+    change("DELETE", mine[1])
+    expect(log.get_by_text("Message deleted", exact=True)).to_be_visible()
+    expect(log.get_by_text("regrettable <b>words</b>", exact=True)).to_have_count(0)
+    assert_stayed_text(log, page)
+
+    # After a reload, history shows the same.
+    page.reload()
+    log = messages(page)
+    expect(log.get_by_text("final <i>text</i>", exact=True)).to_be_visible()
+    expect(log.get_by_text("Message deleted", exact=True)).to_be_visible()
+    expect(log.get_by_text("regrettable <b>words</b>", exact=True)).to_have_count(0)
 
 
 def test_wrong_password_shows_the_servers_message(console_server, watched):

@@ -179,7 +179,8 @@ public final class AgentOrchestrator: Service, Sendable {
 
     // MARK: Answering
 
-    private func process(_ job: Job) async {
+    private func process(_ queued: Job) async {
+        var job = queued
         var log = logger
         log[metadataKey: "session_id"] = "\(job.message.sessionId.lowercased)"
         log[metadataKey: "message_id"] = "\(job.message.id.lowercased)"
@@ -189,6 +190,9 @@ public final class AgentOrchestrator: Service, Sendable {
                 session.state == .active, !session.isResolved, session.handoff == nil,
                 job.message.userId == session.userId
             else { return }
+            // The agent answers the message as it is now: edited while queued, or deleted (then not at all).
+            guard let current = try await store.message(sessionId: session.id, id: job.message.id), current.deletedAt == nil else { return }
+            job.message = current
             var name = session.agent
             if name.map({ entries[$0] == nil }) ?? true {
                 if let stale = name { log.warning("session's agent is not configured any more; routing again", metadata: ["agent": "\(stale)"]) }
@@ -250,6 +254,7 @@ public final class AgentOrchestrator: Service, Sendable {
         let name = entry.definition.name
         let history = entry.definition.history > 0
             ? try await store.messages(MessageQuery(sessionId: session.id, before: job.message.id, limit: entry.definition.history)).messages
+                .filter { $0.deletedAt == nil }
             : []
         guard entry.breaker.permit() else {
             entry.stats.refusedByBreaker()

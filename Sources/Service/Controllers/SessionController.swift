@@ -24,6 +24,8 @@ struct SessionController {
         api.post("sessions/:sessionId/messages", use: sendMessage)
         api.get("sessions/:sessionId/messages", use: listMessages)
         api.get("sessions/:sessionId/messages/:messageId", use: getMessage)
+        api.patch("sessions/:sessionId/messages/:messageId", use: editMessage)
+        api.delete("sessions/:sessionId/messages/:messageId", use: deleteMessage)
         api.post("sessions/:sessionId/read", use: markRead)
         api.get("users/:userId/sessions", use: listForUser)
     }
@@ -132,6 +134,25 @@ struct SessionController {
         _ = try await loadVisible(id, context)
         guard let message = try await store.message(sessionId: id, id: messageId) else { throw APIError.notFound("message") }
         return JSONResponse.make(.ok, API.Message(message))
+    }
+
+    /// `PATCH …/messages/{messageId}`: the author (within the edit window) or an admin replaces the content.
+    @Sendable func editMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        let messageId = try context.parameters.uuid("messageId")
+        try messages.checkRate(userId: context.userId)
+        let input = try await API.EditMessageRequest.decode(request, maxBytes: maxBodyBytes)
+        let edited = try await messages.edit(sessionId: id, id: messageId, userId: context.userId, role: context.claims.role, content: input.content)
+        return JSONResponse.make(.ok, API.Message(edited))
+    }
+
+    /// `DELETE …/messages/{messageId}`: the author or an admin deletes it; the tombstone stays in history.
+    @Sendable func deleteMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        let messageId = try context.parameters.uuid("messageId")
+        try messages.checkRate(userId: context.userId)
+        let tombstone = try await messages.delete(sessionId: id, id: messageId, userId: context.userId, role: context.claims.role)
+        return JSONResponse.make(.ok, API.Message(tombstone))
     }
 
     @Sendable func listForUser(_ request: Request, context: AuthenticatedContext) async throws -> Response {

@@ -154,6 +154,16 @@ extension API {
 
     /// `SendMessageRequest`, and the fields of the realtime `message` event (where `type` is spelled
     /// `messageType`, since `type` names the event).
+    /// `EditMessageRequest`: the new content of a message.
+    struct EditMessageRequest: APIRequestBody {
+        static let fields: Set<String> = ["content"]
+        var content: String
+
+        init(_ body: JSONBody) throws {
+            content = try body.string("content", required: true, length: Limits.contentCharacters)!
+        }
+    }
+
     struct SendMessageRequest: APIRequestBody {
         static let fields: Set<String> = ["content", "type", "metadata", "clientMessageId"]
         var content: String

@@ -402,6 +402,8 @@ extension API {
         var clientMessageId: String?
         var createdAt: Date
         var updatedAt: Date
+        var editedAt: Date?
+        var deletedAt: Date?
 
         init(_ m: ChatMessage) {
             id = m.id
@@ -414,6 +416,8 @@ extension API {
             clientMessageId = m.clientMessageId
             createdAt = m.createdAt
             updatedAt = m.updatedAt
+            editedAt = m.editedAt
+            deletedAt = m.deletedAt
         }
 
         func write(to json: inout JSONWriter) {
@@ -428,6 +432,8 @@ extension API {
                 json.field("clientMessageId", clientMessageId)
                 json.field("createdAt", createdAt)
                 json.field("updatedAt", updatedAt)
+                json.field("editedAt", editedAt)
+                json.field("deletedAt", deletedAt)
             }
         }
     }

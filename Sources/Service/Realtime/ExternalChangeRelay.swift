@@ -47,6 +47,12 @@ struct ExternalChangeRelay: Service {
                     await retrying("reading a session another instance changed", session: id) {
                         hub.sessionChanged(id, to: try await store.session(id: id), reason: reason)
                     }
+                case .messageChanged(let session, let id):
+                    guard hub.hasMembers(session) else { continue }
+                    await retrying("reading a message another instance changed", session: session) {
+                        guard let message = try await store.message(sessionId: session, id: id) else { return }
+                        hub.broadcast(message.deletedAt == nil ? .messageUpdated(message) : .messageDeleted(message), session: session, exceptUser: nil)
+                    }
                 case .read(let read):
                     hub.broadcast(.read(read), session: read.sessionId, exceptUser: nil)
                 case .resync:

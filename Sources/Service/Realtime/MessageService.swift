@@ -34,6 +34,8 @@ struct MessageService: Sendable {
     let rule: RateLimit?
     let metrics: HTTPMetrics
     let orchestrator: AgentOrchestrator?
+    /// Seconds after sending during which the author may edit a message.
+    var editWindow: Int = 15 * 60
 
     /// Messages tier, per user.
     func checkRate(userId: UUID) throws {
@@ -92,6 +94,51 @@ struct MessageService: Sendable {
         case .sessionExpired:
             throw APIError(.gone, code: "session_expired", message: "session expired; resume it first")
         }
+    }
+}
+
+extension MessageService {
+    /// The message `id` of a session the caller may read, if the caller may change it: its author, or an
+    /// admin. `editing`: the author only within the edit window, and not once deleted.
+    private func changeable(sessionId: UUID, id: UUID, userId: UUID, role: Role, editing: Bool) async throws -> ChatMessage {
+        guard let session = try await store.session(id: sessionId), SessionAccess.read.allows(session, userId: userId, role: role) else {
+            throw APIError.notFound("session")
+        }
+        guard let message = try await store.message(sessionId: sessionId, id: id) else { throw APIError.notFound("message") }
+        if role != .admin {
+            guard message.userId == userId else {
+                throw APIError(.forbidden, code: "not_author", message: "only the author of a message (or an admin) may change it")
+            }
+            if editing, Date().timeIntervalSince(message.createdAt) > Double(editWindow) {
+                throw APIError(.forbidden, code: "edit_window_closed", message: "messages may be edited for \(DurationText.format(editWindow)) after sending")
+            }
+        }
+        if editing, message.deletedAt != nil {
+            throw APIError(.conflict, code: "message_deleted", message: "the message was deleted")
+        }
+        return message
+    }
+
+    /// Replaces a message's content (its author within the edit window, or an admin); the session's
+    /// connections get `message.updated`.
+    func edit(sessionId: UUID, id: UUID, userId: UUID, role: Role, content: String) async throws -> ChatMessage {
+        _ = try await changeable(sessionId: sessionId, id: id, userId: userId, role: role, editing: true)
+        guard let edited = try await store.editMessage(sessionId: sessionId, id: id, content: content, now: Timestamp.now()) else {
+            throw APIError(.conflict, code: "message_deleted", message: "the message was deleted")
+        }
+        hub.broadcast(.messageUpdated(edited), session: sessionId, exceptUser: nil)
+        return edited
+    }
+
+    /// Deletes a message (its author, or an admin), leaving a tombstone; the session's connections get
+    /// `message.deleted` (once: deleting it again changes nothing).
+    func delete(sessionId: UUID, id: UUID, userId: UUID, role: Role) async throws -> ChatMessage {
+        let before = try await changeable(sessionId: sessionId, id: id, userId: userId, role: role, editing: false)
+        guard let tombstone = try await store.deleteMessage(sessionId: sessionId, id: id, now: Timestamp.now()) else {
+            throw APIError.notFound("message")
+        }
+        if before.deletedAt == nil { hub.broadcast(.messageDeleted(tombstone), session: sessionId, exceptUser: nil) }
+        return tombstone
     }
 }
 

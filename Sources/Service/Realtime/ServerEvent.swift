@@ -11,6 +11,10 @@ import Synchronization
 enum ServerEvent: Sendable {
     /// A stored message.
     case message(ChatMessage)
+    /// A stored message as it is after an edit.
+    case messageUpdated(ChatMessage)
+    /// A deleted message's tombstone (no content, `deletedAt`).
+    case messageDeleted(ChatMessage)
     /// Someone is typing; an agent writing a reply has `user` nil and `agent` set.
     case typing(session: UUID, user: UUID?, agent: String?, isTyping: Bool)
     /// A user's connection joined (`online`) or left (`offline`) the session.
@@ -49,6 +53,8 @@ enum ServerEvent: Sendable {
     var name: String {
         switch self {
         case .message: "message"
+        case .messageUpdated: "message.updated"
+        case .messageDeleted: "message.deleted"
         case .typing: "typing"
         case .presence: "presence"
         case .delta: "message.delta"
@@ -65,7 +71,7 @@ enum ServerEvent: Sendable {
     /// The fields after `type` (and `id`), the same on both transports.
     private func writeFields(to json: inout JSONWriter) {
         switch self {
-        case .message(let m):
+        case .message(let m), .messageUpdated(let m), .messageDeleted(let m):
             json.key("message")
             json.value(API.Message(m))
         case .typing(let session, let user, let agent, let isTyping):

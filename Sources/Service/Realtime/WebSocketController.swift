@@ -147,6 +147,10 @@ struct WebSocketController: Sendable {
                 if let last = page.messages.last { cursor = last.id }
                 if !page.hasMore { break }
             }
+            // Messages the client had that were edited or deleted since (the newest it had was stored then).
+            for changed in try await store.changedMessages(sessionId: session, upTo: after, since: UUIDv7.date(of: after), limit: 200) {
+                client.send(changed.deletedAt == nil ? .messageUpdated(changed) : .messageDeleted(changed))
+            }
         }
         client.send(.ack(id: requestId, .join(session: session, replayed: replayed)))
         hub.broadcast(.presence(session: session, user: claims.subject, status: "online"), session: session, exceptUser: claims.subject)

@@ -64,7 +64,8 @@ final class PostgresListener: Sendable {
                 try connection.waitForNotifications(until: { self.stopped.load(ordering: .relaxed) }) { payload in
                     // "<instance> <session> <message>", "<instance> revoke-token <jti>",
                     // "<instance> revoke-family <family>", "<instance> session:<reason> <session>" or
-                    // "<instance> read <session>/<reader>/<message>/<milliseconds since 1970>";
+                    // "<instance> read <session>/<reader>/<message>/<milliseconds since 1970>",
+                    // "<instance> changed <session>/<message>" (edited or deleted);
                     // our own changes are handled locally already.
                     let parts = payload.split(separator: " ")
                     guard parts.count == 3, parts[0] != self.instanceID else { return }
@@ -80,6 +81,10 @@ final class PostgresListener: Sendable {
                               let message = UUID(text: fields[2]), let millis = Int64(fields[3]) else { return }
                         let at = Date(timeIntervalSince1970: Double(millis) / 1000)
                         Self.yield(.read(SessionRead(sessionId: session, userId: reader, lastReadId: message, readAt: at)), to: continuation)
+                    case "changed":
+                        let fields = parts[2].split(separator: "/")
+                        guard fields.count == 2, let session = UUID(text: fields[0]), let message = UUID(text: fields[1]) else { return }
+                        Self.yield(.messageChanged(sessionId: session, messageId: message), to: continuation)
                     case let kind where kind.hasPrefix("session:"):
                         guard let session = UUID(text: parts[2]) else { return }
                         Self.yield(.session(sessionId: session, reason: String(kind.dropFirst("session:".count))), to: continuation)

@@ -165,10 +165,12 @@ enum Codec {
         Column("id", { $0.id }), Column("session_id", { $0.sessionId }), Column("user_id", { $0.userId }), Column("content", { $0.content }),
         Column("type", { $0.type }), Column("direction", { $0.direction }), Column("metadata", { $0.metadata }),
         Column("client_message_id", { $0.clientMessageId }), Column("created_at", { $0.createdAt }), Column("updated_at", { $0.updatedAt }),
+        Column("edited_at", { $0.editedAt }), Column("deleted_at", { $0.deletedAt }),
     ]) { r in
         ChatMessage(
             id: try r.next(), sessionId: try r.next(), userId: try r.next(), content: try r.next(), type: try r.next(),
-            direction: try r.next(), metadata: try r.next(), clientMessageId: try r.next(), createdAt: try r.next(), updatedAt: try r.next()
+            direction: try r.next(), metadata: try r.next(), clientMessageId: try r.next(), createdAt: try r.next(), updatedAt: try r.next(),
+            editedAt: try r.next(), deletedAt: try r.next()
         )
     }
 

@@ -446,6 +446,42 @@ extension SQLStore {
         }
     }
 
+    public func editMessage(sessionId: UUID, id: UUID, content: String, now: Date) async throws -> ChatMessage? {
+        try await write(atomic: true) { [self] db in
+            try db.run(
+                "UPDATE chat_messages SET content = $3, edited_at = $4, updated_at = $4 WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL",
+                [.id(sessionId), .id(id), .text(content), .time(now)]
+            )
+            let message = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first
+            guard let message, message.deletedAt == nil else { return nil }
+            try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
+            return message
+        }
+    }
+
+    public func deleteMessage(sessionId: UUID, id: UUID, now: Date) async throws -> ChatMessage? {
+        try await write(atomic: true) { [self] db in
+            try db.run(
+                """
+                UPDATE chat_messages SET content = '', metadata = '{}', deleted_at = $3, updated_at = $3
+                WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL
+                """, [.id(sessionId), .id(id), .time(now)]
+            )
+            guard let message = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first else { return nil }
+            try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
+            return message
+        }
+    }
+
+    public func changedMessages(sessionId: UUID, upTo: UUID, since: Date, limit: Int) async throws -> [ChatMessage] {
+        try await read { db in
+            try db.select(
+                Codec.message, "WHERE session_id = $1 AND id <= $2 AND (edited_at > $3 OR deleted_at > $3) ORDER BY id LIMIT $4",
+                [.id(sessionId), .id(upTo), .time(since), .integer(Int64(limit))]
+            )
+        }
+    }
+
     // MARK: Read state
 
     public func markRead(sessionId: UUID, userId: UUID, messageId: UUID, now: Date) async throws -> ReadOutcome {

@@ -72,6 +72,28 @@ function messageElement(author, kind, createdAt, text) {
   return article;
 }
 
+/** Shows `message` as it is now in its `node`: its text and "edited", or that it was deleted. */
+function showState(node, message) {
+  node.dataset.updatedAt = message.updatedAt;
+  const text = node.querySelector(".message-text");
+  if (message.deletedAt) {
+    node.dataset.deleted = "";
+    text.textContent = "Message deleted";
+  } else {
+    text.textContent = message.content;
+  }
+  let mark = node.querySelector(".message-edited");
+  if (message.editedAt && !message.deletedAt) {
+    if (!mark) {
+      mark = element("span", "message-edited", "edited");
+      node.querySelector(".message-head").append(mark);
+    }
+    mark.title = dateTime.format(new Date(message.editedAt));
+  } else if (mark) {
+    mark.remove();
+  }
+}
+
 /**
  * Wires a conversation pane. `parts` are its elements (scroller, loadEarlier, empty, log, typingLine, composer,
  * input, sendButton); the view says whether the composer is open (`canWrite(session | null)`) and hears of what
@@ -122,12 +144,13 @@ export function mountConversation(realtime, parts, view) {
     const streamId = message.metadata && message.metadata.streamId;
     const draft = streamId ? current.drafts.get(streamId) : null;
     if (current.nodes.has(message.id)) {
-      // Already shown (the REST answer and the live event both bring a sent message): messages never change.
+      // Already shown (the REST answer and the live event both bring a sent message); edits come as `changed`.
       if (draft) draft.node.remove();
       current.drafts.delete(streamId);
       return;
     }
     const node = messageElement(authorOf(message), kindOf(message, me), message.createdAt, message.content);
+    showState(node, message);
     if (draft) {
       // The stored reply takes the place of the text streamed so far.
       draft.node.replaceWith(node);
@@ -153,6 +176,13 @@ export function mountConversation(realtime, parts, view) {
     renderSeen();
     if (follow) scrollToBottom();
     markRead();
+  }
+
+  // An edit or a delete (live, or replayed on reconnecting): the newest version of a message shown wins.
+  function onChanged(message) {
+    if (!current || message.sessionId !== current.session.sessionId) return;
+    const node = current.nodes.get(message.id);
+    if (node && !(node.dataset.updatedAt > message.updatedAt)) showState(node, message);
   }
 
   function onDelta(event) {
@@ -400,6 +430,7 @@ export function mountConversation(realtime, parts, view) {
 
   realtime.on("message", onLiveMessage);
   realtime.on("delta", onDelta);
+  realtime.on("changed", onChanged);
   realtime.on("typing", onTyping);
   realtime.on("read", onRead);
   realtime.on("left", onLeft);

@@ -197,6 +197,10 @@ export class Realtime {
         this.seen(event.message);
         this.emit("message", event.message);
         break;
+      case "message.updated":
+      case "message.deleted":
+        this.emit("changed", event.message);
+        break;
       case "message.delta":
         this.emit("delta", event);
         break;
