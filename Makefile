@@ -9,7 +9,7 @@ RELEASE_BIN := $(BUILD_DIR)/release/chat-backend
 APT_BUILD_DEPS := libsqlite3-dev libpq-dev libssl-dev libsystemd-dev zlib1g-dev pkg-config
 APT_TEST_DEPS := systemd python3-venv curl postgresql postgresql-client chromium
 APT_BENCH_DEPS := wrk
-APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3 debugedit
+APT_DEB_DEPS := debhelper dpkg-dev lintian rsync python3
 APT_SYSTEM_TEST_DEPS := debootstrap systemd-container util-linux
 VENV := .venv
 

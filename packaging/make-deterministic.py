@@ -10,7 +10,13 @@
   from one build to the next. It is replaced by a hash of the unit with the id left out, which is
   the same for the same unit.
 
-`debugedit --build-id` then recomputes the build id from the contents. Usage: make-deterministic.py FILE
+* the build id (`.note.gnu.build-id`): the linker computed it before the two changes above, so it
+  differs too. It is replaced by the first 20 bytes of the SHA-256 of the whole file with the id's
+  bytes zeroed: the same content gives the same id, and the debug file (`dh_strip`) carries it.
+  (`debugedit --build-id` cannot do this here: it does not read the DWARF 5 that swiftc writes, and
+  leaves the id as it was.)
+
+Usage: make-deterministic.py FILE
 """
 import hashlib
 import struct
@@ -154,7 +160,27 @@ def main(path):
                 rewritten += 1
             f.seek(info_offset)
             f.write(info)
-    print(f"{path}: {cleared} bytes of .swift_modhash cleared, {rewritten} clang module ids made from their units")
+
+        build_id = None
+        if ".note.gnu.build-id" in sections:
+            _, offset, size = sections[".note.gnu.build-id"]
+            f.seek(offset)
+            namesz, descsz, kind = struct.unpack("<III", f.read(12))
+            desc = offset + 12 + (namesz + 3) // 4 * 4
+            NT_GNU_BUILD_ID = 3
+            if kind != NT_GNU_BUILD_ID or desc + descsz > offset + size:
+                sys.exit(f"{path}: unexpected .note.gnu.build-id")
+            f.seek(desc)
+            f.write(bytes(descsz))
+            f.seek(0)
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+            build_id = digest.digest()[:descsz]
+            f.seek(desc)
+            f.write(build_id)
+    print(f"{path}: {cleared} bytes of .swift_modhash cleared, {rewritten} clang module ids made from their units, "
+          f"build id {build_id.hex() if build_id else '(none)'}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ struct ChatBackend: AsyncParsableCommand {
         commandName: "chat-backend",
         abstract: "A chat server: REST chat sessions with JWT auth and rate limits, stored in SQLite or Postgres.",
         version: ChatBackendVersion.current,
-        subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, Backup.self, Copy.self, Version.self],
+        subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, ExportUser.self, Backup.self, Copy.self, Version.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -257,6 +257,63 @@ struct AddUser: AsyncParsableCommand {
             await store.close()
             print("created \(user.role.rawValue) \(name) (\(user.id.lowercased))")
             if generated { print("password: \(password)") }
+        }
+    }
+}
+
+struct ExportUser: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export-user",
+        abstract: "Write everything stored about a user as JSON (for a data-access request).",
+        discussion: """
+            The account (without its password hash), every session of the user with all of its messages, and \
+            the messages the user wrote in other users' sessions. Written to standard output, or to --output \
+            (created readable by its owner only). Safe while the server runs.
+            """
+    )
+
+    @OptionGroup var options: ConfigOptions
+
+    @Argument(help: "The username.")
+    var name: String
+
+    @Option(name: .shortAndLong, help: "Write to this file (it must not exist) instead of standard output.")
+    var output: String?
+
+    func run() async throws {
+        try await reportingErrors {
+            let config = try await AppConfig.load(options: options, createSecret: false)
+            if let output, access(output, F_OK) == 0 { throw ValidationError("\(output) already exists") }
+            let store = try await openStore(config, logger: makeLogger(.warning))
+            // Standard output, or a new file only its owner may read (it holds personal data).
+            let fd = output.map { open($0, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) } ?? STDOUT_FILENO
+            guard fd >= 0 else {
+                await store.close()
+                throw ValidationError("cannot create \(output ?? "")")
+            }
+            let found: Bool
+            do {
+                found = try await UserExport.write(username: name, store: store) { bytes in
+                    var written = 0
+                    while written < bytes.count {
+                        let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+                        if n < 0, errno == EINTR { continue }
+                        guard n > 0 else { throw ValidationError("writing the export failed (errno \(errno))") }
+                        written += n
+                    }
+                }
+            } catch {
+                await store.close()
+                if let output { close(fd); unlink(output) }
+                throw error
+            }
+            await store.close()
+            if let output { close(fd) }
+            if !found {
+                if let output { unlink(output) }
+                throw ValidationError("no user named '\(name)'")
+            }
+            if let output { print("export of \(name) written to \(output)") }
         }
     }
 }

@@ -187,6 +187,20 @@ struct AppConfig {
         service.rateLimitGuest = try rate("rate.limit.guest", "RATE_LIMIT_GUEST", "10/1h")
         service.guestTTL = try duration("guest.ttl", "GUEST_TTL", "30d")
         service.messageEditWindow = try duration("message.edit.window", "MESSAGE_EDIT_WINDOW", "15m")
+        func retention(_ key: ConfigKey, _ name: String) throws -> Int? {
+            let text = value(key) ?? "off"
+            if text.lowercased() == "off" {
+                summary.append((name, "off"))
+                return nil
+            }
+            guard let seconds = DurationText.parse(text), seconds >= 3600 else {
+                throw ConfigError("\(name): must be off or a duration of at least 1h, like 90d or 365d (got '\(text)')")
+            }
+            summary.append((name, DurationText.format(seconds)))
+            return seconds
+        }
+        service.messageRetention = try retention("message.retention", "MESSAGE_RETENTION")
+        service.resolvedSessionRetention = try retention("resolved.session.retention", "RESOLVED_SESSION_RETENTION")
         let bodyText = value("max.body.bytes") ?? String(1 << 20)
         guard let body = Int(bodyText), (1024...(64 << 20)).contains(body) else {
             throw ConfigError("MAX_BODY_BYTES: must be 1024 to 67108864 (got '\(bodyText)')")

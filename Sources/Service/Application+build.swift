@@ -170,7 +170,7 @@ public func buildApplication(
     // A guest lifetime shorter than the sweep interval is swept a few times per lifetime.
     let sweeper = SessionSweeper(
         store: dependencies.store, interval: .seconds(min(config.sweepIntervalSeconds, max(1, config.guestTTL / 4))), logger: dependencies.logger,
-        guestTTL: config.guestTTL
+        guestTTL: config.guestTTL, messageRetention: config.messageRetention, resolvedSessionRetention: config.resolvedSessionRetention
     )
     let relay = ExternalChangeRelay(store: dependencies.store, hub: dependencies.hub, tokens: routers.tokens, logger: dependencies.logger)
     let onListening = dependencies.onListening
@@ -250,12 +250,20 @@ public final class StoreService: Service, Sendable {
 }
 
 /// Marks sessions past their expiry as expired, and drops expired token rows, every `interval`.
-/// Also deletes guests inactive for `guestTTL` seconds, a batch per round.
+/// Also deletes guests inactive for `guestTTL` seconds, a batch per round, and applies retention: messages
+/// older than `messageRetention` and sessions resolved longer ago than `resolvedSessionRetention` are deleted
+/// in small batches (each its own short transaction, so sends are never held up for long), then the space is
+/// given back (`reclaimSpace`).
 struct SessionSweeper: Service {
     let store: any ChatStore
     let interval: Duration
     let logger: Logger
     var guestTTL: Int = 30 * 86400
+    var messageRetention: Int?
+    var resolvedSessionRetention: Int?
+    /// Rows per retention batch, and batches per round (the rest waits for the next round).
+    var batch = 500
+    var maxBatches = 40
 
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
@@ -265,10 +273,40 @@ struct SessionSweeper: Service {
                 if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }
                 let guests = try await store.deleteInactiveGuests(inactiveSince: now.addingTimeInterval(-Double(guestTTL)), limit: 500)
                 if guests > 0 { logger.info("deleted inactive guests", metadata: ["count": "\(guests)"]) }
+                try await applyRetention(now: now)
             } catch {
                 logger.warning("session sweep failed", metadata: ["error": .string(String(reflecting: error))])
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
+    }
+
+    func applyRetention(now: Date) async throws {
+        var deleted = 0
+        if let seconds = resolvedSessionRetention {
+            let sessions = try await inBatches(size: max(1, batch / 10)) {
+                try await store.deleteResolvedSessions(before: now.addingTimeInterval(-Double(seconds)), limit: $0)
+            }
+            if sessions > 0 { logger.info("retention: deleted resolved sessions", metadata: ["count": "\(sessions)"]) }
+            deleted += sessions
+        }
+        if let seconds = messageRetention {
+            let messages = try await inBatches(size: batch) { try await store.deleteMessages(before: now.addingTimeInterval(-Double(seconds)), limit: $0) }
+            if messages > 0 { logger.info("retention: deleted messages", metadata: ["count": "\(messages)"]) }
+            deleted += messages
+        }
+        if deleted > 0 { try await store.reclaimSpace() }
+    }
+
+    /// Runs `delete` until a batch comes back short or `maxBatches` ran; the total deleted.
+    private func inBatches(size: Int, _ delete: (Int) async throws -> Int) async throws -> Int {
+        var total = 0
+        for _ in 0..<maxBatches where !Task.isShuttingDownGracefully {
+            let count = try await delete(size)
+            total += count
+            guard count == size else { break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return total
     }
 }

@@ -19,6 +19,10 @@ public struct ServiceConfig: Sendable {
     /// Guests without activity (a message in their sessions, a token refresh) for this many seconds are
     /// deleted with their sessions.
     public var guestTTL: Int = 30 * 86400
+    /// Retention: messages older than this many seconds are deleted in the background (nil: kept).
+    public var messageRetention: Int?
+    /// Retention: sessions resolved longer ago than this many seconds are deleted with their messages (nil: kept).
+    public var resolvedSessionRetention: Int?
     /// For this many seconds after sending, the author may edit a message (admins: always).
     public var messageEditWindow: Int = 15 * 60
     /// Largest accepted request body.
@@ -66,6 +70,8 @@ enum Limits {
     static let passwordLength = 8...128
     static let emailLength = 3...254
     static let contentCharacters = 1...10_000
+    /// Longest search query (`q`), in characters.
+    static let searchCharacters = 256
     static let metadataBytes = 16 * 1024
     static let clientMessageIdLength = 1...128
     static let messageTypes: Set<String> = ["text", "markdown", "image", "file", "event"]

@@ -42,6 +42,15 @@ public protocol ChatStore: Sendable {
     /// Deletes up to `limit` guests with no activity since `inactiveSince` (made before it, no message in
     /// their sessions and no token issued since), with their sessions; returns how many.
     func deleteInactiveGuests(inactiveSince: Date, limit: Int) async throws -> Int
+    /// Retention: deletes up to `limit` of the oldest messages stored before `before`; returns how many.
+    func deleteMessages(before: Date, limit: Int) async throws -> Int
+    /// Retention: deletes up to `limit` sessions resolved before `before`, with their messages; returns how many.
+    func deleteResolvedSessions(before: Date, limit: Int) async throws -> Int
+    /// Gives space freed by deletions back to the file system, a little at a time (SQLite's incremental
+    /// vacuum, on databases created with it); nothing on Postgres, whose autovacuum does that.
+    func reclaimSpace() async throws
+    /// Messages `userId` wrote in sessions of other users (as staff), in id order after `after`.
+    func messages(authoredBy userId: UUID, inOthersSessions: Bool, after: UUID?, limit: Int) async throws -> [ChatMessage]
     /// Deletes a user, their sessions with every message in them, their tokens and read markers; sessions
     /// they had claimed wait for a person again. False when there is no such user.
     func deleteUser(id: UUID, now: Date) async throws -> Bool
@@ -115,6 +124,8 @@ public protocol ChatStore: Sendable {
     /// Deletes a message, leaving a tombstone: no content, no metadata, `deletedAt`. Returns the tombstone
     /// (also when it was deleted before, unchanged); nil when the session has no such message.
     func deleteMessage(sessionId: UUID, id: UUID, now: Date) async throws -> ChatMessage?
+    /// Messages matching a full-text query, best first (deleted ones never), a page at a time.
+    func searchMessages(_ search: MessageSearch) async throws -> SearchPage
     /// Messages of the session up to `upTo` (included) edited or deleted after `since`, in id order, at most
     /// `limit` (a reconnecting client's recovery sends them after the messages it missed).
     func changedMessages(sessionId: UUID, upTo: UUID, since: Date, limit: Int) async throws -> [ChatMessage]
@@ -194,6 +205,8 @@ extension ChatStore {
     public func externalMessages() -> AsyncStream<ExternalChange>? { nil }
 
     public func announceSessionChange(sessionId: UUID, reason: String) async throws {}
+
+    public func reclaimSpace() async throws {}
 
     /// Stores a message without an ownership check.
     public func appendMessage(_ message: ChatMessage, now: Date) async throws -> AppendOutcome {

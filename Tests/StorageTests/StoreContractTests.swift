@@ -693,6 +693,122 @@ struct StoreContractTests {
         }
     }
 
+    @Test("search: words, phrases, prefixes and exclusions, ranked, paged, only what the reader may see", arguments: backends)
+    func search(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let ann = Make.user(), bob = Make.user(role: .agent)
+            try await store.createUser(ann)
+            try await store.createUser(bob)
+            let mine = Make.session(userId: ann.id), his = Make.session(userId: bob.id), handed = Make.session(userId: ann.id)
+            for s in [mine, his, handed] { try await store.createSession(s) }
+            func say(_ session: ChatSession, _ text: String) async throws -> ChatMessage {
+                guard case .created(let m) = try await store.appendMessage(Make.message(session.id, userId: session.userId, content: text), now: Timestamp.now())
+                else { throw StoreError(.failed, "not created") }
+                return m
+            }
+            let fox = try await say(mine, "The quick brown fox")
+            let thinking = try await say(mine, "Quick thinking helps, quick QUICK")
+            let bear = try await say(mine, "A slow brown bear")
+            let quickly = try await say(mine, "Quickly now")
+            let gone = try await say(mine, "quick and gone")
+            let hisFox = try await say(his, "quick fox of Bob's")
+            let waiting = try await say(handed, "quick, a person please")
+            _ = try await store.deleteMessage(sessionId: mine.id, id: gone.id, now: Timestamp.now())
+            func ids(_ q: String, reader: UUID? = ann.id, session: UUID? = nil) async throws -> [UUID] {
+                try await store.searchMessages(MessageSearch(terms: try SearchTerms.parse(q), reader: reader, sessionId: session, limit: 50)).hits.map(\.message.id)
+            }
+            // Ranked: the message saying it three times first. Deleted messages, other people's sessions: never.
+            let quick = try await ids("quick")
+            #expect(quick.first == thinking.id)
+            #expect(Set(try await ids("quick")) == [thinking.id, fox.id, waiting.id])
+            #expect(Set(try await ids("QUICK*")) == [thinking.id, fox.id, waiting.id, quickly.id])
+            #expect(try await ids("\"brown fox\"") == [fox.id])
+            #expect(try await ids("brown -fox") == [bear.id])
+            #expect(try await ids("brown -\"quick brown\"") == [bear.id])
+            #expect(try await ids("gone").isEmpty)
+            #expect(Set(try await ids("fox", reader: nil)) == [fox.id, hisFox.id])
+            #expect(try await ids("quick", reader: nil, session: his.id) == [hisFox.id])
+            // A claimed session is searchable by the person it is assigned to.
+            #expect(try await ids("person", reader: bob.id).isEmpty)
+            _ = try await store.requestHandoff(sessionId: handed.id, now: Timestamp.now())
+            _ = try await store.claimHandoff(sessionId: handed.id, assignee: bob.id, now: Timestamp.now())
+            #expect(try await ids("person", reader: bob.id) == [waiting.id])
+            // Words that mean something to FTS5 or tsquery are plain words here.
+            #expect(try await ids("NOT AND OR NEAR( fox:A !x & | ^y").isEmpty)
+            // An edit is searched by its new text.
+            _ = try await store.editMessage(sessionId: mine.id, id: bear.id, content: "A slow grizzly", now: Timestamp.now())
+            #expect(try await ids("grizzly") == [bear.id])
+            #expect(try await ids("bear").isEmpty)
+
+            // The snippet marks each match; pages of one follow each other without repeats.
+            let hit = try #require(try await store.searchMessages(MessageSearch(terms: try SearchTerms.parse("fox"), reader: ann.id)).hits.first)
+            #expect(hit.snippet.contains("\(SearchHit.matchStart)fox\(SearchHit.matchEnd)"))
+            var seen: [UUID] = []
+            var after: SearchCursor?
+            while true {
+                let page = try await store.searchMessages(MessageSearch(terms: try SearchTerms.parse("quick*"), reader: ann.id, after: after, limit: 1))
+                seen += page.hits.map(\.message.id)
+                guard page.hasMore else { break }
+                after = page.hits.last?.cursor
+            }
+            #expect(seen == (try await ids("quick*")))
+        }
+    }
+
+    @Test("retention: the oldest messages and long-resolved sessions go in batches; authored messages are found", arguments: backends)
+    func retention(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let user = Make.user(), staff = Make.user(role: .agent)
+            try await store.createUser(user)
+            try await store.createUser(staff)
+            let now = Timestamp.now()
+            let open = Make.session(userId: user.id, ttl: 400 * 86_400, now: now.addingTimeInterval(-300 * 86_400))
+            // Old rows as `copy` brings them: ids made at their time (a running store makes ids in commit order, now).
+            var oldMessages: [ChatMessage] = []
+            for i in 0..<5 {
+                let at = now.addingTimeInterval(-200 * 86_400 + Double(i))
+                var m = Make.message(open.id, userId: user.id, now: at)
+                m.id = UUIDv7.cursor(at: at)
+                oldMessages.append(m)
+            }
+            var resolved: [ChatSession] = []
+            var inResolved: [ChatMessage] = []
+            for daysAgo in [90.0, 60, 1] {
+                var s = Make.session(userId: user.id, now: now.addingTimeInterval(-100 * 86_400))
+                s.isResolved = true
+                s.state = .resolved
+                s.resolvedAt = now.addingTimeInterval(-daysAgo * 86_400)
+                resolved.append(s)
+                let at = s.resolvedAt!.addingTimeInterval(-3600)
+                var m = Make.message(s.id, userId: user.id, now: at)
+                m.id = UUIDv7.cursor(at: at)
+                inResolved.append(m)
+            }
+            try await store.importRecords(RecordBatch(sessions: [open] + resolved, messages: oldMessages + inResolved))
+            let old = oldMessages.map(\.id)
+            guard case .created(let fresh) = try await store.appendMessage(Make.message(open.id, userId: staff.id), now: now) else { return }
+            let cutoff = now.addingTimeInterval(-100 * 86_400)
+            #expect(try await store.deleteMessages(before: cutoff, limit: 2) == 2)
+            #expect(try await store.messages(MessageQuery(sessionId: open.id, limit: 10)).messages.map(\.id) == Array(old[2...]) + [fresh.id])
+            #expect(try await store.deleteMessages(before: cutoff, limit: 10) == 3)
+            #expect(try await store.deleteMessages(before: cutoff, limit: 10) == 0)
+            #expect(try await store.messages(MessageQuery(sessionId: open.id, limit: 10)).messages.map(\.id) == [fresh.id])
+
+            #expect(try await store.deleteResolvedSessions(before: now.addingTimeInterval(-30 * 86_400), limit: 1) == 1)
+            #expect(try await store.session(id: resolved[0].id) == nil)
+            #expect(try await store.deleteResolvedSessions(before: now.addingTimeInterval(-30 * 86_400), limit: 10) == 1)
+            #expect(try await store.session(id: resolved[1].id) == nil)
+            #expect(try await store.session(id: resolved[2].id) != nil)
+            #expect(try await store.session(id: open.id) != nil)
+            #expect(try await store.statistics().totalMessages == 2)
+            try await store.reclaimSpace()
+
+            #expect(try await store.messages(authoredBy: staff.id, inOthersSessions: true, after: nil, limit: 10).map(\.id) == [fresh.id])
+            #expect(try await store.messages(authoredBy: user.id, inOthersSessions: true, after: nil, limit: 10).isEmpty)
+            #expect(try await store.messages(authoredBy: user.id, inOthersSessions: false, after: nil, limit: 10).count == 1)
+        }
+    }
+
     @Test("a closed store answers unavailable", arguments: backends)
     func closed(_ make: @Sendable () -> StoreFixture) async throws {
         let fixture = make()
@@ -724,4 +840,18 @@ extension AppendOutcome {
 /// The ids an append's `committed` callback reported, in the order it reported them.
 final class CommitLog: Sendable {
     let ids = Mutex<[UUID]>([])
+}
+
+@Suite("Search query syntax")
+struct SearchSyntaxTests {
+    @Test("words, phrases, prefixes and exclusions parse; what cannot be searched is refused with a reason")
+    func parse() throws {
+        let terms = try SearchTerms.parse(#"  Hello "big World" -spam hel* -"no way" e-mail !!! "#).terms
+        #expect(terms.map(\.text) == ["hello", "big world", "spam", "hel", "no way", "e mail"])
+        #expect(terms.map(\.prefix) == [false, false, false, true, false, false])
+        #expect(terms.map(\.excluded) == [false, false, true, false, true, false])
+        for bad in ["", "   ", "!!!", "-spam", #""open"#, "*", "e-mail*", "a*b*", Array(repeating: "w", count: 17).joined(separator: " ")] {
+            #expect(throws: SearchSyntaxError.self, "\(bad)") { try SearchTerms.parse(bad) }
+        }
+    }
 }

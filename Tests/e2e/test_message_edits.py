@@ -66,7 +66,8 @@ def test_author_edits_and_deletes_and_history_keeps_a_tombstone(window_server):
     assert history(server, token, sid)[1] == tombstone
     # Deleting again answers the same tombstone; a deleted message cannot be edited.
     assert call(server, "DELETE", sid, second["id"], token).json() == tombstone
-    assert_json_error(call(server, "PATCH", sid, second["id"], token, {"content": "back"}), 409, "message_deleted")
+    assert_json_error(call(server, "PATCH", sid, second["id"], token, {"content": "back"}), 410, "message_deleted")
+    assert_json_error(auth_get(server.url(f"/api/sessions/{sid}/messages/{second['id']}"), token), 410, "message_deleted")
     assert history(server, token, sid)[1] == tombstone
 
     # After the window the author may no longer edit (but may still delete); an admin may edit.
@@ -202,5 +203,6 @@ def test_on_postgres_a_second_instance_relays_the_events(start_server, pg_url):
         assert ws.of("message.updated")[0]["message"] == edited
         assert ws.of("message.deleted")[0]["message"] == tombstone
         assert history(a, token, sid) == [tombstone]
+        assert_json_error(auth_get(a.url(f"/api/sessions/{sid}/messages/{message['id']}"), token), 410, "message_deleted")
     finally:
         ws.close()

@@ -27,6 +27,7 @@ struct SessionController {
         api.patch("sessions/:sessionId/messages/:messageId", use: editMessage)
         api.delete("sessions/:sessionId/messages/:messageId", use: deleteMessage)
         api.post("sessions/:sessionId/read", use: markRead)
+        api.get("search", use: search)
         api.get("users/:userId/sessions", use: listForUser)
     }
 
@@ -133,6 +134,8 @@ struct SessionController {
         let messageId = try context.parameters.uuid("messageId")
         _ = try await loadVisible(id, context)
         guard let message = try await store.message(sessionId: id, id: messageId) else { throw APIError.notFound("message") }
+        // Deleted: gone as a resource of its own (its tombstone stays in the history, to keep its place).
+        guard message.deletedAt == nil else { throw APIError.messageDeleted }
         return JSONResponse.make(.ok, API.Message(message))
     }
 
@@ -153,6 +156,31 @@ struct SessionController {
         try messages.checkRate(userId: context.userId)
         let tombstone = try await messages.delete(sessionId: id, id: messageId, userId: context.userId, role: context.claims.role)
         return JSONResponse.make(.ok, API.Message(tombstone))
+    }
+
+    /// `GET /api/search?q=…`: messages of the caller's sessions (admins: all; with `sessionId`, that one
+    /// session if the caller may read it), best match first, a page at a time.
+    @Sendable func search(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let query = try QueryParameters(request, allowed: ["q", "sessionId", "limit", "cursor"])
+        guard let q = query.values["q"] else { throw APIError.invalid("q", "is required") }
+        guard q.count <= Limits.searchCharacters else { throw APIError.invalid("q", "must be at most \(Limits.searchCharacters) characters") }
+        let terms: SearchTerms
+        do {
+            terms = try SearchTerms.parse(q)
+        } catch {
+            throw APIError.invalid("q", error.message)
+        }
+        let limit = try query.int("limit", default: 20, range: 1...50)
+        var after: SearchCursor?
+        if let text = query.values["cursor"] {
+            guard let cursor = API.SearchResults.cursor(text) else { throw APIError.invalid("cursor", "must be a nextCursor this server returned") }
+            after = cursor
+        }
+        let sessionId = try query.uuid("sessionId")
+        if let sessionId { _ = try await loadVisible(sessionId, context) }
+        let reader: UUID? = sessionId != nil || context.isAdmin ? nil : context.userId
+        let page = try await store.searchMessages(MessageSearch(terms: terms, reader: reader, sessionId: sessionId, after: after, limit: limit))
+        return JSONResponse.make(.ok, API.SearchResults(page: page), capacity: 512 + 700 * page.hits.count)
     }
 
     @Sendable func listForUser(_ request: Request, context: AuthenticatedContext) async throws -> Response {

@@ -453,6 +453,69 @@ extension API {
         }
     }
 
+    /// `SearchResults`: messages found, best first, each with the text around its matches as parts.
+    struct SearchResults: JSONWritable, Sendable {
+        var page: SearchPage
+
+        /// The opaque cursor of the page after `hit`: its rank and id, base64url.
+        static func cursor(after hit: SearchHit) -> String {
+            Base64.urlEncode(Array("\(hit.cursor.rank) \(hit.cursor.id.lowercased)".utf8))
+        }
+
+        static func cursor(_ text: String) -> SearchCursor? {
+            guard text.utf8.count <= 128, let bytes = Base64.decodeURLStrict(text) else { return nil }
+            let parts = String(decoding: bytes, as: UTF8.self).split(separator: " ")
+            guard parts.count == 2, let rank = Double(parts[0]), rank.isFinite, let id = UUID(text: parts[1]) else { return nil }
+            return SearchCursor(rank: rank, id: id)
+        }
+
+        /// The snippet as parts of text, `match` true for the words that matched.
+        static func parts(_ snippet: String) -> [(text: String, match: Bool)] {
+            var parts: [(text: String, match: Bool)] = []
+            var text = ""
+            var match = false
+            func flush() {
+                if !text.isEmpty { parts.append((text, match)) }
+                text = ""
+            }
+            for character in snippet {
+                switch character {
+                case SearchHit.matchStart: flush(); match = true
+                case SearchHit.matchEnd: flush(); match = false
+                default: text.append(character)
+                }
+            }
+            flush()
+            return parts
+        }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.key("results")
+                json.array { json in
+                    for hit in page.hits {
+                        json.object { json in
+                            json.field("sessionId", hit.message.sessionId)
+                            json.key("message")
+                            json.value(Message(hit.message))
+                            json.key("snippet")
+                            json.array { json in
+                                for part in Self.parts(hit.snippet) {
+                                    json.object { json in
+                                        json.field("text", part.text)
+                                        json.field("match", part.match)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                json.key("nextCursor")
+                if page.hasMore, let last = page.hits.last { json.value(Self.cursor(after: last)) } else { json.null() }
+            }
+        }
+    }
+
     /// `ResumeResponse`.
     struct ResumeResponse: JSONWritable, Sendable {
         var session: Session

@@ -114,7 +114,7 @@ extension MessageService {
             }
         }
         if editing, message.deletedAt != nil {
-            throw APIError(.conflict, code: "message_deleted", message: "the message was deleted")
+            throw APIError.messageDeleted
         }
         return message
     }
@@ -124,7 +124,7 @@ extension MessageService {
     func edit(sessionId: UUID, id: UUID, userId: UUID, role: Role, content: String) async throws -> ChatMessage {
         _ = try await changeable(sessionId: sessionId, id: id, userId: userId, role: role, editing: true)
         guard let edited = try await store.editMessage(sessionId: sessionId, id: id, content: content, now: Timestamp.now()) else {
-            throw APIError(.conflict, code: "message_deleted", message: "the message was deleted")
+            throw APIError.messageDeleted
         }
         hub.broadcast(.messageUpdated(edited), session: sessionId, exceptUser: nil)
         return edited

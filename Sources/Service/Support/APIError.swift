@@ -24,6 +24,8 @@ public struct APIError: Error, Sendable {
     }
 
     public static let unauthenticated = APIError(.unauthorized, code: "unauthenticated", message: "a valid access token is required")
+    /// A message that was deleted: no longer a resource of its own (its tombstone stays in the history).
+    static let messageDeleted = APIError(.gone, code: "message_deleted", message: "the message was deleted")
 
     public static func notFound(_ what: String) -> APIError {
         APIError(.notFound, code: "not_found", message: "\(what) not found")

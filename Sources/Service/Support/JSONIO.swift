@@ -109,18 +109,50 @@ struct JSONBody {
 }
 
 /// Query-string access with the same rules: unknown parameters and bad values are 400s naming the parameter.
+/// The query is decoded as HTML forms and URLSearchParams encode it (`application/x-www-form-urlencoded`):
+/// `+` is a space, `%XX` a byte of UTF-8.
 struct QueryParameters {
     let values: [String: String]
 
     init(_ request: Request, allowed: Set<String>) throws {
         var values: [String: String] = [:]
-        for (key, value) in request.uri.queryParameters {
-            let name = String(key)
-            guard allowed.contains(name) else { throw APIError.invalid(name, "unknown query parameter") }
+        for pair in (request.uri.query ?? "").split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            guard let name = Self.decode(parts[0]) else { throw APIError.invalid(String(parts[0].prefix(64)), "is not valid percent-encoded UTF-8") }
+            guard allowed.contains(name) else { throw APIError.invalid(String(name.prefix(64)), "unknown query parameter") }
+            guard let value = Self.decode(parts.count > 1 ? parts[1] : "") else { throw APIError.invalid(name, "is not valid percent-encoded UTF-8") }
             guard values[name] == nil else { throw APIError.invalid(name, "given more than once") }
-            values[name] = String(value)
+            values[name] = value
         }
         self.values = values
+    }
+
+    /// `+` → space, `%XX` → byte; nil when an escape is malformed or the bytes are not UTF-8.
+    static func decode(_ text: Substring) -> String? {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            switch byte {
+            case UInt8(ascii: "+"):
+                bytes.append(UInt8(ascii: " "))
+            case UInt8(ascii: "%"):
+                guard let high = iterator.next().flatMap(Self.hexValue), let low = iterator.next().flatMap(Self.hexValue) else { return nil }
+                bytes.append(high << 4 | low)
+            default:
+                bytes.append(byte)
+            }
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 
     func int(_ key: String, default value: Int, range: ClosedRange<Int>) throws -> Int {

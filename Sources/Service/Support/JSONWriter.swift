@@ -81,6 +81,13 @@ struct JSONWriter {
         separate = false
     }
 
+    /// Appends JSON punctuation as is; the next value gets no comma of its own. For output written in pieces
+    /// (`UserExport`), where an object or array stays open from one piece to the next.
+    mutating func raw(_ text: StaticString) {
+        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        separate = false
+    }
+
     private mutating func comma() {
         if separate { bytes.append(UInt8(ascii: ",")) }
     }

@@ -5,7 +5,7 @@ import Foundation
 #endif
 
 /// A value bound to or read from a statement.
-public enum SQLValue: Sendable, Equatable {
+public enum SQLValue: Sendable, Hashable {
     case null
     case integer(Int64)
     case real(Double)

@@ -24,14 +24,16 @@ struct SQLDialect: Sendable {
     /// SQLite: a migration whose first line is `-- migration: foreign keys off` (a table rebuild, the only
     /// way SQLite changes a constraint) runs with foreign key enforcement off, and is checked before it commits.
     let rebuildsTables: Bool
+    /// Full-text search over messages (SearchSQL).
+    let search: SearchSQL
 
     static let sqlite = SQLDialect(
         migrations: .sqlite, flag: { .integer($0 ? 1 : 0) }, forUpdate: "", begin: "BEGIN IMMEDIATE", timeType: "TEXT",
-        day: { "substr(\($0), 1, 10)" }, rebuildsTables: true
+        day: { "substr(\($0), 1, 10)" }, rebuildsTables: true, search: .sqlite
     )
     static let postgres = SQLDialect(
         migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", begin: "BEGIN", timeType: "TIMESTAMPTZ",
-        day: { "to_char(\($0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" }, rebuildsTables: false
+        day: { "to_char(\($0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" }, rebuildsTables: false, search: .postgres
     )
 
     /// This dialect with a store's own migration set.

@@ -216,6 +216,47 @@ extension SQLStore {
         }
     }
 
+    public func deleteMessages(before: Date, limit: Int) async throws -> Int {
+        // Ids are UUIDv7, in time order: the oldest come first in the primary key.
+        try await write(atomic: true) { db in
+            try db.run(
+                "DELETE FROM chat_messages WHERE id IN (SELECT id FROM chat_messages WHERE id < $1 ORDER BY id LIMIT $2)",
+                [.id(UUIDv7.cursor(at: before)), .integer(Int64(limit))]
+            )
+        }
+    }
+
+    public func deleteResolvedSessions(before: Date, limit: Int) async throws -> Int {
+        try await write(atomic: true) { [dialect] db in
+            try db.run(
+                """
+                DELETE FROM chat_sessions WHERE session_id IN (
+                    SELECT session_id FROM chat_sessions WHERE is_resolved = $1 AND resolved_at < $2 ORDER BY resolved_at LIMIT $3
+                )
+                """, [dialect.flag(true), .time(before), .integer(Int64(limit))]
+            )
+        }
+    }
+
+    public func messages(authoredBy userId: UUID, inOthersSessions: Bool, after: UUID?, limit: Int) async throws -> [ChatMessage] {
+        try await read { db in
+            var params: [SQLValue] = [.id(userId), .integer(Int64(limit))]
+            var conditions = ["m.user_id = $1"]
+            if inOthersSessions { conditions.append("s.user_id <> $1") }
+            if let after {
+                params.append(.id(after))
+                conditions.append("m.id > $3")
+            }
+            let columns = Codec.message.columns.map { "m.\($0.name)" }.joined(separator: ", ")
+            return try db.query(
+                """
+                SELECT \(columns) FROM chat_messages m JOIN chat_sessions s ON s.session_id = m.session_id
+                WHERE \(conditions.joined(separator: " AND ")) ORDER BY m.id LIMIT $2
+                """, params
+            ).map(Codec.message.decode)
+        }
+    }
+
     public func deleteInactiveGuests(inactiveSince: Date, limit: Int) async throws -> Int {
         try await write(atomic: true) { db in
             let guests = try db.query(
@@ -470,6 +511,55 @@ extension SQLStore {
             guard let message = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first else { return nil }
             try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
             return message
+        }
+    }
+
+    public func searchMessages(_ search: MessageSearch) async throws -> SearchPage {
+        try await read { [dialect] db in
+            let matches = dialect.search.matches(search.terms)
+            var params = matches.params
+            func bind(_ value: SQLValue) -> String {
+                params.append(value)
+                return "$\(params.count)"
+            }
+            var conditions = ["m.deleted_at IS NULL"]
+            if let reader = search.reader {
+                let p = bind(.id(reader))
+                conditions.append("(s.user_id = \(p) OR s.assignee_id = \(p))")
+            }
+            if let session = search.sessionId { conditions.append("m.session_id = \(bind(.id(session)))") }
+            if let after = search.after {
+                let (rank, id) = (bind(.real(after.rank)), bind(.id(after.id)))
+                conditions.append("(f.r > \(rank) OR (f.r = \(rank) AND m.id > \(id)))")
+            }
+            let columns = Codec.message.columns.map { "m.\($0.name)" }.joined(separator: ", ")
+            let rows = try db.query(
+                """
+                SELECT \(columns), f.rid, f.r FROM (\(matches.sql)) f
+                JOIN chat_messages m ON m.\(dialect.search.key) = f.rid
+                JOIN chat_sessions s ON s.session_id = m.session_id
+                WHERE \(conditions.joined(separator: " AND ")) ORDER BY f.r, m.id LIMIT \(bind(.integer(Int64(search.limit + 1))))
+                """, params
+            )
+            let page = rows.prefix(search.limit)
+            let width = Codec.message.columns.count
+            guard !page.isEmpty else { return SearchPage(hits: [], hasMore: false) }
+            let keys = page.map { $0.values[width] }
+            let snippets = dialect.search.snippets(search.terms, keys.count)
+            var snippet: [SQLValue: String] = [:]
+            for row in try db.query(snippets.sql, snippets.params + keys) { snippet[row.values[0]] = row.optionalString(1) }
+            let hits = try page.map { row -> SearchHit in
+                let message = try Codec.message.decode(row)
+                let rank: Double? = switch row.values[width + 1] {
+                case .real(let value): value
+                case .integer(let value): Double(value)
+                case .text(let text): Double(text)
+                case .null: nil
+                }
+                guard let rank else { throw StoreError(.failed, "search rank is not a number") }
+                return SearchHit(message: message, cursor: SearchCursor(rank: rank, id: message.id), snippet: snippet[row.values[width]] ?? message.content)
+            }
+            return SearchPage(hits: hits, hasMore: rows.count > search.limit)
         }
     }
 

@@ -1,0 +1,72 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Storage
+
+/// Everything stored about one user, as JSON, for a data-access request (`chat-backend export-user`): the
+/// account (not its password hash), every session with all of its messages, the messages the user wrote in
+/// other people's sessions (as staff), and their read markers. Written a session at a time to `emit`, so a
+/// long history is never held in memory at once.
+public enum UserExport {
+    /// False when there is no such user (nothing was written).
+    public static func write(username: String, store: any ChatStore, now: Date = Date(), emit: ([UInt8]) throws -> Void) async throws -> Bool {
+        guard let user = try await store.user(username: username) else { return false }
+        var json = JSONWriter()
+        json.raw("{")
+        json.field("format", "chat-backend user export 1")
+        json.raw(",")
+        json.field("exportedAt", now)
+        json.raw(",\"user\":")
+        json.value(API.AdminUser(user))
+        json.raw(",\"sessions\":[")
+        try emit(json.bytes)
+        var offset = 0
+        var first = true
+        while true {
+            let page = try await store.sessions(SessionQuery(userId: user.id, limit: 100, offset: offset))
+            for session in page.sessions {
+                var item = JSONWriter()
+                if !first { item.raw(",") }
+                first = false
+                item.raw("{\"session\":")
+                item.value(API.Session(session, now: now))
+                item.raw(",\"messages\":[")
+                var after: UUID?
+                var firstMessage = true
+                while true {
+                    let messages = try await store.messages(MessageQuery(sessionId: session.id, after: after, limit: 500))
+                    for message in messages.messages {
+                        if !firstMessage { item.raw(",") }
+                        firstMessage = false
+                        item.value(API.Message(message))
+                    }
+                    guard messages.hasMore, let last = messages.messages.last else { break }
+                    after = last.id
+                }
+                item.raw("]}")
+                try emit(item.bytes)
+            }
+            offset += page.sessions.count
+            if page.sessions.count < 100 || offset >= page.total { break }
+        }
+        var tail = JSONWriter()
+        tail.raw("],\"messagesInOtherSessions\":[")
+        var after: UUID?
+        var firstMessage = true
+        while true {
+            let messages = try await store.messages(authoredBy: user.id, inOthersSessions: true, after: after, limit: 500)
+            for message in messages {
+                if !firstMessage { tail.raw(",") }
+                firstMessage = false
+                tail.value(API.Message(message))
+            }
+            guard messages.count == 500, let last = messages.last else { break }
+            after = last.id
+        }
+        tail.raw("]}\n")
+        try emit(tail.bytes)
+        return true
+    }
+}
