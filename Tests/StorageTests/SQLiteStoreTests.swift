@@ -53,9 +53,10 @@ struct SQLiteStoreTests {
         let size = try #require(FileManager.default.attributesOfItem(atPath: path)[.size] as? Int)
         #expect(size > 4096 * 80)
 
-        // The damage appears after the start-up check (a failing disk, a stray write): pages 20-59.
-        let handle = try #require(FileHandle(forUpdatingAtPath: path))
-        try handle.seek(toOffset: 4096 * 20)
+        // The damage appears after the start-up check (a failing disk, a stray write): 40 pages near the end,
+        // among the users' rows and index, away from the schema the start reads.
+        let handle = try #require(FileManager.default.fileExists(atPath: path) ? FileHandle(forUpdatingAtPath: path) : nil)
+        try handle.seek(toOffset: UInt64(4096 * (size / 4096 - 45)))
         try handle.write(contentsOf: Data((0..<(4096 * 40)).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }))
         try handle.close()
         let damaged = try Data(contentsOf: URL(fileURLWithPath: path))
