@@ -49,7 +49,8 @@ public protocol ChatStore: Sendable {
     /// Gives space freed by deletions back to the file system, a little at a time (SQLite's incremental
     /// vacuum, on databases created with it); nothing on Postgres, whose autovacuum does that.
     func reclaimSpace() async throws
-    /// Messages `userId` wrote in sessions of other users (as staff), in id order after `after`.
+    /// Messages `userId` wrote (with `inOthersSessions`, only those in other users' sessions, as staff), in id
+    /// order after `after`.
     func messages(authoredBy userId: UUID, inOthersSessions: Bool, after: UUID?, limit: Int) async throws -> [ChatMessage]
     /// Deletes a user, their sessions with every message in them, their tokens and read markers; sessions
     /// they had claimed wait for a person again. False when there is no such user.

@@ -7,7 +7,7 @@ import Storage
 
 /// Everything stored about one user, as JSON, for a data-access request (`chat-backend export-user`): the
 /// account (not its password hash), every session with all of its messages, the messages the user wrote in
-/// other people's sessions (as staff), and their read markers. Written a session at a time to `emit`, so a
+/// other people's sessions (as staff). Written a session (or a page of messages) at a time to `emit`, so a
 /// long history is never held in memory at once.
 public enum UserExport {
     /// False when there is no such user (nothing was written).
@@ -51,22 +51,24 @@ public enum UserExport {
             offset += page.sessions.count
             if page.sessions.count < 100 || offset >= page.total { break }
         }
-        var tail = JSONWriter()
-        tail.raw("],\"messagesInOtherSessions\":[")
         var after: UUID?
         var firstMessage = true
+        var chunk = JSONWriter()
+        chunk.raw("],\"messagesInOtherSessions\":[")
         while true {
             let messages = try await store.messages(authoredBy: user.id, inOthersSessions: true, after: after, limit: 500)
             for message in messages {
-                if !firstMessage { tail.raw(",") }
+                if !firstMessage { chunk.raw(",") }
                 firstMessage = false
-                tail.value(API.Message(message))
+                chunk.value(API.Message(message))
             }
+            try emit(chunk.bytes)
+            chunk = JSONWriter()
             guard messages.count == 500, let last = messages.last else { break }
             after = last.id
         }
-        tail.raw("]}\n")
-        try emit(tail.bytes)
+        chunk.raw("]}\n")
+        try emit(chunk.bytes)
         return true
     }
 }

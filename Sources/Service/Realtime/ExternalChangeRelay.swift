@@ -51,7 +51,7 @@ struct ExternalChangeRelay: Service {
                     guard hub.hasMembers(session) else { continue }
                     await retrying("reading a message another instance changed", session: session) {
                         guard let message = try await store.message(sessionId: session, id: id) else { return }
-                        hub.broadcast(message.deletedAt == nil ? .messageUpdated(message) : .messageDeleted(message), session: session, exceptUser: nil)
+                        hub.broadcast(.changed(message), session: session, exceptUser: nil)
                     }
                 case .read(let read):
                     hub.broadcast(.read(read), session: read.sessionId, exceptUser: nil)

@@ -15,6 +15,11 @@ enum ServerEvent: Sendable {
     case messageUpdated(ChatMessage)
     /// A deleted message's tombstone (no content, `deletedAt`).
     case messageDeleted(ChatMessage)
+
+    /// A changed message as it is now: `message.deleted` for a tombstone, else `message.updated`.
+    static func changed(_ message: ChatMessage) -> ServerEvent {
+        message.deletedAt == nil ? .messageUpdated(message) : .messageDeleted(message)
+    }
     /// Someone is typing; an agent writing a reply has `user` nil and `agent` set.
     case typing(session: UUID, user: UUID?, agent: String?, isTyping: Bool)
     /// A user's connection joined (`online`) or left (`offline`) the session.

@@ -149,7 +149,7 @@ struct WebSocketController: Sendable {
             }
             // Messages the client had that were edited or deleted since (the newest it had was stored then).
             for changed in try await store.changedMessages(sessionId: session, upTo: after, since: UUIDv7.date(of: after), limit: 200) {
-                client.send(changed.deletedAt == nil ? .messageUpdated(changed) : .messageDeleted(changed))
+                client.send(.changed(changed))
             }
         }
         client.send(.ack(id: requestId, .join(session: session, replayed: replayed)))

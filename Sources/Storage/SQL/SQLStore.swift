@@ -557,7 +557,7 @@ extension SQLStore {
                 case .null: nil
                 }
                 guard let rank else { throw StoreError(.failed, "search rank is not a number") }
-                return SearchHit(message: message, cursor: SearchCursor(rank: rank, id: message.id), snippet: snippet[row.values[width]] ?? message.content)
+                return SearchHit(message: message, rank: rank, snippet: snippet[row.values[width]] ?? message.content)
             }
             return SearchPage(hits: hits, hasMore: rows.count > search.limit)
         }

@@ -128,9 +128,13 @@ public struct MessageSearch: Sendable {
 /// A message found, best first, with the part of its text that matched.
 public struct SearchHit: Sendable, Equatable {
     public var message: ChatMessage
-    public var cursor: SearchCursor
+    /// Lower is better.
+    public var rank: Double
     /// Text around the matches; each match is between `SearchHit.matchStart` and `SearchHit.matchEnd`.
     public var snippet: String
+
+    /// Where the page after this hit starts.
+    public var cursor: SearchCursor { SearchCursor(rank: rank, id: message.id) }
 
     public static let matchStart: Character = "\u{E000}"
     public static let matchEnd: Character = "\u{E001}"
