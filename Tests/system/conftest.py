@@ -137,9 +137,18 @@ class Container:
                 raise AssertionError(f"the container's init did not start:\n{self.boot_log.read_text(errors='replace')}")
             self.pid = self._init_pid()
             time.sleep(0.1)
-        state = self.sh("systemctl is-system-running --wait", check=False, timeout=120).stdout.strip()
+        # Right after its PID 1 appears, the container's systemd may not yet listen on its private
+        # socket, and `systemctl` then fails at once with nothing on stdout: ask again until it answers.
+        deadline = time.monotonic() + 120
+        while True:
+            answer = self.sh("systemctl is-system-running --wait", check=False, timeout=120)
+            state = answer.stdout.strip()
+            if state or time.monotonic() > deadline or self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
         if state not in ("running", "degraded"):
-            raise AssertionError(f"the container did not boot ({state}):\n{self.boot_log.read_text(errors='replace')}")
+            raise AssertionError(f"the container did not boot ({state or answer.stderr.strip()}):\n"
+                                 f"{self.boot_log.read_text(errors='replace')}")
         if state == "degraded":
             log("container booted degraded: " + self.sh("systemctl --failed --no-legend", check=False).stdout.strip())
 
