@@ -191,6 +191,55 @@ struct SQLiteStoreTests {
         #expect((wal ?? 0) == 0)
     }
 
+    @Test("the search index follows messages inserted, edited and removed in one transaction and in concurrent commits")
+    func searchIndexedPerCommit() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("search-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.db").path
+        let store = try await SQLiteStore.open(path: path)
+        let user = Make.user()
+        try await store.createUser(user)
+        let session = Make.session(userId: user.id)
+        try await store.createSession(session)
+        func hits(_ q: String) async throws -> Set<String> {
+            Set(try await store.searchMessages(MessageSearch(terms: try SearchTerms.parse(q), reader: nil, limit: 100)).hits.map(\.message.content))
+        }
+        // Concurrent sends share group commits: every one is searchable once its append returned.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<120 {
+                group.addTask { try await store.appendMessage(Make.message(session.id, userId: user.id, content: "marmot \(i)"), now: Timestamp.now()).expectCreated() }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await hits("marmot").count == 100)  // the page limit
+        #expect(try await store.searchMessages(MessageSearch(terms: try SearchTerms.parse("marmot"), reader: nil, limit: 100)).hasMore)
+        // Inserted then edited, and inserted then removed, before the transaction commits.
+        let edited = Make.message(session.id, userId: user.id, content: "heron draft"), removed = Make.message(session.id, userId: user.id, content: "heron gone")
+        try await store.write(atomic: true) { db in
+            try db.run(Codec.message.insert, Codec.message.values(edited, .sqlite))
+            try db.run(Codec.message.insert, Codec.message.values(removed, .sqlite))
+            try db.run("UPDATE chat_messages SET content = 'heron final' WHERE id = $1", [.id(edited.id)])
+            try db.run("DELETE FROM chat_messages WHERE id = $1", [.id(removed.id)])
+        }
+        #expect(try await hits("heron") == ["heron final"])
+        #expect(try await hits("draft").isEmpty)
+        #expect(try await hits("gone").isEmpty)
+        // Edited and removed after being indexed.
+        _ = try await store.editMessage(sessionId: session.id, id: edited.id, content: "egret final", now: Timestamp.now())
+        #expect(try await hits("heron").isEmpty)
+        #expect(try await hits("egret") == ["egret final"])
+        try await store.write(atomic: true) { db in try db.run("DELETE FROM chat_messages WHERE id = $1", [.id(edited.id)]) }
+        #expect(try await hits("egret").isEmpty)
+        #expect(try await hits("final").isEmpty)
+        // Nothing is left queued, and FTS5 finds its index consistent with the messages.
+        let check = try SQLiteConnection(path: path)
+        #expect(try check.query("SELECT count(*) FROM message_search_queue").first?.int(0) == 0)
+        try check.execute("INSERT INTO message_search (message_search, rank) VALUES ('integrity-check', 1)")
+        check.close()
+        await store.close()
+    }
+
     @Test("online backup copies a consistent database")
     func backup() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("backup-\(UUID().uuidString)")

@@ -56,6 +56,8 @@ final class SQLiteConnection: SQLDatabase {
     let path: String
     /// Shared by the store's connections: a corrupt file seen by one stops them all.
     var condition: SQLiteCondition?
+    /// Statements the writer runs at the end of each transaction, before COMMIT (see `SQLiteWriter`).
+    var beforeCommit: [String] = []
     private var statements: [String: SQLiteStatement] = [:]
     private var closed = false
 

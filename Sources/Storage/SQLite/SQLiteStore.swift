@@ -87,6 +87,9 @@ public final class SQLiteStore: SQLStore {
                 try db.execute("PRAGMA synchronous=\(synchronous)")
                 try db.execute("PRAGMA foreign_keys=ON")
                 try SQLMigrator.migrate(db, migrations, .sqlite, logger: logger)
+                if try db.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'message_search_queue'").first != nil {
+                    db.beforeCommit = searchIndexing
+                }
             }
             var connections: [SQLiteConnection] = []
             for _ in 0..<options.readerCount {
@@ -104,6 +107,16 @@ public final class SQLiteStore: SQLStore {
             throw error
         }
     }
+
+    /// Indexes the messages this transaction inserted or edited (queued by the triggers of migration V15)
+    /// in one statement, so FTS5 writes one index segment per commit rather than one per message.
+    static let searchIndexing = [
+        """
+        INSERT INTO message_search (rowid, content) SELECT q.message_rowid, m.content
+        FROM message_search_queue q JOIN chat_messages m ON m.rowid = q.message_rowid
+        """,
+        "DELETE FROM message_search_queue",
+    ]
 
     /// Creates the database file owner-only (0600) when it does not exist yet, whatever the umask: it
     /// holds password and token hashes. SQLite gives its `-wal` and `-shm` files the same mode.

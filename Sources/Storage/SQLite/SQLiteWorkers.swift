@@ -58,7 +58,8 @@ private final class TypedWriteJob<T: Sendable>: WriteJob, @unchecked Sendable {
 
 /// The single writer connection with group commit: writes that arrive while a transaction is being
 /// committed wait, then run together in the next transaction and share its one fsync. Each write has its
-/// own savepoint, so one failing write does not undo the others.
+/// own savepoint, so one failing write does not undo the others. The connection's `beforeCommit`
+/// statements end every transaction (they index the messages the transaction queued for search).
 final class SQLiteWriter: Sendable {
     private let worker = BatchWorker<any WriteJob>(maxBatch: 512)
     private let connection: UnsafeTransfer<SQLiteConnection>
@@ -124,6 +125,7 @@ final class SQLiteWriter: Sendable {
             }
         }
         do {
+            for sql in db.beforeCommit { try db.run(sql) }
             try db.run("COMMIT")
             condition.wrote(nil)
             for job in batch { job.committed() }
