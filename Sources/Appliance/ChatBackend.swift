@@ -439,6 +439,24 @@ struct Copy: AsyncParsableCommand {
             messageCursor = last.id
             copied += messages.count
         }
+        // Attachments one at a time, each with its bytes in one transaction (at most ATTACHMENT_MAX_BYTES).
+        var attachmentCursor: UUID?
+        while true {
+            let attachments = try await source.exportAttachments(after: attachmentCursor, limit: batchSize)
+            guard let last = attachments.last else { break }
+            for attachment in attachments {
+                var chunks: [AttachmentChunk] = []
+                let count = (Int(attachment.size) + Attachment.chunkSize - 1) / Attachment.chunkSize
+                for seq in 0..<count {
+                    guard let data = try await source.attachmentChunk(id: attachment.id, seq: seq) else {
+                        throw ConfigError("attachment \(attachment.id.lowercased) lacks its bytes (chunk \(seq)) in the source")
+                    }
+                    chunks.append(AttachmentChunk(attachmentId: attachment.id, seq: seq, data: data))
+                }
+                try await target.importRecords(RecordBatch(attachments: [attachment], attachmentChunks: chunks))
+            }
+            attachmentCursor = last.id
+        }
         var readCursor: UUID?
         while true {
             let reads = try await source.exportSessionReads(after: readCursor, limit: batchSize)

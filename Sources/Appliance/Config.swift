@@ -201,6 +201,20 @@ struct AppConfig {
         }
         service.messageRetention = try retention("message.retention", "MESSAGE_RETENTION")
         service.resolvedSessionRetention = try retention("resolved.session.retention", "RESOLVED_SESSION_RETENTION")
+        func byteSize(_ key: ConfigKey, _ name: String, _ fallback: String, range: ClosedRange<Int64>, off: Bool) throws -> Int64? {
+            let text = value(key) ?? fallback
+            if off, text.lowercased() == "off" {
+                summary.append((name, "off"))
+                return nil
+            }
+            guard let bytes = ByteSize.parse(text), range.contains(bytes) else {
+                throw ConfigError("\(name): must be \(off ? "off or " : "")a size from \(ByteSize.format(range.lowerBound)) to \(ByteSize.format(range.upperBound)), like 10MiB (got '\(text)')")
+            }
+            summary.append((name, ByteSize.format(bytes)))
+            return bytes
+        }
+        service.attachmentMaxBytes = Int(try byteSize("attachment.max.bytes", "ATTACHMENT_MAX_BYTES", "10MiB", range: 1024...(1 << 30), off: false)!)
+        service.attachmentQuotaBytes = try byteSize("attachment.quota", "ATTACHMENT_QUOTA", "1GiB", range: 1024...(1 << 50), off: true)
         let bodyText = value("max.body.bytes") ?? String(1 << 20)
         guard let body = Int(bodyText), (1024...(64 << 20)).contains(body) else {
             throw ConfigError("MAX_BODY_BYTES: must be 1024 to 67108864 (got '\(bodyText)')")
@@ -384,5 +398,34 @@ enum FileDescriptorLimit {
 extension String {
     var trimmed: String {
         String(drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+    }
+}
+
+/// Byte sizes in configuration: a number of bytes, or with a binary unit (`512KiB`, `10MiB`, `1GiB`;
+/// `K`, `M`, `G` and `KB`, `MB`, `GB` mean the same).
+enum ByteSize {
+    static func parse(_ text: String) -> Int64? {
+        let trimmed = text.trimmed
+        let digits = trimmed.prefix { $0.isASCII && $0.isNumber }
+        guard !digits.isEmpty, digits.count <= 15, let number = Int64(digits) else { return nil }
+        let unit = String(trimmed.dropFirst(digits.count)).trimmed.lowercased()
+        let shift: Int64
+        switch unit {
+        case "", "b": shift = 0
+        case "k", "kb", "kib": shift = 10
+        case "m", "mb", "mib": shift = 20
+        case "g", "gb", "gib": shift = 30
+        case "t", "tb", "tib": shift = 40
+        default: return nil
+        }
+        let (value, overflow) = number.multipliedReportingOverflow(by: 1 << shift)
+        return overflow ? nil : value
+    }
+
+    static func format(_ bytes: Int64) -> String {
+        for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] where bytes >= (1 << shift) && bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift)\(unit)"
+        }
+        return "\(bytes)"
     }
 }

@@ -111,6 +111,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         store: store, messages: messages, sessionTTL: config.sessionTTL, maxBodyBytes: config.maxBodyBytes, orchestrator: orchestrator,
         changes: changes
     ).addRoutes(to: authenticated)
+    AttachmentController(store: store, maxBytes: config.attachmentMaxBytes, quota: config.attachmentQuotaBytes).addRoutes(to: authenticated)
     AgentController(store: store, hub: hub, orchestrator: orchestrator, changes: changes).addRoutes(to: authenticated)
     AdminController(
         store: store, tokens: tokens, hasher: hasher, maxBodyBytes: config.maxBodyBytes, hub: hub, orchestrator: orchestrator, health: health
@@ -261,6 +262,8 @@ struct SessionSweeper: Service {
     var guestTTL: Int = 30 * 86400
     var messageRetention: Int?
     var resolvedSessionRetention: Int?
+    /// An upload not complete this many seconds after it started was interrupted: its bytes are removed.
+    var abandonedUploadAge = 3600
     /// Rows per retention batch, and batches per round (the rest waits for the next round).
     var batch = 500
     var maxBatches = 40
@@ -273,6 +276,8 @@ struct SessionSweeper: Service {
                 if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }
                 let guests = try await store.deleteInactiveGuests(inactiveSince: now.addingTimeInterval(-Double(guestTTL)), limit: 500)
                 if guests > 0 { logger.info("deleted inactive guests", metadata: ["count": "\(guests)"]) }
+                let uploads = try await store.deleteAbandonedUploads(startedBefore: now.addingTimeInterval(-Double(abandonedUploadAge)), limit: 50)
+                if uploads > 0 { logger.info("removed interrupted uploads", metadata: ["count": "\(uploads)"]) }
                 try await applyRetention(now: now)
             } catch {
                 logger.warning("session sweep failed", metadata: ["error": .string(String(reflecting: error))])
@@ -293,7 +298,10 @@ struct SessionSweeper: Service {
         if let seconds = messageRetention {
             let messages = try await inBatches(size: batch) { try await store.deleteMessages(before: now.addingTimeInterval(-Double(seconds)), limit: $0) }
             if messages > 0 { logger.info("retention: deleted messages", metadata: ["count": "\(messages)"]) }
-            deleted += messages
+            // Attachments a few at a time: each may hold megabytes.
+            let files = try await inBatches(size: 10) { try await store.deleteAttachments(before: now.addingTimeInterval(-Double(seconds)), limit: $0) }
+            if files > 0 { logger.info("retention: deleted attachments", metadata: ["count": "\(files)"]) }
+            deleted += messages + files
         }
         if deleted > 0 { try await store.reclaimSpace() }
     }

@@ -23,6 +23,12 @@ public struct ServiceConfig: Sendable {
     public var messageRetention: Int?
     /// Retention: sessions resolved longer ago than this many seconds are deleted with their messages (nil: kept).
     public var resolvedSessionRetention: Int?
+    /// Largest attachment, in bytes.
+    public var attachmentMaxBytes: Int = 10 << 20 {
+        didSet { server.maxUploadBytes = attachmentMaxBytes + 64 * 1024 }
+    }
+    /// Bytes of complete attachments one user may have uploaded (nil: no limit).
+    public var attachmentQuotaBytes: Int64? = 1 << 30
     /// For this many seconds after sending, the author may edit a message (admins: always).
     public var messageEditWindow: Int = 15 * 60
     /// Largest accepted request body.
@@ -74,6 +80,7 @@ enum Limits {
     static let searchCharacters = 256
     static let metadataBytes = 16 * 1024
     static let clientMessageIdLength = 1...128
+    static let attachmentsPerMessage = 10
     static let messageTypes: Set<String> = ["text", "markdown", "image", "file", "event"]
     static let pageLimit = 1...200
     static let sessionPageLimit = 1...100

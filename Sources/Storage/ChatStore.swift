@@ -131,6 +131,33 @@ public protocol ChatStore: Sendable {
     /// `limit` (a reconnecting client's recovery sends them after the messages it missed).
     func changedMessages(sessionId: UUID, upTo: UUID, since: Date, limit: Int) async throws -> [ChatMessage]
 
+    // MARK: Attachments
+
+    /// Starts an upload: the attachment without bytes, not yet complete (invisible to readers).
+    func createAttachment(_ attachment: Attachment) async throws
+    /// Stores chunk `seq` of an upload.
+    func putAttachmentChunk(_ chunk: AttachmentChunk) async throws
+    /// Completes an upload of `size` bytes: from now on it can be read and referred to. With a `quota`,
+    /// refused (and removed) when the uploader's complete attachments would then exceed it.
+    func completeAttachment(id: UUID, size: Int64, sha256: String, quota: Int64?, now: Date) async throws -> AttachmentCompletion
+    /// Removes an upload or attachment with its bytes.
+    func deleteAttachment(id: UUID) async throws
+    /// A complete attachment.
+    func attachment(id: UUID) async throws -> Attachment?
+    /// Chunk `seq` of a complete attachment's bytes.
+    func attachmentChunk(id: UUID, seq: Int) async throws -> [UInt8]?
+    /// The complete attachments of `sessionId` among `ids`.
+    func attachments(ids: [UUID], sessionId: UUID) async throws -> [Attachment]
+    /// Up to `limit` complete attachments `userId` uploaded, with ids greater than `after`, in id order.
+    func attachments(uploadedBy userId: UUID, after: UUID?, limit: Int) async throws -> [Attachment]
+    /// Bytes of the complete attachments `userId` uploaded.
+    func attachmentBytes(userId: UUID) async throws -> Int64
+    /// Deletes up to `limit` attachments uploaded before `before` (retention), oldest first, with their bytes.
+    func deleteAttachments(before: Date, limit: Int) async throws -> Int
+    /// Removes uploads started before `startedBefore` that never completed (the client went away, the
+    /// server stopped); returns how many.
+    func deleteAbandonedUploads(startedBefore: Date, limit: Int) async throws -> Int
+
     // MARK: Read state
 
     /// Marks `sessionId` read by `userId` up to message `messageId` (which must be in the session). Read
@@ -162,6 +189,8 @@ public protocol ChatStore: Sendable {
     func exportRevokedAccessTokens() async throws -> [RevokedAccessToken]
     /// The read markers of up to `limit` sessions with ids greater than `after`, in session id order.
     func exportSessionReads(after: UUID?, limit: Int) async throws -> [SessionRead]
+    /// Up to `limit` complete attachments with ids greater than `after`, in id order (without their bytes).
+    func exportAttachments(after: UUID?, limit: Int) async throws -> [Attachment]
     /// Inserts records as they are, in one transaction; a record whose id exists already is skipped.
     func importRecords(_ batch: RecordBatch) async throws
 

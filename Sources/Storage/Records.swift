@@ -160,10 +160,13 @@ public struct ChatMessage: Sendable, Equatable {
     public var editedAt: Date?
     /// When it was deleted: a tombstone, without content or metadata.
     public var deletedAt: Date?
+    /// The files it refers to, as they were when it was sent.
+    public var attachments: [AttachmentRef]
 
     public init(
         id: UUID, sessionId: UUID, userId: UUID?, content: String, type: String, direction: MessageDirection,
-        metadata: JSONValue, clientMessageId: String?, createdAt: Date, updatedAt: Date, editedAt: Date? = nil, deletedAt: Date? = nil
+        metadata: JSONValue, clientMessageId: String?, createdAt: Date, updatedAt: Date, editedAt: Date? = nil, deletedAt: Date? = nil,
+        attachments: [AttachmentRef] = []
     ) {
         self.id = id
         self.sessionId = sessionId
@@ -177,7 +180,81 @@ public struct ChatMessage: Sendable, Equatable {
         self.updatedAt = updatedAt
         self.editedAt = editedAt
         self.deletedAt = deletedAt
+        self.attachments = attachments
     }
+}
+
+/// A file uploaded into a session. Its bytes are kept in chunks of `Attachment.chunkSize` (the last one
+/// shorter); it can be read and referred to only once `completedAt` is set.
+public struct Attachment: Sendable, Equatable {
+    /// Every chunk but the last holds exactly this many bytes.
+    public static let chunkSize = 256 * 1024
+
+    public var id: UUID
+    public var sessionId: UUID
+    /// Who uploaded it (counted against their quota).
+    public var userId: UUID?
+    public var filename: String
+    public var contentType: String
+    public var size: Int64
+    /// Lowercase hex SHA-256 of the bytes, once complete.
+    public var sha256: String?
+    public var createdAt: Date
+    public var completedAt: Date?
+
+    public init(
+        id: UUID, sessionId: UUID, userId: UUID?, filename: String, contentType: String, size: Int64 = 0, sha256: String? = nil,
+        createdAt: Date, completedAt: Date? = nil
+    ) {
+        self.id = id
+        self.sessionId = sessionId
+        self.userId = userId
+        self.filename = filename
+        self.contentType = contentType
+        self.size = size
+        self.sha256 = sha256
+        self.createdAt = createdAt
+        self.completedAt = completedAt
+    }
+
+    public var ref: AttachmentRef { AttachmentRef(id: id, filename: filename, contentType: contentType, size: size) }
+}
+
+/// What a message keeps of an attachment it refers to.
+public struct AttachmentRef: Sendable, Equatable {
+    public var id: UUID
+    public var filename: String
+    public var contentType: String
+    public var size: Int64
+
+    public init(id: UUID, filename: String, contentType: String, size: Int64) {
+        self.id = id
+        self.filename = filename
+        self.contentType = contentType
+        self.size = size
+    }
+}
+
+/// One stored piece of an attachment's bytes.
+public struct AttachmentChunk: Sendable, Equatable {
+    public var attachmentId: UUID
+    public var seq: Int
+    public var data: [UInt8]
+
+    public init(attachmentId: UUID, seq: Int, data: [UInt8]) {
+        self.attachmentId = attachmentId
+        self.seq = seq
+        self.data = data
+    }
+}
+
+/// How finishing an upload went.
+public enum AttachmentCompletion: Sendable, Equatable {
+    case completed(Attachment)
+    /// The uploader's complete attachments and this one would exceed their quota; the upload is removed.
+    case overQuota(usedBytes: Int64)
+    /// The upload (or its session) is gone.
+    case notFound
 }
 
 /// Aggregated counts over the `session_statistics` view.
@@ -371,20 +448,25 @@ public struct RecordCounts: Sendable, Equatable, CustomStringConvertible {
     public var refreshTokens = 0
     public var revokedAccessTokens = 0
     public var sessionReads = 0
+    public var attachments = 0
 
-    public init(users: Int = 0, sessions: Int = 0, messages: Int = 0, refreshTokens: Int = 0, revokedAccessTokens: Int = 0, sessionReads: Int = 0) {
+    public init(
+        users: Int = 0, sessions: Int = 0, messages: Int = 0, refreshTokens: Int = 0, revokedAccessTokens: Int = 0, sessionReads: Int = 0,
+        attachments: Int = 0
+    ) {
         self.users = users
         self.sessions = sessions
         self.messages = messages
         self.refreshTokens = refreshTokens
         self.revokedAccessTokens = revokedAccessTokens
         self.sessionReads = sessionReads
+        self.attachments = attachments
     }
 
     public var isEmpty: Bool { self == RecordCounts() }
 
     public var description: String {
-        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens, \(sessionReads) read markers"
+        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens, \(sessionReads) read markers, \(attachments) attachments"
     }
 }
 
@@ -396,10 +478,14 @@ public struct RecordBatch: Sendable {
     public var refreshTokens: [RefreshTokenRecord] = []
     public var revokedAccessTokens: [RevokedAccessToken] = []
     public var sessionReads: [SessionRead] = []
+    /// Complete attachments, and chunks of attachments imported before (or in the same batch).
+    public var attachments: [Attachment] = []
+    public var attachmentChunks: [AttachmentChunk] = []
 
     public init(
         users: [User] = [], sessions: [ChatSession] = [], messages: [ChatMessage] = [], refreshTokens: [RefreshTokenRecord] = [],
-        revokedAccessTokens: [RevokedAccessToken] = [], sessionReads: [SessionRead] = []
+        revokedAccessTokens: [RevokedAccessToken] = [], sessionReads: [SessionRead] = [], attachments: [Attachment] = [],
+        attachmentChunks: [AttachmentChunk] = []
     ) {
         self.users = users
         self.sessions = sessions
@@ -407,5 +493,7 @@ public struct RecordBatch: Sendable {
         self.refreshTokens = refreshTokens
         self.revokedAccessTokens = revokedAccessTokens
         self.sessionReads = sessionReads
+        self.attachments = attachments
+        self.attachmentChunks = attachmentChunks
     }
 }

@@ -20,7 +20,7 @@ struct ModelTests {
         #"{"id":"01a2123f-5cea-7197-8f32-ba19dd783536","sessionId":"f532ed1f-0e5e-4956-a9da-63496c1935a0","#
         + #""userId":"010f4334-0518-479f-8f7b-51b32ec95592","content":"Hello \"you\"\n\u0001é","type":"text","direction":"inbound","#
         + #""metadata":{"a":[null,true,1.5],"b":2},"clientMessageId":"c-1","createdAt":"2025-11-25T10:27:52.170Z","#
-        + #""updatedAt":"2025-11-25T10:27:52.170Z","editedAt":null,"deletedAt":null}"#
+        + #""updatedAt":"2025-11-25T10:27:52.170Z","editedAt":null,"deletedAt":null,"attachments":[]}"#
 
     @Test("a message is written in the documented field order, id first, and reads back as written")
     func messageOrder() throws {

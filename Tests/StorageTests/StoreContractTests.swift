@@ -809,6 +809,79 @@ struct StoreContractTests {
         }
     }
 
+    @Test("attachments: chunks in order, complete only when done, quota, messages refer to them, deleted with them, copied", arguments: backends)
+    func attachments(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let user = Make.user()
+            try await store.createUser(user)
+            let session = Make.session(userId: user.id)
+            try await store.createSession(session)
+            let now = Timestamp.now()
+            func upload(_ bytes: [UInt8], at: Date = now, quota: Int64? = nil) async throws -> (UUID, AttachmentCompletion) {
+                let id = UUIDv7.make(now: at)
+                try await store.createAttachment(Attachment(id: id, sessionId: session.id, userId: user.id, filename: "f.bin", contentType: "application/octet-stream", createdAt: at))
+                var seq = 0
+                for start in stride(from: 0, to: bytes.count, by: Attachment.chunkSize) {
+                    try await store.putAttachmentChunk(AttachmentChunk(attachmentId: id, seq: seq, data: Array(bytes[start..<min(bytes.count, start + Attachment.chunkSize)])))
+                    seq += 1
+                }
+                return (id, try await store.completeAttachment(id: id, size: Int64(bytes.count), sha256: "ab", quota: quota, now: at))
+            }
+            // Every byte value, over more than one chunk.
+            let bytes = (0..<(Attachment.chunkSize + 1000)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+            let (id, outcome) = try await upload(bytes)
+            guard case .completed(let file) = outcome else { Issue.record("\(outcome)"); return }
+            #expect(file.size == Int64(bytes.count) && file.completedAt != nil)
+            #expect(try await store.attachment(id: id) == file)
+            #expect(try await store.attachmentChunk(id: id, seq: 0) == Array(bytes[..<Attachment.chunkSize]))
+            #expect(try await store.attachmentChunk(id: id, seq: 1) == Array(bytes[Attachment.chunkSize...]))
+            #expect(try await store.attachmentChunk(id: id, seq: 2) == nil)
+            #expect(try await store.attachmentBytes(userId: user.id) == Int64(bytes.count))
+            #expect(try await store.attachments(ids: [id, UUID()], sessionId: session.id) == [file])
+            #expect(try await store.attachments(ids: [id], sessionId: UUID()).isEmpty)
+            #expect(try await store.attachments(uploadedBy: user.id, after: nil, limit: 10) == [file])
+
+            // An upload not yet complete is nobody's attachment, and the sweep removes it once abandoned.
+            let pending = UUIDv7.make(now: now)
+            try await store.createAttachment(Attachment(id: pending, sessionId: session.id, userId: user.id, filename: "p", contentType: "text/plain", createdAt: now.addingTimeInterval(-7200)))
+            try await store.putAttachmentChunk(AttachmentChunk(attachmentId: pending, seq: 0, data: [1, 2, 3]))
+            #expect(try await store.attachment(id: pending) == nil)
+            #expect(try await store.attachments(ids: [pending], sessionId: session.id).isEmpty)
+            #expect(try await store.deleteAbandonedUploads(startedBefore: now.addingTimeInterval(-3600), limit: 10) == 1)
+            #expect(try await store.deleteAbandonedUploads(startedBefore: now.addingTimeInterval(-3600), limit: 10) == 0)
+
+            // Over the quota: refused and removed; under it: complete.
+            let (tooMuch, refused) = try await upload([9, 9, 9], quota: Int64(bytes.count) + 2)
+            #expect(refused == .overQuota(usedBytes: Int64(bytes.count)))
+            #expect(try await store.attachment(id: tooMuch) == nil)
+            let (small, fits) = try await upload([9, 9], quota: Int64(bytes.count) + 2)
+            guard case .completed(let smallFile) = fits else { Issue.record("\(fits)"); return }
+
+            // A message keeps its files' refs; deleting it deletes them.
+            var message = Make.message(session.id, userId: user.id)
+            message.attachments = [file.ref, smallFile.ref]
+            guard case .created(let stored) = try await store.appendMessage(message, now: now) else { Issue.record("not created"); return }
+            #expect(stored.attachments == [file.ref, smallFile.ref])
+            #expect(try await store.message(sessionId: session.id, id: stored.id)?.attachments == [file.ref, smallFile.ref])
+            let exported = try await store.exportAttachments(after: nil, limit: 10)
+            #expect(exported.map(\.id) == [id, small])
+            #expect(try await store.recordCounts().attachments == 2)
+            let tombstone = try await store.deleteMessage(sessionId: session.id, id: stored.id, now: now)
+            #expect(tombstone?.attachments == [])
+            #expect(try await store.attachment(id: id) == nil)
+            #expect(try await store.attachmentChunk(id: id, seq: 0) == nil)
+
+            // Imported as `copy` brings them, then gone with their session.
+            try await store.importRecords(RecordBatch(attachments: [file], attachmentChunks: [AttachmentChunk(attachmentId: id, seq: 0, data: bytes)]))
+            #expect(try await store.attachment(id: id) == file)
+            #expect(try await store.attachmentChunk(id: id, seq: 0) == bytes)
+            #expect(try await store.deleteSession(id: session.id))
+            #expect(try await store.attachment(id: id) == nil)
+            #expect(try await store.attachment(id: small) == nil)
+            #expect(try await store.recordCounts().attachments == 0)
+        }
+    }
+
     @Test("a closed store answers unavailable", arguments: backends)
     func closed(_ make: @Sendable () -> StoreFixture) async throws {
         let fixture = make()

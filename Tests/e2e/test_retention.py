@@ -9,6 +9,8 @@ import secrets
 import sqlite3
 import time
 
+import requests
+
 from conftest import auth_get, base_env, create_session, post_json, register, run_cli
 from test_agents import wait_for
 
@@ -76,6 +78,9 @@ def test_export_user_writes_everything_about_a_user(server, tmp_path):
     token = user["accessToken"]
     sid = create_session(server, token)["sessionId"]
     sent = [post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": f"m{i} <é>"}, token=token).json() for i in range(3)]
+    upload = requests.post(server.url(f"/api/sessions/{sid}/attachments"), params={"filename": "cv.txt"}, data=b"my cv",
+                           headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}, timeout=10)
+    assert upload.status_code == 201, upload.text
     other = register(server)
     create_session(server, other["accessToken"])
     database = f"sqlite://{server.db_path}"
@@ -90,6 +95,7 @@ def test_export_user_writes_everything_about_a_user(server, tmp_path):
     assert export["sessions"][0]["messages"] == auth_get(server.url(f"/api/sessions/{sid}/messages"), token).json()["messages"]
     assert [m["id"] for m in export["sessions"][0]["messages"]] == [m["id"] for m in sent]
     assert export["messagesInOtherSessions"] == []
+    assert export["attachments"] == [upload.json()]  # what is known of the files, not their bytes
     # To standard output as well; an unknown user is an error, and nothing is left behind.
     r = run_cli(server.bin_path, ["export-user", user["user"]["username"], "--database-url", database], server.dir, server.env)
     assert r.returncode == 0 and json.loads(r.stdout)["user"]["id"] == user["user"]["id"]

@@ -174,3 +174,28 @@ public enum SecretGenerator {
     /// `bytes` random bytes as lowercase hex.
     public static func hex(bytes: Int) -> String { Crypto.hex(Crypto.randomBytes(bytes)) }
 }
+
+/// SHA-256 over bytes that arrive a piece at a time (an upload).
+final class SHA256Stream {
+    private let context: OpaquePointer
+
+    init() {
+        guard let context = EVP_MD_CTX_new() else { preconditionFailure("EVP_MD_CTX_new failed: out of memory") }
+        self.context = context
+        precondition(EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1, "SHA-256 is not available")
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+
+    func update(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { _ = EVP_DigestUpdate(context, $0.baseAddress, $0.count) }
+    }
+
+    /// The digest as lowercase hex; the stream is done after this.
+    func finish() -> String {
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 32
+        _ = out.withUnsafeMutableBufferPointer { EVP_DigestFinal_ex(context, $0.baseAddress, &length) }
+        return Crypto.hex(out)
+    }
+}

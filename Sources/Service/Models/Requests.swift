@@ -165,18 +165,22 @@ extension API {
     }
 
     struct SendMessageRequest: APIRequestBody {
-        static let fields: Set<String> = ["content", "type", "metadata", "clientMessageId"]
+        static let fields: Set<String> = ["content", "type", "metadata", "clientMessageId", "attachments"]
         var content: String
         var type: String
         var metadata: JSONValue
         var clientMessageId: String?
+        /// Ids of attachments uploaded into the session (`POST /api/sessions/{id}/attachments`).
+        var attachments: [UUID]
 
         init(_ body: JSONBody) throws {
             try self.init(body, typeKey: "type")
         }
 
         init(_ body: JSONBody, typeKey: String) throws {
-            content = try body.string("content", required: true, length: Limits.contentCharacters)!
+            attachments = try body.uuids("attachments", max: Limits.attachmentsPerMessage)
+            // A message carrying files may have no text.
+            content = try body.string("content", required: attachments.isEmpty, length: attachments.isEmpty ? Limits.contentCharacters : 0...Limits.contentCharacters.upperBound) ?? ""
             type = try body.string(typeKey) ?? "text"
             guard Limits.messageTypes.contains(type) else {
                 throw APIError.invalid(typeKey, "must be one of \(Limits.messageTypes.sorted().joined(separator: ", "))")

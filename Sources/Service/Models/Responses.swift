@@ -404,6 +404,7 @@ extension API {
         var updatedAt: Date
         var editedAt: Date?
         var deletedAt: Date?
+        var attachments: [AttachmentRef]
 
         init(_ m: ChatMessage) {
             id = m.id
@@ -418,6 +419,7 @@ extension API {
             updatedAt = m.updatedAt
             editedAt = m.editedAt
             deletedAt = m.deletedAt
+            attachments = m.attachments.map(AttachmentRef.init)
         }
 
         func write(to json: inout JSONWriter) {
@@ -434,6 +436,45 @@ extension API {
                 json.field("updatedAt", updatedAt)
                 json.field("editedAt", editedAt)
                 json.field("deletedAt", deletedAt)
+                json.field("attachments", attachments)
+            }
+        }
+    }
+
+    /// `AttachmentRef`: an attachment as a message shows it.
+    struct AttachmentRef: JSONWritable, Sendable {
+        var ref: Storage.AttachmentRef
+
+        init(_ ref: Storage.AttachmentRef) { self.ref = ref }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("id", ref.id)
+                json.field("filename", ref.filename)
+                json.field("contentType", ref.contentType)
+                json.field("size", Int(ref.size))
+                json.field("url", "/api/attachments/\(ref.id.lowercased)")
+            }
+        }
+    }
+
+    /// `Attachment`: `POST /api/sessions/{sessionId}/attachments`.
+    struct Attachment: JSONWritable, Sendable {
+        var attachment: Storage.Attachment
+
+        init(_ attachment: Storage.Attachment) { self.attachment = attachment }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("id", attachment.id)
+                json.field("sessionId", attachment.sessionId)
+                json.field("userId", attachment.userId)
+                json.field("filename", attachment.filename)
+                json.field("contentType", attachment.contentType)
+                json.field("size", Int(attachment.size))
+                json.field("sha256", attachment.sha256)
+                json.field("createdAt", attachment.completedAt ?? attachment.createdAt)
+                json.field("url", "/api/attachments/\(attachment.id.lowercased)")
             }
         }
     }

@@ -76,6 +76,15 @@ struct MessageService: Sendable {
             }
             owner = nil
         }
+        if !input.attachments.isEmpty {
+            // Files uploaded into this session (complete); a message keeps what they were when it was sent.
+            let found = try await store.attachments(ids: input.attachments, sessionId: sessionId)
+            let byId = Dictionary(found.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+            if let missing = input.attachments.first(where: { byId[$0] == nil }) {
+                throw APIError.invalid("attachments", "no attachment \(missing.lowercased) was uploaded to this session")
+            }
+            message.attachments = input.attachments.compactMap { byId[$0]?.ref }
+        }
         // Ownership is checked inside the write: one round trip to the store per send.
         // Published as it commits, on the store's writer, so every room gets messages in history order.
         let hub = self.hub

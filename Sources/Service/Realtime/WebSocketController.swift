@@ -100,7 +100,7 @@ struct WebSocketController: Sendable {
                 hub.broadcast(.presence(session: session, user: claims.subject, status: "offline"), session: session, exceptUser: claims.subject)
                 client.send(.ack(id: requestId, .leave(session: session)))
             case "message":
-                try event.allowOnly(["sessionId", "content", "messageType", "metadata", "clientMessageId"])
+                try event.allowOnly(["sessionId", "content", "messageType", "metadata", "clientMessageId", "attachments"])
                 let session = try event.uuid("sessionId")
                 try messages.checkRate(userId: claims.subject)
                 let input = try API.SendMessageRequest(event, typeKey: "messageType")

@@ -64,6 +64,8 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// with its head); nil otherwise.
     private var bodyStream: AsyncThrowingStream<ByteBuffer, any Error>.Continuation?
     private var streamedBytes = 0
+    /// The most body bytes read for the current request (`ServerSettings.bodyLimit`).
+    private var bodyLimit = 0
     /// The body overflowed the limit while streaming: its remaining parts are dropped.
     private var discardingBody = false
     private var lingerTimer: Scheduled<Void>?
@@ -138,7 +140,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             begin(head, context: context)
         case (.reading(var pending), .body(var buffer)):
             let length = (pending.body?.readableBytes ?? 0) + buffer.readableBytes
-            guard length <= settings.maxBodyBytes else {
+            guard length <= bodyLimit else {
                 return refuse(ConnectionErrors.bodyTooLarge, context: context)
             }
             if pending.body == nil {
@@ -164,7 +166,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .body(let buffer):
             guard let stream = bodyStream else { return }
             streamedBytes += buffer.readableBytes
-            if streamedBytes > settings.maxBodyBytes {
+            if streamedBytes > bodyLimit {
                 stream.finish(throwing: HTTPError(.contentTooLarge))
                 bodyStream = nil
                 discardingBody = true
@@ -221,7 +223,8 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         if let expect = head.headers.first(name: "expect") {
             guard expect.lowercased() == "100-continue" else { return refuse(ConnectionErrors.expectationFailed, context: context) }
         }
-        if let lengthText = head.headers.first(name: "content-length"), let length = Int(lengthText), length > settings.maxBodyBytes {
+        bodyLimit = settings.bodyLimit(method: request.method, path: (request.path ?? "").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+        if let lengthText = head.headers.first(name: "content-length"), let length = Int(lengthText), length > bodyLimit {
             return refuse(ConnectionErrors.bodyTooLarge, context: context)
         }
         if head.headers.first(name: "expect") != nil {

@@ -12,6 +12,9 @@ public struct ServerSettings: Sendable {
     public var maxConnections: Int = 1024
     /// Largest request body the server reads; routes may accept less.
     public var maxBodyBytes: Int = 1 << 20
+    /// Largest body of an attachment upload (`POST /api/sessions/{id}/attachments`), which the route streams
+    /// to the store; the route itself enforces the attachment size.
+    public var maxUploadBytes: Int = (10 << 20) + 64 * 1024
     /// Largest WebSocket message (frames of one message together).
     public var maxWebSocketMessageBytes: Int = 64 * 1024
     /// How long a WebSocket connection waits for the peer's close frame after sending its own.
@@ -20,6 +23,13 @@ public struct ServerSettings: Sendable {
     public var hstsMaxAge: Int?
 
     public init() {}
+
+    /// The most body bytes the server reads for a request to `path` (its query left out) with `method`.
+    func bodyLimit(method: HTTPRequest.Method, path: Substring) -> Int {
+        guard method == .post, path.hasPrefix("/api/sessions/"), path.hasSuffix("/attachments") else { return maxBodyBytes }
+        let middle = path.dropFirst("/api/sessions/".count).dropLast("/attachments".count)
+        return !middle.isEmpty && !middle.contains("/") ? max(maxUploadBytes, maxBodyBytes) : maxBodyBytes
+    }
 
     /// Sets the head and keep-alive timeouts in whole seconds.
     public mutating func setTimeouts(headerSeconds: Int, idleSeconds: Int) {

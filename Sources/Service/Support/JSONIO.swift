@@ -93,6 +93,25 @@ struct JSONBody {
         }
     }
 
+    /// An array of distinct UUIDs, at most `max`; empty when absent.
+    func uuids(_ key: String, max: Int) throws -> [UUID] {
+        switch fields[key] {
+        case nil, .null?:
+            return []
+        case .array(let items)?:
+            guard items.count <= max else { throw APIError.invalid(key, "must have at most \(max) items") }
+            var ids: [UUID] = []
+            for item in items {
+                guard case .string(let text) = item, let id = UUID(text: text) else { throw APIError.invalid(key, "must be an array of UUIDs") }
+                guard !ids.contains(id) else { throw APIError.invalid(key, "must not name the same id twice") }
+                ids.append(id)
+            }
+            return ids
+        default:
+            throw APIError.invalid(key, "must be an array of UUIDs")
+        }
+    }
+
     /// An object field; nil when absent. Serialized size is capped at `maxBytes`.
     func object(_ key: String, maxBytes: Int) throws -> JSONValue? {
         switch fields[key] {

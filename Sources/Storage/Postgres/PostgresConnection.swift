@@ -196,6 +196,7 @@ extension SQLValue {
         case .integer(let v): return String(v)
         case .real(let d): return String(d)
         case .text(let s): return s
+        case .blob(let bytes): return Hex.encode(bytes)
         }
     }
 }

@@ -110,14 +110,14 @@ public final class PostgresStore: SQLStore {
         ), ins AS (
             INSERT INTO chat_messages (\(Codec.message.names))
             SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::varchar, $6::varchar, $7::jsonb, $8::varchar, $9::timestamptz, $10::timestamptz,
-                   $11::timestamptz, $12::timestamptz
+                   $11::timestamptz, $12::timestamptz, $13::jsonb
             FROM s
-            WHERE NOT s.is_resolved AND s.state = 'active' AND s.expires_at > $13::timestamptz
-              AND ($14::uuid IS NULL OR s.user_id = $14::uuid)
+            WHERE NOT s.is_resolved AND s.state = 'active' AND s.expires_at > $14::timestamptz
+              AND ($15::uuid IS NULL OR s.user_id = $15::uuid)
             ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
             RETURNING id
         ), announced AS (
-            SELECT pg_notify('chat_messages', $15::text || ' ' || $2::text || ' ' || $1::text) FROM ins
+            SELECT pg_notify('chat_messages', $16::text || ' ' || $2::text || ' ' || $1::text) FROM ins
         )
         SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (SELECT count(*) FROM ins), (SELECT count(*) FROM announced) FROM s
         """

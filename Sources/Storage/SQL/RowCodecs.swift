@@ -60,6 +60,32 @@ extension JSONValue: SQLText {
     var sqlText: String { jsonText() }
 }
 
+extension Int64: SQLColumnValue {
+    static func read(_ row: SQLRow, _ i: Int) throws -> Int64 { try row.int(i) }
+    func bind(_ dialect: SQLDialect) -> SQLValue { .integer(self) }
+}
+
+/// A message's attachments, kept as a JSON array of `{id, filename, contentType, size}`.
+extension Array: SQLText, SQLColumnValue where Element == AttachmentRef {
+    init?(sqlText: String) {
+        guard case .array(let items)? = JSONValue.parse(sqlText) else { return nil }
+        var refs: [AttachmentRef] = []
+        for item in items {
+            guard case .object(let o) = item, case .string(let id)? = o["id"], let uuid = UUID(text: id),
+                  case .string(let filename)? = o["filename"], case .string(let contentType)? = o["contentType"],
+                  case .int(let size)? = o["size"] else { return nil }
+            refs.append(AttachmentRef(id: uuid, filename: filename, contentType: contentType, size: size))
+        }
+        self = refs
+    }
+
+    var sqlText: String {
+        JSONValue.array(map { ref in
+            .object(["id": .string(ref.id.lowercased), "filename": .string(ref.filename), "contentType": .string(ref.contentType), "size": .int(ref.size)])
+        }).jsonText()
+    }
+}
+
 extension Bool: SQLColumnValue {
     static func read(_ row: SQLRow, _ i: Int) throws -> Bool { try row.flag(i) }
     func bind(_ dialect: SQLDialect) -> SQLValue { dialect.flag(self) }
@@ -165,12 +191,23 @@ enum Codec {
         Column("id", { $0.id }), Column("session_id", { $0.sessionId }), Column("user_id", { $0.userId }), Column("content", { $0.content }),
         Column("type", { $0.type }), Column("direction", { $0.direction }), Column("metadata", { $0.metadata }),
         Column("client_message_id", { $0.clientMessageId }), Column("created_at", { $0.createdAt }), Column("updated_at", { $0.updatedAt }),
-        Column("edited_at", { $0.editedAt }), Column("deleted_at", { $0.deletedAt }),
+        Column("edited_at", { $0.editedAt }), Column("deleted_at", { $0.deletedAt }), Column("attachments", { $0.attachments }),
     ]) { r in
         ChatMessage(
             id: try r.next(), sessionId: try r.next(), userId: try r.next(), content: try r.next(), type: try r.next(),
             direction: try r.next(), metadata: try r.next(), clientMessageId: try r.next(), createdAt: try r.next(), updatedAt: try r.next(),
-            editedAt: try r.next(), deletedAt: try r.next()
+            editedAt: try r.next(), deletedAt: try r.next(), attachments: try r.next()
+        )
+    }
+
+    static let attachment = RowCodec<Attachment>("attachments", key: "id", [
+        Column("id", { $0.id }), Column("session_id", { $0.sessionId }), Column("user_id", { $0.userId }), Column("filename", { $0.filename }),
+        Column("content_type", { $0.contentType }), Column("size", { $0.size }), Column("sha256", { $0.sha256 }),
+        Column("created_at", { $0.createdAt }), Column("completed_at", { $0.completedAt }),
+    ]) { r in
+        Attachment(
+            id: try r.next(), sessionId: try r.next(), userId: try r.next(), filename: try r.next(), contentType: try r.next(),
+            size: try r.next(), sha256: try r.next(), createdAt: try r.next(), completedAt: try r.next()
         )
     }
 

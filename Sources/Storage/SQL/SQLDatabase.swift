@@ -10,6 +10,8 @@ public enum SQLValue: Sendable, Hashable {
     case integer(Int64)
     case real(Double)
     case text(String)
+    /// Bytes: a BLOB on SQLite, a bytea on Postgres (sent and read back as `\\x` hex text).
+    case blob([UInt8])
 }
 
 /// A connection the shared statements run on: `SQLiteConnection` or `PostgresConnection`.
@@ -57,9 +59,20 @@ struct SQLRow: Sendable {
         case .integer(let v): return v
         case .real(let d): return Int64(d)
         case .text(let s): if let v = Int64(s) { return v }
-        case .null: break
+        case .null, .blob: break
         }
         throw StoreError(.failed, "column \(i) is not an integer")
+    }
+
+    /// A bytes column: SQLite's BLOB, or Postgres' bytea as `\\x` hex text.
+    func bytes(_ i: Int) throws -> [UInt8] {
+        switch values[i] {
+        case .blob(let bytes): return bytes
+        case .text(let text):
+            if let bytes = Hex.decode(text) { return bytes }
+        default: break
+        }
+        throw StoreError(.failed, "column \(i) is not bytes")
     }
 
     /// Every column as an integer (counts).
@@ -74,4 +87,45 @@ struct SQLRow: Sendable {
         }
     }
 
+}
+
+/// Postgres' hex format for bytea (`\\x` then two lowercase digits a byte).
+enum Hex {
+    private static let digits = Array("0123456789abcdef".utf8)
+
+    static func encode(_ bytes: [UInt8]) -> String {
+        String(unsafeUninitializedCapacity: 2 + 2 * bytes.count) { out in
+            out[0] = UInt8(ascii: "\\")
+            out[1] = UInt8(ascii: "x")
+            var i = 2
+            for b in bytes {
+                out[i] = digits[Int(b >> 4)]
+                out[i + 1] = digits[Int(b & 15)]
+                i += 2
+            }
+            return i
+        }
+    }
+
+    static func decode(_ text: String) -> [UInt8]? {
+        var utf8 = text.utf8[...]
+        guard utf8.starts(with: "\\x".utf8), (utf8.count - 2) % 2 == 0 else { return nil }
+        utf8 = utf8.dropFirst(2)
+        func value(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(utf8.count / 2)
+        var iterator = utf8.makeIterator()
+        while let high = iterator.next(), let low = iterator.next() {
+            guard let h = value(high), let l = value(low) else { return nil }
+            out.append(h << 4 | l)
+        }
+        return out
+    }
 }

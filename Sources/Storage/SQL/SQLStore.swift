@@ -226,6 +226,15 @@ extension SQLStore {
         }
     }
 
+    public func deleteAttachments(before: Date, limit: Int) async throws -> Int {
+        try await write(atomic: true) { db in
+            try db.run(
+                "DELETE FROM attachments WHERE id IN (SELECT id FROM attachments WHERE id < $1 ORDER BY id LIMIT $2)",
+                [.id(UUIDv7.cursor(at: before)), .integer(Int64(limit))]
+            )
+        }
+    }
+
     public func deleteResolvedSessions(before: Date, limit: Int) async throws -> Int {
         try await write(atomic: true) { [dialect] db in
             try db.run(
@@ -502,9 +511,16 @@ extension SQLStore {
 
     public func deleteMessage(sessionId: UUID, id: UUID, now: Date) async throws -> ChatMessage? {
         try await write(atomic: true) { [self] db in
+            // The files it carried go with it.
+            if let files = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first?.attachments, !files.isEmpty {
+                try db.run(
+                    "DELETE FROM attachments WHERE session_id = $1 AND id IN (\(SQL.placeholders(files.count, after: 1)))",
+                    [.id(sessionId)] + files.map { .id($0.id) }
+                )
+            }
             try db.run(
                 """
-                UPDATE chat_messages SET content = '', metadata = '{}', deleted_at = $3, updated_at = $3
+                UPDATE chat_messages SET content = '', metadata = '{}', attachments = '[]', deleted_at = $3, updated_at = $3
                 WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL
                 """, [.id(sessionId), .id(id), .time(now)]
             )
@@ -554,7 +570,7 @@ extension SQLStore {
                 case .real(let value): value
                 case .integer(let value): Double(value)
                 case .text(let text): Double(text)
-                case .null: nil
+                case .null, .blob: nil
                 }
                 guard let rank else { throw StoreError(.failed, "search rank is not a number") }
                 return SearchHit(message: message, rank: rank, snippet: snippet[row.values[width]] ?? message.content)
@@ -663,12 +679,15 @@ extension SQLStore {
         try await read { db in
             let tables = [
                 Codec.user.table, Codec.session.table, Codec.message.table, Codec.refreshToken.table, Codec.revokedAccessToken.table, Codec.sessionRead.table,
+                "\(Codec.attachment.table) WHERE completed_at IS NOT NULL",
             ]
             guard let row = try db.query("SELECT " + tables.map { "(SELECT COUNT(*) FROM \($0))" }.joined(separator: ", "), []).first else {
                 throw StoreError(.failed, "counts returned no row")
             }
             let n = try row.ints()
-            return RecordCounts(users: n[0], sessions: n[1], messages: n[2], refreshTokens: n[3], revokedAccessTokens: n[4], sessionReads: n[5])
+            return RecordCounts(
+                users: n[0], sessions: n[1], messages: n[2], refreshTokens: n[3], revokedAccessTokens: n[4], sessionReads: n[5], attachments: n[6]
+            )
         }
     }
 
@@ -714,6 +733,13 @@ extension SQLStore {
             try insert(Codec.refreshToken, batch.refreshTokens)
             try insert(Codec.revokedAccessToken, batch.revokedAccessTokens)
             try insert(Codec.sessionRead, batch.sessionReads)
+            try insert(Codec.attachment, batch.attachments)
+            for chunk in batch.attachmentChunks {
+                try db.run(
+                    "INSERT INTO attachment_chunks (attachment_id, seq, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    [.id(chunk.attachmentId), .integer(Int64(chunk.seq)), .blob(chunk.data)]
+                )
+            }
         }
     }
 }

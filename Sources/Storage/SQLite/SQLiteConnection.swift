@@ -139,6 +139,11 @@ final class SQLiteConnection: SQLDatabase {
             case .integer(let v): rc = sqlite3_bind_int64(stmt, position, v)
             case .real(let d): rc = sqlite3_bind_double(stmt, position, d)
             case .text(let s): rc = sqlite3_bind_text(stmt, position, s, -1, SQLITE_TRANSIENT)
+            case .blob(let bytes):
+                // SQLite copies the bytes (transient); an empty blob is zero bytes, not NULL.
+                rc = bytes.isEmpty
+                    ? sqlite3_bind_zeroblob(stmt, position, 0)
+                    : bytes.withUnsafeBytes { sqlite3_bind_blob64(stmt, position, $0.baseAddress, UInt64($0.count), SQLITE_TRANSIENT) }
             }
             guard rc == SQLITE_OK else { throw error(rc, sql: sql) }
         }
@@ -155,6 +160,13 @@ final class SQLiteConnection: SQLDatabase {
                 case SQLITE_INTEGER: values.append(.integer(sqlite3_column_int64(stmt, c)))
                 case SQLITE_FLOAT: values.append(.real(sqlite3_column_double(stmt, c)))
                 case SQLITE_NULL: values.append(.null)
+                case SQLITE_BLOB:
+                    let length = Int(sqlite3_column_bytes(stmt, c))
+                    if let data = sqlite3_column_blob(stmt, c), length > 0 {
+                        values.append(.blob(Array(UnsafeRawBufferPointer(start: data, count: length))))
+                    } else {
+                        values.append(.blob([]))
+                    }
                 default:
                     if let text = sqlite3_column_text(stmt, c) {
                         let length = Int(sqlite3_column_bytes(stmt, c))
