@@ -4,10 +4,13 @@
 Scenarios (each beside a bare GET /health in the same run):
   - POST /api/sessions/:id/messages  (persisted: SQLite synchronous=FULL / Postgres fsync on; rate limits off)
   - GET  /api/sessions/:id/messages?limit=50
-Prints requests/s, p50/p99 latency and the ratio to /health as a Markdown table per backend.
+Prints requests/s, p50/p99 latency and the ratio to /health as a Markdown table per backend; then
+10 MiB attachment uploads (one at a time, and four at once) and downloads, in MiB/s, with how much
+the server's resident memory grew meanwhile.
 `scripts/bench.py sqlite` or `scripts/bench.py postgres` runs one; no argument runs both.
 The Postgres run starts a throwaway PostgreSQL with scripts/pg-test.sh on port 54331.
 """
+import json
 import os
 import re
 import shutil
@@ -68,8 +71,99 @@ def main():
         sys.exit(f"{failed} failed requests")
 
 
+UPLOAD_MIB = 10
+UPLOAD_ROUNDS = 8
+UPLOAD_PARALLEL = 4
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def upload_bench(base, token, session, server):
+    """Rows (scenario, MiB/s median, slowest seconds, peak RSS growth in MiB) for 10 MiB uploads and downloads."""
+    import http.client
+    import statistics
+    import threading
+    import time
+    from urllib.parse import urlparse
+
+    host, port = urlparse(base).hostname, urlparse(base).port
+    body = os.urandom(UPLOAD_MIB << 20)
+
+    def upload():
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+        started = time.perf_counter()
+        conn.request("POST", f"/api/sessions/{session}/attachments?filename=bench.bin", body=body,
+                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        answer = response.read()
+        conn.close()
+        if response.status != 201:
+            raise SystemExit(f"upload failed: {response.status} {answer[:200]!r}")
+        return time.perf_counter() - started, json.loads(answer)["id"]
+
+    def download(attachment):
+        conn = http.client.HTTPConnection(host, port, timeout=120)
+        started = time.perf_counter()
+        conn.request("GET", f"/api/attachments/{attachment}", headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        if response.status != 200 or len(data) != len(body):
+            raise SystemExit(f"download failed: {response.status}, {len(data)} bytes")
+        return time.perf_counter() - started
+
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mib(server.pid))
+            time.sleep(0.01)
+
+    def measured(work):
+        base_rss = rss_mib(server.pid)
+        peak[0] = base_rss
+        stop.clear()
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            result = work()
+        finally:
+            stop.set()
+            sampler.join()
+        return result, peak[0] - base_rss
+
+    upload()  # warm-up
+    (timed, growth) = measured(lambda: [upload() for _ in range(UPLOAD_ROUNDS)])
+    times = [t for t, _ in timed]
+    ids = [i for _, i in timed]
+    rows = [("upload, one at a time", UPLOAD_MIB / statistics.median(times), max(times), growth)]
+
+    def parallel():
+        results = [None] * UPLOAD_PARALLEL
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, upload())) for i in range(UPLOAD_PARALLEL)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+    started = time.perf_counter()
+    (together, growth) = measured(parallel)
+    elapsed = time.perf_counter() - started
+    rows.append((f"upload, {UPLOAD_PARALLEL} at once (together)", UPLOAD_PARALLEL * UPLOAD_MIB / elapsed, max(t for t, _ in together), growth))
+    (downloads, growth) = measured(lambda: [download(i) for i in ids])
+    rows.append(("download, one at a time", UPLOAD_MIB / statistics.median(downloads), max(downloads), growth))
+    return rows
+
+
 def run(backend, conninfo):
-    settings = {"SQLITE_SYNCHRONOUS": "FULL"}
+    settings = {"SQLITE_SYNCHRONOUS": "FULL", "ATTACHMENT_QUOTA": "off"}
     if conninfo:
         settings["DATABASE_URL"] = conninfo
     with running_server(**settings) as (base, _, work):
@@ -105,6 +199,7 @@ def run(backend, conninfo):
             ("GET /api/sessions/:id/messages?limit=50", get, get[0] / baseline),
         ]
 
+        uploads = upload_bench(base, token, session, server)
         stats = request("GET", base + "/api/status")["statistics"]
         store = "SQLite synchronous=FULL" if backend == "sqlite" else "PostgreSQL (fsync on, synchronous_commit on)"
         print(f"\n## {backend}\n\nwrk -t{THREADS} -c{CONNECTIONS} -d{DURATION} --latency, server {BIN}, {store}, rate limits off\n")
@@ -114,6 +209,12 @@ def run(backend, conninfo):
         for name, (rps, lat, errors), ratio in rows:
             print(f"| {name} | {rps:,.0f} | {lat.get('50', 0):.2f} | {lat.get('99', 0):.2f} | {errors} | {'' if ratio is None else f'{ratio:.0%}'} |")
         print(f"\nmessages stored during the run: {stats['messages']:,}")
+        print(f"\nattachments, {UPLOAD_MIB} MiB of random bytes each, {UPLOAD_ROUNDS} uploads one after another, then "
+              f"{UPLOAD_PARALLEL} at once (POST /api/sessions/:id/attachments, raw body), and downloads (GET /api/attachments/:id):\n")
+        print("| scenario | MiB/s (median) | slowest s | server RSS growth MiB |")
+        print("|---|---:|---:|---:|")
+        for name, rate, slowest, growth in uploads:
+            print(f"| {name} | {rate:,.0f} | {slowest:.2f} | {growth:,.0f} |")
         # The targets the product promises (BENCHMARKS.md).
         send_ratio, send_p99, read_ratio = rows[1][2], post[1].get("99", 0), rows[3][2]
         if backend == "sqlite":

@@ -187,8 +187,10 @@ def test_bad_uploads_are_refused_and_store_nothing(start_server):
     token = register(server)["accessToken"]
     sid = create_session(server, token)["sessionId"]
     assert_json_error(upload(server, token, sid, b"GIF89a not really a png", "image/png", "fake.png"), 415, "content_type_mismatch")
-    assert_json_error(upload(server, token, sid, b"no name", "text/plain", None), 400, "validation_failed")
-    assert_json_error(upload(server, token, sid, b"", "text/plain", "empty.txt"), 400, "validation_failed")
+    assert_json_error(upload(server, token, sid, b"x", "text/plain", "n" * 1025), 400, "validation_failed")
+    assert_json_error(upload(server, token, sid, b"", "image/png", "empty.png"), 415, "content_type_mismatch")
+    assert_json_error(upload(server, token, sid, b"x", "text/plain", ""), 400, "validation_failed")
+    assert_json_error(upload(server, token, sid, b"", None, "nothing.bin"), 400, "validation_failed")
     assert_json_error(upload(server, token, sid, b"x", "not a type", "x.txt"), 400, "validation_failed")
     assert_json_error(upload(server, token, sid, b"x", "text/plain", "/"), 400, "validation_failed")
     # Too large, by its Content-Length and as it streams (chunked, no length).
@@ -208,6 +210,16 @@ def test_bad_uploads_are_refused_and_store_nothing(start_server):
         r = requests.post(server.url(f"/api/sessions/{sid}/attachments"), data=body, headers=headers, timeout=10)
         assert r.status_code == 400, r.text
     assert stored_rows(server) == (0, 0)
+    # Without a name or a type: `file`, application/octet-stream. An empty file is a file.
+    r = upload(server, token, sid, b"anonymous", None, None)
+    assert r.status_code == 201 and (r.json()["filename"], r.json()["contentType"]) == ("file", "application/octet-stream"), r.text
+    r = upload(server, token, sid, b"", "text/plain", "empty.txt")
+    assert r.status_code == 201 and r.json()["size"] == 0, r.text
+    empty = download(server, token, r.json()["url"])
+    assert empty.status_code == 200 and empty.content == b"" and empty.headers["Content-Length"] == "0"
+    assert_json_error(download(server, token, r.json()["url"], Range="bytes=0-"), 416, "range_not_satisfiable")
+    assert requests.delete(server.url(f"/api/sessions/{sid}"), headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 204
+    sid = create_session(server, token)["sessionId"]
     # The quota counts complete uploads: 60 KiB fits, 60 KiB more does not.
     assert upload(server, token, sid, b"q" * (60 * 1024), "application/octet-stream", "one.bin").status_code == 201
     r = upload(server, token, sid, b"q" * (60 * 1024), "application/octet-stream", "two.bin")

@@ -32,6 +32,9 @@ struct AttachmentController {
     @Sendable func upload(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let sessionId = try context.parameters.uuid("sessionId")
         let query = try QueryParameters(request, allowed: ["filename"])
+        if let name = query.values["filename"], !(1...1024).contains(name.unicodeScalars.count) {
+            throw APIError.invalid("filename", "must be 1 to 1024 characters")
+        }
         let now = Timestamp.now()
         guard let session = try await store.session(id: sessionId),
               SessionAccess.read.allows(session, userId: context.userId, role: context.claims.role)
@@ -57,11 +60,16 @@ struct AttachmentController {
             if let contentType, let boundary = MultipartReader.boundary(contentType: contentType) {
                 try await readMultipart(request.body, boundary: boundary, fallbackName: query.values["filename"] ?? "file", into: upload)
             } else {
-                guard let filename = query.values["filename"] else {
-                    throw APIError.invalid("filename", "is required: name the file in the query (?filename=…), or send multipart/form-data")
+                try await upload.begin(filename: query.values["filename"] ?? "file", contentType: contentType ?? "application/octet-stream")
+                var received = 0
+                for try await buffer in request.body {
+                    received += buffer.readableBytes
+                    try await upload.append(buffer)
                 }
-                try await upload.begin(filename: filename, contentType: contentType ?? "application/octet-stream")
-                for try await buffer in request.body { try await upload.append(buffer) }
+                // An empty file comes with its type; no type and no bytes is a request without its body.
+                if contentType == nil, received == 0 {
+                    throw APIError.invalid("file", "the request has no body: send the file's bytes with their Content-Type, or multipart/form-data")
+                }
             }
             let attachment = try await upload.finish(quota: quota)
             return JSONResponse.make(.created, API.Attachment(attachment), headers: [.location: "/api/attachments/\(attachment.id.lowercased)"])
@@ -324,7 +332,6 @@ final class Upload: @unchecked Sendable {
 
     func finish(quota: Int64?) async throws -> Attachment {
         guard started else { throw APIError.invalid("file", "no file was sent") }
-        guard size > 0 else { throw APIError.invalid("file", "the file is empty") }
         if !checkedType { try checkType() }
         try await flush()
         switch try await store.completeAttachment(id: id, size: Int64(size), sha256: digest.finish(), quota: quota, now: Timestamp.now()) {
@@ -349,6 +356,7 @@ final class Upload: @unchecked Sendable {
 
     /// A file name as given, without any directory part or control characters, 1 to 255 bytes of UTF-8.
     static func filename(_ raw: String) throws -> String {
+        guard raw.unicodeScalars.count <= 1024 else { throw APIError.invalid("filename", "must be at most 1024 characters") }
         let base = raw.split(whereSeparator: { $0 == "/" || $0 == "\\" }).last.map(String.init) ?? ""
         var name = String(String.UnicodeScalarView(base.unicodeScalars.filter { $0.value >= 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) }))
         name = name.trimmingWhitespace()
