@@ -166,7 +166,7 @@ def run(backend, conninfo):
     settings = {"SQLITE_SYNCHRONOUS": "FULL", "ATTACHMENT_QUOTA": "off"}
     if conninfo:
         settings["DATABASE_URL"] = conninfo
-    with running_server(**settings) as (base, _, work):
+    with running_server(**settings) as (base, server, work):
         auth = request("POST", base + "/auth/register", {"username": "bench", "password": "bench-password"})
         token = auth["accessToken"]
         session = request("POST", base + "/api/sessions", {}, token)["sessionId"]

@@ -68,6 +68,10 @@ extension Int64: SQLColumnValue {
 /// A message's attachments, kept as a JSON array of `{id, filename, contentType, size}`.
 extension Array: SQLText, SQLColumnValue where Element == AttachmentRef {
     init?(sqlText: String) {
+        if sqlText == "[]" {  // most messages
+            self = []
+            return
+        }
         guard case .array(let items)? = JSONValue.parse(sqlText) else { return nil }
         var refs: [AttachmentRef] = []
         for item in items {

@@ -108,24 +108,33 @@ enum Hex {
     }
 
     static func decode(_ text: String) -> [UInt8]? {
-        var utf8 = text.utf8[...]
-        guard utf8.starts(with: "\\x".utf8), (utf8.count - 2) % 2 == 0 else { return nil }
-        utf8 = utf8.dropFirst(2)
-        func value(_ c: UInt8) -> UInt8? {
-            switch c {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
-            default: return nil
+        var text = text
+        return text.withUTF8 { utf8 -> [UInt8]? in
+            guard utf8.count >= 2, utf8[0] == UInt8(ascii: "\\"), utf8[1] == UInt8(ascii: "x"), utf8.count % 2 == 0 else { return nil }
+            let count = (utf8.count - 2) / 2
+            var valid = true
+            let out = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+                for i in 0..<count {
+                    let high = values[Int(utf8[2 + 2 * i])], low = values[Int(utf8[3 + 2 * i])]
+                    if high > 15 || low > 15 {
+                        valid = false
+                        break
+                    }
+                    buffer[i] = high << 4 | low
+                }
+                initialized = valid ? count : 0
             }
+            return valid ? out : nil
         }
-        var out: [UInt8] = []
-        out.reserveCapacity(utf8.count / 2)
-        var iterator = utf8.makeIterator()
-        while let high = iterator.next(), let low = iterator.next() {
-            guard let h = value(high), let l = value(low) else { return nil }
-            out.append(h << 4 | l)
+    }
+
+    /// Each byte's value as a hex digit, 255 for anything else.
+    private static let values: [UInt8] = (0..<256).map { c in
+        switch c {
+        case 48...57: UInt8(c - 48)
+        case 97...102: UInt8(c - 87)
+        case 65...70: UInt8(c - 55)
+        default: 255
         }
-        return out
     }
 }
