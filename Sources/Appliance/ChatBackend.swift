@@ -129,6 +129,7 @@ struct Serve: AsyncParsableCommand {
                     },
                     services: services,
                     agents: config.agents,
+                    webhooks: config.webhooks,
                     storeService: storeService
                 ),
                 listener: listener

@@ -70,6 +70,7 @@ struct AppConfig {
     var databasePoolSize: Int
     var agentsFile: String
     var agents: AgentsConfig
+    var webhooks: WebhooksConfig
     var jwtSecretSource: String
     var service: ServiceConfig
     /// Values as given, secrets masked, for `check-config`.
@@ -266,21 +267,49 @@ struct AppConfig {
             ? "\(agentsFile) (not present: no agents)"
             : "\(agentsFile) (\(agents.agentNames.count) agents: \(agents.agentNames.joined(separator: ", ")))"))
 
+        let webhooksFileSet = value("webhooks.file")
+        let webhooksFile = webhooksFileSet ?? "/etc/chat-backend/webhooks.yaml"
+        var webhooks = try loadWebhooks(path: webhooksFile, required: webhooksFileSet != nil) { name in
+            value(ConfigKey(name.lowercased().split(separator: "_").map(String.init)), secret: true)
+        }
+        webhooks.retryPeriod = try duration("webhook.retry.period", "WEBHOOK_RETRY_PERIOD", "24h")
+        summary.append(("WEBHOOKS_FILE", webhooks.isEmpty
+            ? "\(webhooksFile) (\(webhooksFileSet == nil && !FileManager.default.fileExists(atPath: webhooksFile) ? "not present: " : "")no webhooks)"
+            : "\(webhooksFile) (\(webhooks.names.count) webhooks: \(webhooks.names.joined(separator: ", ")))"))
+
         return AppConfig(
             host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory, logLevel: logLevel,
-            synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, agents: agents, jwtSecretSource: secretSource, service: service, summary: summary
+            synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, agents: agents, webhooks: webhooks, jwtSecretSource: secretSource,
+            service: service, summary: summary
         )
+    }
+
+    /// Reads and validates the webhooks file. A missing file means no webhooks unless WEBHOOKS_FILE names it.
+    static func loadWebhooks(path: String, required: Bool, secret: (String) -> String?) throws -> WebhooksConfig {
+        guard let text = try readDocument(path, key: "WEBHOOKS_FILE", required: required) else { return .none }
+        do {
+            return try WebhooksConfig.parse(text, secret: secret)
+        } catch {
+            throw ConfigError("WEBHOOKS_FILE \(path): \(error)")
+        }
+    }
+
+    /// The text of a configuration document (UTF-8, at most 1 MiB); nil when the file does not exist and
+    /// need not (only its default name was used).
+    static func readDocument(_ path: String, key: String, required: Bool) throws -> String? {
+        guard FileManager.default.fileExists(atPath: path) else {
+            if required { throw ConfigError("\(key): \(path) does not exist") }
+            return nil
+        }
+        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("\(key): cannot read \(path)") }
+        guard data.count <= 1 << 20 else { throw ConfigError("\(key): \(path) is larger than 1 MiB") }
+        guard let text = String(validating: data, as: UTF8.self) else { throw ConfigError("\(key): \(path) is not UTF-8 text") }
+        return text
     }
 
     /// Reads and validates the agents file. A missing file means no agents unless AGENTS_FILE names it.
     static func loadAgents(path: String, required: Bool, secret: (String) -> String?) throws -> AgentsConfig {
-        guard FileManager.default.fileExists(atPath: path) else {
-            if required { throw ConfigError("AGENTS_FILE: \(path) does not exist") }
-            return .none
-        }
-        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("AGENTS_FILE: cannot read \(path)") }
-        guard data.count <= 1 << 20 else { throw ConfigError("AGENTS_FILE: \(path) is larger than 1 MiB") }
-        guard let text = String(validating: data, as: UTF8.self) else { throw ConfigError("AGENTS_FILE: \(path) is not UTF-8 text") }
+        guard let text = try readDocument(path, key: "AGENTS_FILE", required: required) else { return .none }
         do {
             return try AgentsConfig.parse(text, source: path, secret: secret)
         } catch {

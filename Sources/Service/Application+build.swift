@@ -33,6 +33,8 @@ public struct ApplicationDependencies: Sendable {
     public var services: [any Service]
     /// Agents answering in sessions (none: messages are only stored and published).
     public var agents: AgentsConfig
+    /// Integrations subscribed to events (none: no events are recorded).
+    public var webhooks: WebhooksConfig
     /// When set, the store is closed by the application's service group, after everything that uses it
     /// has stopped (`serve`); tests leave it nil and close their store themselves.
     public var storeService: StoreService?
@@ -40,9 +42,10 @@ public struct ApplicationDependencies: Sendable {
     public init(
         store: any ChatStore, hub: RealtimeHub = RealtimeHub(), registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
         logger: Logger = Logger(label: "chat-backend"), onListening: @escaping @Sendable () async -> Void = {}, services: [any Service] = [],
-        agents: AgentsConfig = .none, storeService: StoreService? = nil
+        agents: AgentsConfig = .none, webhooks: WebhooksConfig = .none, storeService: StoreService? = nil
     ) {
         self.agents = agents
+        self.webhooks = webhooks
         self.storeService = storeService
         self.store = store
         self.hub = hub
@@ -112,6 +115,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
         changes: changes
     ).addRoutes(to: authenticated)
     AttachmentController(store: store, maxBytes: config.attachmentMaxBytes, quota: config.attachmentQuotaBytes).addRoutes(to: authenticated)
+    WebhookController(store: store, webhooks: dependencies.webhooks).addRoutes(to: authenticated)
     AgentController(store: store, hub: hub, orchestrator: orchestrator, changes: changes).addRoutes(to: authenticated)
     AdminController(
         store: store, tokens: tokens, hasher: hasher, maxBodyBytes: config.maxBodyBytes, hub: hub, orchestrator: orchestrator, health: health
@@ -189,6 +193,7 @@ public func buildApplication(
         services: (dependencies.storeService.map { [$0] } ?? []) + [
             relay, sweeper,
             RealtimeSweeper(hub: dependencies.hub, authTimeout: .seconds(config.realtimeAuthTimeoutSeconds)),
+            WebhookDispatcher(store: dependencies.store, config: dependencies.webhooks, logger: dependencies.logger),
         ] + (routers.orchestrator.map { [$0] } ?? []) + dependencies.services,
         onServerRunning: { _ in await onListening() },
         logger: dependencies.logger

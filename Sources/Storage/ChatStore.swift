@@ -158,6 +158,25 @@ public protocol ChatStore: Sendable {
     /// server stopped); returns how many.
     func deleteAbandonedUploads(startedBefore: Date, limit: Int) async throws -> Int
 
+    // MARK: Event webhooks (an outbox filled by the database's triggers)
+
+    /// The event types to record from now on (all webhooks' together); empty records none.
+    func setWebhookSubscriptions(_ events: Set<String>) async throws
+    /// Makes deliveries for `webhook` of up to `limit` events recorded since it last looked, of the `events`
+    /// types. A webhook seen for the first time starts with the events recorded from then on.
+    func fanOutWebhookEvents(webhook: String, events: Set<String>, limit: Int, now: Date) async throws -> Int
+    /// Claims up to `limit` deliveries that are due, for `lease` seconds: for each webhook and session only the
+    /// oldest undelivered one, so a session's events go out in order. Another instance passes over them.
+    func claimWebhookDeliveries(webhooks: [String], limit: Int, lease: Int, now: Date) async throws -> [WebhookDelivery]
+    /// Records a delivery's outcome: delivered (`error` nil), retried at `retryAt`, or parked (`retryAt` nil).
+    func finishWebhookDelivery(webhook: String, seq: Int64, error: String?, retryAt: Date?, now: Date) async throws
+    /// Deliveries with `status`, newest first.
+    func webhookDeliveries(status: WebhookDelivery.Status, limit: Int) async throws -> [WebhookDelivery]
+    /// Puts a parked delivery back in the queue, due now; false when there is no such parked delivery.
+    func redeliverWebhook(webhook: String, eventId: UUID, now: Date) async throws -> Bool
+    /// Deletes delivered deliveries, and events nothing waits for, recorded before `before`.
+    func pruneWebhookEvents(before: Date, limit: Int) async throws -> Int
+
     // MARK: Read state
 
     /// Marks `sessionId` read by `userId` up to message `messageId` (which must be in the session). Read

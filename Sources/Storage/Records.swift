@@ -257,6 +257,27 @@ public enum AttachmentCompletion: Sendable, Equatable {
     case notFound
 }
 
+/// One event for one webhook: what to send, and how its delivery went so far.
+public struct WebhookDelivery: Sendable, Equatable {
+    public enum Status: String, Sendable, CaseIterable { case pending, delivered, parked }
+
+    public var webhook: String
+    /// The event's place in the outbox (deliveries of one session go in this order).
+    public var seq: Int64
+    /// The event's id (`X-Chat-Event-Id`).
+    public var eventId: UUID
+    public var type: String
+    public var sessionId: UUID
+    /// The event's data as JSON text (`{"message": …}` or `{"session": …}`).
+    public var payload: String
+    public var createdAt: Date
+    public var status: Status
+    public var attempts: Int
+    public var nextAttemptAt: Date
+    public var lastError: String?
+    public var deliveredAt: Date?
+}
+
 /// Aggregated counts over the `session_statistics` view.
 public struct SessionStatistics: Sendable, Equatable {
     public var totalSessions: Int

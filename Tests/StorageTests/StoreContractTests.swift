@@ -882,6 +882,73 @@ struct StoreContractTests {
         }
     }
 
+    @Test("event outbox: recorded by the database with each change, fanned out, claimed in session order, retried, parked, redelivered", arguments: backends)
+    func webhookOutbox(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let user = Make.user()
+            try await store.createUser(user)
+            // Nothing is recorded without subscriptions.
+            let before = Make.session(userId: user.id)
+            try await store.createSession(before)
+            #expect(try await store.fanOutWebhookEvents(webhook: "crm", events: ["session.created"], limit: 10, now: Timestamp.now()) == 0)
+            try await store.setWebhookSubscriptions(["session.created", "message.created", "message.updated", "session.resolved"])
+            let a = Make.session(userId: user.id), b = Make.session(userId: user.id)
+            try await store.createSession(a)
+            try await store.createSession(b)
+            guard case .created(let m1) = try await store.appendMessage(Make.message(a.id, userId: user.id, content: "one"), now: Timestamp.now()),
+                  case .created(let m2) = try await store.appendMessage(Make.message(a.id, userId: user.id, content: "two"), now: Timestamp.now())
+            else { Issue.record("not created"); return }
+            _ = try await store.editMessage(sessionId: a.id, id: m1.id, content: "one!", now: Timestamp.now())
+            _ = try await store.deleteMessage(sessionId: a.id, id: m2.id, now: Timestamp.now())  // message.deleted: not subscribed
+            _ = try await store.resolveSession(id: b.id, now: Timestamp.now())
+            let now = Timestamp.now()
+            // `crm` was first seen before these events; `audit` only wants resolutions.
+            #expect(try await store.fanOutWebhookEvents(webhook: "crm", events: ["session.created", "message.created", "message.updated", "session.resolved"], limit: 100, now: now) == 6)
+            #expect(try await store.fanOutWebhookEvents(webhook: "crm", events: ["session.created"], limit: 100, now: now) == 0)
+
+            // One per session at a time, oldest first.
+            var claimed = try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now)
+            #expect(claimed.map(\.type) == ["session.created", "session.created"])
+            #expect(Set(claimed.map(\.sessionId)) == [a.id, b.id])
+            #expect(try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now).isEmpty)  // leased
+            let first = try #require(claimed.first { $0.sessionId == a.id })
+            guard case .object(let payload)? = JSONValue.parse(first.payload), case .object(let session)? = payload["session"] else {
+                Issue.record("payload \(first.payload)"); return
+            }
+            #expect(session["sessionId"] == .string(a.id.lowercased))
+            // A failure holds the session's later events back until it is delivered.
+            try await store.finishWebhookDelivery(webhook: "crm", seq: first.seq, error: "HTTP 503", retryAt: now.addingTimeInterval(30), now: now)
+            let other = try #require(claimed.first { $0.sessionId == b.id })
+            try await store.finishWebhookDelivery(webhook: "crm", seq: other.seq, error: nil, retryAt: nil, now: now)
+            claimed = try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now)
+            #expect(claimed.map(\.type) == ["session.resolved"])
+            for d in claimed { try await store.finishWebhookDelivery(webhook: "crm", seq: d.seq, error: nil, retryAt: nil, now: now) }
+            claimed = try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now.addingTimeInterval(31))
+            #expect(claimed.map(\.eventId) == [first.eventId] && claimed.first?.attempts == 1)
+            // Given up: parked, listed, then sent again and the rest of the session follows in order.
+            try await store.finishWebhookDelivery(webhook: "crm", seq: first.seq, error: "HTTP 503", retryAt: nil, now: now)
+            #expect(try await store.webhookDeliveries(status: .parked, limit: 10).map(\.eventId) == [first.eventId])
+            var order: [String] = []
+            while true {
+                let next = try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now.addingTimeInterval(40))
+                guard !next.isEmpty else { break }
+                for d in next {
+                    order.append(d.type)
+                    try await store.finishWebhookDelivery(webhook: "crm", seq: d.seq, error: nil, retryAt: nil, now: now)
+                }
+            }
+            #expect(order == ["message.created", "message.created", "message.updated"])
+            #expect(try await store.redeliverWebhook(webhook: "crm", eventId: first.eventId, now: now))
+            #expect(try await !store.redeliverWebhook(webhook: "crm", eventId: first.eventId, now: now))
+            claimed = try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now.addingTimeInterval(41))
+            #expect(claimed.map(\.eventId) == [first.eventId] && claimed.first?.attempts == 0)
+            try await store.finishWebhookDelivery(webhook: "crm", seq: first.seq, error: nil, retryAt: nil, now: now)
+            #expect(try await store.webhookDeliveries(status: .delivered, limit: 10).count == 6)
+            #expect(try await store.pruneWebhookEvents(before: now.addingTimeInterval(60), limit: 100) >= 6)
+            #expect(try await store.webhookDeliveries(status: .delivered, limit: 10).isEmpty)
+        }
+    }
+
     @Test("a closed store answers unavailable", arguments: backends)
     func closed(_ make: @Sendable () -> StoreFixture) async throws {
         let fixture = make()

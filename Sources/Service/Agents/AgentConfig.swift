@@ -244,7 +244,7 @@ public struct AgentsConfig: Sendable {
 }
 
 /// Typed access to a mapping's fields, with errors naming the field's path and line.
-private struct Fields {
+struct Fields {
     let path: String
     let line: Int
     var values: [String: ConfigNode] = [:]

@@ -15,6 +15,8 @@ struct SQLDialect: Sendable {
     /// Ends a SELECT of rows the transaction is about to change: a row lock on Postgres; SQLite's single
     /// writer needs none.
     let forUpdate: String
+    /// Ends a SELECT of rows to claim: rows another transaction holds are passed over (Postgres).
+    let skipLocked: String
     /// Starts a transaction that writes (SQLite takes the write lock at once, so a read never upgrades).
     let begin: String
     /// The column type of a timestamp (SQLite keeps RFC 3339 text, which sorts in time order).
@@ -28,11 +30,11 @@ struct SQLDialect: Sendable {
     let search: SearchSQL
 
     static let sqlite = SQLDialect(
-        migrations: .sqlite, flag: { .integer($0 ? 1 : 0) }, forUpdate: "", begin: "BEGIN IMMEDIATE", timeType: "TEXT",
+        migrations: .sqlite, flag: { .integer($0 ? 1 : 0) }, forUpdate: "", skipLocked: "", begin: "BEGIN IMMEDIATE", timeType: "TEXT",
         day: { "substr(\($0), 1, 10)" }, rebuildsTables: true, search: .sqlite
     )
     static let postgres = SQLDialect(
-        migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", begin: "BEGIN", timeType: "TIMESTAMPTZ",
+        migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", skipLocked: " FOR UPDATE OF d SKIP LOCKED", begin: "BEGIN", timeType: "TIMESTAMPTZ",
         day: { "to_char(\($0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" }, rebuildsTables: false, search: .postgres
     )
 

@@ -1,0 +1,186 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import AsyncHTTPClient
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Storage
+
+/// Integrations subscribed to events (`WEBHOOKS_FILE`).
+public struct WebhooksConfig: Sendable {
+    public struct Webhook: Sendable, Equatable {
+        public var name: String
+        public var url: String
+        public var secret: [UInt8]
+        public var events: Set<String>
+        public var timeout: Duration
+    }
+
+    /// The events a webhook may subscribe to.
+    public static let eventTypes: Set<String> = [
+        "message.created", "message.updated", "message.deleted", "session.created", "session.resolved", "handoff.waiting", "handoff.claimed",
+    ]
+
+    public var webhooks: [Webhook] = []
+    /// Failed deliveries are retried (with exponential backoff) for this many seconds after the event, then parked.
+    public var retryPeriod: Int = 24 * 3600
+
+    public static let none = WebhooksConfig()
+    public init() {}
+
+    public var isEmpty: Bool { webhooks.isEmpty }
+    public var names: [String] { webhooks.map(\.name) }
+
+    /// Parses and validates a webhooks file. `secret` resolves `secret_env` keys (the env file and the environment).
+    ///
+    /// ```yaml
+    /// webhooks:
+    ///   - name: crm
+    ///     url: https://crm.example.com/hooks/chat
+    ///     secret_env: CRM_WEBHOOK_SECRET     # or secret: …, at least 16 characters
+    ///     events: [message.created, session.resolved]
+    ///     timeout: 10s
+    /// ```
+    public static func parse(_ text: String, secret: (String) -> String?) throws -> WebhooksConfig {
+        let root = try ConfigDocument.parse(text)
+        let reader = try Fields(root, path: "", allowed: ["webhooks"])
+        var config = WebhooksConfig()
+        var names = Set<String>()
+        for (i, node) in (try reader.list("webhooks") ?? []).enumerated() {
+            let path = "webhooks[\(i)]"
+            let fields = try Fields(node, path: path, allowed: ["name", "url", "secret", "secret_env", "events", "timeout"])
+            let name = try fields.string("name", required: true)!
+            guard AgentsConfig.isValidName(name) else { throw fields.error("name", "must be 1–64 of a-z, 0-9, _ and -, starting with a letter or digit") }
+            guard names.insert(name).inserted else { throw fields.error("name", "duplicate webhook name \(name)") }
+            let url = try fields.url("url")
+            var key = try fields.string("secret")
+            if let variable = try fields.string("secret_env") {
+                guard key == nil else { throw fields.error("secret_env", "give secret or secret_env, not both") }
+                guard let value = secret(variable) else { throw fields.error("secret_env", "\(variable) is not set") }
+                key = value
+            }
+            guard let key, key.utf8.count >= 16 else { throw fields.error("secret", "is required: at least 16 characters (or secret_env)") }
+            let events = try fields.strings("events") ?? []
+            guard !events.isEmpty else { throw fields.error("events", "is required: a list of \(eventTypes.sorted().joined(separator: ", "))") }
+            for event in events where !eventTypes.contains(event) {
+                throw fields.error("events", "unknown event \(event) (known: \(eventTypes.sorted().joined(separator: ", ")))")
+            }
+            config.webhooks.append(Webhook(
+                name: name, url: url, secret: Array(key.utf8), events: Set(events), timeout: try fields.duration("timeout") ?? .seconds(10)
+            ))
+        }
+        return config
+    }
+}
+
+/// Delivers the outbox's events to the configured webhooks: at least once, in order per session, signed
+/// like webhook agents (`X-Chat-Timestamp`, `X-Chat-Signature`) with the event's id in `X-Chat-Event-Id`,
+/// retried with exponential backoff (1 s doubling, at most 10 min apart) for `retryPeriod`, then parked.
+/// Several instances on one Postgres share the work: each delivery is claimed by one of them.
+struct WebhookDispatcher: Service {
+    let store: any ChatStore
+    let config: WebhooksConfig
+    let logger: Logger
+    var client: HTTPClient = .shared
+    /// How often the outbox is looked at when there was nothing to do.
+    var idleInterval: Duration = .milliseconds(250)
+    /// Deliveries in flight at once.
+    var batch = 32
+    static let maxBackoffSeconds = 600.0
+
+    func run() async throws {
+        let events = config.webhooks.reduce(into: Set<String>()) { $0.formUnion($1.events) }
+        // Also when there are none: events of webhooks since removed are no longer recorded.
+        try await store.setWebhookSubscriptions(events)
+        guard !config.isEmpty else {
+            // A service that returns ends the whole group: wait for the server's shutdown instead.
+            try? await gracefulShutdown()
+            return
+        }
+        let byName = Dictionary(uniqueKeysWithValues: config.webhooks.map { ($0.name, $0) })
+        var lastPrune = ContinuousClock.now
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            var worked = false
+            do {
+                let now = Timestamp.now()
+                for webhook in config.webhooks {
+                    if try await store.fanOutWebhookEvents(webhook: webhook.name, events: webhook.events, limit: 500, now: now) > 0 { worked = true }
+                }
+                let claimed = try await store.claimWebhookDeliveries(webhooks: config.names, limit: batch, lease: 120, now: now)
+                if !claimed.isEmpty {
+                    worked = true
+                    await withTaskGroup(of: Void.self) { group in
+                        for delivery in claimed {
+                            guard let webhook = byName[delivery.webhook] else { continue }
+                            group.addTask { await deliver(delivery, to: webhook) }
+                        }
+                    }
+                }
+                if ContinuousClock.now - lastPrune > .seconds(600) {
+                    lastPrune = .now
+                    _ = try await store.pruneWebhookEvents(before: now.addingTimeInterval(-7 * 86400), limit: 1000)
+                }
+            } catch {
+                logger.warning("webhook delivery round failed", metadata: ["error": .string(String(reflecting: error))])
+            }
+            if !worked { try? await cancelWhenGracefulShutdown { try await Task.sleep(for: idleInterval) } }
+        }
+    }
+
+    /// One attempt; its outcome is recorded (delivered, retried later, or parked).
+    func deliver(_ delivery: WebhookDelivery, to webhook: WebhooksConfig.Webhook) async {
+        let body = Self.body(delivery)
+        var failure: String?
+        do {
+            let timestamp = String(Int64(Date().timeIntervalSince1970))
+            var request = HTTPClientRequest(url: webhook.url)
+            request.method = .POST
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.headers.add(name: "User-Agent", value: "chat-backend/\(ChatBackendVersion.current)")
+            request.headers.add(name: "X-Chat-Event", value: delivery.type)
+            request.headers.add(name: "X-Chat-Event-Id", value: delivery.eventId.lowercased)
+            request.headers.add(name: "X-Chat-Timestamp", value: timestamp)
+            request.headers.add(name: "X-Chat-Signature", value: WebhookAgent.signature(secret: webhook.secret, timestamp: timestamp, body: body))
+            request.body = .bytes(ByteBuffer(bytes: body))
+            let seconds = webhook.timeout.components.seconds, atto = webhook.timeout.components.attoseconds
+            let response = try await client.execute(request, timeout: .nanoseconds(seconds * 1_000_000_000 + atto / 1_000_000_000))
+            _ = try? await response.body.collect(upTo: 64 * 1024)
+            if !(200..<300).contains(response.status.code) { failure = "HTTP \(response.status.code)" }
+        } catch {
+            failure = String(describing: error)
+        }
+        let now = Timestamp.now()
+        var retryAt: Date?
+        if failure != nil {
+            let backoff = min(Self.maxBackoffSeconds, Double(1 << min(delivery.attempts, 20)))
+            let next = now.addingTimeInterval(backoff * Double.random(in: 0.8...1.2))
+            if next.timeIntervalSince(delivery.createdAt) <= Double(config.retryPeriod) { retryAt = next }
+            logger.notice(retryAt == nil ? "webhook delivery parked" : "webhook delivery failed; retrying", metadata: [
+                "webhook": .string(webhook.name), "event": .string(delivery.eventId.lowercased), "type": .string(delivery.type),
+                "attempt": "\(delivery.attempts + 1)", "error": .string(failure ?? ""),
+            ])
+        }
+        do {
+            try await store.finishWebhookDelivery(webhook: webhook.name, seq: delivery.seq, error: failure, retryAt: retryAt, now: now)
+        } catch {
+            // The claim runs out and the delivery is tried again: at least once.
+            logger.warning("recording a webhook delivery failed", metadata: ["error": .string(String(reflecting: error))])
+        }
+    }
+
+    /// `{"id", "type", "createdAt", "data"}`: the event as receivers get it.
+    static func body(_ delivery: WebhookDelivery) -> [UInt8] {
+        var json = JSONWriter(capacity: 512 + delivery.payload.utf8.count)
+        json.object { json in
+            json.field("id", delivery.eventId)
+            json.field("type", delivery.type)
+            json.field("createdAt", delivery.createdAt)
+            json.key("data")
+            json.value(JSONValue.parse(delivery.payload) ?? .emptyObject)
+        }
+        return json.bytes
+    }
+}

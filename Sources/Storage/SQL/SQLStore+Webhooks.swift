@@ -1,0 +1,152 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The event outbox (migration V17): the database's triggers record events in `webhook_events` in the same
+/// transaction as the change; deliveries are made, claimed and finished here.
+extension SQLStore {
+    public func setWebhookSubscriptions(_ events: Set<String>) async throws {
+        try await write(atomic: true) { db in
+            try db.run("DELETE FROM webhook_subscriptions", [])
+            for event in events.sorted() { try db.run("INSERT INTO webhook_subscriptions (event) VALUES ($1)", [.text(event)]) }
+        }
+    }
+
+    public func fanOutWebhookEvents(webhook: String, events: Set<String>, limit: Int, now: Date) async throws -> Int {
+        try await write(atomic: true) { [dialect] db in
+            try db.run(
+                "INSERT INTO webhook_cursors (webhook, last_seq) SELECT $1, COALESCE(MAX(seq), 0) FROM webhook_events WHERE true ON CONFLICT DO NOTHING",
+                [.text(webhook)]
+            )
+            guard let cursor = try db.query("SELECT last_seq FROM webhook_cursors WHERE webhook = $1\(dialect.forUpdate)", [.text(webhook)]).first?.int(0)
+            else { return 0 }
+            let rows = try db.query(
+                "SELECT seq, type, session_id FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2", [.integer(cursor), .integer(Int64(limit))]
+            )
+            guard let last = try rows.last?.int(0) else { return 0 }
+            var made = 0
+            for row in rows where events.contains(try row.string(1)) {
+                try db.run(
+                    "INSERT INTO webhook_deliveries (webhook, event_seq, session_id, next_attempt_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    [.text(webhook), .integer(try row.int(0)), row.values[2], .time(now)]
+                )
+                made += 1
+            }
+            try db.run("UPDATE webhook_cursors SET last_seq = $2 WHERE webhook = $1", [.text(webhook), .integer(last)])
+            return made
+        }
+    }
+
+    public func claimWebhookDeliveries(webhooks: [String], limit: Int, lease: Int, now: Date) async throws -> [WebhookDelivery] {
+        guard !webhooks.isEmpty else { return [] }
+        return try await write(atomic: true) { [dialect] db in
+            let names = SQL.placeholders(webhooks.count, after: 2)
+            let due = try db.query(
+                """
+                SELECT d.webhook, d.event_seq FROM webhook_deliveries d
+                WHERE d.status = 'pending' AND d.webhook IN (\(names)) AND d.next_attempt_at <= $1
+                  AND (d.claimed_until IS NULL OR d.claimed_until <= $1)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM webhook_deliveries e
+                      WHERE e.webhook = d.webhook AND e.session_id = d.session_id AND e.status = 'pending' AND e.event_seq < d.event_seq
+                  )
+                ORDER BY d.event_seq LIMIT $2\(dialect.skipLocked)
+                """, [.time(now), .integer(Int64(limit))] + webhooks.map(SQLValue.text)
+            )
+            var claimed: [WebhookDelivery] = []
+            for row in due {
+                let webhook = try row.string(0), seq = try row.int(1)
+                try db.run(
+                    "UPDATE webhook_deliveries SET claimed_until = $3 WHERE webhook = $1 AND event_seq = $2",
+                    [.text(webhook), .integer(seq), .time(now.addingTimeInterval(Double(lease)))]
+                )
+                if let delivery = try Self.delivery(db, "d.webhook = $1 AND d.event_seq = $2", [.text(webhook), .integer(seq)]).first {
+                    claimed.append(delivery)
+                }
+            }
+            return claimed
+        }
+    }
+
+    /// Deliveries joined with their events.
+    static func delivery(_ db: DB, _ condition: String, _ params: [SQLValue], rest: String = "") throws -> [WebhookDelivery] {
+        try db.query(
+            """
+            SELECT d.webhook, d.event_seq, e.id, e.type, e.session_id, e.payload, e.created_at, d.status, d.attempts, d.next_attempt_at,
+                   d.last_error, d.delivered_at
+            FROM webhook_deliveries d JOIN webhook_events e ON e.seq = d.event_seq WHERE \(condition) \(rest)
+            """, params
+        ).map { row in
+            WebhookDelivery(
+                webhook: try row.string(0), seq: try row.int(1), eventId: try row.uuid(2), type: try row.string(3), sessionId: try row.uuid(4),
+                payload: try row.string(5), createdAt: try row.date(6), status: WebhookDelivery.Status(rawValue: try row.string(7)) ?? .pending,
+                attempts: Int(try row.int(8)), nextAttemptAt: try row.date(9), lastError: row.optionalString(10),
+                deliveredAt: row.values[11] == .null ? nil : try row.date(11)
+            )
+        }
+    }
+
+    public func finishWebhookDelivery(webhook: String, seq: Int64, error: String?, retryAt: Date?, now: Date) async throws {
+        try await write(atomic: false) { db in
+            if let error {
+                try db.run(
+                    """
+                    UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $3, claimed_until = NULL,
+                        status = $4, next_attempt_at = $5 WHERE webhook = $1 AND event_seq = $2
+                    """,
+                    [.text(webhook), .integer(seq), .text(String(error.prefix(500))), .text(retryAt == nil ? "parked" : "pending"), .time(retryAt ?? now)]
+                )
+            } else {
+                try db.run(
+                    """
+                    UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = NULL, claimed_until = NULL, status = 'delivered',
+                        delivered_at = $3 WHERE webhook = $1 AND event_seq = $2
+                    """, [.text(webhook), .integer(seq), .time(now)]
+                )
+            }
+        }
+    }
+
+    public func webhookDeliveries(status: WebhookDelivery.Status, limit: Int) async throws -> [WebhookDelivery] {
+        try await read { db in
+            try Self.delivery(db, "d.status = $1", [.text(status.rawValue), .integer(Int64(limit))], rest: "ORDER BY d.event_seq DESC LIMIT $2")
+        }
+    }
+
+    public func redeliverWebhook(webhook: String, eventId: UUID, now: Date) async throws -> Bool {
+        try await write(atomic: false) { db in
+            try db.run(
+                """
+                UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $3, claimed_until = NULL
+                WHERE webhook = $1 AND status = 'parked' AND event_seq = (SELECT seq FROM webhook_events WHERE id = $2)
+                """, [.text(webhook), .id(eventId), .time(now)]
+            ) > 0
+        }
+    }
+
+    public func pruneWebhookEvents(before: Date, limit: Int) async throws -> Int {
+        try await write(atomic: true) { db in
+            let params: [SQLValue] = [.time(before), .integer(Int64(limit))]
+            let deliveries = try db.run(
+                """
+                DELETE FROM webhook_deliveries WHERE (webhook, event_seq) IN (
+                    SELECT d.webhook, d.event_seq FROM webhook_deliveries d WHERE d.status = 'delivered' AND d.delivered_at < $1 LIMIT $2
+                )
+                """, params
+            )
+            let events = try db.run(
+                """
+                DELETE FROM webhook_events WHERE seq IN (
+                    SELECT e.seq FROM webhook_events e WHERE e.created_at < $1
+                    AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = e.seq)
+                    AND e.seq < (SELECT COALESCE(MIN(last_seq), 0) FROM webhook_cursors) + 1
+                    ORDER BY e.seq LIMIT $2
+                )
+                """, params
+            )
+            return deliveries + events
+        }
+    }
+}
