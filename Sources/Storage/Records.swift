@@ -260,6 +260,10 @@ public enum AttachmentCompletion: Sendable, Equatable {
 /// One event for one webhook: what to send, and how its delivery went so far.
 public struct WebhookDelivery: Sendable, Equatable {
     public enum Status: String, Sendable, CaseIterable { case pending, delivered, parked }
+    public enum Subject: Sendable, Equatable {
+        case message(ChatMessage)
+        case session(ChatSession)
+    }
 
     public var webhook: String
     /// The event's place in the outbox (deliveries of one session go in this order).
@@ -268,8 +272,8 @@ public struct WebhookDelivery: Sendable, Equatable {
     public var eventId: UUID
     public var type: String
     public var sessionId: UUID
-    /// The event's data as JSON text (`{"message": …}` or `{"session": …}`).
-    public var payload: String
+    /// What the event is about, as it was when it happened.
+    public var subject: Subject
     public var createdAt: Date
     public var status: Status
     public var attempts: Int

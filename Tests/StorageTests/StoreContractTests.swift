@@ -912,10 +912,9 @@ struct StoreContractTests {
             #expect(Set(claimed.map(\.sessionId)) == [a.id, b.id])
             #expect(try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now).isEmpty)  // leased
             let first = try #require(claimed.first { $0.sessionId == a.id })
-            guard case .object(let payload)? = JSONValue.parse(first.payload), case .object(let session)? = payload["session"] else {
-                Issue.record("payload \(first.payload)"); return
-            }
-            #expect(session["sessionId"] == .string(a.id.lowercased))
+            // The session as it was when created.
+            guard case .session(let session) = first.subject else { Issue.record("\(first.subject)"); return }
+            #expect(session == (try await store.session(id: a.id)))
             // A failure holds the session's later events back until it is delivered.
             try await store.finishWebhookDelivery(webhook: "crm", seq: first.seq, error: "HTTP 503", retryAt: now.addingTimeInterval(30), now: now)
             let other = try #require(claimed.first { $0.sessionId == b.id })
@@ -938,6 +937,12 @@ struct StoreContractTests {
                 }
             }
             #expect(order == ["message.created", "message.created", "message.updated"])
+            // Each message event holds the message as it was then.
+            let texts = try await store.webhookDeliveries(status: .delivered, limit: 10).compactMap { d -> String? in
+                if case .message(let m) = d.subject { return "\(d.type) \(m.id == m1.id ? "m1" : "m2") \(m.content)" }
+                return nil
+            }
+            #expect(texts == ["message.updated m1 one!", "message.created m2 two", "message.created m1 one"])
             #expect(try await store.redeliverWebhook(webhook: "crm", eventId: first.eventId, now: now))
             #expect(try await !store.redeliverWebhook(webhook: "crm", eventId: first.eventId, now: now))
             claimed = try await store.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now.addingTimeInterval(41))

@@ -110,6 +110,10 @@ def test_every_event_arrives_signed_in_order(start_server, tmp_path, receiver):
     assert got[1]["event"]["data"]["message"]["content"] == "one" and got[3]["event"]["data"]["message"]["content"] == "one!"
     assert got[4]["event"]["data"]["message"]["deletedAt"] and got[5]["event"]["data"]["session"]["state"] == "resolved"
     assert got[1]["event"]["data"]["message"]["id"] == first["id"] and got[0]["event"]["data"]["session"]["sessionId"] == sid
+    # The message and the session as the API writes them, as they were at the event.
+    assert got[1]["event"]["data"]["message"] == {**got[3]["event"]["data"]["message"], "content": "one", "editedAt": None,
+                                                  "updatedAt": got[1]["event"]["data"]["message"]["createdAt"]}
+    assert set(got[0]["event"]["data"]["session"]) == set(auth_get(server.url(f"/api/sessions/{sid}"), token).json())
 
 
 def test_failures_timeouts_and_restarts_lose_nothing_and_keep_order(start_server, tmp_path, receiver):

@@ -2,7 +2,8 @@
 -- server writes the subscribed event types to webhook_subscriptions at start, from WEBHOOKS_FILE) in
 -- webhook_events, in the same transaction as the change that causes it; the server then delivers them
 -- (webhook_deliveries: one row per event and webhook, in order per session, retried, then parked).
--- Without subscriptions nothing is recorded.
+-- Without subscriptions nothing is recorded. An event's payload is the row as it was then (its columns
+-- by name); the server sends it as the API writes a message or a session.
 CREATE TABLE webhook_subscriptions (event TEXT PRIMARY KEY);
 
 CREATE TABLE webhook_events (
@@ -52,11 +53,11 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_subscriptions WHERE event = kind) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO webhook_events (session_id, type, payload) VALUES (NEW.session_id, kind, jsonb_build_object('message', jsonb_build_object(
-        'id', NEW.id, 'sessionId', NEW.session_id, 'userId', NEW.user_id, 'content', NEW.content, 'type', NEW.type,
-        'direction', NEW.direction, 'metadata', NEW.metadata, 'clientMessageId', NEW.client_message_id,
-        'createdAt', webhook_time(NEW.created_at), 'updatedAt', webhook_time(NEW.updated_at), 'editedAt', webhook_time(NEW.edited_at),
-        'deletedAt', webhook_time(NEW.deleted_at), 'attachments', NEW.attachments)));
+    INSERT INTO webhook_events (session_id, type, payload) VALUES (NEW.session_id, kind, jsonb_build_object(
+        'id', NEW.id, 'session_id', NEW.session_id, 'user_id', NEW.user_id, 'content', NEW.content, 'type', NEW.type,
+        'direction', NEW.direction, 'metadata', NEW.metadata, 'client_message_id', NEW.client_message_id,
+        'created_at', webhook_time(NEW.created_at), 'updated_at', webhook_time(NEW.updated_at), 'edited_at', webhook_time(NEW.edited_at),
+        'deleted_at', webhook_time(NEW.deleted_at), 'attachments', NEW.attachments));
     RETURN NULL;
 END $$;
 
@@ -78,10 +79,11 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_subscriptions WHERE event = kind) THEN
         RETURN NULL;
     END IF;
-    INSERT INTO webhook_events (session_id, type, payload) VALUES (NEW.session_id, kind, jsonb_build_object('session', jsonb_build_object(
-        'sessionId', NEW.session_id, 'userId', NEW.user_id, 'state', NEW.state, 'agent', NEW.agent, 'handoff', NEW.handoff,
-        'assigneeId', NEW.assignee_id, 'metadata', NEW.metadata, 'createdAt', webhook_time(NEW.created_at),
-        'resolvedAt', webhook_time(NEW.resolved_at))));
+    INSERT INTO webhook_events (session_id, type, payload) VALUES (NEW.session_id, kind, jsonb_build_object(
+        'session_id', NEW.session_id, 'user_id', NEW.user_id, 'metadata', NEW.metadata, 'state', NEW.state,
+        'is_resolved', NEW.is_resolved, 'expires_at', webhook_time(NEW.expires_at), 'resolved_at', webhook_time(NEW.resolved_at),
+        'created_at', webhook_time(NEW.created_at), 'updated_at', webhook_time(NEW.updated_at), 'agent', NEW.agent, 'handoff', NEW.handoff,
+        'assignee_id', NEW.assignee_id, 'handoff_at', webhook_time(NEW.handoff_at)));
     RETURN NULL;
 END $$;
 

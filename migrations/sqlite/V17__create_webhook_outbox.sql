@@ -2,7 +2,8 @@
 -- server writes the subscribed event types to webhook_subscriptions at start, from WEBHOOKS_FILE) in
 -- webhook_events, in the same transaction as the change that causes it; the server then delivers them
 -- (webhook_deliveries: one row per event and webhook, in order per session, retried, then parked).
--- Without subscriptions nothing is recorded.
+-- Without subscriptions nothing is recorded. An event's payload is the row as it was then (its columns
+-- by name); the server sends it as the API writes a message or a session.
 CREATE TABLE webhook_subscriptions (event TEXT PRIMARY KEY NOT NULL);
 
 CREATE TABLE webhook_events (
@@ -46,11 +47,11 @@ FROM (SELECT hex(randomblob(16)) AS h);
 CREATE TRIGGER webhook_message_inserted AFTER INSERT ON chat_messages
 WHEN EXISTS (SELECT 1 FROM webhook_subscriptions WHERE event = 'message.created') BEGIN
     INSERT INTO webhook_events (id, session_id, type, payload)
-    SELECT n.id, NEW.session_id, k.type, json_object('message', json_object(
-        'id', NEW.id, 'sessionId', NEW.session_id, 'userId', NEW.user_id, 'content', NEW.content, 'type', NEW.type,
-        'direction', NEW.direction, 'metadata', json(NEW.metadata), 'clientMessageId', NEW.client_message_id,
-        'createdAt', NEW.created_at, 'updatedAt', NEW.updated_at, 'editedAt', NEW.edited_at, 'deletedAt', NEW.deleted_at,
-        'attachments', json(NEW.attachments)))
+    SELECT n.id, NEW.session_id, k.type, json_object(
+        'id', NEW.id, 'session_id', NEW.session_id, 'user_id', NEW.user_id, 'content', NEW.content, 'type', NEW.type,
+        'direction', NEW.direction, 'metadata', json(NEW.metadata), 'client_message_id', NEW.client_message_id,
+        'created_at', NEW.created_at, 'updated_at', NEW.updated_at, 'edited_at', NEW.edited_at, 'deleted_at', NEW.deleted_at,
+        'attachments', json(NEW.attachments))
     FROM webhook_new_id n, (SELECT 'message.created' AS type) k
     WHERE k.type IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_subscriptions WHERE event = k.type);
 END;
@@ -58,11 +59,11 @@ END;
 CREATE TRIGGER webhook_message_changed AFTER UPDATE OF content, deleted_at ON chat_messages
 WHEN EXISTS (SELECT 1 FROM webhook_subscriptions) BEGIN
     INSERT INTO webhook_events (id, session_id, type, payload)
-    SELECT n.id, NEW.session_id, k.type, json_object('message', json_object(
-        'id', NEW.id, 'sessionId', NEW.session_id, 'userId', NEW.user_id, 'content', NEW.content, 'type', NEW.type,
-        'direction', NEW.direction, 'metadata', json(NEW.metadata), 'clientMessageId', NEW.client_message_id,
-        'createdAt', NEW.created_at, 'updatedAt', NEW.updated_at, 'editedAt', NEW.edited_at, 'deletedAt', NEW.deleted_at,
-        'attachments', json(NEW.attachments)))
+    SELECT n.id, NEW.session_id, k.type, json_object(
+        'id', NEW.id, 'session_id', NEW.session_id, 'user_id', NEW.user_id, 'content', NEW.content, 'type', NEW.type,
+        'direction', NEW.direction, 'metadata', json(NEW.metadata), 'client_message_id', NEW.client_message_id,
+        'created_at', NEW.created_at, 'updated_at', NEW.updated_at, 'edited_at', NEW.edited_at, 'deleted_at', NEW.deleted_at,
+        'attachments', json(NEW.attachments))
     FROM webhook_new_id n, (SELECT CASE
         WHEN OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN 'message.deleted'
         WHEN NEW.deleted_at IS NULL AND NEW.edited_at IS NOT OLD.edited_at THEN 'message.updated'
@@ -73,9 +74,10 @@ END;
 CREATE TRIGGER webhook_session_inserted AFTER INSERT ON chat_sessions
 WHEN EXISTS (SELECT 1 FROM webhook_subscriptions WHERE event = 'session.created') BEGIN
     INSERT INTO webhook_events (id, session_id, type, payload)
-    SELECT n.id, NEW.session_id, k.type, json_object('session', json_object(
-        'sessionId', NEW.session_id, 'userId', NEW.user_id, 'state', NEW.state, 'agent', NEW.agent, 'handoff', NEW.handoff,
-        'assigneeId', NEW.assignee_id, 'metadata', json(NEW.metadata), 'createdAt', NEW.created_at, 'resolvedAt', NEW.resolved_at))
+    SELECT n.id, NEW.session_id, k.type, json_object(
+        'session_id', NEW.session_id, 'user_id', NEW.user_id, 'metadata', json(NEW.metadata), 'state', NEW.state,
+        'is_resolved', NEW.is_resolved, 'expires_at', NEW.expires_at, 'resolved_at', NEW.resolved_at, 'created_at', NEW.created_at,
+        'updated_at', NEW.updated_at, 'agent', NEW.agent, 'handoff', NEW.handoff, 'assignee_id', NEW.assignee_id, 'handoff_at', NEW.handoff_at)
     FROM webhook_new_id n, (SELECT 'session.created' AS type) k
     WHERE k.type IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_subscriptions WHERE event = k.type);
 END;
@@ -83,9 +85,10 @@ END;
 CREATE TRIGGER webhook_session_changed AFTER UPDATE OF is_resolved, handoff ON chat_sessions
 WHEN EXISTS (SELECT 1 FROM webhook_subscriptions) BEGIN
     INSERT INTO webhook_events (id, session_id, type, payload)
-    SELECT n.id, NEW.session_id, k.type, json_object('session', json_object(
-        'sessionId', NEW.session_id, 'userId', NEW.user_id, 'state', NEW.state, 'agent', NEW.agent, 'handoff', NEW.handoff,
-        'assigneeId', NEW.assignee_id, 'metadata', json(NEW.metadata), 'createdAt', NEW.created_at, 'resolvedAt', NEW.resolved_at))
+    SELECT n.id, NEW.session_id, k.type, json_object(
+        'session_id', NEW.session_id, 'user_id', NEW.user_id, 'metadata', json(NEW.metadata), 'state', NEW.state,
+        'is_resolved', NEW.is_resolved, 'expires_at', NEW.expires_at, 'resolved_at', NEW.resolved_at, 'created_at', NEW.created_at,
+        'updated_at', NEW.updated_at, 'agent', NEW.agent, 'handoff', NEW.handoff, 'assignee_id', NEW.assignee_id, 'handoff_at', NEW.handoff_at)
     FROM webhook_new_id n, (SELECT CASE
         WHEN NEW.is_resolved AND NOT OLD.is_resolved THEN 'session.resolved'
         WHEN NEW.handoff = 'waiting' AND OLD.handoff IS NOT 'waiting' THEN 'handoff.waiting'

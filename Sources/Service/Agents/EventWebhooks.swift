@@ -171,15 +171,25 @@ struct WebhookDispatcher: Service {
         }
     }
 
-    /// `{"id", "type", "createdAt", "data"}`: the event as receivers get it.
+    /// `{"id", "type", "createdAt", "data": {"message": …} or {"session": …}}`: the event as receivers get it,
+    /// the message or session written as the API writes them.
     static func body(_ delivery: WebhookDelivery) -> [UInt8] {
-        var json = JSONWriter(capacity: 512 + delivery.payload.utf8.count)
+        var json = JSONWriter(capacity: 2048)
         json.object { json in
             json.field("id", delivery.eventId)
             json.field("type", delivery.type)
             json.field("createdAt", delivery.createdAt)
             json.key("data")
-            json.value(JSONValue.parse(delivery.payload) ?? .emptyObject)
+            json.object { json in
+                switch delivery.subject {
+                case .message(let message):
+                    json.key("message")
+                    json.value(API.Message(message))
+                case .session(let session):
+                    json.key("session")
+                    json.value(API.Session(session, now: delivery.createdAt))
+                }
+            }
         }
         return json.bytes
     }

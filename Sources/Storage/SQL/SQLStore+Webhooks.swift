@@ -81,11 +81,30 @@ extension SQLStore {
         ).map { row in
             WebhookDelivery(
                 webhook: try row.string(0), seq: try row.int(1), eventId: try row.uuid(2), type: try row.string(3), sessionId: try row.uuid(4),
-                payload: try row.string(5), createdAt: try row.date(6), status: WebhookDelivery.Status(rawValue: try row.string(7)) ?? .pending,
+                subject: try subject(type: try row.string(3), payload: try row.string(5)), createdAt: try row.date(6), status: WebhookDelivery.Status(rawValue: try row.string(7)) ?? .pending,
                 attempts: Int(try row.int(8)), nextAttemptAt: try row.date(9), lastError: row.optionalString(10),
                 deliveredAt: row.values[11] == .null ? nil : try row.date(11)
             )
         }
+    }
+
+    /// The record an event's payload holds: the row as the trigger wrote it, its columns by name, read
+    /// with the record's codec.
+    static func subject(type: String, payload: String) throws -> WebhookDelivery.Subject {
+        guard case .object(let columns)? = JSONValue.parse(payload) else { throw StoreError(.failed, "webhook event payload is not a JSON object") }
+        func row<R>(_ codec: RowCodec<R>) -> SQLRow {
+            SQLRow(values: codec.columns.map { column in
+                switch columns[column.name] ?? .null {
+                case .null: .null
+                case .string(let text): .text(text)
+                case .int(let n): .integer(n)
+                case .double(let d): .real(d)
+                case .bool(let b): .integer(b ? 1 : 0)
+                case let value: .text(value.jsonText())
+                }
+            })
+        }
+        return type.hasPrefix("message.") ? .message(try Codec.message.decode(row(Codec.message))) : .session(try Codec.session.decode(row(Codec.session)))
     }
 
     public func finishWebhookDelivery(webhook: String, seq: Int64, error: String?, retryAt: Date?, now: Date) async throws {
