@@ -160,8 +160,9 @@ public protocol ChatStore: Sendable {
 
     // MARK: Event webhooks (an outbox filled by the database's triggers)
 
-    /// The event types to record from now on (all webhooks' together); empty records none.
-    func setWebhookSubscriptions(_ events: Set<String>) async throws
+    /// The event types to record from now on (all webhooks' together; empty records none), and the webhooks
+    /// there are: the queue and place of any other (removed from the configuration) are dropped.
+    func setWebhookSubscriptions(_ events: Set<String>, webhooks: [String]) async throws
     /// Makes deliveries for `webhook` of up to `limit` events recorded since it last looked, of the `events`
     /// types. A webhook seen for the first time starts with the events recorded from then on.
     func fanOutWebhookEvents(webhook: String, events: Set<String>, limit: Int, now: Date) async throws -> Int

@@ -891,7 +891,7 @@ struct StoreContractTests {
             let before = Make.session(userId: user.id)
             try await store.createSession(before)
             #expect(try await store.fanOutWebhookEvents(webhook: "crm", events: ["session.created"], limit: 10, now: Timestamp.now()) == 0)
-            try await store.setWebhookSubscriptions(["session.created", "message.created", "message.updated", "session.resolved"])
+            try await store.setWebhookSubscriptions(["session.created", "message.created", "message.updated", "session.resolved"], webhooks: ["crm"])
             let a = Make.session(userId: user.id), b = Make.session(userId: user.id)
             try await store.createSession(a)
             try await store.createSession(b)
@@ -951,6 +951,14 @@ struct StoreContractTests {
             #expect(try await store.webhookDeliveries(status: .delivered, limit: 10).count == 6)
             #expect(try await store.pruneWebhookEvents(before: now.addingTimeInterval(60), limit: 100) >= 6)
             #expect(try await store.webhookDeliveries(status: .delivered, limit: 10).isEmpty)
+            // A webhook removed from the configuration: its queue goes, and nothing more is recorded for it.
+            _ = try await store.fanOutWebhookEvents(webhook: "audit", events: ["session.created"], limit: 10, now: now)
+            try await store.createSession(Make.session(userId: user.id))
+            #expect(try await store.fanOutWebhookEvents(webhook: "audit", events: ["session.created"], limit: 10, now: now) == 1)
+            try await store.setWebhookSubscriptions([], webhooks: [])
+            #expect(try await store.claimWebhookDeliveries(webhooks: ["audit"], limit: 10, lease: 60, now: now).isEmpty)
+            try await store.createSession(Make.session(userId: user.id))
+            #expect(try await store.fanOutWebhookEvents(webhook: "crm", events: ["session.created"], limit: 10, now: now) == 0)
         }
     }
 

@@ -93,8 +93,8 @@ struct WebhookDispatcher: Service {
 
     func run() async throws {
         let events = config.webhooks.reduce(into: Set<String>()) { $0.formUnion($1.events) }
-        // Also when there are none: events of webhooks since removed are no longer recorded.
-        try await store.setWebhookSubscriptions(events)
+        // Also when there are none: events of webhooks since removed are no longer recorded or sent.
+        try await store.setWebhookSubscriptions(events, webhooks: config.names)
         guard !config.isEmpty else {
             // A service that returns ends the whole group: wait for the server's shutdown instead.
             try? await gracefulShutdown()

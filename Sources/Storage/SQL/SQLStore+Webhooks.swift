@@ -7,10 +7,13 @@ import Foundation
 /// The event outbox (migration V17): the database's triggers record events in `webhook_events` in the same
 /// transaction as the change; deliveries are made, claimed and finished here.
 extension SQLStore {
-    public func setWebhookSubscriptions(_ events: Set<String>) async throws {
+    public func setWebhookSubscriptions(_ events: Set<String>, webhooks: [String]) async throws {
         try await write(atomic: true) { db in
             try db.run("DELETE FROM webhook_subscriptions", [])
             for event in events.sorted() { try db.run("INSERT INTO webhook_subscriptions (event) VALUES ($1)", [.text(event)]) }
+            let kept = webhooks.isEmpty ? "" : " WHERE webhook NOT IN (\(SQL.placeholders(webhooks.count)))"
+            try db.run("DELETE FROM webhook_deliveries" + kept, webhooks.map(SQLValue.text))
+            try db.run("DELETE FROM webhook_cursors" + kept, webhooks.map(SQLValue.text))
         }
     }
 
