@@ -101,6 +101,9 @@ struct WebhookDispatcher: Service {
             return
         }
         let byName = Dictionary(uniqueKeysWithValues: config.webhooks.map { ($0.name, $0) })
+        // A claim outlives the longest attempt; if its instance dies, another (or the restarted one)
+        // takes the delivery over after it.
+        let lease = Int(config.webhooks.map { $0.timeout.components.seconds }.max() ?? 10) + 10
         var lastPrune = ContinuousClock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             var worked = false
@@ -109,7 +112,7 @@ struct WebhookDispatcher: Service {
                 for webhook in config.webhooks {
                     if try await store.fanOutWebhookEvents(webhook: webhook.name, events: webhook.events, limit: 500, now: now) > 0 { worked = true }
                 }
-                let claimed = try await store.claimWebhookDeliveries(webhooks: config.names, limit: batch, lease: 120, now: now)
+                let claimed = try await store.claimWebhookDeliveries(webhooks: config.names, limit: batch, lease: lease, now: now)
                 if !claimed.isEmpty {
                     worked = true
                     await withTaskGroup(of: Void.self) { group in
