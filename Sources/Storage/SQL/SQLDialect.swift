@@ -28,14 +28,21 @@ struct SQLDialect: Sendable {
     let rebuildsTables: Bool
     /// Full-text search over messages (SearchSQL).
     let search: SearchSQL
+    /// Statements that turn the event webhooks' triggers on or off. Postgres calls a trigger's function for
+    /// every row, so without subscriptions they are switched off; SQLite's triggers test for subscriptions
+    /// in their `WHEN` clause and cost next to nothing.
+    let webhookTriggers: @Sendable (_ on: Bool) -> [String]
 
     static let sqlite = SQLDialect(
         migrations: .sqlite, flag: { .integer($0 ? 1 : 0) }, forUpdate: "", skipLocked: "", begin: "BEGIN IMMEDIATE", timeType: "TEXT",
-        day: { "substr(\($0), 1, 10)" }, rebuildsTables: true, search: .sqlite
+        day: { "substr(\($0), 1, 10)" }, rebuildsTables: true, search: .sqlite, webhookTriggers: { _ in [] }
     )
     static let postgres = SQLDialect(
         migrations: .postgres, flag: { .text($0 ? "true" : "false") }, forUpdate: " FOR UPDATE", skipLocked: " FOR UPDATE OF d SKIP LOCKED", begin: "BEGIN", timeType: "TIMESTAMPTZ",
-        day: { "to_char(\($0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" }, rebuildsTables: false, search: .postgres
+        day: { "to_char(\($0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')" }, rebuildsTables: false, search: .postgres,
+        webhookTriggers: { on in
+            ["ALTER TABLE chat_messages \(on ? "ENABLE" : "DISABLE") TRIGGER webhook_message", "ALTER TABLE chat_sessions \(on ? "ENABLE" : "DISABLE") TRIGGER webhook_session"]
+        }
     )
 
     /// This dialect with a store's own migration set.

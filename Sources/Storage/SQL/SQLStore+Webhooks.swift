@@ -8,12 +8,13 @@ import Foundation
 /// transaction as the change; deliveries are made, claimed and finished here.
 extension SQLStore {
     public func setWebhookSubscriptions(_ events: Set<String>, webhooks: [String]) async throws {
-        try await write(atomic: true) { db in
+        try await write(atomic: true) { [dialect] db in
             try db.run("DELETE FROM webhook_subscriptions", [])
             for event in events.sorted() { try db.run("INSERT INTO webhook_subscriptions (event) VALUES ($1)", [.text(event)]) }
             let kept = webhooks.isEmpty ? "" : " WHERE webhook NOT IN (\(SQL.placeholders(webhooks.count)))"
             try db.run("DELETE FROM webhook_deliveries" + kept, webhooks.map(SQLValue.text))
             try db.run("DELETE FROM webhook_cursors" + kept, webhooks.map(SQLValue.text))
+            for statement in dialect.webhookTriggers(!events.isEmpty) { try db.execute(statement) }
         }
     }
 
