@@ -93,8 +93,17 @@ struct WebhookDispatcher: Service {
 
     func run() async throws {
         let events = config.webhooks.reduce(into: Set<String>()) { $0.formUnion($1.events) }
-        // Also when there are none: events of webhooks since removed are no longer recorded or sent.
-        try await store.setWebhookSubscriptions(events, webhooks: config.names)
+        // Also when there are none: events of webhooks since removed are no longer recorded or sent. A store
+        // that cannot be written to now (full, read-only, down) is asked again; the server serves meanwhile.
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            do {
+                try await store.setWebhookSubscriptions(events, webhooks: config.names)
+                break
+            } catch {
+                logger.warning("cannot record the webhooks' subscriptions; trying again in 5 s", metadata: ["error": .string(String(reflecting: error))])
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(5)) }
+            }
+        }
         guard !config.isEmpty else {
             // A service that returns ends the whole group: wait for the server's shutdown instead.
             try? await gracefulShutdown()
