@@ -191,8 +191,14 @@ def test_two_postgres_instances_deliver_each_event_once(start_server, tmp_path, 
     assert delivered == ids
 
 
-def test_a_bad_webhooks_file_stops_the_start(start_server, tmp_path, bin_path):
+def test_the_example_is_valid_and_a_bad_webhooks_file_stops_the_start(start_server, tmp_path, bin_path):
+    from pathlib import Path
+
     from conftest import base_env, run_cli
+    example = Path(__file__).resolve().parents[2] / "examples" / "webhooks.yaml"
+    env = base_env(tmp_path, WEBHOOKS_FILE=str(example), CRM_WEBHOOK_SECRET=SECRET, PAGER_WEBHOOK_SECRET=SECRET)
+    r = run_cli(bin_path, ["check-config"], tmp_path, env)
+    assert r.returncode == 0 and "2 webhooks: crm, pager" in r.stdout, r.stdout + r.stderr
     path = tmp_path / "bad.yaml"
     path.write_text("webhooks:\n  - name: x\n    url: http://127.0.0.1:1/\n    secret: short\n    events: [message.created]\n")
     env = base_env(tmp_path, WEBHOOKS_FILE=str(path))
