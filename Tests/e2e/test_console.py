@@ -418,6 +418,47 @@ def test_edits_and_deletes_show_live_and_after_a_reload(console_server, watched)
     expect(log.get_by_text("regrettable <b>words</b>", exact=True)).to_have_count(0)
 
 
+def test_files_sent_with_a_message_show_and_download(console_server, watched, tmp_path):
+    page = watched.page
+    user = register(console_server)
+    token = user["accessToken"]
+    page.goto(console_server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("button", name="New session").click()
+    message_box(page).fill("here it comes")
+    page.get_by_role("button", name="Send").click()
+    log = messages(page)
+    expect(log.get_by_text("here it comes", exact=True)).to_be_visible()
+    sid = auth_get(console_server.url(f"/api/users/{user['user']['id']}/sessions"), token).json()["sessions"][0]["sessionId"]
+    data = b"<script>window.__xss = 1</script> report body \x00\xff"
+    r = requests.post(console_server.url(f"/api/sessions/{sid}/attachments"), params={"filename": "report <b>1.html"}, data=data,
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "text/html"}, timeout=10)
+    assert r.status_code == 201, r.text
+    file = r.json()
+    # Sent from elsewhere (the API), with no text: it appears live, as a button that downloads the file.
+    assert post_json(console_server.url(f"/api/sessions/{sid}/messages"), {"type": "file", "attachments": [file["id"]]}, token=token).status_code == 201
+    button = log.get_by_role("button", name=f"Download report <b>1.html, {len(data)} bytes")
+    expect(button).to_be_visible()
+    with page.expect_download() as info:
+        button.click()
+    download = info.value
+    # The file's own name (the browser replaces the characters a file name may not have).
+    assert re.fullmatch(r"report .b.1\.html", download.suggested_filename), download.suggested_filename
+    saved = tmp_path / "saved.html"
+    download.save_as(saved)
+    assert saved.read_bytes() == data
+    assert_stayed_text(log, page)
+    # After a reload too; deleted with its message.
+    page.reload()
+    log = messages(page)
+    expect(log.get_by_role("button", name=f"Download report <b>1.html, {len(data)} bytes")).to_be_visible()
+    message = auth_get(console_server.url(f"/api/sessions/{sid}/messages"), token).json()["messages"][-1]
+    assert requests.delete(console_server.url(f"/api/sessions/{sid}/messages/{message['id']}"), headers={"Authorization": f"Bearer {token}"},
+                           timeout=10).status_code == 200
+    expect(log.get_by_text("Message deleted", exact=True)).to_be_visible()
+    expect(log.get_by_role("button", name=re.compile("^Download "))).to_have_count(0)
+
+
 def test_wrong_password_shows_the_servers_message(console_server, watched):
     page = watched.page
     user = register(console_server)

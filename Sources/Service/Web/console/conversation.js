@@ -72,7 +72,58 @@ function messageElement(author, kind, createdAt, text) {
   return article;
 }
 
-/** Shows `message` as it is now in its `node`: its text and "edited", or that it was deleted. */
+const sizeFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+
+/** `1.5 MB`, `12 KB`, `300 bytes`. */
+export function fileSize(bytes) {
+  if (bytes < 1000) return `${bytes} bytes`;
+  if (bytes < 1_000_000) return `${sizeFormat.format(bytes / 1000)} KB`;
+  return `${sizeFormat.format(bytes / 1_000_000)} MB`;
+}
+
+/**
+ * Downloads an attachment: its URL needs the bearer token, so it is fetched here and handed to the browser as
+ * a file (never opened in the page).
+ */
+async function download(file, button) {
+  button.disabled = true;
+  try {
+    const response = await fetch(file.url, { headers: { Authorization: `Bearer ${await api.freshAccessToken()}` } });
+    if (!response.ok) throw new Error(`the file could not be downloaded (HTTP ${response.status})`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = element("a");
+    link.href = url;
+    link.download = file.filename;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    button.title = error.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** The message's files, as buttons that download them (replaced on every change of the message). */
+function showFiles(node, message) {
+  node.querySelector(".message-files")?.remove();
+  const files = message.deletedAt ? [] : message.attachments ?? [];
+  if (!files.length) return;
+  const list = element("ul", "message-files");
+  for (const file of files) {
+    const button = element("button", "message-file", `${file.filename} (${fileSize(file.size)})`);
+    button.type = "button";
+    button.setAttribute("aria-label", `Download ${file.filename}, ${fileSize(file.size)}`);
+    button.addEventListener("click", () => download(file, button));
+    const item = element("li");
+    item.append(button);
+    list.append(item);
+  }
+  node.append(list);
+}
+
+/** Shows `message` as it is now in its `node`: its text, its files and "edited", or that it was deleted. */
 function showState(node, message) {
   node.dataset.updatedAt = message.updatedAt;
   const text = node.querySelector(".message-text");
@@ -82,6 +133,7 @@ function showState(node, message) {
   } else {
     text.textContent = message.content;
   }
+  showFiles(node, message);
   let mark = node.querySelector(".message-edited");
   if (message.editedAt && !message.deletedAt) {
     if (!mark) {
