@@ -24,8 +24,9 @@ public struct ServiceConfig: Sendable {
     /// Retention: sessions resolved longer ago than this many seconds are deleted with their messages (nil: kept).
     public var resolvedSessionRetention: Int?
     /// Largest attachment, in bytes.
-    public var attachmentMaxBytes: Int = 10 << 20 {
-        didSet { server.maxUploadBytes = attachmentMaxBytes + 64 * 1024 }
+    public var attachmentMaxBytes: Int {
+        get { server.maxAttachmentBytes }
+        set { server.maxAttachmentBytes = newValue }
     }
     /// Bytes of complete attachments one user may have uploaded (nil: no limit).
     public var attachmentQuotaBytes: Int64? = 1 << 30

@@ -39,19 +39,14 @@ struct AttachmentController {
         guard let session = try await store.session(id: sessionId),
               SessionAccess.read.allows(session, userId: context.userId, role: context.claims.role)
         else { throw APIError.notFound("session") }
-        guard session.userId == context.userId || context.claims.role == .admin
-            || (session.assigneeId == context.userId && session.handoff == .assigned)
-        else { throw APIError(.forbidden, code: "handoff_not_claimed", message: "claim the session first: POST /api/handoffs/{sessionId}/claim") }
-        if session.isResolved { throw APIError(.conflict, code: "session_resolved", message: "session is resolved; start a new session") }
-        if session.state == .expired || session.expiresAt <= now { throw APIError(.gone, code: "session_expired", message: "session expired; resume it first") }
-        if let length = request.headers[.contentLength].flatMap(Int.init), length > maxBytes + (64 * 1024) {
-            throw tooLarge()
-        }
-        var used: Int64 = 0
+        guard SessionAccess.write.allows(session, userId: context.userId, role: context.claims.role) else { throw APIError.handoffNotClaimed }
+        if session.isResolved { throw APIError.sessionResolved }
+        if session.state == .expired || session.expiresAt <= now { throw APIError.sessionExpired }
+        let declared = request.headers[.contentLength].flatMap(Int.init)
+        if let declared, declared > maxBytes + ServerSettings.uploadOverhead { throw Upload.tooLarge(maxBytes) }
         if let quota {
-            used = try await store.attachmentBytes(userId: context.userId)
-            let declared = Int64(request.headers[.contentLength].flatMap(Int.init) ?? 1)
-            if used + min(declared, Int64(maxBytes)) > quota { throw overQuota(used: used) }
+            let used = try await store.attachmentBytes(userId: context.userId)
+            if used + Int64(min(declared ?? 1, maxBytes)) > quota { throw Upload.overQuota(quota, used: used) }
         }
 
         let upload = Upload(store: store, id: UUIDv7.make(now: now), sessionId: sessionId, userId: context.userId, maxBytes: maxBytes, now: now)
@@ -76,9 +71,9 @@ struct AttachmentController {
         } catch {
             await upload.discard()
             switch error {
-            case let error as HTTPError where error.status == .contentTooLarge: throw tooLarge()
-            case let error as APIError where error.code == "attachment_too_large": throw tooLarge()
-            case is NIOTooManyBytesError: throw tooLarge()
+            // The connection layer's own limit (the route's size and the multipart overhead).
+            case let error as HTTPError where error.status == .contentTooLarge: throw Upload.tooLarge(maxBytes)
+            case is NIOTooManyBytesError: throw Upload.tooLarge(maxBytes)
             case let error as MultipartError:
                 if case .malformed(let reason) = error { throw APIError(.badRequest, code: "invalid_multipart", message: "the multipart body is malformed: \(reason)") }
                 throw error
@@ -125,21 +120,6 @@ struct AttachmentController {
             throw APIError(.badRequest, code: "invalid_multipart", message: "the multipart body ended before its closing boundary")
         }
         guard fileDone else { throw APIError.invalid("file", "the multipart body has no file part (a part with a filename)") }
-    }
-
-    private func tooLarge() -> APIError {
-        APIError(
-            .contentTooLarge, code: "attachment_too_large", message: "an attachment may have at most \(maxBytes) bytes",
-            details: .object(["maxBytes": .int(Int64(maxBytes))])
-        )
-    }
-
-    private func overQuota(used: Int64) -> APIError {
-        APIError(
-            .contentTooLarge, code: "quota_exceeded",
-            message: "this upload would take your attachments past your quota of \(quota ?? 0) bytes (\(used) used)",
-            details: .object(["quotaBytes": .int(quota ?? 0), "usedBytes": .int(used)])
-        )
     }
 
     // MARK: Download
@@ -296,9 +276,7 @@ final class Upload: @unchecked Sendable {
 
     func append(_ bytes: some Collection<UInt8>) async throws {
         size += bytes.count
-        guard size <= maxBytes else {
-            throw APIError(.contentTooLarge, code: "attachment_too_large", message: "an attachment may have at most \(maxBytes) bytes")
-        }
+        guard size <= maxBytes else { throw Self.tooLarge(maxBytes) }
         var rest = bytes[...]
         while !rest.isEmpty {
             let take = min(rest.count, Attachment.chunkSize - pending.count)
@@ -338,14 +316,25 @@ final class Upload: @unchecked Sendable {
         case .completed(let attachment):
             return attachment
         case .overQuota(let used):
-            throw APIError(
-                .contentTooLarge, code: "quota_exceeded",
-                message: "this upload would take your attachments past your quota of \(quota ?? 0) bytes (\(used) used)",
-                details: .object(["quotaBytes": .int(quota ?? 0), "usedBytes": .int(used)])
-            )
+            throw Self.overQuota(quota ?? 0, used: used)
         case .notFound:
             throw APIError.notFound("session")
         }
+    }
+
+    static func tooLarge(_ maxBytes: Int) -> APIError {
+        APIError(
+            .contentTooLarge, code: "attachment_too_large", message: "an attachment may have at most \(maxBytes) bytes",
+            details: .object(["maxBytes": .int(Int64(maxBytes))])
+        )
+    }
+
+    static func overQuota(_ quota: Int64, used: Int64) -> APIError {
+        APIError(
+            .contentTooLarge, code: "quota_exceeded",
+            message: "this upload would take your attachments past your quota of \(quota) bytes (\(used) used)",
+            details: .object(["quotaBytes": .int(quota), "usedBytes": .int(used)])
+        )
     }
 
     /// Removes what was stored of an upload that failed; a failure here leaves it to the background sweep.

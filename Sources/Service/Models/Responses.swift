@@ -458,6 +458,37 @@ extension API {
         }
     }
 
+    /// `WebhookDelivery`: one event for one webhook.
+    struct WebhookDeliveryItem: JSONWritable, Sendable {
+        var delivery: WebhookDelivery
+
+        init(_ delivery: WebhookDelivery) { self.delivery = delivery }
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in
+                json.field("eventId", delivery.eventId)
+                json.field("webhook", delivery.webhook)
+                json.field("type", delivery.type)
+                json.field("sessionId", delivery.sessionId)
+                json.field("status", delivery.status.rawValue)
+                json.field("attempts", delivery.attempts)
+                json.field("lastError", delivery.lastError)
+                json.field("createdAt", delivery.createdAt)
+                json.field("nextAttemptAt", delivery.status == .pending ? delivery.nextAttemptAt : nil)
+                json.field("deliveredAt", delivery.deliveredAt)
+            }
+        }
+    }
+
+    /// `WebhookDeliveryList`: `GET /api/admin/webhooks/deliveries`.
+    struct WebhookDeliveryList: JSONWritable, Sendable {
+        var deliveries: [WebhookDeliveryItem]
+
+        func write(to json: inout JSONWriter) {
+            json.object { json in json.field("deliveries", deliveries) }
+        }
+    }
+
     /// `Attachment`: `POST /api/sessions/{sessionId}/attachments`.
     struct Attachment: JSONWritable, Sendable {
         var attachment: Storage.Attachment

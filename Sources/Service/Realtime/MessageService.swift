@@ -12,6 +12,8 @@ enum SessionAccess {
     case resolve
     /// Delete or resume it.
     case manage
+    /// Write into it (messages, files): its owner, an admin, or the person it is assigned to.
+    case write
 
     /// Owners and admins may do everything; the human agent a session is assigned to may read and
     /// resolve it; human agents may read sessions waiting for one.
@@ -21,6 +23,7 @@ enum SessionAccess {
         case .read: return session.assigneeId == userId || (role == .agent && session.handoff == .waiting)
         case .resolve: return session.assigneeId == userId && session.handoff == .assigned
         case .manage: return false
+        case .write: return session.assigneeId == userId && session.handoff == .assigned
         }
     }
 }
@@ -71,7 +74,7 @@ struct MessageService: Sendable {
                     metadata["agent"] = "human"
                     message.metadata = .object(metadata)
                 } else if role != .admin {
-                    throw APIError(.forbidden, code: "handoff_not_claimed", message: "claim the session first: POST /api/handoffs/{sessionId}/claim")
+                    throw APIError.handoffNotClaimed
                 }
             }
             owner = nil
@@ -99,9 +102,9 @@ struct MessageService: Sendable {
         case .sessionNotFound:
             throw APIError.notFound("session")
         case .sessionResolved:
-            throw APIError(.conflict, code: "session_resolved", message: "session is resolved; start a new session")
+            throw APIError.sessionResolved
         case .sessionExpired:
-            throw APIError(.gone, code: "session_expired", message: "session expired; resume it first")
+            throw APIError.sessionExpired
         }
     }
 }

@@ -12,9 +12,11 @@ public struct ServerSettings: Sendable {
     public var maxConnections: Int = 1024
     /// Largest request body the server reads; routes may accept less.
     public var maxBodyBytes: Int = 1 << 20
-    /// Largest body of an attachment upload (`POST /api/sessions/{id}/attachments`), which the route streams
-    /// to the store; the route itself enforces the attachment size.
-    public var maxUploadBytes: Int = (10 << 20) + 64 * 1024
+    /// Largest attachment (`POST /api/sessions/{id}/attachments`, which the route streams to the store and
+    /// where the route enforces this size); its request body may have `uploadOverhead` more (multipart).
+    public var maxAttachmentBytes: Int = 10 << 20
+    static let uploadOverhead = 64 * 1024
+    var maxUploadBytes: Int { maxAttachmentBytes + Self.uploadOverhead }
     /// Largest WebSocket message (frames of one message together).
     public var maxWebSocketMessageBytes: Int = 64 * 1024
     /// How long a WebSocket connection waits for the peer's close frame after sending its own.

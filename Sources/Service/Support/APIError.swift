@@ -26,6 +26,9 @@ public struct APIError: Error, Sendable {
     public static let unauthenticated = APIError(.unauthorized, code: "unauthenticated", message: "a valid access token is required")
     /// A message that was deleted: no longer a resource of its own (its tombstone stays in the history).
     static let messageDeleted = APIError(.gone, code: "message_deleted", message: "the message was deleted")
+    static let sessionResolved = APIError(.conflict, code: "session_resolved", message: "session is resolved; start a new session")
+    static let sessionExpired = APIError(.gone, code: "session_expired", message: "session expired; resume it first")
+    static let handoffNotClaimed = APIError(.forbidden, code: "handoff_not_claimed", message: "claim the session first: POST /api/handoffs/{sessionId}/claim")
 
     public static func notFound(_ what: String) -> APIError {
         APIError(.notFound, code: "not_found", message: "\(what) not found")
