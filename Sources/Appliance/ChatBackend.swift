@@ -409,37 +409,21 @@ struct Copy: AsyncParsableCommand {
         }
         let expected = try await source.recordCounts()
         print("copying \(expected)")
-        var userCursor: UUID?
-        while true {
-            let users = try await source.exportUsers(after: userCursor, limit: batchSize)
-            guard let last = users.last else { break }
-            try await target.importRecords(RecordBatch(users: users))
-            userCursor = last.id
+        /// Copies one kind of record a page at a time: the page after the cursor, imported in one transaction.
+        func pages<R, Cursor>(_ export: (Cursor?) async throws -> [R], cursor: (R) -> Cursor, _ batch: ([R]) -> RecordBatch) async throws {
+            var position: Cursor?
+            while true {
+                let page = try await export(position)
+                guard let last = page.last else { return }
+                try await target.importRecords(batch(page))
+                position = cursor(last)
+            }
         }
-        var tokenCursor: UUID?
-        while true {
-            let tokens = try await source.exportRefreshTokens(after: tokenCursor, limit: batchSize)
-            guard let last = tokens.last else { break }
-            try await target.importRecords(RecordBatch(refreshTokens: tokens))
-            tokenCursor = last.id
-        }
+        try await pages({ try await source.exportUsers(after: $0, limit: batchSize) }, cursor: \.id) { RecordBatch(users: $0) }
+        try await pages({ try await source.exportRefreshTokens(after: $0, limit: batchSize) }, cursor: \.id) { RecordBatch(refreshTokens: $0) }
         try await target.importRecords(RecordBatch(revokedAccessTokens: try await source.exportRevokedAccessTokens()))
-        var sessionCursor: UUID?
-        while true {
-            let sessions = try await source.exportSessions(after: sessionCursor, limit: batchSize)
-            guard let last = sessions.last else { break }
-            try await target.importRecords(RecordBatch(sessions: sessions))
-            sessionCursor = last.id
-        }
-        var messageCursor: UUID?
-        var copied = 0
-        while true {
-            let messages = try await source.exportMessages(after: messageCursor, limit: batchSize)
-            guard let last = messages.last else { break }
-            try await target.importRecords(RecordBatch(messages: messages))
-            messageCursor = last.id
-            copied += messages.count
-        }
+        try await pages({ try await source.exportSessions(after: $0, limit: batchSize) }, cursor: \.id) { RecordBatch(sessions: $0) }
+        try await pages({ try await source.exportMessages(after: $0, limit: batchSize) }, cursor: \.id) { RecordBatch(messages: $0) }
         // Attachments one at a time, each with its bytes in one transaction (at most ATTACHMENT_MAX_BYTES).
         var attachmentCursor: UUID?
         while true {
@@ -458,13 +442,10 @@ struct Copy: AsyncParsableCommand {
             }
             attachmentCursor = last.id
         }
-        var readCursor: UUID?
-        while true {
-            let reads = try await source.exportSessionReads(after: readCursor, limit: batchSize)
-            guard let last = reads.last else { break }
-            try await target.importRecords(RecordBatch(sessionReads: reads))
-            readCursor = last.sessionId
-        }
+        try await pages({ try await source.exportSessionReads(after: $0, limit: batchSize) }, cursor: \.sessionId) { RecordBatch(sessionReads: $0) }
+        // The webhook outbox: the server on the target delivers what was still pending.
+        try await pages({ try await source.exportWebhookEvents(after: $0, limit: batchSize) }, cursor: \.seq) { RecordBatch(webhookEvents: $0) }
+        try await target.importRecords(RecordBatch(webhookCursors: try await source.exportWebhookCursors()))
         let after = try await target.recordCounts()
         let complete = before.isEmpty
             ? after == expected

@@ -211,7 +211,12 @@ public protocol ChatStore: Sendable {
     func exportSessionReads(after: UUID?, limit: Int) async throws -> [SessionRead]
     /// Up to `limit` complete attachments with ids greater than `after`, in id order (without their bytes).
     func exportAttachments(after: UUID?, limit: Int) async throws -> [Attachment]
+    /// Up to `limit` webhook outbox events with a `seq` greater than `after`, in outbox order, with their deliveries.
+    func exportWebhookEvents(after: Int64?, limit: Int) async throws -> [WebhookEventRecord]
+    /// Each webhook's cursor into the outbox.
+    func exportWebhookCursors() async throws -> [WebhookCursor]
     /// Inserts records as they are, in one transaction; a record whose id exists already is skipped.
+    /// The database's webhook triggers record nothing for imported rows (they are not new events).
     func importRecords(_ batch: RecordBatch) async throws
 
     /// Tells other instances sharing the database that who may read a session changed (claimed,

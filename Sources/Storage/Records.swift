@@ -282,6 +282,48 @@ public struct WebhookDelivery: Sendable, Equatable {
     public var deliveredAt: Date?
 }
 
+/// An outbox event as `copy` carries it: the event, and its delivery to each webhook so far.
+public struct WebhookEventRecord: Sendable, Equatable {
+    public struct Delivery: Sendable, Equatable {
+        public var webhook: String
+        public var status: WebhookDelivery.Status
+        public var attempts: Int
+        public var nextAttemptAt: Date
+        public var lastError: String?
+        public var deliveredAt: Date?
+
+        public init(webhook: String, status: WebhookDelivery.Status, attempts: Int, nextAttemptAt: Date, lastError: String?, deliveredAt: Date?) {
+            self.webhook = webhook
+            self.status = status
+            self.attempts = attempts
+            self.nextAttemptAt = nextAttemptAt
+            self.lastError = lastError
+            self.deliveredAt = deliveredAt
+        }
+    }
+
+    /// Its place in the source's outbox (the target gives it its own, in the same order).
+    public var seq: Int64
+    public var id: UUID
+    public var sessionId: UUID
+    public var type: String
+    /// The row as the trigger recorded it (JSON; the same on both databases).
+    public var payload: String
+    public var createdAt: Date
+    public var deliveries: [Delivery]
+}
+
+/// How far a webhook has taken the outbox: the last event it has seen (nil: none yet), as `copy` carries it.
+public struct WebhookCursor: Sendable, Equatable {
+    public var webhook: String
+    public var lastEventId: UUID?
+
+    public init(webhook: String, lastEventId: UUID?) {
+        self.webhook = webhook
+        self.lastEventId = lastEventId
+    }
+}
+
 /// Aggregated counts over the `session_statistics` view.
 public struct SessionStatistics: Sendable, Equatable {
     public var totalSessions: Int
@@ -474,10 +516,12 @@ public struct RecordCounts: Sendable, Equatable, CustomStringConvertible {
     public var revokedAccessTokens = 0
     public var sessionReads = 0
     public var attachments = 0
+    /// Outbox events (each with its deliveries).
+    public var webhookEvents = 0
 
     public init(
         users: Int = 0, sessions: Int = 0, messages: Int = 0, refreshTokens: Int = 0, revokedAccessTokens: Int = 0, sessionReads: Int = 0,
-        attachments: Int = 0
+        attachments: Int = 0, webhookEvents: Int = 0
     ) {
         self.users = users
         self.sessions = sessions
@@ -486,12 +530,13 @@ public struct RecordCounts: Sendable, Equatable, CustomStringConvertible {
         self.revokedAccessTokens = revokedAccessTokens
         self.sessionReads = sessionReads
         self.attachments = attachments
+        self.webhookEvents = webhookEvents
     }
 
     public var isEmpty: Bool { self == RecordCounts() }
 
     public var description: String {
-        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens, \(sessionReads) read markers, \(attachments) attachments"
+        "\(users) users, \(sessions) sessions, \(messages) messages, \(refreshTokens) refresh tokens, \(revokedAccessTokens) revoked access tokens, \(sessionReads) read markers, \(attachments) attachments, \(webhookEvents) webhook events"
     }
 }
 
@@ -506,11 +551,14 @@ public struct RecordBatch: Sendable {
     /// Complete attachments, and chunks of attachments imported before (or in the same batch).
     public var attachments: [Attachment] = []
     public var attachmentChunks: [AttachmentChunk] = []
+    /// Outbox events in the source's order (the target numbers them anew), then the webhooks' cursors.
+    public var webhookEvents: [WebhookEventRecord] = []
+    public var webhookCursors: [WebhookCursor] = []
 
     public init(
         users: [User] = [], sessions: [ChatSession] = [], messages: [ChatMessage] = [], refreshTokens: [RefreshTokenRecord] = [],
         revokedAccessTokens: [RevokedAccessToken] = [], sessionReads: [SessionRead] = [], attachments: [Attachment] = [],
-        attachmentChunks: [AttachmentChunk] = []
+        attachmentChunks: [AttachmentChunk] = [], webhookEvents: [WebhookEventRecord] = [], webhookCursors: [WebhookCursor] = []
     ) {
         self.users = users
         self.sessions = sessions
@@ -520,5 +568,7 @@ public struct RecordBatch: Sendable {
         self.sessionReads = sessionReads
         self.attachments = attachments
         self.attachmentChunks = attachmentChunks
+        self.webhookEvents = webhookEvents
+        self.webhookCursors = webhookCursors
     }
 }

@@ -962,6 +962,78 @@ struct StoreContractTests {
         }
     }
 
+    @Test("copy carries the webhook outbox: events, each delivery's state, the cursors; imported rows are no new events", arguments: backends)
+    func webhookOutboxCopy(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { source, _ in
+            let user = Make.user()
+            try await source.createUser(user)
+            let events: Set<String> = ["session.created", "message.created"]
+            try await source.setWebhookSubscriptions(events, webhooks: ["crm"])
+            // The webhook's first start: it receives the events recorded from now on.
+            #expect(try await source.fanOutWebhookEvents(webhook: "crm", events: events, limit: 100, now: Timestamp.now()) == 0)
+            let session = Make.session(userId: user.id)
+            try await source.createSession(session)
+            for text in ["one", "two", "three"] {
+                try await source.appendMessage(Make.message(session.id, userId: user.id, content: text), now: Timestamp.now()).expectCreated()
+            }
+            let now = Timestamp.now()
+            #expect(try await source.fanOutWebhookEvents(webhook: "crm", events: events, limit: 100, now: now) == 4)
+            // The session event delivered, "one" failed (retry due later), "two" and "three" waiting behind it.
+            let first = try #require(try await source.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now).first)
+            try await source.finishWebhookDelivery(webhook: "crm", seq: first.seq, error: nil, retryAt: nil, now: now)
+            let one = try await source.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: now)
+            try #require(one.map(\.type) == ["message.created"])
+            try await source.finishWebhookDelivery(webhook: "crm", seq: one[0].seq, error: "HTTP 503", retryAt: now.addingTimeInterval(30), now: now)
+            // Recorded, not yet taken by the webhook's cursor: the target's server fans it out.
+            let late = Make.session(userId: user.id)
+            try await source.createSession(late)
+
+            let exported = try await source.exportWebhookEvents(after: nil, limit: 100)
+            try #require(exported.map(\.type) == ["session.created", "message.created", "message.created", "message.created", "session.created"])
+            #expect(try await source.exportWebhookEvents(after: exported[1].seq, limit: 2).map(\.id) == exported[2...3].map(\.id))
+            #expect(exported[0].deliveries.map(\.status) == [.delivered] && exported[1].deliveries.first?.lastError == "HTTP 503")
+            #expect(exported[4].deliveries.isEmpty)
+            let cursors = try await source.exportWebhookCursors()
+            #expect(cursors == [WebhookCursor(webhook: "crm", lastEventId: exported[3].id)])
+
+            try await withStore(make) { target, _ in
+                // The target records events for these types too: importing rows must not make new ones.
+                try await target.setWebhookSubscriptions(events, webhooks: ["crm"])
+                let batch = RecordBatch(
+                    users: try await source.exportUsers(after: nil, limit: 100), sessions: try await source.exportSessions(after: nil, limit: 100),
+                    messages: try await source.exportMessages(after: nil, limit: 100)
+                )
+                try await target.importRecords(batch)
+                try await target.importRecords(RecordBatch(webhookEvents: Array(exported[..<2])))
+                try await target.importRecords(RecordBatch(webhookEvents: exported))  // events already there are skipped
+                try await target.importRecords(RecordBatch(webhookCursors: cursors))
+                #expect(try await target.recordCounts() == (try await source.recordCounts()))
+                let copied = try await target.exportWebhookEvents(after: nil, limit: 100)
+                #expect(copied.map(\.id) == exported.map(\.id))
+                #expect(copied.map(\.deliveries) == exported.map(\.deliveries))
+                #expect(try await target.exportWebhookCursors() == cursors)
+                // The target's server goes on where the source stopped: the late session is fanned out,
+                // "one" is retried when due, then "two" and "three" in order; nothing is sent twice.
+                #expect(try await target.fanOutWebhookEvents(webhook: "crm", events: events, limit: 100, now: now) == 1)
+                var order: [String] = []
+                let due = now.addingTimeInterval(31)
+                while true {
+                    let next = try await target.claimWebhookDeliveries(webhooks: ["crm"], limit: 10, lease: 60, now: due)
+                    guard !next.isEmpty else { break }
+                    for d in next {
+                        switch d.subject {
+                        case .message(let m): order.append(m.content)
+                        case .session(let s): order.append(s.id == late.id ? "late" : "session")
+                        }
+                        try await target.finishWebhookDelivery(webhook: "crm", seq: d.seq, error: nil, retryAt: nil, now: due)
+                    }
+                }
+                #expect(order.filter { $0 != "late" } == ["one", "two", "three"] && order.contains("late"))
+                #expect(order.count == 4)
+            }
+        }
+    }
+
     @Test("a closed store answers unavailable", arguments: backends)
     func closed(_ make: @Sendable () -> StoreFixture) async throws {
         let fixture = make()

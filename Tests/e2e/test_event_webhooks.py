@@ -191,6 +191,36 @@ def test_two_postgres_instances_deliver_each_event_once(start_server, tmp_path, 
     assert delivered == ids
 
 
+def test_copy_to_postgres_carries_the_outbox(start_server, bin_path, tmp_path, receiver, pg_url):
+    """Switching databases with events still undelivered: the server on the new one delivers them, in order, and
+    nothing that had been delivered before the move."""
+    from conftest import PASSWORD, base_env, psql, run_cli
+    env = webhooks_env(tmp_path, receiver)
+    source = start_server(name="outbox-source", env=env)
+    token = register(source)["accessToken"]
+    sid = create_session(source, token)["sessionId"]
+    wait_for(lambda: len(receiver.accepted()) == 1, what="session.created")
+    receiver.mode = "fail"
+    ids = [send(source, token, sid, f"pending {i}")["id"] for i in range(3)]
+    wait_for(lambda: len(receiver.deliveries) >= 2, what="a failed attempt")
+    source.stop()
+    r = run_cli(bin_path, ["copy", "--from", f"sqlite://{source.db_path}", "--to", pg_url], tmp_path, base_env(tmp_path), timeout=120)
+    assert r.returncode == 0 and "4 webhook events" in r.stdout, r.stdout + r.stderr
+    assert psql(pg_url, "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'") == "3"
+    receiver.mode = "ok"
+    moved = start_server(name="outbox-pg", env=env, database_url=pg_url)
+    username = psql(pg_url, "SELECT username FROM users")
+    token = post_json(moved.url("/auth/login"), {"username": username, "password": PASSWORD}).json()["accessToken"]
+    ids.append(send(moved, token, sid, "after the move")["id"])
+
+    def messages():
+        return [d["event"]["data"]["message"]["id"] for d in receiver.accepted() if d["type"] == "message.created"]
+    wait_for(lambda: len(messages()) >= 4, timeout=30, what="the pending events and the new one")
+    time.sleep(1)
+    assert messages() == ids
+    assert [d["type"] for d in receiver.accepted()].count("session.created") == 1
+
+
 def test_the_example_is_valid_and_a_bad_webhooks_file_stops_the_start(start_server, tmp_path, bin_path):
     from pathlib import Path
 

@@ -172,4 +172,77 @@ extension SQLStore {
             return deliveries + events
         }
     }
+
+    // MARK: Copying the outbox
+
+    public func exportWebhookEvents(after: Int64?, limit: Int) async throws -> [WebhookEventRecord] {
+        try await read { db in
+            var events = try db.query(
+                "SELECT seq, id, session_id, type, payload, created_at FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                [.integer(after ?? 0), .integer(Int64(limit))]
+            ).map { row in
+                WebhookEventRecord(
+                    seq: try row.int(0), id: try row.uuid(1), sessionId: try row.uuid(2), type: try row.string(3), payload: try row.string(4),
+                    createdAt: try row.date(5), deliveries: []
+                )
+            }
+            guard let first = events.first?.seq, let last = events.last?.seq else { return [] }
+            let position = Dictionary(uniqueKeysWithValues: events.enumerated().map { ($1.seq, $0) })
+            for row in try db.query(
+                """
+                SELECT event_seq, webhook, status, attempts, next_attempt_at, last_error, delivered_at FROM webhook_deliveries
+                WHERE event_seq BETWEEN $1 AND $2 ORDER BY event_seq, webhook
+                """, [.integer(first), .integer(last)]
+            ) {
+                guard let i = position[try row.int(0)] else { continue }
+                events[i].deliveries.append(.init(
+                    webhook: try row.string(1), status: WebhookDelivery.Status(rawValue: try row.string(2)) ?? .pending, attempts: Int(try row.int(3)),
+                    nextAttemptAt: try row.date(4), lastError: row.optionalString(5), deliveredAt: row.values[6] == .null ? nil : try row.date(6)
+                ))
+            }
+            return events
+        }
+    }
+
+    public func exportWebhookCursors() async throws -> [WebhookCursor] {
+        try await read { db in
+            // The last event a cursor has passed that still exists: the target numbers events anew.
+            try db.query(
+                """
+                SELECT c.webhook, (SELECT e.id FROM webhook_events e WHERE e.seq <= c.last_seq ORDER BY e.seq DESC LIMIT 1)
+                FROM webhook_cursors c ORDER BY c.webhook
+                """, []
+            ).map { row in WebhookCursor(webhook: try row.string(0), lastEventId: row.values[1] == .null ? nil : try row.uuid(1)) }
+        }
+    }
+
+    /// Events get the target's next seqs (so they stay after any it has); an event already there is skipped
+    /// with its deliveries; a webhook that has a cursor already keeps it.
+    static func importWebhookOutbox(_ db: DB, events: [WebhookEventRecord], cursors: [WebhookCursor]) throws {
+        for event in events {
+            let inserted = try db.run(
+                "INSERT INTO webhook_events (id, session_id, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                [.id(event.id), .id(event.sessionId), .text(event.type), .text(event.payload), .time(event.createdAt)]
+            )
+            guard inserted > 0, let seq = try db.query("SELECT seq FROM webhook_events WHERE id = $1", [.id(event.id)]).first?.int(0) else { continue }
+            for d in event.deliveries {
+                try db.run(
+                    """
+                    INSERT INTO webhook_deliveries (webhook, event_seq, session_id, status, attempts, next_attempt_at, last_error, delivered_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    """,
+                    [.text(d.webhook), .integer(seq), .id(event.sessionId), .text(d.status.rawValue), .integer(Int64(d.attempts)), .time(d.nextAttemptAt),
+                     d.lastError.map(SQLValue.text) ?? .null, d.deliveredAt.map(SQLValue.time) ?? .null]
+                )
+            }
+        }
+        for cursor in cursors {
+            try db.run(
+                """
+                INSERT INTO webhook_cursors (webhook, last_seq)
+                SELECT $1, COALESCE(MAX(seq), 0) FROM webhook_events WHERE id = $2 ON CONFLICT DO NOTHING
+                """, [.text(cursor.webhook), cursor.lastEventId.map(SQLValue.id) ?? .null]
+            )
+        }
+    }
 }

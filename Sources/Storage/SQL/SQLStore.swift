@@ -679,14 +679,15 @@ extension SQLStore {
         try await read { db in
             let tables = [
                 Codec.user.table, Codec.session.table, Codec.message.table, Codec.refreshToken.table, Codec.revokedAccessToken.table, Codec.sessionRead.table,
-                "\(Codec.attachment.table) WHERE completed_at IS NOT NULL",
+                "\(Codec.attachment.table) WHERE completed_at IS NOT NULL", "webhook_events",
             ]
             guard let row = try db.query("SELECT " + tables.map { "(SELECT COUNT(*) FROM \($0))" }.joined(separator: ", "), []).first else {
                 throw StoreError(.failed, "counts returned no row")
             }
             let n = try row.ints()
             return RecordCounts(
-                users: n[0], sessions: n[1], messages: n[2], refreshTokens: n[3], revokedAccessTokens: n[4], sessionReads: n[5], attachments: n[6]
+                users: n[0], sessions: n[1], messages: n[2], refreshTokens: n[3], revokedAccessTokens: n[4], sessionReads: n[5], attachments: n[6],
+                webhookEvents: n[7]
             )
         }
     }
@@ -724,6 +725,9 @@ extension SQLStore {
 
     public func importRecords(_ batch: RecordBatch) async throws {
         try await write(atomic: true) { [dialect] db in
+            // Imported rows are not new events: the triggers find no subscription until the transaction ends.
+            let subscriptions = try db.query("SELECT event FROM webhook_subscriptions", []).map { $0.values[0] }
+            try db.run("DELETE FROM webhook_subscriptions", [])
             func insert<R>(_ codec: RowCodec<R>, _ records: [R]) throws {
                 for record in records { try db.run(codec.insert + " ON CONFLICT DO NOTHING", codec.values(record, dialect)) }
             }
@@ -740,6 +744,8 @@ extension SQLStore {
                     [.id(chunk.attachmentId), .integer(Int64(chunk.seq)), .blob(chunk.data)]
                 )
             }
+            try Self.importWebhookOutbox(db, events: batch.webhookEvents, cursors: batch.webhookCursors)
+            for event in subscriptions { try db.run("INSERT INTO webhook_subscriptions (event) VALUES ($1)", [event]) }
         }
     }
 }
