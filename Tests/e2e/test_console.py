@@ -17,7 +17,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect, sync_playwright
 
-from conftest import PASSWORD, assert_json_error, auth_get, create_session, post_json, register
+from conftest import PASSWORD, Server, assert_json_error, auth_get, create_session, post_json, register
 from fakes import OpenAIServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -178,6 +178,15 @@ def sign_in(page: Page, username: str, password: str = PASSWORD) -> None:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+def new_user_in_a_new_session(server: Server, page: Page) -> dict:
+    """Registers a user, signs in to the console as them and opens a new session; the registration's answer."""
+    user = register(server)
+    page.goto(server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("button", name="New session").click()
+    return user
 
 
 def conversation(page: Page):
@@ -361,12 +370,8 @@ def test_a_long_history_pages_back_and_a_link_opens_its_session(server, watched)
 
 def test_markup_in_messages_is_shown_as_text(console_server, watched):
     page = watched.page
-    user = register(console_server)
+    new_user_in_a_new_session(console_server, page)
     payload = MARKUP + "<b>bold</b>"
-
-    page.goto(console_server.url("/console/"))
-    sign_in(page, user["user"]["username"])
-    page.get_by_role("button", name="New session").click()
     message_box(page).fill(payload)
     page.get_by_role("button", name="Send").click()
 
@@ -380,11 +385,8 @@ def test_markup_in_messages_is_shown_as_text(console_server, watched):
 
 def test_edits_and_deletes_show_live_and_after_a_reload(console_server, watched):
     page = watched.page
-    user = register(console_server)
+    user = new_user_in_a_new_session(console_server, page)
     token = user["accessToken"]
-    page.goto(console_server.url("/console/"))
-    sign_in(page, user["user"]["username"])
-    page.get_by_role("button", name="New session").click()
     message_box(page).fill("first draft")
     page.get_by_role("button", name="Send").click()
     log = messages(page)
@@ -420,11 +422,8 @@ def test_edits_and_deletes_show_live_and_after_a_reload(console_server, watched)
 
 def test_files_sent_with_a_message_show_and_download(console_server, watched, tmp_path):
     page = watched.page
-    user = register(console_server)
+    user = new_user_in_a_new_session(console_server, page)
     token = user["accessToken"]
-    page.goto(console_server.url("/console/"))
-    sign_in(page, user["user"]["username"])
-    page.get_by_role("button", name="New session").click()
     message_box(page).fill("here it comes")
     page.get_by_role("button", name="Send").click()
     log = messages(page)
@@ -457,6 +456,49 @@ def test_files_sent_with_a_message_show_and_download(console_server, watched, tm
                            timeout=10).status_code == 200
     expect(log.get_by_text("Message deleted", exact=True)).to_be_visible()
     expect(log.get_by_role("button", name=re.compile("^Download "))).to_have_count(0)
+
+
+def test_files_attached_in_the_composer_are_sent_with_the_message(console_server, watched):
+    page = watched.page
+    user = new_user_in_a_new_session(console_server, page)
+    token = user["accessToken"]
+    log = messages(page)
+    attach = conversation(page).get_by_label("Attach files")
+    # A file whose declared type its bytes contradict is refused: the server's reason shows, nothing is sent,
+    # the text stays in the composer.
+    attach.set_input_files([{"name": "photo.png", "mimeType": "image/png", "buffer": b"not a png at all"}])
+    message_box(page).fill("with a photo")
+    page.get_by_role("button", name="Send").click()
+    watched.expect_failed_request(415, r"/api/sessions/[0-9a-f-]+/attachments\?filename=photo\.png")
+    expect(conversation(page).get_by_role("alert")).to_contain_text("does not begin as image/png does")
+    expect(message_box(page)).to_have_value("with a photo")
+    expect(log.get_by_role("article")).to_have_count(0)
+    # Two good files: uploaded, then sent with the text in one message; the composer empties.
+    notes, table = b"meeting notes <b>bold</b>\n", bytes(range(256)) * 40
+    attach.set_input_files([
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": notes},
+        {"name": "table.bin", "mimeType": "application/octet-stream", "buffer": table},
+    ])
+    message_box(page).fill("two files")
+    page.get_by_role("button", name="Send").click()
+    expect(log.get_by_text("two files", exact=True)).to_be_visible()
+    expect(log.get_by_role("button", name="Download notes.txt, 26 bytes")).to_be_visible()
+    expect(log.get_by_role("button", name=re.compile(r"^Download table\.bin, 10\.2 KB$"))).to_be_visible()
+    expect(message_box(page)).to_have_value("")
+    assert attach.evaluate("input => input.files.length") == 0
+    sid = auth_get(console_server.url(f"/api/users/{user['user']['id']}/sessions"), token).json()["sessions"][0]["sessionId"]
+    history = auth_get(console_server.url(f"/api/sessions/{sid}/messages"), token).json()["messages"]
+    assert [m["content"] for m in history] == ["two files"]
+    files = history[0]["attachments"]
+    assert [(f["filename"], f["contentType"], f["size"]) for f in files] == [
+        ("notes.txt", "text/plain", len(notes)), ("table.bin", "application/octet-stream", len(table))]
+    got = [requests.get(console_server.url(f["url"]), headers={"Authorization": f"Bearer {token}"}, timeout=10).content for f in files]
+    assert got == [notes, table]
+    # Files alone, without text, are a message too.
+    attach.set_input_files([{"name": "alone.txt", "mimeType": "text/plain", "buffer": b"just this"}])
+    page.get_by_role("button", name="Send").click()
+    expect(log.get_by_role("button", name="Download alone.txt, 9 bytes")).to_be_visible()
+    assert_stayed_text(log, page)
 
 
 def test_wrong_password_shows_the_servers_message(console_server, watched):

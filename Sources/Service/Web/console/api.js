@@ -108,14 +108,16 @@ function forget(reason) {
 
 async function call(method, path, { body, token } = {}) {
   const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const raw = body instanceof Blob; // a file, sent as it is with its own type
+  if (raw) headers["Content-Type"] = body.type || "application/octet-stream";
+  else if (body !== undefined) headers["Content-Type"] = "application/json";
   if (token) headers.Authorization = `Bearer ${token}`;
   let response;
   try {
     response = await fetch(path, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined || raw ? body : JSON.stringify(body),
       credentials: "omit",
       cache: "no-store",
     });
@@ -282,8 +284,13 @@ export function releaseHandoff(sessionId) {
 }
 
 /** Sends a text message; `clientMessageId` makes a retry return the first message instead of storing two. */
-export function sendMessage(sessionId, content, clientMessageId) {
-  return request("POST", `/api/sessions/${id(sessionId)}/messages`, { content, clientMessageId });
+export function sendMessage(sessionId, content, clientMessageId, attachments = []) {
+  return request("POST", `/api/sessions/${id(sessionId)}/messages`, { content, clientMessageId, attachments });
+}
+
+/** Uploads a file into a session (its bytes as the body): the attachment, whose `id` a message then carries. */
+export function uploadAttachment(sessionId, file) {
+  return request("POST", `/api/sessions/${id(sessionId)}/attachments?filename=${id(file.name || "file")}`, file);
 }
 
 /** A random id for `clientMessageId` (crypto.randomUUID needs a secure context; getRandomValues does not). */

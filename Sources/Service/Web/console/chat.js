@@ -42,6 +42,7 @@ export function mountChat(realtime) {
     composer: byId("composer"),
     input: byId("message-input"),
     sendButton: byId("send"),
+    files: byId("message-files"),
   }, {
     canWrite: (session) => Boolean(session) && session.state === "active",
     renderHeader,

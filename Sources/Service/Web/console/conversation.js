@@ -1,7 +1,8 @@
 // The conversation pane shared by the chat view and the staff inbox: the open session's history over REST, live
 // messages, agent reply streams and typing over the realtime connection, the composer, and the read marker
 // (POST /api/sessions/{id}/read with the newest message whenever something new by others is on screen).
-// Also the small helpers both views use to show sessions. User text is only ever put into the page with textContent.
+// Files chosen in the composer are uploaded to the session and sent with the message; a message's files show as
+// buttons that download them. Also the small helpers both views use to show sessions. User text is only ever put into the page with textContent.
 
 import * as api from "./api.js";
 
@@ -157,7 +158,7 @@ function showState(node, message) {
  * when something is sent with none open; `inView()` whether the pane can be seen at all; `agentLabel(name)`.
  */
 export function mountConversation(realtime, parts, view) {
-  const { scroller, loadEarlier, empty, log, typingLine, composer, input, sendButton } = parts;
+  const { scroller, loadEarlier, empty, log, typingLine, composer, input, sendButton, files } = parts;
   const agentLabel = view.agentLabel ?? ((name) => `Agent (${name})`);
   const inView = () => document.visibilityState === "visible" && (!view.inView || view.inView());
   let me = null;
@@ -372,6 +373,7 @@ export function mountConversation(realtime, parts, view) {
     const writable = view.canWrite(session);
     input.disabled = !writable;
     sendButton.disabled = !writable;
+    if (files) files.disabled = !writable;
     empty.hidden = Boolean(session);
     loadEarlier.hidden = !current || !current.hasMoreBefore;
     view.renderHeader(session);
@@ -431,10 +433,11 @@ export function mountConversation(realtime, parts, view) {
     }
   }
 
-  // Sends what the composer holds, or `text` (leaving the composer as it is).
+  // Sends what the composer holds (its text and chosen files), or `text` (leaving the composer as it is).
   async function send(text) {
     const content = text ?? input.value;
-    if ((!current && !view.create) || !content.trim() || sendButton.disabled) return;
+    const chosen = text === undefined && files ? [...files.files] : [];
+    if ((!current && !view.create) || (!content.trim() && !chosen.length) || sendButton.disabled) return;
     view.onError(null);
     stopTyping();
     sendButton.disabled = true;
@@ -445,8 +448,12 @@ export function mountConversation(realtime, parts, view) {
         shown = current;
         if (!shown) return;
       }
-      const message = await api.sendMessage(shown.session.sessionId, content, api.randomId());
+      // The files first (each refused file stops the send with the server's reason), then the message naming them.
+      const attachments = [];
+      for (const file of chosen) attachments.push((await api.uploadAttachment(shown.session.sessionId, file)).id);
+      const message = await api.sendMessage(shown.session.sessionId, content, api.randomId(), attachments);
       if (text === undefined && input.value === content) input.value = "";
+      if (chosen.length) files.value = "";
       if (current === shown) showMessages([message], { stick: true });
     } catch (error) {
       view.onError(error);

@@ -51,6 +51,7 @@ export function mountInbox(realtime, { onWaiting }) {
     composer: byId("inbox-composer"),
     input: byId("reply-input"),
     sendButton: byId("inbox-send"),
+    files: byId("reply-files"),
   }, {
     canWrite: (session) => Boolean(session) && session.state === "active" && isMine(session),
     renderHeader,

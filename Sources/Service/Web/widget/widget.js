@@ -62,6 +62,7 @@ const pane = mountConversation(realtime, {
   composer: byId("composer"),
   input: byId("message-input"),
   sendButton: byId("send"),
+  files: byId("message-files"),
 }, {
   canWrite: (session) => !unavailable && (!session || !session.isResolved),
   renderHeader: renderState,
