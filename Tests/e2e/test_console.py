@@ -494,6 +494,11 @@ def test_files_attached_in_the_composer_are_sent_with_the_message(console_server
         ("notes.txt", "text/plain", len(notes)), ("table.bin", "application/octet-stream", len(table))]
     got = [requests.get(console_server.url(f["url"]), headers={"Authorization": f"Bearer {token}"}, timeout=10).content for f in files]
     assert got == [notes, table]
+    # More files than one message may carry: refused before anything is uploaded.
+    attach.set_input_files([{"name": f"f{i}.txt", "mimeType": "text/plain", "buffer": b"x"} for i in range(11)])
+    page.get_by_role("button", name="Send").click()
+    expect(conversation(page).get_by_role("alert")).to_have_text("At most 10 files go with one message.")
+    attach.set_input_files([])
     # Files alone, without text, are a message too.
     attach.set_input_files([{"name": "alone.txt", "mimeType": "text/plain", "buffer": b"just this"}])
     page.get_by_role("button", name="Send").click()

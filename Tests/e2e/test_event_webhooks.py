@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -203,6 +204,11 @@ def test_copy_to_postgres_carries_the_outbox(start_server, bin_path, tmp_path, r
     receiver.mode = "fail"
     ids = [send(source, token, sid, f"pending {i}")["id"] for i in range(3)]
     wait_for(lambda: len(receiver.deliveries) >= 2, what="a failed attempt")
+
+    def deliveries_made():
+        with sqlite3.connect(source.db_path) as db:
+            return db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
+    wait_for(lambda: deliveries_made() == 4, what="a delivery for each event")
     source.stop()
     r = run_cli(bin_path, ["copy", "--from", f"sqlite://{source.db_path}", "--to", pg_url], tmp_path, base_env(tmp_path), timeout=120)
     assert r.returncode == 0 and "4 webhook events" in r.stdout, r.stdout + r.stderr

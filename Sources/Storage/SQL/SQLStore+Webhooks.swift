@@ -226,7 +226,8 @@ extension SQLStore {
     }
 
     /// Events get the target's next seqs (so they stay after any it has); an event already there is skipped
-    /// with its deliveries; a webhook that has a cursor already keeps it.
+    /// with its deliveries. A webhook that has a cursor already (a server started on the target before the
+    /// copy) moves it to the copied one when that is further: what the source had passed is not sent again.
     static func importWebhookOutbox(_ db: DB, events: [WebhookEventRecord], cursors: [WebhookCursor]) throws {
         for event in events {
             let inserted = try db.run(
@@ -249,7 +250,9 @@ extension SQLStore {
             try db.run(
                 """
                 INSERT INTO webhook_cursors (webhook, last_seq)
-                SELECT $1, COALESCE(MAX(seq), 0) FROM webhook_events WHERE id = $2 ON CONFLICT DO NOTHING
+                SELECT $1, COALESCE(MAX(seq), 0) FROM webhook_events WHERE id = $2
+                ON CONFLICT (webhook) DO UPDATE SET last_seq = CASE
+                    WHEN excluded.last_seq > webhook_cursors.last_seq THEN excluded.last_seq ELSE webhook_cursors.last_seq END
                 """, [.text(cursor.webhook), cursor.lastEventId.map(SQLValue.id) ?? .null]
             )
         }

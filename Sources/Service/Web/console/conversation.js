@@ -8,6 +8,7 @@ import * as api from "./api.js";
 
 const TYPING_IDLE_MS = 3_000; // stop saying "typing" after this long without a keystroke
 const TYPING_STALE_MS = 8_000; // forget someone's typing if their "stopped" never arrives
+const MAX_FILES = 10; // files one message may carry (the server's limit)
 
 const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 // Seconds in session titles: sessions opened in the same minute must still be told apart.
@@ -165,6 +166,7 @@ export function mountConversation(realtime, parts, view) {
   let current = null; // the open session and what is on screen of it
   let typingTimer = 0;
   let openSeq = 0;
+  const uploaded = new WeakMap(); // a chosen file → {sessionId, id} once uploaded
 
   function authorOf(message) {
     if (message.type === "system") return "System";
@@ -438,6 +440,10 @@ export function mountConversation(realtime, parts, view) {
     const content = text ?? input.value;
     const chosen = text === undefined && files ? [...files.files] : [];
     if ((!current && !view.create) || (!content.trim() && !chosen.length) || sendButton.disabled) return;
+    if (chosen.length > MAX_FILES) {
+      view.onError(new Error(`At most ${MAX_FILES} files go with one message.`));
+      return;
+    }
     view.onError(null);
     stopTyping();
     sendButton.disabled = true;
@@ -449,11 +455,21 @@ export function mountConversation(realtime, parts, view) {
         if (!shown) return;
       }
       // The files first (each refused file stops the send with the server's reason), then the message naming them.
+      // A file uploaded before a send that failed is not uploaded again when the same send is retried.
       const attachments = [];
-      for (const file of chosen) attachments.push((await api.uploadAttachment(shown.session.sessionId, file)).id);
+      for (const file of chosen) {
+        let done = uploaded.get(file);
+        if (!done || done.sessionId !== shown.session.sessionId) {
+          done = { sessionId: shown.session.sessionId, id: (await api.uploadAttachment(shown.session.sessionId, file)).id };
+          uploaded.set(file, done);
+        }
+        attachments.push(done.id);
+      }
       const message = await api.sendMessage(shown.session.sessionId, content, api.randomId(), attachments);
+      for (const file of chosen) uploaded.delete(file); // sent: choosing the same file again sends it anew
       if (text === undefined && input.value === content) input.value = "";
-      if (chosen.length) files.value = "";
+      // Emptied only if still the files that were sent (another choice made meanwhile stays).
+      if (chosen.length && files.files.length === chosen.length && [...files.files].every((f, i) => f === chosen[i])) files.value = "";
       if (current === shown) showMessages([message], { stick: true });
     } catch (error) {
       view.onError(error);
