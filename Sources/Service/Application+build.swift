@@ -256,7 +256,8 @@ public final class StoreService: Service, Sendable {
 }
 
 /// Marks sessions past their expiry as expired, and drops expired token rows, every `interval`.
-/// Also deletes guests inactive for `guestTTL` seconds, a batch per round, and applies retention: messages
+/// Also deletes guests inactive for `guestTTL` seconds and uploads interrupted or never sent, a batch per
+/// round, and applies retention: messages
 /// older than `messageRetention` and sessions resolved longer ago than `resolvedSessionRetention` are deleted
 /// in small batches (each its own short transaction, so sends are never held up for long), then the space is
 /// given back (`reclaimSpace`).
@@ -269,6 +270,10 @@ struct SessionSweeper: Service {
     var resolvedSessionRetention: Int?
     /// An upload not complete this many seconds after it started was interrupted: its bytes are removed.
     var abandonedUploadAge = 3600
+    /// A complete upload that no message carried this many seconds after it completed is removed (the
+    /// client uploaded and never sent); a send refuses uploads an hour before that (`sendableUploadAge`).
+    static let unsentUploadAge = 86400
+    static let sendableUploadAge = unsentUploadAge - 3600
     /// Rows per retention batch, and batches per round (the rest waits for the next round).
     var batch = 500
     var maxBatches = 40
@@ -276,19 +281,25 @@ struct SessionSweeper: Service {
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
-                let now = Timestamp.now()
-                let expired = try await store.sweepExpired(now: now)
-                if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }
-                let guests = try await store.deleteInactiveGuests(inactiveSince: now.addingTimeInterval(-Double(guestTTL)), limit: 500)
-                if guests > 0 { logger.info("deleted inactive guests", metadata: ["count": "\(guests)"]) }
-                let uploads = try await store.deleteAbandonedUploads(startedBefore: now.addingTimeInterval(-Double(abandonedUploadAge)), limit: 50)
-                if uploads > 0 { logger.info("removed interrupted uploads", metadata: ["count": "\(uploads)"]) }
-                try await applyRetention(now: now)
+                try await sweep(now: Timestamp.now())
             } catch {
                 logger.warning("session sweep failed", metadata: ["error": .string(String(reflecting: error))])
             }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
         }
+    }
+
+    /// One round: expiry, inactive guests, interrupted and unsent uploads, retention.
+    func sweep(now: Date) async throws {
+        let expired = try await store.sweepExpired(now: now)
+        if expired > 0 { logger.info("expired sessions", metadata: ["count": "\(expired)"]) }
+        let guests = try await store.deleteInactiveGuests(inactiveSince: now.addingTimeInterval(-Double(guestTTL)), limit: 500)
+        if guests > 0 { logger.info("deleted inactive guests", metadata: ["count": "\(guests)"]) }
+        let uploads = try await store.deleteAbandonedUploads(startedBefore: now.addingTimeInterval(-Double(abandonedUploadAge)), limit: 50)
+        if uploads > 0 { logger.info("removed interrupted uploads", metadata: ["count": "\(uploads)"]) }
+        let unsent = try await store.deleteUnsentUploads(completedBefore: now.addingTimeInterval(-Double(Self.unsentUploadAge)), limit: 50)
+        if unsent > 0 { logger.info("removed uploads never sent with a message", metadata: ["count": "\(unsent)"]) }
+        try await applyRetention(now: now)
     }
 
     func applyRetention(now: Date) async throws {

@@ -157,6 +157,9 @@ public protocol ChatStore: Sendable {
     /// Removes uploads started before `startedBefore` that never completed (the client went away, the
     /// server stopped); returns how many.
     func deleteAbandonedUploads(startedBefore: Date, limit: Int) async throws -> Int
+    /// Removes complete uploads that completed before `completedBefore` and that no message ever carried
+    /// (an API client uploaded, then never sent); returns how many.
+    func deleteUnsentUploads(completedBefore: Date, limit: Int) async throws -> Int
 
     // MARK: Event webhooks (an outbox filled by the database's triggers)
 

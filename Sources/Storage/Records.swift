@@ -201,10 +201,12 @@ public struct Attachment: Sendable, Equatable {
     public var sha256: String?
     public var createdAt: Date
     public var completedAt: Date?
+    /// When a message first carried it (set by the append); a complete upload never sent is swept.
+    public var sentAt: Date?
 
     public init(
         id: UUID, sessionId: UUID, userId: UUID?, filename: String, contentType: String, size: Int64 = 0, sha256: String? = nil,
-        createdAt: Date, completedAt: Date? = nil
+        createdAt: Date, completedAt: Date? = nil, sentAt: Date? = nil
     ) {
         self.id = id
         self.sessionId = sessionId
@@ -215,6 +217,7 @@ public struct Attachment: Sendable, Equatable {
         self.sha256 = sha256
         self.createdAt = createdAt
         self.completedAt = completedAt
+        self.sentAt = sentAt
     }
 
     public var ref: AttachmentRef { AttachmentRef(id: id, filename: filename, contentType: contentType, size: size) }

@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import Logging
 import Testing
 @testable import Service
 @testable import Storage
@@ -214,6 +215,51 @@ struct SessionTests {
             let uri = path.replacingOccurrences(of: "SID", with: id).replacingOccurrences(of: "UID", with: user.id)
             let r = try await client.call(.get, uri, token: user.token)
             #expect(r.status == .badRequest && r["error"]?["details"]?["field"]?.string == field, "\(uri) → \(r.json)")
+        }
+    }
+
+    @Test("an upload never sent with a message is refused near the end of its day and then swept; sent ones stay")
+    func unsentUploads() async throws {
+        let test = try await TestApp.make()
+        let store = test.store
+        try await test.run { client in
+            let user = try await client.register()
+            let session = try await client.createSession(user.token)
+            let sessionId = try #require(UUID(uuidString: session)), userId = try #require(UUID(uuidString: user.id))
+            func upload(_ text: String) async throws -> String {
+                let r = try await client.call(.post, "/api/sessions/\(session)/attachments?filename=\(text).txt", token: user.token, body: text, headers: [.contentType: "text/plain"])
+                #expect(r.status == .created, "\(r.json)")
+                return r["id"]?.string ?? ""
+            }
+            // An upload that completed 23.5 hours ago, never sent: too close to its removal to be sent now.
+            let now = Timestamp.now()
+            let old = UUIDv7.make(now: now.addingTimeInterval(-84_600))
+            try await store.createAttachment(Attachment(id: old, sessionId: sessionId, userId: userId, filename: "old.txt", contentType: "text/plain", createdAt: now.addingTimeInterval(-84_600)))
+            try await store.putAttachmentChunk(AttachmentChunk(attachmentId: old, seq: 0, data: Array("old".utf8)))
+            _ = try await store.completeAttachment(id: old, size: 3, sha256: "ab", quota: nil, now: now.addingTimeInterval(-84_600))
+            let refused = try await client.call(.post, "/api/sessions/\(session)/messages", token: user.token, body: #"{"content":"late","attachments":["\#(old.lowercased)"]}"#)
+            #expect(refused.status == .badRequest && refused.errorCode == "validation_failed", "\(refused.json)")
+            #expect(refused.errorMessage.contains("upload it again"), "\(refused.json)")
+            let history = try await client.call(.get, "/api/sessions/\(session)/messages", token: user.token)
+            #expect(history["messages"]?.array.isEmpty == true)
+
+            let sent = try await upload("sent"), unsent = try await upload("unsent")
+            let message = try await client.call(.post, "/api/sessions/\(session)/messages", token: user.token, body: #"{"content":"here","attachments":["\#(sent)"]}"#)
+            #expect(message.status == .created, "\(message.json)")
+
+            let sweeper = SessionSweeper(store: store, interval: .seconds(30), logger: Logger(label: "test"))
+            try await sweeper.sweep(now: Timestamp.now())
+            // Within their day, unsent files stay; the old one goes in the next hour.
+            #expect(try await client.call(.get, "/api/attachments/\(old.lowercased)", token: user.token).status == .ok)
+            #expect(try await client.call(.get, "/api/attachments/\(unsent)", token: user.token).status == .ok)
+            try await sweeper.sweep(now: Timestamp.now().addingTimeInterval(3600))
+            #expect(try await client.call(.get, "/api/attachments/\(old.lowercased)", token: user.token).status == .notFound)
+            #expect(try await client.call(.get, "/api/attachments/\(unsent)", token: user.token).status == .ok)
+            // A day later: the file never sent is gone (and out of the quota), the one a message carries stays.
+            try await sweeper.sweep(now: Timestamp.now().addingTimeInterval(Double(SessionSweeper.unsentUploadAge) + 60))
+            #expect(try await client.call(.get, "/api/attachments/\(unsent)", token: user.token).status == .notFound)
+            #expect(try await client.call(.get, "/api/attachments/\(sent)", token: user.token).status == .ok)
+            #expect(try await store.attachmentBytes(userId: userId) == 4)
         }
     }
 

@@ -11,10 +11,8 @@ struct SQLiteStoreTests {
     func editedMigration() async throws {
         let fixture = StoreBackends.sqlite()
         defer { fixture.cleanup() }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("edit-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let (dir, path) = try temporaryDatabase("edit")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("chat.db").path
         await try SQLiteStore.open(path: path).close()
 
         var edited = MigrationSet.sqlite.migrations
@@ -38,10 +36,8 @@ struct SQLiteStoreTests {
 
     @Test("corruption found while serving stops every read and write; the file is not written to again")
     func corruptionAtRunTime() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("corrupt-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let (dir, path) = try temporaryDatabase("corrupt")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("chat.db").path
         var store = try await SQLiteStore.open(path: path)
         var names: [String] = []
         for i in 0..<2000 {
@@ -92,10 +88,8 @@ struct SQLiteStoreTests {
 
     @Test("a failing migration leaves no partial schema")
     func failingMigration() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fail-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let (dir, path) = try temporaryDatabase("fail")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("chat.db").path
         let broken = MigrationSet(dialect: "sqlite", migrations: [
             Migration(version: 1, fileName: "V1__ok.sql", sql: "CREATE TABLE a (x INTEGER);"),
             Migration(version: 2, fileName: "V2__broken.sql", sql: "CREATE TABLE b (y INTEGER); SELECT * FROM missing_table;"),
@@ -106,12 +100,44 @@ struct SQLiteStoreTests {
         #expect(try db.query("SELECT name FROM sqlite_master WHERE name = 'b'").isEmpty)
     }
 
+    @Test("upgrading to V18 marks sent the uploads that messages already carry, and only those")
+    func sentAttachmentsBackfill() async throws {
+        let (dir, path) = try temporaryDatabase("v18")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let all = MigrationSet.sqlite.migrations
+        let v18 = try #require(all.firstIndex { $0.version == 18 })
+        let older = try await SQLiteStore.open(path: path, migrations: MigrationSet(dialect: "sqlite", migrations: Array(all[..<v18])))
+        let user = Make.user("uploader")
+        try await older.createUser(user)
+        let session = Make.session(userId: user.id)
+        try await older.createSession(session)
+        await older.close()
+        // Two complete uploads and a message carrying one, as the V17 schema has them.
+        let raw = try SQLiteConnection(path: path)
+        let now = Timestamp.now(), stamp = Timestamp.format(now)
+        let carried = UUIDv7.make(now: now), kept = UUIDv7.make(now: now)
+        for id in [carried, kept] {
+            try raw.run(
+                "INSERT INTO attachments (id, session_id, user_id, filename, content_type, size, created_at, completed_at) VALUES ($1, $2, $3, 'f', 'text/plain', 1, $4, $4)",
+                [.text(id.lowercased), .text(session.id.lowercased), .text(user.id.lowercased), .text(stamp)]
+            )
+        }
+        let files = #"[{"id":"\#(carried.lowercased)","filename":"f","contentType":"text/plain","size":1}]"#
+        try raw.run("INSERT INTO chat_messages (id, session_id, user_id, content, created_at, updated_at, attachments) VALUES ($1, $2, $3, 'hi', $4, $4, $5)",
+                    [.text(UUIDv7.make(now: now).lowercased), .text(session.id.lowercased), .text(user.id.lowercased), .text(stamp), .text(files)])
+        raw.close()
+        let store = try await SQLiteStore.open(path: path)
+        #expect(try await store.attachment(id: carried)?.sentAt == now)
+        #expect(try await store.attachment(id: kept)?.sentAt == nil)
+        #expect(try await store.deleteUnsentUploads(completedBefore: now.addingTimeInterval(1), limit: 10) == 1)
+        #expect(try await store.attachment(id: carried) != nil)
+        await store.close()
+    }
+
     @Test("a migration that rebuilds a table keeps the rows referring to it, and one that would orphan rows is refused")
     func tableRebuild() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rebuild-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let (dir, path) = try temporaryDatabase("rebuild")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("chat.db").path
         let all = MigrationSet.sqlite.migrations
         let rebuild = try #require(all.firstIndex { $0.sql.hasPrefix("-- migration: foreign keys off") })
         // A database from before the users table was rebuilt, with rows that refer to users.
@@ -173,10 +199,8 @@ struct SQLiteStoreTests {
 
     @Test("the database runs in WAL mode with foreign keys and full sync")
     func pragmas() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pragma-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let (dir, path) = try temporaryDatabase("pragma")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("chat.db").path
         let store = try await SQLiteStore.open(path: path)
         let db = try SQLiteConnection(path: path)
         #expect(try db.query("PRAGMA journal_mode").first?.string(0) == "wal")
@@ -188,10 +212,8 @@ struct SQLiteStoreTests {
 
     @Test("the search index follows messages inserted, edited and removed in one transaction and in concurrent commits")
     func searchIndexedPerCommit() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("search-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let (dir, path) = try temporaryDatabase("search")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("chat.db").path
         let store = try await SQLiteStore.open(path: path)
         let user = Make.user()
         try await store.createUser(user)
@@ -369,4 +391,11 @@ extension JSONValue {
         if case .object(let o) = self { return o[key] }
         return nil
     }
+}
+
+/// A new directory for a test's database file: (the directory, the file's path in it).
+func temporaryDatabase(_ prefix: String) throws -> (URL, String) {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return (dir, dir.appendingPathComponent("chat.db").path)
 }

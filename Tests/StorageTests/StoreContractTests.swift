@@ -812,20 +812,10 @@ struct StoreContractTests {
     @Test("attachments: chunks in order, complete only when done, quota, messages refer to them, deleted with them, copied", arguments: backends)
     func attachments(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, _ in
-            let user = Make.user()
-            try await store.createUser(user)
-            let session = Make.session(userId: user.id)
-            try await store.createSession(session)
+            let (user, session) = try await store.newUserWithSession()
             let now = Timestamp.now()
-            func upload(_ bytes: [UInt8], at: Date = now, quota: Int64? = nil) async throws -> (UUID, AttachmentCompletion) {
-                let id = UUIDv7.make(now: at)
-                try await store.createAttachment(Attachment(id: id, sessionId: session.id, userId: user.id, filename: "f.bin", contentType: "application/octet-stream", createdAt: at))
-                var seq = 0
-                for start in stride(from: 0, to: bytes.count, by: Attachment.chunkSize) {
-                    try await store.putAttachmentChunk(AttachmentChunk(attachmentId: id, seq: seq, data: Array(bytes[start..<min(bytes.count, start + Attachment.chunkSize)])))
-                    seq += 1
-                }
-                return (id, try await store.completeAttachment(id: id, size: Int64(bytes.count), sha256: "ab", quota: quota, now: at))
+            func upload(_ bytes: [UInt8], quota: Int64? = nil) async throws -> (UUID, AttachmentCompletion) {
+                try await store.upload(bytes, session: session.id, user: user.id, at: now, quota: quota)
             }
             // Every byte value, over more than one chunk.
             let bytes = (0..<(Attachment.chunkSize + 1000)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
@@ -879,6 +869,59 @@ struct StoreContractTests {
             #expect(try await store.attachment(id: id) == nil)
             #expect(try await store.attachment(id: small) == nil)
             #expect(try await store.recordCounts().attachments == 0)
+        }
+    }
+
+    @Test("uploads: a message marks the files it carries sent; complete uploads never sent are swept after their time, sent ones never", arguments: backends)
+    func unsentUploads(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let (user, session) = try await store.newUserWithSession()
+            let now = Timestamp.now()
+            func upload(_ name: String, completed: Date) async throws -> Storage.Attachment {
+                guard case (_, .completed(let file)) = try await store.upload(Array(name.utf8), session: session.id, user: user.id, at: completed)
+                else { throw StoreError(.failed, "upload \(name) not completed") }
+                return file
+            }
+            let dayAgo = now.addingTimeInterval(-90_000)
+            let sent = try await upload("sent", completed: dayAgo)
+            let twice = try await upload("twice", completed: dayAgo)
+            let forgotten = try await upload("forgotten", completed: dayAgo)
+            let recent = try await upload("recent", completed: now)
+            #expect(sent.sentAt == nil)
+
+            var message = Make.message(session.id, userId: user.id)
+            message.attachments = [sent.ref, twice.ref]
+            guard case .created = try await store.appendMessage(message, now: now) else { Issue.record("not created"); return }
+            // A file sent again keeps when it was first sent.
+            var again = Make.message(session.id, userId: user.id)
+            again.attachments = [twice.ref]
+            guard case .created = try await store.appendMessage(again, now: now.addingTimeInterval(5)) else { Issue.record("not created"); return }
+            // A message refused (resolved session) marks nothing.
+            let closed = Make.session(userId: user.id)
+            try await store.createSession(closed)
+            let elsewhere = try await upload("elsewhere", completed: dayAgo)
+            #expect(try await store.resolveSession(id: closed.id, now: now) != nil)
+            var refused = Make.message(closed.id, userId: user.id)
+            refused.attachments = [elsewhere.ref]
+            #expect(try await store.appendMessage(refused, now: now) == .sessionResolved)
+
+            #expect(try await store.attachment(id: sent.id)?.sentAt == now)
+            #expect(try await store.attachment(id: twice.id)?.sentAt == now)
+            #expect(try await store.attachment(id: forgotten.id)?.sentAt == nil)
+            #expect(try await store.exportAttachments(after: nil, limit: 10).first { $0.id == sent.id }?.sentAt == now)
+
+            // The sweep takes what completed before its cutoff and no message carried, a batch at a time.
+            let cutoff = now.addingTimeInterval(-86_400)
+            #expect(try await store.deleteUnsentUploads(completedBefore: cutoff, limit: 1) == 1)
+            #expect(try await store.deleteUnsentUploads(completedBefore: cutoff, limit: 10) == 1)
+            #expect(try await store.deleteUnsentUploads(completedBefore: cutoff, limit: 10) == 0)
+            #expect(try await store.attachment(id: forgotten.id) == nil)
+            #expect(try await store.attachment(id: elsewhere.id) == nil)
+            #expect(try await store.attachmentChunk(id: forgotten.id, seq: 0) == nil)
+            #expect(try await store.attachment(id: sent.id) != nil)
+            #expect(try await store.attachment(id: twice.id) != nil)
+            #expect(try await store.attachment(id: recent.id) != nil)
+            #expect(try await store.attachmentBytes(userId: user.id) == Int64("sent".utf8.count + "twice".utf8.count + "recent".utf8.count))
         }
     }
 

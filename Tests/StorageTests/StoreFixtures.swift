@@ -98,3 +98,26 @@ extension Result where Failure == any Error {
         do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }
+
+extension ChatStore {
+    /// A new user with one session of theirs.
+    func newUserWithSession() async throws -> (User, ChatSession) {
+        let user = Make.user()
+        try await createUser(user)
+        let session = Make.session(userId: user.id)
+        try await createSession(session)
+        return (user, session)
+    }
+
+    /// Uploads `bytes` into `session` as `user`, a chunk per write as the API does, and completes it at `at`.
+    func upload(_ bytes: [UInt8], session: UUID, user: UUID, at: Date, quota: Int64? = nil) async throws -> (UUID, AttachmentCompletion) {
+        let id = UUIDv7.make(now: at)
+        try await createAttachment(Storage.Attachment(id: id, sessionId: session, userId: user, filename: "f.bin", contentType: "application/octet-stream", createdAt: at))
+        var seq = 0
+        for start in stride(from: 0, to: bytes.count, by: Storage.Attachment.chunkSize) {
+            try await putAttachmentChunk(AttachmentChunk(attachmentId: id, seq: seq, data: Array(bytes[start..<min(bytes.count, start + Storage.Attachment.chunkSize)])))
+            seq += 1
+        }
+        return (id, try await completeAttachment(id: id, size: Int64(bytes.count), sha256: "ab", quota: quota, now: at))
+    }
+}

@@ -86,6 +86,12 @@ struct MessageService: Sendable {
             if let missing = input.attachments.first(where: { byId[$0] == nil }) {
                 throw APIError.invalid("attachments", "no attachment \(missing.lowercased) was uploaded to this session")
             }
+            // The sweep removes an upload no message carried a day after it completed: one about to go is refused
+            // here, so a send never refers to a file deleted while it is being written.
+            let stale = now.addingTimeInterval(-Double(SessionSweeper.sendableUploadAge))
+            if let old = found.first(where: { $0.sentAt == nil && ($0.completedAt ?? now) < stale }) {
+                throw APIError.invalid("attachments", "attachment \(old.id.lowercased) was uploaded more than \(SessionSweeper.sendableUploadAge / 3600) hours ago and never sent; upload it again")
+            }
             message.attachments = input.attachments.compactMap { byId[$0]?.ref }
         }
         // Ownership is checked inside the write: one round trip to the store per send.

@@ -104,6 +104,7 @@ public final class PostgresStore: SQLStore {
     /// happens only when the session exists, belongs to `owner`, is open and unexpired, and the client id is new.
     /// The session row is key-share locked until the (batch's) commit, so a resolve, which locks the row
     /// for update, either waits for the send to commit or is seen by it: no message lands after a resolve.
+    /// The attachments the message carries are marked sent.
     private static let appendSQL = """
         WITH s AS (
             SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $2::uuid FOR KEY SHARE
@@ -116,6 +117,10 @@ public final class PostgresStore: SQLStore {
               AND ($15::uuid IS NULL OR s.user_id = $15::uuid)
             ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
             RETURNING id
+        ), sent AS (
+            UPDATE attachments SET sent_at = $14::timestamptz
+            WHERE $13::jsonb <> '[]'::jsonb AND EXISTS (SELECT 1 FROM ins) AND session_id = $2::uuid AND sent_at IS NULL
+              AND id IN (SELECT (f ->> 'id')::uuid FROM jsonb_array_elements($13::jsonb) f)
         ), announced AS (
             SELECT pg_notify('chat_messages', $16::text || ' ' || $2::text || ' ' || $1::text) FROM ins
         )

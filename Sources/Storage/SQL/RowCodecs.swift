@@ -207,11 +207,11 @@ enum Codec {
     static let attachment = RowCodec<Attachment>("attachments", key: "id", [
         Column("id", { $0.id }), Column("session_id", { $0.sessionId }), Column("user_id", { $0.userId }), Column("filename", { $0.filename }),
         Column("content_type", { $0.contentType }), Column("size", { $0.size }), Column("sha256", { $0.sha256 }),
-        Column("created_at", { $0.createdAt }), Column("completed_at", { $0.completedAt }),
+        Column("created_at", { $0.createdAt }), Column("completed_at", { $0.completedAt }), Column("sent_at", { $0.sentAt }),
     ]) { r in
         Attachment(
             id: try r.next(), sessionId: try r.next(), userId: try r.next(), filename: try r.next(), contentType: try r.next(),
-            size: try r.next(), sha256: try r.next(), createdAt: try r.next(), completedAt: try r.next()
+            size: try r.next(), sha256: try r.next(), createdAt: try r.next(), completedAt: try r.next(), sentAt: try r.next()
         )
     }
 

@@ -105,6 +105,18 @@ extension SQLStore {
         }
     }
 
+    public func deleteUnsentUploads(completedBefore: Date, limit: Int) async throws -> Int {
+        try await write(atomic: true) { db in
+            try db.run(
+                """
+                DELETE FROM attachments WHERE id IN (
+                    SELECT id FROM attachments WHERE sent_at IS NULL AND completed_at < $1 ORDER BY completed_at LIMIT $2
+                )
+                """, [.time(completedBefore), .integer(Int64(limit))]
+            )
+        }
+    }
+
     public func exportAttachments(after: UUID?, limit: Int) async throws -> [Attachment] {
         try await read { db in
             try db.select(

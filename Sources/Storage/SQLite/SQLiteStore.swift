@@ -226,6 +226,12 @@ public final class SQLiteStore: SQLStore {
             if try session.flag(0) { return .sessionResolved }
             if try session.string(1) == SessionState.expired.rawValue || (try session.date(2)) <= now { return .sessionExpired }
             try db.run(Codec.message.insert, Codec.message.values(message, .sqlite))
+            if !message.attachments.isEmpty {
+                try db.run(
+                    "UPDATE attachments SET sent_at = $2 WHERE session_id = $1 AND sent_at IS NULL AND id IN (\(SQL.placeholders(message.attachments.count, after: 2)))",
+                    [.id(message.sessionId), .time(now)] + message.attachments.map { .id($0.id) }
+                )
+            }
             return .created(message)
         }
     }
