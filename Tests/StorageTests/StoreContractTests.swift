@@ -382,6 +382,40 @@ struct StoreContractTests {
         }
     }
 
+    @Test("concurrent appends to open, resolved, expired, missing and others' sessions each get their own outcome", arguments: backends)
+    func mixedOutcomes(_ make: @Sendable () -> StoreFixture) async throws {
+        try await withStore(make) { store, _ in
+            let (user, open) = try await store.newUserWithSession()
+            let now = Timestamp.now()
+            let resolved = Make.session(userId: user.id), expired = Make.session(userId: user.id, ttl: -1, now: now)
+            try await store.createSession(resolved)
+            try await store.createSession(expired)
+            #expect(try await store.resolveSession(id: resolved.id, now: now) != nil)
+            let cases: [(UUID, UUID?, AppendOutcome?)] = [
+                (open.id, user.id, nil), (resolved.id, user.id, .sessionResolved), (expired.id, nil, .sessionExpired),
+                (UUID(), nil, .sessionNotFound), (open.id, UUID(), .sessionNotFound), (open.id, nil, nil),
+            ]
+            let outcomes = try await withThrowingTaskGroup(of: (Int, AppendOutcome).self) { group in
+                for round in 0..<10 {
+                    for (k, (session, owner, _)) in cases.enumerated() {
+                        group.addTask { (k, try await store.appendMessage(Make.message(session, userId: user.id, content: "r\(round)"), now: now, owner: owner)) }
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            for (k, outcome) in outcomes {
+                if let expected = cases[k].2 {
+                    #expect(outcome == expected, "case \(k)")
+                } else if case .created = outcome {} else {
+                    Issue.record("case \(k): \(outcome)")
+                }
+            }
+            #expect(try await store.messages(MessageQuery(sessionId: open.id, limit: 100)).messages.count == 20)
+            #expect(try await store.messages(MessageQuery(sessionId: resolved.id, limit: 100)).messages.isEmpty)
+            #expect(try await store.messages(MessageQuery(sessionId: expired.id, limit: 100)).messages.isEmpty)
+        }
+    }
+
     @Test("one failing write among concurrent ones fails alone", arguments: backends)
     func failureIsolation(_ make: @Sendable () -> StoreFixture) async throws {
         try await withStore(make) { store, fixture in

@@ -8,13 +8,18 @@ import NIOPosix
 import Synchronization
 
 /// Group commit for message appends on Postgres: appends that arrive while a batch is in flight are sent
-/// together as one pipelined transaction on a dedicated connection, so one round trip and one WAL flush
-/// cover many messages. Each append keeps its own checks (one statement each).
+/// together as one statement on a dedicated connection, so one round trip, one executor start-up and one
+/// WAL flush cover many messages. Each append keeps its own checks (a row each in the statement's result).
 final class PostgresAppender: Sendable {
-    struct Job: @unchecked Sendable {
+    /// What one append inserts.
+    struct Append: Sendable {
         var message: ChatMessage
         var now: Date
         var owner: UUID?
+    }
+
+    struct Job: @unchecked Sendable {
+        var append: Append
         var committed: (@Sendable (ChatMessage) -> Void)?
         var continuation: CheckedContinuation<AppendOutcome, any Error>
         var loop: (any EventLoop)? = CallerLoops.current
@@ -24,20 +29,17 @@ final class PostgresAppender: Sendable {
     private let worker = BatchWorker<Job>(maxBatch: 256)
     // Touched only on the appender's thread.
     private let connection = Mutex<UnsafeTransfer<PostgresConnection>?>(nil)
+    private let insert: @Sendable (PostgresConnection, [Append]) throws -> [SQLRow?]
     private let decide: @Sendable (PostgresConnection, ChatMessage, UUID?, SQLRow?) throws -> AppendOutcome
-    private let single: @Sendable (PostgresConnection, ChatMessage, Date, UUID?) throws -> AppendOutcome
-    private let statement: String
-    private let parameters: @Sendable (ChatMessage, Date, UUID?) -> [SQLValue]
 
+    /// `append` runs the appends in one statement (its own transaction) and returns each one's row; `decide`
+    /// turns a row into the append's outcome (after the commit).
     init(
-        conninfo: String, statement: String, parameters: @escaping @Sendable (ChatMessage, Date, UUID?) -> [SQLValue],
-        single: @escaping @Sendable (PostgresConnection, ChatMessage, Date, UUID?) throws -> AppendOutcome,
+        conninfo: String, append: @escaping @Sendable (PostgresConnection, [Append]) throws -> [SQLRow?],
         decide: @escaping @Sendable (PostgresConnection, ChatMessage, UUID?, SQLRow?) throws -> AppendOutcome
     ) {
         self.conninfo = conninfo
-        self.statement = statement
-        self.parameters = parameters
-        self.single = single
+        self.insert = append
         self.decide = decide
     }
 
@@ -49,7 +51,7 @@ final class PostgresAppender: Sendable {
             let queued = worker.submit({
                 var message = message
                 message.id = UUIDv7.make(now: now)
-                return Job(message: message, now: now, owner: owner, committed: committed, continuation: continuation)
+                return Job(append: Append(message: message, now: now, owner: owner), committed: committed, continuation: continuation)
             }) { [self] batch in run(batch) }
             if !queued { continuation.resume(throwing: StoreError(.unavailable, "the store is closed")) }
         }
@@ -78,13 +80,13 @@ final class PostgresAppender: Sendable {
         } catch {
             return batch.map { _ in .failure(error) }
         }
-        let each = { (job: Job) in Result { try self.single(db, job.message, job.now, job.owner) } }
+        let decided = { (job: Job, row: SQLRow?) in Result { try self.decide(db, job.append.message, job.append.owner, row) } }
+        let each = { (job: Job) in Result { try self.insert(db, [job.append])[0] }.flatMap { decided(job, $0) } }
         if batch.count == 1 { return [each(batch[0])] }
         do {
-            let rows = try db.pipelined(statement, batch.map { parameters($0.message, $0.now, $0.owner) })
-            return zip(batch, rows).map { job, row in Result { try decide(db, job.message, job.owner, row) } }
+            return zip(batch, try insert(db, batch.map(\.append))).map(decided)
         } catch let error as StoreError where error.kind != .unavailable && db.isHealthy {
-            // One append failed and aborted the batch; nothing was committed. Run each on its own.
+            // One append failed and aborted the statement; nothing was committed. Run each on its own.
             return batch.map(each)
         } catch {
             return batch.map { _ in .failure(error) }

@@ -102,53 +102,6 @@ final class PostgresConnection: SQLDatabase {
         return read(result)
     }
 
-    /// Runs `statement` once per parameter list inside one transaction, sent as a libpq pipeline: one round
-    /// trip and one commit (one WAL flush) for the whole batch. Returns each execution's first row.
-    /// Any error aborts the whole transaction and is thrown; nothing of the batch is then committed.
-    func pipelined(_ statement: String, _ paramsList: [[SQLValue]]) throws -> [SQLRow?] {
-        let name = try statementName(for: statement, parameterCount: paramsList.first?.count ?? 0)
-        guard PQenterPipelineMode(handle) == 1 else { throw connectionError(sql: statement) }
-        defer { _ = PQexitPipelineMode(handle) }
-        guard PQsendQueryParams(handle, "BEGIN", 0, nil, nil, nil, nil, 0) == 1 else { throw connectionError(sql: "BEGIN") }
-        for params in paramsList {
-            let sent = withCStrings(params.map(\.pgText)) { pointers in PQsendQueryPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0) }
-            guard sent == 1 else { throw connectionError(sql: statement) }
-        }
-        guard PQsendQueryParams(handle, "COMMIT", 0, nil, nil, nil, nil, 0) == 1, PQpipelineSync(handle) == 1 else {
-            throw connectionError(sql: "COMMIT")
-        }
-        // Results come per query (then a NULL), and finally the sync marker.
-        var rows: [SQLRow?] = []
-        var firstError: StoreError?
-        for index in 0..<(paramsList.count + 2) {
-            var row: SQLRow?
-            while let result = PQgetResult(handle) {
-                defer { PQclear(result) }
-                let status = PQresultStatus(result)
-                if status == PGRES_TUPLES_OK, row == nil, PQntuples(result) > 0 {
-                    row = Self.row(result, 0)
-                } else if status != PGRES_TUPLES_OK && status != PGRES_COMMAND_OK, firstError == nil {
-                    do { try check(result, sql: statement) } catch let error as StoreError { firstError = error } catch {}
-                }
-            }
-            if index > 0 && index <= paramsList.count { rows.append(row) }
-        }
-        // Drain up to the sync marker.
-        while let result = PQgetResult(handle) {
-            let status = PQresultStatus(result)
-            PQclear(result)
-            if status == PGRES_PIPELINE_SYNC { break }
-        }
-        _ = PQexitPipelineMode(handle)
-        if let firstError {
-            // The failed statement aborted the transaction (and the COMMIT with it): end it.
-            if PQstatus(handle) == CONNECTION_OK { try? execute("ROLLBACK") }
-            throw firstError
-        }
-        guard PQstatus(handle) == CONNECTION_OK else { throw connectionError(sql: statement) }
-        return rows
-    }
-
     private func statementName(for sql: String, parameterCount: Int) throws -> String {
         if let name = prepared[sql] { return name }
         let name = "s\(prepared.count + 1)"

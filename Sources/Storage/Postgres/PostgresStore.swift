@@ -29,8 +29,7 @@ public final class PostgresStore: SQLStore {
         self.pool = pool
         self.listener = PostgresListener(conninfo: pool.conninfo, channel: "chat_messages", instanceID: Self.instanceID)
         self.appender = PostgresAppender(
-            conninfo: pool.conninfo, statement: Self.appendSQL, parameters: Self.appendParameters,
-            single: Self.appendOne, decide: { db, message, owner, row in try Self.decideAppend(db, message, owner: owner, row: row) }
+            conninfo: pool.conninfo, append: Self.append, decide: { db, message, owner, row in try Self.decideAppend(db, message, owner: owner, row: row) }
         )
     }
 
@@ -100,31 +99,39 @@ public final class PostgresStore: SQLStore {
         try await pool.withConnection { [self] db in try announce("session:\(reason) \(sessionId.lowercased)", db: db) }
     }
 
-    /// Checks the session and inserts in one statement (one round trip, its own transaction): the insert
-    /// happens only when the session exists, belongs to `owner`, is open and unexpired, and the client id is new.
-    /// The session row is key-share locked until the (batch's) commit, so a resolve, which locks the row
-    /// for update, either waits for the send to commit or is seen by it: no message lands after a resolve.
-    /// The attachments the message carries are marked sent.
+    /// Checks each message's session and inserts the messages in one statement (one round trip, one
+    /// transaction, one executor start-up for a whole batch): a message is inserted only when its session
+    /// exists, belongs to its `owner`, is open and unexpired, and its client id is new. The messages come as
+    /// one JSON array of their columns (`Codec.message.jsonObject`, read by `jsonb_populate_record` with the
+    /// table's own column types) plus `now` and `owner`. Session rows are key-share locked until the commit,
+    /// so a resolve, which locks the row for update, either waits for the sends to commit or is seen by them:
+    /// no message lands after a resolve. The attachments a message carries are marked sent. One row per
+    /// message, in order: its session's state (NULLs when there is none) and whether it was inserted.
     private static let appendSQL = """
-        WITH s AS (
-            SELECT is_resolved, state, expires_at, user_id FROM chat_sessions WHERE session_id = $2::uuid FOR KEY SHARE
+        WITH input AS (
+            SELECT e.ord, m.*, (e.doc ->> 'now')::timestamptz AS now, (e.doc ->> 'owner')::uuid AS owner
+            FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(doc, ord), jsonb_populate_record(NULL::chat_messages, e.doc) AS m
+        ), s AS (
+            SELECT session_id, is_resolved, state, expires_at, user_id FROM chat_sessions
+            WHERE session_id IN (SELECT session_id FROM input) FOR KEY SHARE
         ), ins AS (
             INSERT INTO chat_messages (\(Codec.message.names))
-            SELECT $1::uuid, $2::uuid, $3::uuid, $4::text, $5::varchar, $6::varchar, $7::jsonb, $8::varchar, $9::timestamptz, $10::timestamptz,
-                   $11::timestamptz, $12::timestamptz, $13::jsonb
-            FROM s
-            WHERE NOT s.is_resolved AND s.state = 'active' AND s.expires_at > $14::timestamptz
-              AND ($15::uuid IS NULL OR s.user_id = $15::uuid)
+            SELECT \(Codec.message.columns.map { "i.\($0.name)" }.joined(separator: ", "))
+            FROM input i JOIN s ON s.session_id = i.session_id
+            WHERE NOT s.is_resolved AND s.state = 'active' AND s.expires_at > i.now AND (i.owner IS NULL OR s.user_id = i.owner)
+            ORDER BY i.ord
             ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
-            RETURNING id
+            RETURNING id, session_id
         ), sent AS (
-            UPDATE attachments SET sent_at = $14::timestamptz
-            WHERE $13::jsonb <> '[]'::jsonb AND EXISTS (SELECT 1 FROM ins) AND session_id = $2::uuid AND sent_at IS NULL
-              AND id IN (SELECT (f ->> 'id')::uuid FROM jsonb_array_elements($13::jsonb) f)
+            UPDATE attachments a SET sent_at = i.now
+            FROM input i CROSS JOIN LATERAL jsonb_array_elements(i.attachments) f
+            WHERE i.id IN (SELECT id FROM ins) AND a.id = (f ->> 'id')::uuid AND a.session_id = i.session_id AND a.sent_at IS NULL
         ), announced AS (
-            SELECT pg_notify('chat_messages', $16::text || ' ' || $2::text || ' ' || $1::text) FROM ins
+            SELECT pg_notify('chat_messages', $2::text || ' ' || session_id::text || ' ' || id::text) FROM ins
         )
-        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (SELECT count(*) FROM ins), (SELECT count(*) FROM announced) FROM s
+        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (i.id IN (SELECT id FROM ins))::int, (SELECT count(*) FROM announced)
+        FROM input i LEFT JOIN s ON s.session_id = i.session_id
+        ORDER BY i.ord
         """
 
     public func appendMessage(
@@ -136,13 +143,17 @@ public final class PostgresStore: SQLStore {
     /// Identifies this process in NOTIFY payloads, so it ignores its own announcements.
     static let instanceID = UUID().lowercased
 
-    static func appendParameters(_ message: ChatMessage, now: Date, owner: UUID?) -> [SQLValue] {
-        Codec.message.values(message, .postgres) + [.time(now), owner.map(SQLValue.id) ?? .null, .text(instanceID)]
-    }
-
-    /// One append on its own.
-    static func appendOne(_ db: PostgresConnection, _ message: ChatMessage, now: Date, owner: UUID?) throws -> AppendOutcome {
-        try decideAppend(db, message, owner: owner, row: db.query(appendSQL, appendParameters(message, now: now, owner: owner)).first)
+    /// Runs `appendSQL` for `appends`; for each, in order, its session's row (nil: no such session).
+    static func append(_ db: PostgresConnection, _ appends: [PostgresAppender.Append]) throws -> [SQLRow?] {
+        var document: [UInt8] = [UInt8(ascii: "[")]
+        for (k, append) in appends.enumerated() {
+            if k > 0 { document.append(UInt8(ascii: ",")) }
+            Codec.message.jsonObject(append.message, extra: [("now", .time(append.now)), ("owner", append.owner.map(SQLValue.id) ?? .null)], into: &document)
+        }
+        document.append(UInt8(ascii: "]"))
+        let rows = try db.query(appendSQL, [.text(String(decoding: document, as: UTF8.self)), .text(instanceID)])
+        guard rows.count == appends.count else { throw StoreError(.failed, "the append returned \(rows.count) rows for \(appends.count) messages") }
+        return rows.map { $0.values[0] == .null ? nil : $0 }
     }
 
     /// The outcome of an append from the row its statement returned (nil: no such session).

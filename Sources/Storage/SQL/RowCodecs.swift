@@ -123,14 +123,23 @@ struct RowReader {
     }
 }
 
+/// A value stored as JSON text (a JSON or JSONB column on Postgres).
+protocol SQLJSONText {}
+extension JSONValue: SQLJSONText {}
+extension Array: SQLJSONText where Element == AttachmentRef {}
+extension Optional: SQLJSONText where Wrapped: SQLJSONText {}
+
 /// One column of a record: its name and where its value comes from.
 struct Column<Record>: Sendable {
     let name: String
     let bind: @Sendable (Record, SQLDialect) -> SQLValue
+    /// The value is JSON text (written into a JSON document as it is, not as a string).
+    let isJSON: Bool
 
     init<V: SQLColumnValue>(_ name: String, _ field: @escaping @Sendable (Record) -> V) {
         self.name = name
         self.bind = { record, dialect in field(record).bind(dialect) }
+        self.isJSON = V.self is any SQLJSONText.Type
     }
 }
 
@@ -160,6 +169,24 @@ struct RowCodec<Record: Sendable>: Sendable {
     }
 
     func values(_ record: Record, _ dialect: SQLDialect) -> [SQLValue] { columns.map { $0.bind(record, dialect) } }
+
+    /// The record as a JSON object of its columns (Postgres text forms), for `jsonb_populate_record`;
+    /// `extra` fields are appended as strings.
+    func jsonObject(_ record: Record, extra: [(String, SQLValue)] = [], into out: inout [UInt8]) {
+        out.append(UInt8(ascii: "{"))
+        let fields = columns.map { ($0.name, $0.bind(record, .postgres), $0.isJSON) } + extra.map { ($0.0, $0.1, false) }
+        for (k, (name, value, isJSON)) in fields.enumerated() {
+            if k > 0 { out.append(UInt8(ascii: ",")) }
+            JSONCodec.writeString(name, into: &out)
+            out.append(UInt8(ascii: ":"))
+            switch value.pgText {
+            case nil: out.append(contentsOf: "null".utf8)
+            case let text? where isJSON: out.append(contentsOf: text.utf8)
+            case let text?: JSONCodec.writeString(text, into: &out)
+            }
+        }
+        out.append(UInt8(ascii: "}"))
+    }
 
     func decode(_ row: SQLRow) throws -> Record {
         var reader = RowReader(row: row)
