@@ -257,10 +257,9 @@ public final class StoreService: Service, Sendable {
 
 /// Marks sessions past their expiry as expired, and drops expired token rows, every `interval`.
 /// Also deletes guests inactive for `guestTTL` seconds and uploads interrupted or never sent, a batch per
-/// round, and applies retention: messages
-/// older than `messageRetention` and sessions resolved longer ago than `resolvedSessionRetention` are deleted
-/// in small batches (each its own short transaction, so sends are never held up for long), then the space is
-/// given back (`reclaimSpace`).
+/// round, and applies retention: messages older than `messageRetention` and sessions resolved longer ago
+/// than `resolvedSessionRetention` are deleted in small batches (each its own short transaction, so sends
+/// are never held up for long), then the space is given back (`reclaimSpace`).
 struct SessionSweeper: Service {
     let store: any ChatStore
     let interval: Duration

@@ -173,10 +173,10 @@ struct RowCodec<Record: Sendable>: Sendable {
     /// The record as a JSON object of its columns (Postgres text forms), for `jsonb_populate_record`;
     /// `extra` fields are appended as strings.
     func jsonObject(_ record: Record, extra: [(String, SQLValue)] = [], into out: inout [UInt8]) {
-        out.append(UInt8(ascii: "{"))
-        let fields = columns.map { ($0.name, $0.bind(record, .postgres), $0.isJSON) } + extra.map { ($0.0, $0.1, false) }
-        for (k, (name, value, isJSON)) in fields.enumerated() {
-            if k > 0 { out.append(UInt8(ascii: ",")) }
+        var first = true
+        func field(_ name: String, _ value: SQLValue, isJSON: Bool) {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
             JSONCodec.writeString(name, into: &out)
             out.append(UInt8(ascii: ":"))
             switch value.pgText {
@@ -185,6 +185,9 @@ struct RowCodec<Record: Sendable>: Sendable {
             case let text?: JSONCodec.writeString(text, into: &out)
             }
         }
+        out.append(UInt8(ascii: "{"))
+        for column in columns { field(column.name, column.bind(record, .postgres), isJSON: column.isJSON) }
+        for (name, value) in extra { field(name, value, isJSON: false) }
         out.append(UInt8(ascii: "}"))
     }
 
