@@ -145,3 +145,52 @@ def test_unauthenticated_realtime_connections_are_capped_per_address(start_serve
         requests.post(server.url(f"/socket.io/?EIO=4&transport=polling&sid={sid}"), data="1", timeout=5)
     time.sleep(0.3)
     assert requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5).status_code == 200
+
+
+def test_leaving_the_namespace_makes_a_session_unauthenticated_again(start_server):
+    """A Socket.IO client that authenticates and then sends DISCONNECT (`41`) keeps its Engine.IO session,
+    but from then on it counts against its address's cap on unauthenticated sessions and is closed when it
+    has not authenticated again within the timeout: `40` then `41` is no way around either limit."""
+    server = start_server(env={"REALTIME_MAX_UNAUTHENTICATED_PER_IP": "1", "REALTIME_AUTH_TIMEOUT": "2s"})
+    url = server.url("/socket.io/")
+
+    def handshake():
+        return requests.get(url, params={"EIO": "4", "transport": "polling"}, timeout=5)
+
+    def post(sid, body):
+        r = requests.post(url, params={"EIO": "4", "transport": "polling", "sid": sid}, data=body, timeout=5)
+        assert (r.status_code, r.text) == (200, "ok"), r.text
+
+    def poll(sid):
+        return requests.get(url, params={"EIO": "4", "transport": "polling", "sid": sid}, timeout=10)
+
+    token = register(server)["accessToken"]
+    sid = json.loads(handshake().text[1:])["sid"]
+    post(sid, "40" + json.dumps({"token": token}))
+    assert poll(sid).text.startswith('40{"sid":')
+    # Authenticated, it no longer counts: another session may open (and closes again).
+    other = handshake()
+    assert other.status_code == 200, other.text
+    post(json.loads(other.text[1:])["sid"], "1")
+    time.sleep(0.3)
+
+    left = time.monotonic()
+    post(sid, "41")
+    time.sleep(0.3)
+    refused = handshake()
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_connections", refused.text
+    # Not authenticated again within 2 s: the server ends the session with a close packet, and nothing is
+    # sent on the namespace the client has left.
+    packets = []
+    while time.monotonic() - left < 8:
+        r = poll(sid)
+        if r.status_code != 200:
+            break
+        packets += r.text.split("\x1e")
+        if packets[-1] == "1":
+            break
+    assert packets and packets[-1] == "1", packets
+    assert time.monotonic() - left >= 1.5, "closed before the authentication timeout"
+    assert not any(p.startswith("4") for p in packets), f"Socket.IO packets on a namespace the client left: {packets}"
+    time.sleep(0.3)
+    assert handshake().status_code == 200

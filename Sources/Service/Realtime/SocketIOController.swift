@@ -422,30 +422,32 @@ final class SocketIOController: Sendable {
         let session = EngineSession(
             sid: Base64.urlEncode(Crypto.randomBytes(15)), clientIP: clientIP, eventLoop: socket?.channel.eventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
         )
-        session.attach(makeClient(for: session, track: true))
+        session.attach(makeClient(for: session))
         if let socket { session.upgrade(to: socket) }
         sessions.withLock { $0[session.sid] = session }
         startPings(session)
         return session
     }
 
-    /// The realtime client of a session's connection to the main namespace; `track` starts its lifetime
-    /// (it must authenticate in time).
-    private func makeClient(for session: EngineSession, track: Bool) -> RealtimeClient {
+    /// The realtime client of a session's connection to the main namespace, tracked from now: it counts
+    /// against its address and must authenticate in time.
+    private func makeClient(for session: EngineSession) -> RealtimeClient {
         let client = RealtimeClient(maxQueued: events.maxQueued, clientIP: session.clientIP) { [weak session, weak self] item, client in
             guard let session else { return }
             switch item {
             case .text(let frame):
-                // An ack nobody asked for is not sent, but its frame still leaves the queue.
-                session.push(frame.socketIOPacket.map { [$0] } ?? [], frames: 1, client: client)
+                // An ack nobody asked for is not sent, nor is anything while the client is not connected to
+                // the namespace; the frame still leaves the queue.
+                let packet = session.isConnected ? frame.socketIOPacket : nil
+                session.push(packet.map { [$0] } ?? [], frames: 1, client: client)
             case .close(let code, let reason):
-                // The Socket.IO disconnect, then the end of the Engine.IO session.
-                session.push(session.isUpgraded ? ["4" + SocketIOPacket(kind: .disconnect).encoded]
-                                                : ["4" + SocketIOPacket(kind: .disconnect).encoded, EnginePacket.close.encoded])
+                // The Socket.IO disconnect (when connected to the namespace), then the end of the Engine.IO session.
+                let disconnect = session.isConnected ? ["4" + SocketIOPacket(kind: .disconnect).encoded] : []
+                session.push(session.isUpgraded ? disconnect : disconnect + [EnginePacket.close.encoded])
                 self?.end(session, code: UInt16(code), reason: reason, byClient: false)
             }
         }
-        if track { hub.track(client) }
+        hub.track(client)
         return client
     }
 
@@ -545,7 +547,6 @@ final class SocketIOController: Sendable {
         switch packet.kind {
         case .connect:
             guard !session.isConnected else { return }
-            hub.track(client)
             var auth: [String: JSONValue] = [:]
             if case .object(let fields)? = packet.data { auth = fields }
             do {
@@ -588,7 +589,9 @@ final class SocketIOController: Sendable {
             guard session.isConnected else { return }
             session.setConnected(false)
             leaveRooms(client)
-            session.attach(makeClient(for: session, track: false))
+            // Not connected to the namespace is as good as never authenticated: the session counts against
+            // its address again and must CONNECT and authenticate within the timeout, or it is closed.
+            session.attach(makeClient(for: session))
         case .binaryEvent, .binaryAck:
             refuseBinary(session)
         case .ack, .connectError:
