@@ -30,7 +30,8 @@ DOCUMENT = ROOT / "openapi.yaml"
 
 # "Refused by the connection layer": status -> the codes it may carry, on any path.
 CONNECTION_LAYER = {400: {"bad_request"}, 408: {"request_timeout"}, 413: {"payload_too_large"},
-                    417: {"expectation_failed"}, 426: {"unsupported_websocket_version"}, 503: {"too_many_connections"}}
+                    417: {"expectation_failed"}, 426: {"unsupported_websocket_version"}, 501: {"unsupported_transfer_coding"},
+                    503: {"too_many_connections"}}
 NOT_CHECKED = ("/socket.io/", "/ws")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

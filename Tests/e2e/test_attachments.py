@@ -75,6 +75,9 @@ def test_upload_download_headers_etag_and_ranges(files_server):
     assert "sandbox" in got.headers["Content-Security-Policy"]
     assert got.headers["ETag"] == f'"{png["sha256"]}"' and got.headers["Accept-Ranges"] == "bytes"
     assert download(server, token, png["url"], **{"If-None-Match": got.headers["ETag"]}).status_code == 304
+    assert download(server, token, png["url"], **{"If-Match": got.headers["ETag"]}).content == PNG
+    stale = download(server, token, png["url"], **{"If-Match": '"not-this-file"'})
+    assert stale.status_code == 412 and stale.json()["error"]["code"] == "precondition_failed", stale.text
     head = requests.head(server.url(png["url"]), headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert head.status_code == 200 and head.headers["Content-Length"] == str(len(PNG)) and head.content == b""
 
@@ -82,6 +85,12 @@ def test_upload_download_headers_etag_and_ranges(files_server):
     page = b"<html><script>alert(1)</script></html>"
     r = requests.post(server.url(f"/api/sessions/{sid}/attachments"), headers={"Authorization": f"Bearer {token}"},
                       files={"file": ("r\u00e9sum\u00e9 1.html", page, "text/html; charset=UTF-8")}, data={"note": "hi"}, timeout=10)
+    # RFC 2046 §5.1.1: a boundary may hold spaces (quoted), just not end with one.
+    spaced = (b'--a b\r\nContent-Disposition: form-data; name="file"; filename="s.txt"\r\nContent-Type: text/plain\r\n\r\n'
+              b'spaced\r\n--a b--\r\n')
+    s_r = requests.post(server.url(f"/api/sessions/{sid}/attachments"), data=spaced, timeout=10,
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": 'multipart/form-data; boundary="a b"'})
+    assert s_r.status_code == 201 and s_r.json()["size"] == 6, s_r.text
     assert r.status_code == 201, r.text
     html = r.json()
     assert (html["filename"], html["contentType"], html["size"]) == ("r\u00e9sum\u00e9 1.html", "text/html; charset=utf-8", len(page))

@@ -172,6 +172,29 @@ def test_cors(start_server):
     r = requests.get(server.url("/health"), headers={"Origin": "https://evil.example"}, timeout=5)
     assert r.status_code == 200
     assert "Access-Control-Allow-Origin" not in r.headers
+    # With origins configured every answer depends on the Origin (RFC 9110 §12.5.5), whatever it was,
+    # and a route's own Vary is kept: a cache must not serve the gzip copy to a client that did not ask for it.
+    assert "origin" in r.headers.get("Vary", "").lower(), r.headers
+    head, _ = raw_head(server, "/console/", {"Origin": "https://a.example", "Accept-Encoding": "gzip"})
+    vary = [v.strip().lower() for v in head.get("vary", "").split(",")]
+    assert "content-encoding" in head and set(vary) >= {"accept-encoding", "origin"}, head
+
+
+def raw_head(server, path: str, headers: dict) -> tuple[dict, bytes]:
+    """The response's headers (lowercased names) and its body as sent, without decompressing."""
+    import socket
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return fields, body
 
 
 # ---- ownership and session states ---------------------------------------------------------------------------

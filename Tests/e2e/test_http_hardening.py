@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 import os
 import select
 import socket
@@ -109,13 +110,24 @@ MALFORMED = {
     "control-byte-in-header-value": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test: a\x01b\r\n\r\n",
     "space-in-header-name": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX Test: value\r\n\r\n",
     "http-9.9": b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n",
+    # RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host, holding a host and port.
+    "http11-without-host": b"GET /health HTTP/1.1\r\n\r\n",
+    "two-hosts": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: example.com\r\n\r\n",
+    "host-with-a-space": b"GET /health HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "host-with-userinfo-and-path": b"GET /health HTTP/1.1\r\nHost: user@example.com/x\r\n\r\n",
+    "websocket-upgrade-without-host": None,  # built at run time
     "tls-client-hello": None,  # built at run time
 }
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_request_gets_400_and_close(server, case):
-    data = MALFORMED[case] if MALFORMED[case] is not None else client_hello()
+    data = MALFORMED[case]
+    if case == "tls-client-hello":
+        data = client_hello()
+    elif case == "websocket-upgrade-without-host":
+        request, _ = upgrade_request("/ws")
+        data = b"".join(line + b"\r\n" for line in request.split(b"\r\n") if not line.lower().startswith(b"host:"))
     conn = raw(server)
     try:
         conn.send(data)
@@ -467,6 +479,12 @@ METHOD_CASES = [
     pytest.param("DELETE", "/health", False, {"GET", "HEAD"}, id="DELETE-health"),
     pytest.param("PUT", "/api/sessions", True, {"POST"}, id="PUT-sessions"),
     pytest.param("PATCH", "/auth/login", False, {"POST"}, id="PATCH-login"),
+    # Paths with parameters, matched the way the router matches them.
+    pytest.param("PATCH", f"/api/sessions/{uuid.uuid4()}", True, {"GET", "HEAD", "DELETE"}, id="PATCH-session"),
+    pytest.param("PUT", f"/api/sessions/{uuid.uuid4()}/messages", True, {"GET", "HEAD", "POST"}, id="PUT-messages"),
+    pytest.param("GET", f"/api/sessions/{uuid.uuid4()}/resolve", True, {"POST"}, id="GET-resolve"),
+    pytest.param("PUT", f"/api/sessions/{uuid.uuid4()}/messages/{uuid.uuid4()}", True, {"GET", "HEAD", "PATCH", "DELETE"}, id="PUT-message"),
+    pytest.param("POST", f"/api/attachments/{uuid.uuid4()}", True, {"GET", "HEAD"}, id="POST-attachment"),
 ]
 
 
@@ -530,6 +548,8 @@ def test_unsupported_websocket_version_is_426(server):
     try:
         assert_error_body(r, 426, None)
         assert r.header("Sec-WebSocket-Version") == "13", f"a 426 must name the supported version: {r.headers}"
+        # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+        assert r.header("Upgrade") == "websocket", f"a 426 must carry Upgrade: {r.headers}"
     finally:
         conn.close()
 
@@ -548,5 +568,104 @@ def test_upgrade_to_a_non_websocket_path_is_400(server):
     conn, r = _answer(server, request)
     try:
         assert_error_body(r, 400, None)
+    finally:
+        conn.close()
+
+
+def test_http10_without_host_and_bracketed_or_empty_hosts_are_accepted(server):
+    """HTTP/1.0 may leave Host out; an IP literal with a port, and an empty Host, are valid."""
+    for request in (b"GET /health HTTP/1.0\r\n\r\n",
+                    b"GET /health HTTP/1.1\r\nHost: [::1]:3006\r\nConnection: close\r\n\r\n",
+                    b"GET /health HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n"):
+        conn, r = _answer(server, request)
+        conn.close()
+        assert r.status == 200, (request, r.status, r.body[:200])
+
+
+def test_unknown_transfer_coding_is_501(server):
+    """RFC 9112 §6.1: a transfer coding the server does not understand is answered 501, not read as plain chunks."""
+    user = register(server)
+    session = create_session(server, user["accessToken"])["sessionId"]
+    body = b'{"content":"sent with an unknown coding"}'
+    conn, r = _answer(server, (
+        f"POST /api/sessions/{session}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user['accessToken']}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    ).encode() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    try:
+        assert_error_body(r, 501, "unsupported_transfer_coding")
+        assert "close" in connection_tokens(r), r.headers
+    finally:
+        conn.close()
+    history = requests.get(server.url(f"/api/sessions/{session}/messages"), timeout=5,
+                           headers={"Authorization": f"Bearer {user['accessToken']}"}).json()["messages"]
+    assert history == [], f"a refused request stored a message: {history}"
+
+
+def test_http10_expect_100_continue_gets_no_interim_response(server):
+    """RFC 9110 §10.1.1, §15.2: an HTTP/1.0 client's 100-continue is ignored; no 1xx is sent to it."""
+    conn = raw(server)
+    try:
+        conn.send(b"POST /auth/login HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 2\r\n\r\n")
+        readable, _, _ = select.select([conn.sock], [], [], 1.0)
+        assert not readable, f"the server answered before the body: {conn.sock.recv(200)!r}"
+        conn.send(b"{}")
+        r = read_response(conn)
+        assert r.status == 400, (r.status, r.raw_head[:200])
+    finally:
+        conn.close()
+
+
+def test_http11_expect_100_continue_gets_an_interim_response(server):
+    conn = raw(server)
+    try:
+        conn.send(b"POST /auth/login HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 2\r\n\r\n")
+        r = read_response(conn)
+        assert r.status == 100, (r.status, r.raw_head[:200])
+        conn.send(b"{}")
+        assert read_response(conn).status == 400
+    finally:
+        conn.close()
+
+
+def test_a_stalled_request_body_is_answered_408_and_closed(start_server):
+    """A body that stops arriving for HTTP_IDLE_TIMEOUT is not waited for forever (a slow-body attack): the
+    request is answered 408 with Connection: close, and the connection ends."""
+    server = start_server(env={"HTTP_IDLE_TIMEOUT": "2s"})
+    user = register(server)
+    session = create_session(server, user["accessToken"])["sessionId"]
+    conn = raw(server, timeout=8)
+    try:
+        started = time.monotonic()
+        conn.send((f"POST /api/sessions/{session}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user['accessToken']}\r\n"
+                   "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"content\":").encode())
+        # Trickling keeps it going: each byte moves the deadline.
+        for _ in range(3):
+            time.sleep(1)
+            conn.send(b" ")
+        r = read_response(conn, timeout=8)
+        elapsed = time.monotonic() - started
+        assert_error_body(r, 408, "request_timeout")
+        assert "close" in connection_tokens(r), r.headers
+        assert 4.5 <= elapsed <= 8, f"answered {elapsed:.1f}s after the head (last byte at 3 s, timeout 2 s)"
+        assert_closed_by_server(conn, after="the 408")
+    finally:
+        conn.close()
+    # The refused send stored nothing.
+    r = requests.get(server.url(f"/api/sessions/{session}/messages"), headers={"Authorization": f"Bearer {user['accessToken']}"}, timeout=5)
+    assert r.json()["messages"] == []
+
+
+def test_an_answer_before_the_body_says_the_connection_closes(server):
+    """Refused before its body arrived (no token here), a request is answered with Connection: close, and
+    the connection then ends: the unread body is never taken for the next request (RFC 9112 §9.6)."""
+    conn = raw(server)
+    try:
+        conn.send(b"POST /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n")
+        r = read_response(conn)
+        assert_error_body(r, 401, "unauthenticated")
+        assert "close" in connection_tokens(r), r.headers
+        assert_closed_by_server(conn, timeout=4, after="the 401")
     finally:
         conn.close()

@@ -129,6 +129,8 @@ def test_refused_tokens(jwt_server, alice):
         r = auth_get(url, token)
         try:
             error = assert_json_error(r, 401)
+            # RFC 6750 §3.1: a refused token is named in the challenge.
+            assert r.headers.get("WWW-Authenticate") == 'Bearer realm="chat-backend", error="invalid_token"', r.headers
             if name == "expired":
                 assert error["code"] == "token_expired", error
             else:
@@ -149,11 +151,22 @@ def test_authorization_header_must_be_bearer(jwt_server, alice, header):
     r = requests.get(sessions_url(jwt_server, alice["user"]["id"]),
                      headers={"Authorization": header.format(token=alice["accessToken"])}, timeout=10)
     assert_json_error(r, 401)
+    assert r.headers.get("WWW-Authenticate", "").startswith("Bearer "), r.headers
+
+
+@pytest.mark.parametrize("header", ["bearer {token}", "BEARER {token}", "Bearer   {token}"])
+def test_authorization_scheme_is_case_insensitive_and_takes_several_spaces(jwt_server, alice, header):
+    """RFC 9110 §11.1, §11.4: the scheme is case-insensitive, followed by one or more spaces."""
+    r = requests.get(sessions_url(jwt_server, alice["user"]["id"]),
+                     headers={"Authorization": header.format(token=alice["accessToken"])}, timeout=10)
+    assert r.status_code == 200, r.text
 
 
 def test_no_token_is_401(jwt_server, alice):
     r = requests.get(sessions_url(jwt_server, alice["user"]["id"]), timeout=10)
     assert_json_error(r, 401, "unauthenticated")
+    # RFC 9110 §15.5.2: every 401 carries a challenge; no error code when no token was sent (RFC 6750 §3.1).
+    assert r.headers.get("WWW-Authenticate") == 'Bearer realm="chat-backend"', r.headers
 
 
 def refresh(server, token):

@@ -101,6 +101,23 @@ def test_gzip_only_when_accepted_and_the_same_bytes_once_decoded(server):
         assert "content-encoding" not in refused_head.lower(), path
 
 
+def test_gzip_and_identity_copies_have_their_own_etags_and_if_match_compares_strongly(server):
+    """RFC 9110 §8.8.3: a strong tag names one representation, so the gzip copy has its own; §13.1.1: an
+    If-Match that names no current version is 412, a weak tag never matches."""
+    path = "/console/"
+    plain = get(server, path, **{"Accept-Encoding": "identity"})
+    zipped = get(server, path, **{"Accept-Encoding": "gzip"})
+    assert zipped.headers.get("Content-Encoding") == "gzip" and "Content-Encoding" not in plain.headers
+    assert plain.headers["ETag"] != zipped.headers["ETag"], (plain.headers["ETag"], zipped.headers["ETag"])
+    assert get(server, path, **{"Accept-Encoding": "gzip", "If-None-Match": plain.headers["ETag"]}).status_code == 200
+    assert get(server, path, **{"Accept-Encoding": "gzip", "If-None-Match": zipped.headers["ETag"]}).status_code == 304
+    for tag in (plain.headers["ETag"], "*", f'"other", {plain.headers["ETag"]}'):
+        assert get(server, path, **{"Accept-Encoding": "identity", "If-Match": tag}).status_code == 200, tag
+    for tag in ('"stale"', "W/" + plain.headers["ETag"], zipped.headers["ETag"]):
+        r = get(server, path, **{"Accept-Encoding": "identity", "If-Match": tag})
+        assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed", (tag, r.status_code, r.text)
+
+
 def test_unknown_console_file_is_a_json_404(server):
     r = get(server, "/console/no-such-file.js")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

@@ -105,11 +105,12 @@ final class TokenService: Sendable {
 
     /// Verifies an `Authorization` header value and that the token is not revoked.
     func authenticate(authorizationHeader: String, logger: Logger) async throws -> AccessClaims {
+        // `Bearer`, any case, then one or more spaces (RFC 9110 §11.4) and the token.
         let parts = authorizationHeader.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+        let token = parts.count == 2 ? String(parts[1].drop { $0 == " " }) : ""
+        guard parts.first?.lowercased() == "bearer", !token.isEmpty else {
             throw APIError(.unauthorized, code: "unauthenticated", message: "Authorization must be 'Bearer <token>'")
         }
-        let token = String(parts[1])
         let claims: AccessClaims
         if let cached = verified.get(token), cached.expiresAt > Int64(Date().timeIntervalSince1970) {
             claims = cached

@@ -86,7 +86,7 @@ struct AttachmentController {
     /// small fields besides it are read and ignored.
     private func readMultipart(_ body: RequestBody, boundary: String, fallbackName: String, into upload: Upload) async throws {
         guard var reader = MultipartReader(boundary: boundary) else {
-            throw APIError(.badRequest, code: "invalid_multipart", message: "the multipart boundary must be 1 to 70 printable characters")
+            throw APIError(.badRequest, code: "invalid_multipart", message: "the multipart boundary must be 1 to 70 printable characters, not ending in a space")
         }
         var inFile = false, fileDone = false, otherBytes = 0
         for try await buffer in body {
@@ -140,6 +140,7 @@ struct AttachmentController {
             .acceptRanges: "bytes",
             .cacheControl: "private, no-cache",
         ]
+        if let tags = request.headers[.ifMatch], !WebController.ifMatchHolds(tags, etag) { throw WebController.preconditionFailed }
         if let tags = request.headers[.ifNoneMatch], WebController.matches(tags, etag) {
             return Response(status: .notModified, headers: headers)
         }

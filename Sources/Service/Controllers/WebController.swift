@@ -95,16 +95,19 @@ struct WebController {
 
     func serve(_ path: String, _ request: Request) throws -> Response {
         guard let asset = WebAssets.asset(path) else { throw APIError.notFound("file") }
+        // The gzip and the identity copies are two representations, each with its own tag (RFC 9110 §8.8.3).
+        let gzipped = Self.acceptsGzip(request.headers[.acceptEncoding]) ? asset.gzipped : nil
+        let etag = gzipped == nil ? asset.etag : String(asset.etag.dropLast()) + "-gz\""
         var headers: HTTPFields = [
-            .contentType: asset.contentType, .eTag: asset.etag, .cacheControl: "no-cache", .vary: "Accept-Encoding",
+            .contentType: asset.contentType, .eTag: etag, .cacheControl: "no-cache", .vary: "Accept-Encoding",
         ]
         let widget = path == "/widget.js" || path.hasPrefix("/widget/")
         if widget {
             // Loaded by other sites: the script by a <script> tag, the page in a frame.
             headers[.crossOriginResourcePolicy] = "cross-origin"
-            if path == "/widget.js", let origin = request.headers[.origin], widgetOrigins.contains(origin) {
-                headers[.accessControlAllowOrigin] = origin
+            if path == "/widget.js", !widgetOrigins.isEmpty {
                 headers[.vary] = "Accept-Encoding, Origin"
+                if let origin = request.headers[.origin], widgetOrigins.contains(origin) { headers[.accessControlAllowOrigin] = origin }
             }
         }
         if asset.contentType.hasPrefix("text/html") {
@@ -112,10 +115,11 @@ struct WebController {
                 host: request.head.authority, frameAncestors: widget ? (widgetOrigins.isEmpty ? "'none'" : widgetOrigins.joined(separator: " ")) : "'none'"
             )
         }
-        if let tags = request.headers[.ifNoneMatch], Self.matches(tags, asset.etag) {
+        if let tags = request.headers[.ifMatch], !Self.ifMatchHolds(tags, etag) { throw Self.preconditionFailed }
+        if let tags = request.headers[.ifNoneMatch], Self.matches(tags, etag) {
             return Response(status: .notModified, headers: headers)
         }
-        if let gzipped = asset.gzipped, Self.acceptsGzip(request.headers[.acceptEncoding]) {
+        if let gzipped {
             headers[.contentEncoding] = "gzip"
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: gzipped))
         }
@@ -149,6 +153,18 @@ struct WebController {
             return tag == etag
         }
     }
+
+    /// `If-Match` (RFC 9110 §13.1.1): `*`, or a list of entity tags compared strongly (a weak tag never matches).
+    static func ifMatchHolds(_ header: String, _ etag: String) -> Bool {
+        header.split(separator: ",").contains { candidate in
+            let tag = String(candidate).trimmingWhitespace()
+            return tag == "*" || tag == etag
+        }
+    }
+
+    static let preconditionFailed = APIError(
+        .preconditionFailed, code: "precondition_failed", message: "If-Match names no current version of this resource"
+    )
 
     /// Whether `Accept-Encoding` allows gzip (RFC 9110 §12.5.3): listed, or `*`, with a weight above 0.
     static func acceptsGzip(_ header: String?) -> Bool {

@@ -23,7 +23,7 @@ struct CORSMiddleware: RouterMiddleware {
             response.headers[.accessControlAllowMethods] = Self.methods
             response.headers[.accessControlAllowHeaders] = Self.headers
             response.headers[.accessControlMaxAge] = "600"
-            response.headers[.vary] = "Origin"
+            Self.addVary("Origin", to: &response.headers)
             return response
         }
         var response: Response
@@ -36,8 +36,18 @@ struct CORSMiddleware: RouterMiddleware {
         if allowed, let origin {
             response.headers[.accessControlAllowOrigin] = origin
             response.headers[.accessControlExposeHeaders] = Self.exposed
-            response.headers[.vary] = "Origin"
         }
+        // The answer depends on the Origin whenever origins are configured; added to what else it varies on.
+        if !allowedOrigins.isEmpty { Self.addVary("Origin", to: &response.headers) }
         return response
+    }
+
+    static func addVary(_ name: String, to headers: inout HTTPFields) {
+        guard let vary = headers[.vary], !vary.isEmpty else {
+            headers[.vary] = name
+            return
+        }
+        let listed = vary.split(separator: ",").map { String($0).trimmingWhitespace().lowercased() }
+        if !listed.contains(name.lowercased()) && !listed.contains("*") { headers[.vary] = vary + ", " + name }
     }
 }

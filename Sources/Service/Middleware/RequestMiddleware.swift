@@ -84,7 +84,19 @@ struct RequestMiddleware: RouterMiddleware {
         }
         var response = JSONResponse.make(apiError.status, API.ErrorBody(apiError))
         for field in apiError.headers { response.headers.append(field) }
+        if apiError.status == .unauthorized, response.headers[.wwwAuthenticate] == nil {
+            response.headers[.wwwAuthenticate] = challenge(for: apiError.code)
+        }
         return response
+    }
+
+    /// A 401 carries the scheme to authenticate with (RFC 9110 §11.6.1); a token that was sent and refused
+    /// is named `invalid_token` (RFC 6750 §3.1), a missing one is not.
+    static func challenge(for code: String) -> String {
+        switch code {
+        case "invalid_token", "token_expired", "token_revoked": #"Bearer realm="chat-backend", error="invalid_token""#
+        default: #"Bearer realm="chat-backend""#
+        }
     }
 
     func applyHeaders(_ response: inout Response, request: Request, requestId: String) {
@@ -118,7 +130,7 @@ struct MethodNotAllowedMiddleware: RouterMiddleware {
 final class RouteMethods: Sendable {
     private let table = Mutex<[(segments: [Substring], methods: String)]>([])
 
-    /// Loads `(path, method)` pairs such as `("/api/sessions/:sessionId", .get)`.
+    /// Loads `(path, method)` pairs such as `("/api/sessions/{sessionId}", .get)`.
     func load(_ routes: [(String, HTTPRequest.Method)]) {
         var byPath: [String: Set<String>] = [:]
         for (path, method) in routes {
@@ -139,11 +151,16 @@ final class RouteMethods: Sendable {
         }
     }
 
+    /// A parameter (`{name}` or `:name`) or wildcard segment matches any one segment.
+    private static func isParameter(_ part: Substring) -> Bool {
+        part.hasPrefix("{") || part.hasPrefix(":") || part == "*"
+    }
+
     private static func matches(_ pattern: [Substring], _ path: [Substring]) -> Bool {
         for (index, part) in pattern.enumerated() {
             if part == "**" { return true }
             guard index < path.count else { return false }
-            if !(part.hasPrefix(":") || part == "*" || part == path[index]) { return false }
+            if !(isParameter(part) || part == path[index]) { return false }
         }
         return pattern.count == path.count
     }

@@ -4,7 +4,8 @@ import NIOCore
 ///
 /// A request head must be complete within `headerTimeout` of the connection opening (a connection that
 /// sends nothing is closed then too) or, on a keep-alive connection, of the first byte of the next
-/// request; a keep-alive connection with nothing in progress is closed after `idleTimeout`. Once the
+/// request; a keep-alive connection with nothing in progress is closed after `idleTimeout`, and so is a
+/// request body that stops arriving for `idleTimeout` (the HTTP handler answers it 408). Once the
 /// connection is upgraded to a WebSocket the guard removes itself.
 final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -13,7 +14,9 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     private enum State {
         /// Waiting for a complete head; `sawBytes` once part of it arrived.
         case awaitingHead(sawBytes: Bool)
-        /// A request is being read or answered: no timer.
+        /// A request's body is arriving: each read moves the deadline.
+        case readingBody
+        /// A request is being answered: no timer.
         case inRequest
         /// Keep-alive, between requests.
         case idle
@@ -28,6 +31,7 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     private var timerFiresAt: NIODeadline?
     private var deadline: NIODeadline?
     private var context: ChannelHandlerContext?
+    private var bodyStalled: (() -> Void)?
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, hstsMaxAge: Int?) {
         self.headerTimeout = headerTimeout
@@ -60,6 +64,8 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
             arm(headerTimeout)
         case .awaitingHead(sawBytes: false):
             state = .awaitingHead(sawBytes: true)
+        case .readingBody:
+            arm(idleTimeout)
         case .awaitingHead, .inRequest, .done:
             break
         }
@@ -69,13 +75,31 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     /// The HTTP handler has a complete head.
     func headReceived() {
         cancel()
+        bodyStalled = nil
         if case .done = state { return }
         state = .inRequest
+    }
+
+    /// The request's body is still to come: `stalled` runs if none of it arrives for `idleTimeout`.
+    func bodyStarted(stalled: @escaping () -> Void) {
+        guard case .inRequest = state else { return }
+        state = .readingBody
+        bodyStalled = stalled
+        arm(idleTimeout)
+    }
+
+    /// The request's body has arrived (or will not be read any more).
+    func bodyEnded() {
+        guard case .readingBody = state else { return }
+        state = .inRequest
+        bodyStalled = nil
+        cancel()
     }
 
     /// The HTTP handler answered and keeps the connection open for another request.
     func awaitNextRequest() {
         if case .done = state { return }
+        bodyStalled = nil
         state = .idle
         arm(idleTimeout)
     }
@@ -140,6 +164,11 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
         case .awaitingHead(sawBytes: false), .idle:
             state = .done
             context.close(promise: nil)
+        case .readingBody:
+            state = .inRequest
+            let stalled = bodyStalled
+            bodyStalled = nil
+            stalled?()
         case .inRequest, .done:
             break
         }

@@ -150,6 +150,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             }
             state = .reading(pending)
         case (.reading(let pending), .end):
+            guardHandler.bodyEnded()
             dispatch(pending.request, body: RequestBody(buffer: pending.body ?? ByteBuffer()), context: context)
         case (.upgrading(let endpoint, let key), .end):
             upgrade(endpoint, key: key, context: context)
@@ -175,6 +176,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 stream.yield(buffer)
             }
         case .end:
+            guardHandler.bodyEnded()
             bodyStream?.finish()
             bodyStream = nil
             discardingBody = false
@@ -204,6 +206,14 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard head.version.major == 1, let request = try? HTTPRequest(head, secure: false, splitCookie: false), request.path != nil else {
             return refuse(ConnectionErrors.malformed, context: context)
         }
+        guard ConnectionErrors.validHost(head.headers["host"], http10: head.version.minor == 0) else {
+            return refuse(ConnectionErrors.badHost, context: context)
+        }
+        // RFC 9112 §6.1: a transfer coding other than chunked (gzip, …) is not understood: 501.
+        let codings = head.headers[canonicalForm: "transfer-encoding"]
+        if !codings.isEmpty, Self.tokens(codings) != ["chunked"] {
+            return refuse(ConnectionErrors.transferCoding, context: context)
+        }
         let connectionTokens = Self.tokens(head.headers[canonicalForm: "connection"])
         let upgradeTokens = Self.tokens(head.headers[canonicalForm: "upgrade"])
         if upgradeTokens.contains("websocket") {
@@ -227,10 +237,29 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         if let lengthText = head.headers.first(name: "content-length"), let length = Int(lengthText), length > bodyLimit {
             return refuse(ConnectionErrors.bodyTooLarge, context: context)
         }
-        if head.headers.first(name: "expect") != nil {
+        // Never a 1xx to an HTTP/1.0 client: its expectation is ignored (RFC 9110 §10.1.1).
+        if head.headers.first(name: "expect") != nil, version.minor >= 1 {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: .continue))), promise: nil)
         }
         state = .reading(PendingRequest(request: request, body: nil))
+        guardHandler.bodyStarted { [weak self] in self?.bodyStalled() }
+    }
+
+    /// No byte of the request's body for `HTTP_IDLE_TIMEOUT`: the handler reading it gets a 408 to answer,
+    /// and the connection ends after that answer.
+    private func bodyStalled() {
+        guard let context else { return }
+        switch state {
+        case .reading:
+            refuse(ConnectionErrors.bodyTimeout, context: context)
+        case .responding:
+            keepAlive = false
+            bodyStream?.finish(throwing: ConnectionErrors.bodyTimeout)
+            bodyStream = nil
+            discardingBody = true
+        default:
+            break
+        }
     }
 
     /// Comma-separated header tokens, lowercased.
@@ -271,7 +300,9 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard let context, case .responding = state else { return }
         var headers = HTTPHeaders(response.headerFields)
         if !headers.contains(name: "date") { headers.add(name: "date", value: HTTPDate.now()) }
-        if quiescing { keepAlive = false }
+        // Answered before its body has all arrived: the connection ends after the answer, and says so
+        // (RFC 9112 §9.6).
+        if quiescing || bodyStream != nil || discardingBody { keepAlive = false }
         if !keepAlive {
             headers.replaceOrAdd(name: "connection", value: "close")
         } else if version.minor == 0 {

@@ -105,4 +105,22 @@ enum ConnectionErrors {
     static let bodyTooLarge = APIError(.contentTooLarge, code: "payload_too_large", message: "request body is too large")
     static let expectationFailed = APIError(.expectationFailed, code: "expectation_failed", message: "only Expect: 100-continue is supported")
     static let internalError = APIError(.internalServerError, code: "internal_error", message: "internal error")
+    static let bodyTimeout = APIError(.requestTimeout, code: "request_timeout", message: "the request body stopped arriving")
+    static let badHost = APIError(.badRequest, code: "bad_request", message: "an HTTP/1.1 request needs exactly one valid Host header")
+    static let transferCoding = APIError(
+        .notImplemented, code: "unsupported_transfer_coding", message: "only the chunked transfer coding is supported"
+    )
+
+    /// RFC 9112 §3.2: one `Host` in an HTTP/1.1 request (HTTP/1.0 may leave it out), holding a host and
+    /// an optional port (RFC 3986 reg-name, IPv4 or IP literal characters only), or empty.
+    static func validHost(_ values: [String], http10: Bool) -> Bool {
+        guard values.count <= 1 else { return false }
+        guard let host = values.first else { return http10 }
+        return host.utf8.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+            default: "-._~%!$&'()*+,;=:[]".utf8.contains(byte)
+            }
+        }
+    }
 }

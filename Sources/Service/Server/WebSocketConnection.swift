@@ -53,7 +53,7 @@ enum WebSocketHandshake {
         guard head.headers[canonicalForm: "sec-websocket-version"].map(String.init) == ["13"] else {
             return APIError(
                 .upgradeRequired, code: "unsupported_websocket_version", message: "only WebSocket version 13 is supported",
-                headers: [HTTPField.Name("Sec-WebSocket-Version")!: "13"]
+                headers: [HTTPField.Name("Sec-WebSocket-Version")!: "13", .upgrade: "websocket"]
             )
         }
         let keys = head.headers["sec-websocket-key"]

@@ -24,7 +24,8 @@ struct MultipartReader {
 
     /// `boundary` from the Content-Type (`multipart/form-data; boundary=…`), 1 to 70 characters.
     init?(boundary: String) {
-        guard (1...70).contains(boundary.utf8.count), boundary.utf8.allSatisfy({ $0 > 32 && $0 < 127 }) else { return nil }
+        // RFC 2046 §5.1.1: printable, spaces allowed except at the end.
+        guard (1...70).contains(boundary.utf8.count), boundary.utf8.allSatisfy({ $0 >= 32 && $0 < 127 }), boundary.utf8.last != 32 else { return nil }
         delimiter = Array("\r\n--\(boundary)".utf8)
         // The first delimiter may open the body without the line break before it.
         buffer = [13, 10]
