@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "openapi.yaml"
 
 # "Refused by the connection layer": status -> the codes it may carry, on any path.
-CONNECTION_LAYER = {400: {"bad_request"}, 408: {"request_timeout"}, 413: {"payload_too_large"},
+CONNECTION_LAYER = {400: {"bad_request"}, 408: {"request_timeout"}, 413: {"payload_too_large"}, 414: {"uri_too_long"},
+                    431: {"headers_too_large"},
                     417: {"expectation_failed"}, 426: {"unsupported_websocket_version"}, 501: {"unsupported_transfer_coding"},
                     503: {"too_many_connections"}}
 NOT_CHECKED = ("/socket.io/", "/ws")

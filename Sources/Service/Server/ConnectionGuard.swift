@@ -32,6 +32,10 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     private var deadline: NIODeadline?
     private var context: ChannelHandlerContext?
     private var bodyStalled: (() -> Void)?
+    /// The length of the current request's first line, as far as it has arrived: a head too large for
+    /// the parser is too large in its target (414) when that line is long, else in its header fields (431).
+    private(set) var requestLineBytes = 0
+    private var requestLineComplete = false
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, hstsMaxAge: Int?) {
         self.headerTimeout = headerTimeout
@@ -61,6 +65,8 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
         case .idle:
             // The next request starts: its head gets the header timeout from now.
             state = .awaitingHead(sawBytes: true)
+            requestLineBytes = 0
+            requestLineComplete = false
             arm(headerTimeout)
         case .awaitingHead(sawBytes: false):
             state = .awaitingHead(sawBytes: true)
@@ -68,6 +74,15 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
             arm(idleTimeout)
         case .awaitingHead, .inRequest, .done:
             break
+        }
+        if case .awaitingHead = state, !requestLineComplete {
+            let bytes = unwrapInboundIn(data).readableBytesView
+            if let end = bytes.firstIndex(of: UInt8(ascii: "\n")) {
+                requestLineBytes += end - bytes.startIndex
+                requestLineComplete = true
+            } else {
+                requestLineBytes += bytes.count
+            }
         }
         context.fireChannelRead(data)
     }

@@ -206,6 +206,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         guard head.version.major == 1, let request = try? HTTPRequest(head, secure: false, splitCookie: false), request.path != nil else {
             return refuse(ConnectionErrors.malformed, context: context)
         }
+        guard head.uri.utf8.count <= ConnectionErrors.maxTargetBytes else { return refuse(ConnectionErrors.uriTooLong, context: context) }
         guard ConnectionErrors.validHost(head.headers["host"], http10: head.version.minor == 0) else {
             return refuse(ConnectionErrors.badHost, context: context)
         }
@@ -444,7 +445,10 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch state {
         case .idle, .reading, .upgrading:
-            if error is HTTPParserError || error is ByteToMessageDecoderError {
+            if case .headerOverflow? = error as? HTTPParserError {
+                let longTarget = guardHandler.requestLineBytes > ConnectionErrors.maxTargetBytes
+                refuse(longTarget ? ConnectionErrors.uriTooLong : ConnectionErrors.headersTooLarge, context: context)
+            } else if error is HTTPParserError || error is ByteToMessageDecoderError {
                 logger.debug("malformed request", metadata: ["error": "\(error)"])
                 refuse(ConnectionErrors.malformed, context: context)
             } else {

@@ -106,6 +106,12 @@ enum ConnectionErrors {
     static let expectationFailed = APIError(.expectationFailed, code: "expectation_failed", message: "only Expect: 100-continue is supported")
     static let internalError = APIError(.internalServerError, code: "internal_error", message: "internal error")
     static let bodyTimeout = APIError(.requestTimeout, code: "request_timeout", message: "the request body stopped arriving")
+    /// The longest request target read (RFC 9112 §3: 414 beyond what the server wishes to parse).
+    static let maxTargetBytes = 8192
+    static let uriTooLong = APIError(.uriTooLong, code: "uri_too_long", message: "the request target is longer than \(maxTargetBytes) bytes")
+    static let headersTooLarge = APIError(
+        .requestHeaderFieldsTooLarge, code: "headers_too_large", message: "the request's header fields are too large"
+    )
     static let badHost = APIError(.badRequest, code: "bad_request", message: "an HTTP/1.1 request needs exactly one valid Host header")
     static let transferCoding = APIError(
         .notImplemented, code: "unsupported_transfer_coding", message: "only the chunked transfer coding is supported"
