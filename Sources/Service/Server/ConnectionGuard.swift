@@ -31,7 +31,8 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     private var timerFiresAt: NIODeadline?
     private var deadline: NIODeadline?
     private var context: ChannelHandlerContext?
-    private var bodyStalled: (() -> Void)?
+    /// Called when a request body stops arriving for `idleTimeout` (set once by the HTTP handler).
+    var bodyStalled: (() -> Void)?
     /// The length of the current request's first line, as far as it has arrived: a head too large for
     /// the parser is too large in its target (414) when that line is long, else in its header fields (431).
     private(set) var requestLineBytes = 0
@@ -90,16 +91,14 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     /// The HTTP handler has a complete head.
     func headReceived() {
         cancel()
-        bodyStalled = nil
         if case .done = state { return }
         state = .inRequest
     }
 
-    /// The request's body is still to come: `stalled` runs if none of it arrives for `idleTimeout`.
-    func bodyStarted(stalled: @escaping () -> Void) {
+    /// The request's body is still to come: `bodyStalled` runs if none of it arrives for `idleTimeout`.
+    func bodyStarted() {
         guard case .inRequest = state else { return }
         state = .readingBody
-        bodyStalled = stalled
         arm(idleTimeout)
     }
 
@@ -107,14 +106,12 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     func bodyEnded() {
         guard case .readingBody = state else { return }
         state = .inRequest
-        bodyStalled = nil
         cancel()
     }
 
     /// The HTTP handler answered and keeps the connection open for another request.
     func awaitNextRequest() {
         if case .done = state { return }
-        bodyStalled = nil
         state = .idle
         arm(idleTimeout)
     }
@@ -181,9 +178,7 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
             context.close(promise: nil)
         case .readingBody:
             state = .inRequest
-            let stalled = bodyStalled
-            bodyStalled = nil
-            stalled?()
+            bodyStalled?()
         case .inRequest, .done:
             break
         }

@@ -90,6 +90,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         executor = EventLoopTaskExecutor(eventLoop: context.eventLoop)
+        guardHandler.bodyStalled = { [weak self] in self?.bodyStalled() }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -243,7 +244,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: version, status: .continue))), promise: nil)
         }
         state = .reading(PendingRequest(request: request, body: nil))
-        guardHandler.bodyStarted { [weak self] in self?.bodyStalled() }
+        guardHandler.bodyStarted()
     }
 
     /// No byte of the request's body for `HTTP_IDLE_TIMEOUT`: the handler reading it gets a 408 to answer,
