@@ -368,6 +368,35 @@ def test_a_long_history_pages_back_and_a_link_opens_its_session(server, watched)
     assert auth_get(server.url(f"/api/sessions/{session_id}"), token).json()["isResolved"] is True
 
 
+def test_the_history_is_reachable_by_keyboard_and_keeps_room_on_narrow_screens(server, watched):
+    """The history is a named region that takes the keyboard's focus (so it scrolls without a mouse); opening a
+    session that cannot be written to puts the focus there, not on the page; on a phone-sized or zoomed window
+    (320x640 CSS pixels) it keeps room for messages instead of shrinking to nothing."""
+    page = watched.page
+    user = register(server)
+    token = user["accessToken"]
+    sid = create_session(server, token, metadata={"title": "Finished order"})["sessionId"]
+    for i in range(15):
+        assert post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": f"line {i} of a long talk"}, token=token).status_code == 201
+    assert post_json(server.url(f"/api/sessions/{sid}/resolve"), {}, token=token).status_code == 200
+    page.goto(server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    page.get_by_role("navigation", name="Sessions").get_by_role("link", name=re.compile("Finished order")).click()
+    expect(messages(page).get_by_text("line 14 of a long talk")).to_be_visible()
+    expect(message_box(page)).to_be_disabled()
+    history = page.get_by_role("region", name="Message history")
+    expect(history).to_be_focused()
+    assert history.evaluate("(e) => e.scrollTop") > 0, "the history opens at its newest message"
+    page.keyboard.press("Home")
+    page.wait_for_function("() => document.activeElement.scrollTop === 0")
+    expect(messages(page).get_by_text("line 0 of a long talk", exact=True)).to_be_in_viewport()
+
+    page.set_viewport_size({"width": 320, "height": 640})
+    box = history.bounding_box()
+    assert box is not None and box["height"] >= 150, f"the history is {box} at 320x640"
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 320, "the page scrolls sideways at 320 px"
+
+
 def test_markup_in_messages_is_shown_as_text(console_server, watched):
     page = watched.page
     new_user_in_a_new_session(console_server, page)

@@ -175,6 +175,8 @@ def test_a_visitor_chats_through_the_widget_and_staff_answer_live(start_server, 
 
     # Opened from the keyboard: the frame shows the chat, ready to write.
     chat_button.focus()
+    # Its focus ring has two colours (white inside dark), so it shows on light and dark sites alike.
+    expect(chat_button).to_have_css("box-shadow", re.compile(r"^rgb\(255, 255, 255\) 0px 0px 0px 3px, rgb\(27, 31, 36\) 0px 0px 0px 6px$"))
     page.keyboard.press("Enter")
     expect(chat_button).to_have_attribute("aria-expanded", "true")
     frame = widget_frame(page)

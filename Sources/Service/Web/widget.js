@@ -27,6 +27,11 @@
     boxShadow: "0 4px 16px rgba(0,0,0,.25)",
   }, { type: "button", "aria-expanded": "false", "aria-controls": "panel" });
   button.textContent = "Chat with us";
+  // A ring of two colours, seen on light and dark sites alike, when the button has the keyboard's focus.
+  button.addEventListener("focus", () => {
+    if (button.matches(":focus-visible")) button.style.boxShadow = "0 0 0 3px #fff, 0 0 0 6px #1b1f24";
+  });
+  button.addEventListener("blur", () => { button.style.boxShadow = "0 4px 16px rgba(0,0,0,.25)"; });
   const panel = make("div", {
     position: "fixed", right: "12px", bottom: "76px", width: "min(380px, calc(100vw - 24px))",
     height: "min(600px, calc(100vh - 100px))", borderRadius: "12px", overflow: "hidden", background: "#fff",

@@ -548,8 +548,10 @@ export function mountConversation(realtime, parts, view) {
     rejoin() {
       if (current) realtime.join(current.session.sessionId, lastSeenId());
     },
+    /** Focus to the message box, or to the history when the session cannot be written to. */
     focusInput() {
       if (!input.disabled) input.focus();
+      else scroller.focus();
     },
   };
 }
