@@ -70,9 +70,11 @@ def test_author_edits_and_deletes_and_history_keeps_a_tombstone(window_server):
     assert_json_error(auth_get(server.url(f"/api/sessions/{sid}/messages/{second['id']}"), token), 410, "message_deleted")
     assert history(server, token, sid)[1] == tombstone
 
-    # After the window the author may no longer edit (but may still delete); an admin may edit.
+    # After the window the author may no longer edit (but may still delete); an admin may edit. A deleted
+    # message stays 410 for its author after the window too.
     time.sleep(3.2)
     assert_json_error(call(server, "PATCH", sid, first["id"], token, {"content": "too late"}), 403, "edit_window_closed")
+    assert_json_error(call(server, "PATCH", sid, second["id"], token, {"content": "back"}), 410, "message_deleted")
     admin = add_user(server, "admin")
     r = call(server, "PATCH", sid, first["id"], admin["accessToken"], {"content": "moderated"})
     assert r.status_code == 200 and r.json()["content"] == "moderated"

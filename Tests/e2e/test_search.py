@@ -89,7 +89,8 @@ def test_queries_that_cannot_be_searched_are_400s_naming_q(search_server):
     token = register(server)["accessToken"]
     sid = create_session(server, token)["sessionId"]
     send(server, token, sid, "some text AND more")
-    for q in ["", "   ", "-alone", '"unclosed', "*", "e-mail*", "!!!", "w " * 17, "x" * 257]:
+    for q in ["", "   ", "-alone", '"unclosed', "*", "e-mail*", "!!!", "w " * 17, "x" * 257,
+              "*text", "te*xt", "-*more", "text\x00", "more\x00 text"]:
         error = assert_json_error(search(server, token, q=q), 400, "validation_failed")
         assert error["details"]["field"] == "q", (q, error)
     # What would be syntax to the databases is plain words here.

@@ -164,6 +164,7 @@ struct SessionController {
         let query = try QueryParameters(request, allowed: ["q", "sessionId", "limit", "cursor"])
         guard let q = query.values["q"] else { throw APIError.invalid("q", "is required") }
         guard q.count <= Limits.searchCharacters else { throw APIError.invalid("q", "must be at most \(Limits.searchCharacters) characters") }
+        guard !q.unicodeScalars.contains("\u{0}") else { throw APIError.invalid("q", "must not contain NUL characters") }
         let terms: SearchTerms
         do {
             terms = try SearchTerms.parse(q)

@@ -123,6 +123,10 @@ extension MessageService {
             throw APIError.notFound("session")
         }
         guard let message = try await store.message(sessionId: sessionId, id: id) else { throw APIError.notFound("message") }
+        // Deleted is the answer whoever asks and whenever: before the author's edit window is looked at.
+        if editing, message.deletedAt != nil {
+            throw APIError.messageDeleted
+        }
         if role != .admin {
             guard message.userId == userId else {
                 throw APIError(.forbidden, code: "not_author", message: "only the author of a message (or an admin) may change it")
@@ -130,9 +134,6 @@ extension MessageService {
             if editing, Date().timeIntervalSince(message.createdAt) > Double(editWindow) {
                 throw APIError(.forbidden, code: "edit_window_closed", message: "messages may be edited for \(DurationText.format(editWindow)) after sending")
             }
-        }
-        if editing, message.deletedAt != nil {
-            throw APIError.messageDeleted
         }
         return message
     }

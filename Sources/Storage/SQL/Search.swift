@@ -46,6 +46,7 @@ public struct SearchTerms: Sendable, Equatable {
                     prefix = true
                     word = word.dropLast()
                 }
+                if word.contains("*") { throw SearchSyntaxError("* must end a word: write hel* to find hello and help") }
                 text = word
             }
             // Words are runs of letters and digits; a term with none (punctuation only) is ignored.
