@@ -9,18 +9,21 @@ import Hummingbird
 import NIOCore
 
 /// One file of the web console, ready to serve: its bytes, gzipped bytes when that is smaller, and a
-/// strong ETag from its content.
+/// strong ETag from its content for each (two representations, two tags: RFC 9110 §8.8.3).
 struct WebAsset: Sendable {
     let body: ByteBuffer
     let gzipped: ByteBuffer?
     let etag: String
+    let gzippedEtag: String
     let contentType: String
 
     init(path: String, text: String) {
         let bytes = Array(text.utf8)
         body = ByteBuffer(bytes: bytes)
         gzipped = Gzip.compress(bytes).flatMap { $0.count < bytes.count ? ByteBuffer(bytes: $0) : nil }
-        etag = "\"" + Base64.urlEncode(Array(Crypto.sha256(bytes).prefix(18))) + "\""
+        let hash = Base64.urlEncode(Array(Crypto.sha256(bytes).prefix(18)))
+        etag = "\"" + hash + "\""
+        gzippedEtag = "\"" + hash + "-gz\""
         contentType = Self.contentType(of: path)
     }
 
@@ -95,9 +98,8 @@ struct WebController {
 
     func serve(_ path: String, _ request: Request) throws -> Response {
         guard let asset = WebAssets.asset(path) else { throw APIError.notFound("file") }
-        // The gzip and the identity copies are two representations, each with its own tag (RFC 9110 §8.8.3).
         let gzipped = Self.acceptsGzip(request.headers[.acceptEncoding]) ? asset.gzipped : nil
-        let etag = gzipped == nil ? asset.etag : String(asset.etag.dropLast()) + "-gz\""
+        let etag = gzipped == nil ? asset.etag : asset.gzippedEtag
         var headers: HTTPFields = [
             .contentType: asset.contentType, .eTag: etag, .cacheControl: "no-cache", .vary: "Accept-Encoding",
         ]

@@ -248,20 +248,14 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     /// No byte of the request's body for `HTTP_IDLE_TIMEOUT`: the handler reading it gets a 408 to answer,
-    /// and the connection ends after that answer.
+    /// and the connection ends after that answer. (The request is dispatched at the end of the read that
+    /// brought its head, so by the time a timer fires it is being answered.)
     private func bodyStalled() {
-        guard let context else { return }
-        switch state {
-        case .reading:
-            refuse(ConnectionErrors.bodyTimeout, context: context)
-        case .responding:
-            keepAlive = false
-            bodyStream?.finish(throwing: ConnectionErrors.bodyTimeout)
-            bodyStream = nil
-            discardingBody = true
-        default:
-            break
-        }
+        guard case .responding = state else { return }
+        keepAlive = false
+        bodyStream?.finish(throwing: ConnectionErrors.bodyTimeout)
+        bodyStream = nil
+        discardingBody = true
     }
 
     /// Comma-separated header tokens, lowercased.

@@ -19,19 +19,20 @@
     return node;
   };
   const font = "600 15px/1.2 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  const shadow = "0 4px 16px rgba(0,0,0,.25)";
   const host = make("div", { position: "fixed", zIndex: "2147483000", right: "0", bottom: "0" }, { id: "chat-backend-widget" });
   const root = host.attachShadow({ mode: "open" });
   const button = make("button", {
     position: "fixed", right: "20px", bottom: "20px", padding: "12px 18px", border: "0", borderRadius: "999px",
     background: "#2456c9", color: "#fff", font, letterSpacing: "normal", textTransform: "none", cursor: "pointer",
-    boxShadow: "0 4px 16px rgba(0,0,0,.25)",
+    boxShadow: shadow,
   }, { type: "button", "aria-expanded": "false", "aria-controls": "panel" });
   button.textContent = "Chat with us";
   // A ring of two colours, seen on light and dark sites alike, when the button has the keyboard's focus.
   button.addEventListener("focus", () => {
     if (button.matches(":focus-visible")) button.style.boxShadow = "0 0 0 3px #fff, 0 0 0 6px #1b1f24";
   });
-  button.addEventListener("blur", () => { button.style.boxShadow = "0 4px 16px rgba(0,0,0,.25)"; });
+  button.addEventListener("blur", () => { button.style.boxShadow = shadow; });
   const panel = make("div", {
     position: "fixed", right: "12px", bottom: "76px", width: "min(380px, calc(100vw - 24px))",
     height: "min(600px, calc(100vh - 100px))", borderRadius: "12px", overflow: "hidden", background: "#fff",
