@@ -17,7 +17,7 @@ extension SQLStore {
         try await write(atomic: false) { db in
             try db.run(
                 "INSERT INTO attachment_chunks (attachment_id, seq, data) VALUES ($1, $2, $3)",
-                [.id(chunk.attachmentId), .integer(Int64(chunk.seq)), .blob(chunk.data)]
+                [.id(chunk.attachmentId), .int(chunk.seq), .blob(chunk.data)]
             )
         }
     }
@@ -59,7 +59,7 @@ extension SQLStore {
     public func attachmentChunk(id: UUID, seq: Int) async throws -> [UInt8]? {
         try await read { db in
             try db.query(
-                "SELECT data FROM attachment_chunks WHERE attachment_id = $1 AND seq = $2", [.id(id), .integer(Int64(seq))]
+                "SELECT data FROM attachment_chunks WHERE attachment_id = $1 AND seq = $2", [.id(id), .int(seq)]
             ).first?.bytes(0)
         }
     }
@@ -80,7 +80,7 @@ extension SQLStore {
             try db.select(
                 Codec.attachment,
                 "WHERE user_id = $1 AND completed_at IS NOT NULL\(after == nil ? "" : " AND id > $3") ORDER BY id LIMIT $2",
-                [.id(userId), .integer(Int64(limit))] + (after.map { [.id($0)] } ?? [])
+                [.id(userId), .int(limit)] + (after.map { [.id($0)] } ?? [])
             )
         }
     }
@@ -100,7 +100,7 @@ extension SQLStore {
                 DELETE FROM attachments WHERE id IN (
                     SELECT id FROM attachments WHERE completed_at IS NULL AND created_at < $1 ORDER BY created_at LIMIT $2
                 )
-                """, [.time(startedBefore), .integer(Int64(limit))]
+                """, [.time(startedBefore), .int(limit)]
             )
         }
     }
@@ -112,7 +112,7 @@ extension SQLStore {
                 DELETE FROM attachments WHERE id IN (
                     SELECT id FROM attachments WHERE sent_at IS NULL AND completed_at < $1 ORDER BY completed_at LIMIT $2
                 )
-                """, [.time(completedBefore), .integer(Int64(limit))]
+                """, [.time(completedBefore), .int(limit)]
             )
         }
     }
@@ -122,7 +122,7 @@ extension SQLStore {
             try db.select(
                 Codec.attachment,
                 "WHERE completed_at IS NOT NULL\(after == nil ? "" : " AND id > $2") ORDER BY id LIMIT $1",
-                [.integer(Int64(limit))] + (after.map { [.id($0)] } ?? [])
+                [.int(limit)] + (after.map { [.id($0)] } ?? [])
             )
         }
     }

@@ -36,7 +36,7 @@ extension SQLStore {
             guard let cursor = try db.query("SELECT last_seq FROM webhook_cursors WHERE webhook = $1\(dialect.forUpdate)", [.text(webhook)]).first?.int(0)
             else { return 0 }
             let rows = try db.query(
-                "SELECT seq, type, session_id FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2", [.integer(cursor), .integer(Int64(limit))]
+                "SELECT seq, type, session_id FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2", [.integer(cursor), .int(limit)]
             )
             guard let last = try rows.last?.int(0) else { return 0 }
             var made = 0
@@ -66,7 +66,7 @@ extension SQLStore {
                       WHERE e.webhook = d.webhook AND e.session_id = d.session_id AND e.status = 'pending' AND e.event_seq < d.event_seq
                   )
                 ORDER BY d.event_seq LIMIT $2\(dialect.skipLocked)
-                """, [.time(now), .integer(Int64(limit))] + webhooks.map(SQLValue.text)
+                """, [.time(now), .int(limit)] + webhooks.map(SQLValue.text)
             )
             var claimed: [WebhookDelivery] = []
             for row in due {
@@ -143,7 +143,7 @@ extension SQLStore {
 
     public func webhookDeliveries(status: WebhookDelivery.Status, limit: Int) async throws -> [WebhookDelivery] {
         try await read { db in
-            try Self.delivery(db, "d.status = $1", [.text(status.rawValue), .integer(Int64(limit))], rest: "ORDER BY d.event_seq DESC LIMIT $2")
+            try Self.delivery(db, "d.status = $1", [.text(status.rawValue), .int(limit)], rest: "ORDER BY d.event_seq DESC LIMIT $2")
         }
     }
 
@@ -160,7 +160,7 @@ extension SQLStore {
 
     public func pruneWebhookEvents(before: Date, limit: Int) async throws -> Int {
         try await write(atomic: true) { db in
-            let params: [SQLValue] = [.time(before), .integer(Int64(limit))]
+            let params: [SQLValue] = [.time(before), .int(limit)]
             let deliveries = try db.run(
                 """
                 DELETE FROM webhook_deliveries WHERE (webhook, event_seq) IN (
@@ -188,7 +188,7 @@ extension SQLStore {
         try await read { db in
             var events = try db.query(
                 "SELECT seq, id, session_id, type, payload, created_at FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                [.integer(after ?? 0), .integer(Int64(limit))]
+                [.integer(after ?? 0), .int(limit)]
             ).map { row in
                 WebhookEventRecord(
                     seq: try row.int(0), id: try row.uuid(1), sessionId: try row.uuid(2), type: try row.string(3), payload: try row.string(4),
@@ -241,7 +241,7 @@ extension SQLStore {
                     INSERT INTO webhook_deliveries (webhook, event_seq, session_id, status, attempts, next_attempt_at, last_error, delivered_at)
                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                     """,
-                    [.text(d.webhook), .integer(seq), .id(event.sessionId), .text(d.status.rawValue), .integer(Int64(d.attempts)), .time(d.nextAttemptAt),
+                    [.text(d.webhook), .integer(seq), .id(event.sessionId), .text(d.status.rawValue), .int(d.attempts), .time(d.nextAttemptAt),
                      d.lastError.map(SQLValue.text) ?? .null, d.deliveredAt.map(SQLValue.time) ?? .null]
                 )
             }

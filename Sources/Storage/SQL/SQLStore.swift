@@ -23,16 +23,54 @@ protocol SQLStore: ChatStore {
 enum SQL {
     static let sessionById = "\(Codec.session.select) WHERE session_id = $1"
     static let messageByClientId = "\(Codec.message.select) WHERE session_id = $1 AND client_message_id = $2"
+    /// The message columns of a join that names the messages `m`.
+    static let messageColumns = Codec.message.columns.map { "m.\($0.name)" }.joined(separator: ", ")
 
     /// `$first, …` for `count` parameters bound after the first `after` ones (an `IN (…)` list).
     static func placeholders(_ count: Int, after: Int = 0) -> String {
         (0..<count).map { "$\(after + $0 + 1)" }.joined(separator: ", ")
     }
 
+    /// `%text%` for `LIKE … ESCAPE '\\'`: a plain substring, its wildcards escaped.
+    static func containing(_ text: String) -> String {
+        var pattern = "%"
+        for c in text.unicodeScalars {
+            if c == "\\" || c == "%" || c == "_" { pattern.unicodeScalars.append("\\") }
+            pattern.unicodeScalars.append(c)
+        }
+        return pattern + "%"
+    }
+
+    static func message(_ sessionId: UUID, _ id: UUID, db: some SQLDatabase) throws -> ChatMessage? {
+        try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first
+    }
+
     /// The message stored earlier with the same client id in the session, if any.
     static func duplicate(of message: ChatMessage, db: some SQLDatabase) throws -> ChatMessage? {
         guard let clientId = message.clientMessageId else { return nil }
         return try db.query(messageByClientId, [.id(message.sessionId), .text(clientId)]).first.map(Codec.message.decode)
+    }
+}
+
+/// A statement's parameters, bound as the statement is written: `p(value)` appends the value and returns its `$n`.
+struct SQLParams {
+    var values: [SQLValue]
+
+    init(_ values: [SQLValue] = []) { self.values = values }
+
+    mutating func callAsFunction(_ value: SQLValue) -> String {
+        values.append(value)
+        return "$\(values.count)"
+    }
+}
+
+extension SQLDatabase {
+    /// The records matching `filter`, `limit` from `offset` in `order`, and how many match in all.
+    func countedPage<R>(_ codec: RowCodec<R>, _ filter: String, _ params: SQLParams, order: String, limit: Int, offset: Int) throws -> ([R], Int) {
+        let total = try query("SELECT COUNT(*) FROM \(codec.table) WHERE \(filter)", params.values).first?.int(0) ?? 0
+        var p = params
+        let rest = "WHERE \(filter) ORDER BY \(order) LIMIT \(p(.int(limit))) OFFSET \(p(.int(offset)))"
+        return (try select(codec, rest, p.values), Int(total))
     }
 }
 
@@ -44,6 +82,7 @@ extension Logger {
 extension SQLValue {
     static func id(_ id: UUID) -> SQLValue { .text(id.lowercased) }
     static func time(_ date: Date) -> SQLValue { .text(Timestamp.format(date)) }
+    static func int(_ n: Int) -> SQLValue { .integer(Int64(n)) }
 }
 
 /// Applying migrations and reading their history, on either database.
@@ -68,7 +107,7 @@ enum SQLMigrator {
                 defer { if rebuild { try? db.execute("PRAGMA foreign_keys=ON") } }
                 try db.transaction(dialect.begin) {
                     // Another process (`migrate` beside `serve`) may have applied it since the check above.
-                    if try !db.query("SELECT 1 FROM schema_history WHERE version = $1", [.integer(Int64(migration.version))]).isEmpty { return }
+                    if try !db.query("SELECT 1 FROM schema_history WHERE version = $1", [.int(migration.version)]).isEmpty { return }
                     try db.execute(migration.sql)
                     if rebuild, let row = try db.query("PRAGMA foreign_key_check", []).first {
                         throw StoreError(.invalid, "the migration leaves a row of \(row.optionalString(0) ?? "?") without the row it refers to")
@@ -76,7 +115,7 @@ enum SQLMigrator {
                     let elapsed = ContinuousClock.now - started
                     try db.run(
                         "INSERT INTO schema_history (version, name, checksum, applied_at, execution_ms) VALUES ($1, $2, $3, $4, $5)",
-                        [.integer(Int64(migration.version)), .text(migration.name), .integer(Int64(migration.checksum)), .time(Date()),
+                        [.int(migration.version), .text(migration.name), .integer(Int64(migration.checksum)), .time(Date()),
                          .integer(elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000)]
                     )
                 }
@@ -145,52 +184,26 @@ extension SQLStore {
 
     public func users(_ query: UserQuery) async throws -> UserPage {
         try await read { db in
-            var filter = "TRUE"
-            var params: [SQLValue] = []
+            var p = SQLParams(), filter = "TRUE"
             if let search = query.search?.lowercased(), !search.isEmpty {
-                // LIKE with its wildcards escaped: the search is a plain substring.
-                var pattern = "%"
-                for c in search.unicodeScalars {
-                    if c == "\\" || c == "%" || c == "_" { pattern.unicodeScalars.append("\\") }
-                    pattern.unicodeScalars.append(c)
-                }
-                pattern += "%"
-                params.append(.text(pattern))
-                filter += " AND (lower(username) LIKE $1 ESCAPE '\\' OR lower(COALESCE(email, '')) LIKE $1 ESCAPE '\\')"
+                let pattern = p(.text(SQL.containing(search)))
+                filter += " AND (lower(username) LIKE \(pattern) ESCAPE '\\' OR lower(COALESCE(email, '')) LIKE \(pattern) ESCAPE '\\')"
             }
-            if let role = query.role {
-                params.append(.text(role.rawValue))
-                filter += " AND role = $\(params.count)"
-            }
-            let total = try db.query("SELECT COUNT(*) FROM users WHERE \(filter)", params).first?.int(0) ?? 0
-            let users = try db.select(
-                Codec.user, "WHERE \(filter) ORDER BY created_at DESC, id DESC LIMIT $\(params.count + 1) OFFSET $\(params.count + 2)",
-                params + [.integer(Int64(query.limit)), .integer(Int64(query.offset))]
-            )
-            return UserPage(users: users, total: Int(total))
+            if let role = query.role { filter += " AND role = \(p(.text(role.rawValue)))" }
+            let (users, total) = try db.countedPage(Codec.user, filter, p, order: "created_at DESC, id DESC", limit: query.limit, offset: query.offset)
+            return UserPage(users: users, total: total)
         }
     }
 
     public func updateUser(id: UUID, _ change: UserChange, now: Date) async throws -> User? {
         try await write(atomic: true) { db in
-            var sets = ["updated_at = $2"]
-            var params: [SQLValue] = [.id(id), .time(now)]
-            func set(_ column: String, _ value: SQLValue) {
-                params.append(value)
-                sets.append("\(column) = $\(params.count)")
-            }
-            if let role = change.role { set("role", .text(role.rawValue)) }
-            if let hash = change.passwordHash { set("password_hash", .text(hash)) }
-            if let disabled = change.disabled {
-                // Disabling a disabled account keeps the time it was first disabled.
-                if disabled {
-                    params.append(.time(now))
-                    sets.append("disabled_at = COALESCE(disabled_at, $\(params.count))")
-                } else {
-                    sets.append("disabled_at = NULL")
-                }
-            }
-            try db.run("UPDATE users SET \(sets.joined(separator: ", ")) WHERE id = $1", params)
+            var p = SQLParams([.id(id)])
+            var sets = ["updated_at = \(p(.time(now)))"]
+            if let role = change.role { sets.append("role = \(p(.text(role.rawValue)))") }
+            if let hash = change.passwordHash { sets.append("password_hash = \(p(.text(hash)))") }
+            // Disabling a disabled account keeps the time it was first disabled.
+            if let disabled = change.disabled { sets.append(disabled ? "disabled_at = COALESCE(disabled_at, \(p(.time(now))))" : "disabled_at = NULL") }
+            try db.run("UPDATE users SET \(sets.joined(separator: ", ")) WHERE id = $1", p.values)
             return try db.select(Codec.user, "WHERE id = $1", [.id(id)]).first
         }
     }
@@ -216,22 +229,13 @@ extension SQLStore {
         }
     }
 
-    public func deleteMessages(before: Date, limit: Int) async throws -> Int {
-        // Ids are UUIDv7, in time order: the oldest come first in the primary key.
-        try await write(atomic: true) { db in
-            try db.run(
-                "DELETE FROM chat_messages WHERE id IN (SELECT id FROM chat_messages WHERE id < $1 ORDER BY id LIMIT $2)",
-                [.id(UUIDv7.cursor(at: before)), .integer(Int64(limit))]
-            )
-        }
-    }
+    public func deleteMessages(before: Date, limit: Int) async throws -> Int { try await deleteOldest("chat_messages", before: before, limit: limit) }
+    public func deleteAttachments(before: Date, limit: Int) async throws -> Int { try await deleteOldest("attachments", before: before, limit: limit) }
 
-    public func deleteAttachments(before: Date, limit: Int) async throws -> Int {
+    /// Deletes up to `limit` rows made before `before`, oldest first: ids are UUIDv7, in time order.
+    private func deleteOldest(_ table: String, before: Date, limit: Int) async throws -> Int {
         try await write(atomic: true) { db in
-            try db.run(
-                "DELETE FROM attachments WHERE id IN (SELECT id FROM attachments WHERE id < $1 ORDER BY id LIMIT $2)",
-                [.id(UUIDv7.cursor(at: before)), .integer(Int64(limit))]
-            )
+            try db.run("DELETE FROM \(table) WHERE id IN (SELECT id FROM \(table) WHERE id < $1 ORDER BY id LIMIT $2)", [.id(UUIDv7.cursor(at: before)), .int(limit)])
         }
     }
 
@@ -242,26 +246,19 @@ extension SQLStore {
                 DELETE FROM chat_sessions WHERE session_id IN (
                     SELECT session_id FROM chat_sessions WHERE is_resolved = $1 AND resolved_at < $2 ORDER BY resolved_at LIMIT $3
                 )
-                """, [dialect.flag(true), .time(before), .integer(Int64(limit))]
+                """, [dialect.flag(true), .time(before), .int(limit)]
             )
         }
     }
 
     public func messages(authoredBy userId: UUID, inOthersSessions: Bool, after: UUID?, limit: Int) async throws -> [ChatMessage] {
         try await read { db in
-            var params: [SQLValue] = [.id(userId), .integer(Int64(limit))]
-            var conditions = ["m.user_id = $1"]
-            if inOthersSessions { conditions.append("s.user_id <> $1") }
-            if let after {
-                params.append(.id(after))
-                conditions.append("m.id > $3")
-            }
-            let columns = Codec.message.columns.map { "m.\($0.name)" }.joined(separator: ", ")
+            var p = SQLParams([.id(userId), .int(limit)]), filter = "m.user_id = $1"
+            if inOthersSessions { filter += " AND s.user_id <> $1" }
+            if let after { filter += " AND m.id > \(p(.id(after)))" }
             return try db.query(
-                """
-                SELECT \(columns) FROM chat_messages m JOIN chat_sessions s ON s.session_id = m.session_id
-                WHERE \(conditions.joined(separator: " AND ")) ORDER BY m.id LIMIT $2
-                """, params
+                "SELECT \(SQL.messageColumns) FROM chat_messages m JOIN chat_sessions s ON s.session_id = m.session_id WHERE \(filter) ORDER BY m.id LIMIT $2",
+                p.values
             ).map(Codec.message.decode)
         }
     }
@@ -276,7 +273,7 @@ extension SQLStore {
                     SELECT 1 FROM chat_sessions s JOIN chat_messages m ON m.session_id = s.session_id WHERE s.user_id = u.id AND m.created_at >= $1
                 )
                 LIMIT $2
-                """, [.time(inactiveSince), .integer(Int64(limit))]
+                """, [.time(inactiveSince), .int(limit)]
             ).map { try $0.uuid(0) }
             for id in guests {
                 try db.run("DELETE FROM chat_sessions WHERE user_id = $1", [.id(id)])
@@ -357,22 +354,13 @@ extension SQLStore {
 
     public func sessions(_ query: SessionQuery) async throws -> SessionPage {
         try await read { [dialect] db in
-            var filter = "user_id = $1"
-            var params: [SQLValue] = [.id(query.userId)]
-            if let state = query.state {
-                params.append(.text(state.rawValue))
-                filter += " AND state = $\(params.count)"
-            }
-            if let resolved = query.isResolved {
-                params.append(dialect.flag(resolved))
-                filter += " AND is_resolved = $\(params.count)"
-            }
-            let total = try db.query("SELECT COUNT(*) FROM chat_sessions WHERE \(filter)", params).first?.int(0) ?? 0
-            let sessions = try db.select(
-                Codec.session, "WHERE \(filter) ORDER BY created_at DESC, session_id DESC LIMIT $\(params.count + 1) OFFSET $\(params.count + 2)",
-                params + [.integer(Int64(query.limit)), .integer(Int64(query.offset))]
+            var p = SQLParams([.id(query.userId)]), filter = "user_id = $1"
+            if let state = query.state { filter += " AND state = \(p(.text(state.rawValue)))" }
+            if let resolved = query.isResolved { filter += " AND is_resolved = \(p(dialect.flag(resolved)))" }
+            let (sessions, total) = try db.countedPage(
+                Codec.session, filter, p, order: "created_at DESC, session_id DESC", limit: query.limit, offset: query.offset
             )
-            return SessionPage(sessions: sessions, total: Int(total))
+            return SessionPage(sessions: sessions, total: total)
         }
     }
 
@@ -452,7 +440,7 @@ extension SQLStore {
             try db.select(
                 Codec.session,
                 "WHERE state = 'active' AND (handoff = 'waiting' OR (handoff = 'assigned'\(assignee == nil ? "" : " AND assignee_id = $2"))) ORDER BY handoff_at, session_id LIMIT $1",
-                [.integer(Int64(limit))] + (assignee.map { [.id($0)] } ?? [])
+                [.int(limit)] + (assignee.map { [.id($0)] } ?? [])
             )
         }
     }
@@ -471,29 +459,19 @@ extension SQLStore {
     }
 
     private func messagePage(_ query: MessageQuery, db: DB) throws -> MessagePage {
-        var filter = "session_id = $1"
-        var params: [SQLValue] = [.id(query.sessionId)]
-        if let after = query.after {
-            params.append(.id(after))
-            filter += " AND id > $\(params.count)"
-        }
-        if let before = query.before {
-            params.append(.id(before))
-            filter += " AND id < $\(params.count)"
-        }
+        var p = SQLParams([.id(query.sessionId)]), filter = "session_id = $1"
+        if let after = query.after { filter += " AND id > \(p(.id(after)))" }
+        if let before = query.before { filter += " AND id < \(p(.id(before)))" }
         // Only `before`: the newest page before the cursor, read backwards then put in order.
         let backwards = query.before != nil && query.after == nil
-        params.append(.integer(Int64(query.limit + 1)))
-        let rows = try db.query("\(Codec.message.select) WHERE \(filter) ORDER BY id \(backwards ? "DESC" : "ASC") LIMIT $\(params.count)", params)
+        let rows = try db.query("\(Codec.message.select) WHERE \(filter) ORDER BY id \(backwards ? "DESC" : "ASC") LIMIT \(p(.int(query.limit + 1)))", p.values)
         var messages = try rows.prefix(query.limit).map(Codec.message.decode)
         if backwards { messages.reverse() }
         return MessagePage(messages: messages, hasMore: rows.count > query.limit)
     }
 
     public func message(sessionId: UUID, id: UUID) async throws -> ChatMessage? {
-        try await read { db in
-            try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first
-        }
+        try await read { db in try SQL.message(sessionId, id, db: db) }
     }
 
     public func editMessage(sessionId: UUID, id: UUID, content: String, now: Date) async throws -> ChatMessage? {
@@ -502,8 +480,7 @@ extension SQLStore {
                 "UPDATE chat_messages SET content = $3, edited_at = $4, updated_at = $4 WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL",
                 [.id(sessionId), .id(id), .text(content), .time(now)]
             )
-            let message = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first
-            guard let message, message.deletedAt == nil else { return nil }
+            guard let message = try SQL.message(sessionId, id, db: db), message.deletedAt == nil else { return nil }
             try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
             return message
         }
@@ -512,7 +489,7 @@ extension SQLStore {
     public func deleteMessage(sessionId: UUID, id: UUID, now: Date) async throws -> ChatMessage? {
         try await write(atomic: true) { [self] db in
             // The files it carried go with it.
-            if let files = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first?.attachments, !files.isEmpty {
+            if let files = try SQL.message(sessionId, id, db: db)?.attachments, !files.isEmpty {
                 try db.run(
                     "DELETE FROM attachments WHERE session_id = $1 AND id IN (\(SQL.placeholders(files.count, after: 1)))",
                     [.id(sessionId)] + files.map { .id($0.id) }
@@ -524,7 +501,7 @@ extension SQLStore {
                 WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL
                 """, [.id(sessionId), .id(id), .time(now)]
             )
-            guard let message = try db.select(Codec.message, "WHERE session_id = $1 AND id = $2", [.id(sessionId), .id(id)]).first else { return nil }
+            guard let message = try SQL.message(sessionId, id, db: db) else { return nil }
             try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
             return message
         }
@@ -533,29 +510,20 @@ extension SQLStore {
     public func searchMessages(_ search: MessageSearch) async throws -> SearchPage {
         try await read { [dialect] db in
             let matches = dialect.search.matches(search.terms)
-            var params = matches.params
-            func bind(_ value: SQLValue) -> String {
-                params.append(value)
-                return "$\(params.count)"
-            }
-            var conditions = ["m.deleted_at IS NULL"]
-            if let reader = search.reader {
-                let p = bind(.id(reader))
-                conditions.append("(s.user_id = \(p) OR s.assignee_id = \(p))")
-            }
-            if let session = search.sessionId { conditions.append("m.session_id = \(bind(.id(session)))") }
+            var p = SQLParams(matches.params), filter = "m.deleted_at IS NULL"
+            if let reader = search.reader.map({ p(.id($0)) }) { filter += " AND (s.user_id = \(reader) OR s.assignee_id = \(reader))" }
+            if let session = search.sessionId { filter += " AND m.session_id = \(p(.id(session)))" }
             if let after = search.after {
-                let (rank, id) = (bind(.real(after.rank)), bind(.id(after.id)))
-                conditions.append("(f.r > \(rank) OR (f.r = \(rank) AND m.id > \(id)))")
+                let (rank, id) = (p(.real(after.rank)), p(.id(after.id)))
+                filter += " AND (f.r > \(rank) OR (f.r = \(rank) AND m.id > \(id)))"
             }
-            let columns = Codec.message.columns.map { "m.\($0.name)" }.joined(separator: ", ")
             let rows = try db.query(
                 """
-                SELECT \(columns), f.rid, f.r FROM (\(matches.sql)) f
+                SELECT \(SQL.messageColumns), f.rid, f.r FROM (\(matches.sql)) f
                 JOIN chat_messages m ON m.\(dialect.search.key) = f.rid
                 JOIN chat_sessions s ON s.session_id = m.session_id
-                WHERE \(conditions.joined(separator: " AND ")) ORDER BY f.r, m.id LIMIT \(bind(.integer(Int64(search.limit + 1))))
-                """, params
+                WHERE \(filter) ORDER BY f.r, m.id LIMIT \(p(.int(search.limit + 1)))
+                """, p.values
             )
             let page = rows.prefix(search.limit)
             let width = Codec.message.columns.count
@@ -583,7 +551,7 @@ extension SQLStore {
         try await read { db in
             try db.select(
                 Codec.message, "WHERE session_id = $1 AND id <= $2 AND (edited_at > $3 OR deleted_at > $3) ORDER BY id LIMIT $4",
-                [.id(sessionId), .id(upTo), .time(since), .integer(Int64(limit))]
+                [.id(sessionId), .id(upTo), .time(since), .int(limit)]
             )
         }
     }
@@ -643,7 +611,7 @@ extension SQLStore {
                        (SELECT MIN(created_at) FROM chat_messages m WHERE m.session_id = s.session_id AND m.direction = 'outbound' AND m.type <> 'system'),
                        \(dialect.day("s.created_at"))
                 FROM chat_sessions s WHERE s.created_at >= $1 ORDER BY s.created_at DESC LIMIT $2
-                """, [.time(since), .integer(Int64(ActivityReport.replySample))]
+                """, [.time(since), .int(ActivityReport.replySample)]
             )
             var replies: [String: [Double]] = [:]
             for row in pairs where row.values[0] != .null && row.values[1] != .null {
@@ -695,7 +663,7 @@ extension SQLStore {
     /// Up to `limit` records in key order: after `after`, or from the first one when it is nil.
     private func page<R>(_ codec: RowCodec<R>, after: UUID?, limit: Int) async throws -> [R] {
         try await read { db in
-            try db.select(codec, "\(after == nil ? "" : "WHERE \(codec.key) > $2 ")ORDER BY \(codec.key) LIMIT $1", [.integer(Int64(limit))] + (after.map { [.id($0)] } ?? []))
+            try db.select(codec, "\(after == nil ? "" : "WHERE \(codec.key) > $2 ")ORDER BY \(codec.key) LIMIT $1", [.int(limit)] + (after.map { [.id($0)] } ?? []))
         }
     }
 
@@ -718,7 +686,7 @@ extension SQLStore {
                 """
                 WHERE session_id IN (SELECT DISTINCT session_id FROM session_reads\(after == nil ? "" : " WHERE session_id > $2") ORDER BY session_id LIMIT $1) \
                 ORDER BY session_id, user_id
-                """, [.integer(Int64(limit))] + (after.map { [.id($0)] } ?? [])
+                """, [.int(limit)] + (after.map { [.id($0)] } ?? [])
             )
         }
     }
@@ -741,7 +709,7 @@ extension SQLStore {
             for chunk in batch.attachmentChunks {
                 try db.run(
                     "INSERT INTO attachment_chunks (attachment_id, seq, data) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    [.id(chunk.attachmentId), .integer(Int64(chunk.seq)), .blob(chunk.data)]
+                    [.id(chunk.attachmentId), .int(chunk.seq), .blob(chunk.data)]
                 )
             }
             try Self.importWebhookOutbox(db, events: batch.webhookEvents, cursors: batch.webhookCursors)
