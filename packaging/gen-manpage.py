@@ -180,7 +180,8 @@ def page(tool: dict, version: str, date: str) -> str:
          "Where the database and jwt-secret live; systemd sets it to /var/lib/chat-backend. Outside "
          "systemd it defaults to ./data. Run commands against the service's data as "
          "`sudo -u chat-backend env STATE_DIRECTORY=/var/lib/chat-backend chat-backend COMMAND`."),
-        ("CHAT_BACKEND_CONFIG", "The env file to read instead of /etc/chat-backend/chat-backend.env (--config wins)."),
+        ("CHAT_BACKEND_CONFIG", "The env file to read instead of /etc/chat-backend/chat-backend.env (--config wins). "
+                                "A file named here must exist; /dev/null names none."),
         ("HOST, PORT, DATABASE_URL, LOG_LEVEL, JWT_SECRET, ...",
          "Every setting of the env file may also be given as an environment variable, which wins over the file."),
     ):
@@ -188,9 +189,15 @@ def page(tool: dict, version: str, date: str) -> str:
 
     out.append(".SH EXIT STATUS")
     for code, text in (("0", "Success."), ("64", "Invalid command-line usage."),
-                       ("65", "A database error, or a database migrated by a different or newer release."),
+                       ("65", "A database error (a damaged database, a username already taken), or a database migrated by a "
+                              "different or newer release."),
+                       ("67", "export-user: no user by that name."),
                        ("69", "The database is unavailable."),
-                       ("78", "A configuration error, or copy refused its target or found counts that differ.")):
+                       ("71", "serve cannot listen on its address and port."),
+                       ("73", "An output file already exists or cannot be created."),
+                       ("74", "Writing an output file failed."),
+                       ("78", "A configuration error, or copy refused a database (not empty, empty source, "
+                              "open in a running server) or found counts that differ.")):
         out.append(f".TP\n{bold(code)}\n{roff(text)}")
 
     out.append(".SH EXAMPLES")

@@ -37,7 +37,7 @@ def running_server(**settings):
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "STATE_DIRECTORY": work,
-        "CHAT_BACKEND_CONFIG": os.path.join(work, "none.env"),
+        "CHAT_BACKEND_CONFIG": "/dev/null",
         "JWT_SECRET": "bench-secret-bench-secret-bench-secret-0123",
         "RATE_LIMIT_API": "off",
         "RATE_LIMIT_AUTH": "off",

@@ -9,6 +9,7 @@ import Glibc
 import ArgumentParser
 import Hummingbird
 import Logging
+import NIOCore
 import Prometheus
 import Service
 import ServiceLifecycle
@@ -42,10 +43,26 @@ func makeLogger(_ level: Logger.Level) -> Logger {
     return logger
 }
 
+/// A command that could not do its work: one line on standard error and an exit code, no usage text.
+struct CommandFailure: Error {
+    let message: String
+    let code: Int32
+
+    /// EX_NOUSER: no user by that name.
+    static func noUser(_ name: String) -> CommandFailure { CommandFailure(message: "no user named '\(name)'", code: 67) }
+    /// EX_CANTCREAT: an output file exists or cannot be created.
+    static func cannotCreate(_ message: String) -> CommandFailure { CommandFailure(message: message, code: 73) }
+    /// EX_IOERR: writing an output file failed.
+    static func ioError(_ message: String) -> CommandFailure { CommandFailure(message: message, code: 74) }
+}
+
 /// Runs an async body and turns every error into a clean exit with one line saying what is wrong.
 func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
     do {
         return try await body()
+    } catch let error as CommandFailure {
+        FileHandleStderr.write("chat-backend: \(error.message)\n")
+        throw ExitCode(error.code)
     } catch let error as ConfigError {
         FileHandleStderr.write("chat-backend: \(error.description)\n")
         throw ExitCode(78)  // EX_CONFIG
@@ -91,6 +108,7 @@ struct Serve: AsyncParsableCommand {
                 return handler
             }
             let logger = makeLogger(config.logLevel)
+            for warning in config.warnings { logger.warning("\(warning)") }
             Systemd.notify("STATUS=Opening storage and applying migrations")
             let store = try await openStore(config, logger: logger)
             let registry = PrometheusCollectorRegistry()
@@ -140,6 +158,9 @@ struct Serve: AsyncParsableCommand {
             ))
             do {
                 try await group.run()
+            } catch let error as IOError where error.errnoCode == EADDRINUSE || error.errnoCode == EADDRNOTAVAIL || error.errnoCode == EACCES {
+                await storeService.close()
+                throw CommandFailure(message: "cannot listen on \(where_): \(String(cString: strerror(error.errnoCode)))", code: 71)
             } catch {
                 logger.error("server stopped with an error", metadata: ["error": .string(String(reflecting: error))])
                 await storeService.close()
@@ -184,6 +205,7 @@ struct CheckConfig: AsyncParsableCommand {
             for (key, value) in config.summary {
                 print(key + String(repeating: " ", count: width - key.count) + "  " + value)
             }
+            for warning in config.warnings { print("\nwarning: \(warning)") }
             let inspection: StoreInspection
             switch config.database {
             case .sqlite(let path):
@@ -253,7 +275,7 @@ struct AddUser: AsyncParsableCommand {
                 try await store.createUser(user)
             } catch let error as StoreError where error.kind == .conflict {
                 await store.close()
-                throw ValidationError("username '\(name)' is already taken")
+                throw CommandFailure(message: "username '\(name)' is already taken", code: 65)
             }
             await store.close()
             print("created \(user.role.rawValue) \(name) (\(user.id.lowercased))")
@@ -284,13 +306,15 @@ struct ExportUser: AsyncParsableCommand {
     func run() async throws {
         try await reportingErrors {
             let config = try await AppConfig.load(options: options, createSecret: false)
-            if let output, access(output, F_OK) == 0 { throw ValidationError("\(output) already exists") }
+            if case .sqlite(let path) = config.database, access(path, F_OK) != 0 { throw ConfigError("DATABASE_URL: \(path) does not exist") }
+            if let output, access(output, F_OK) == 0 { throw CommandFailure.cannotCreate("\(output) already exists") }
             let store = try await openStore(config, logger: makeLogger(.warning))
             // Standard output, or a new file only its owner may read (it holds personal data).
             let fd = output.map { open($0, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) } ?? STDOUT_FILENO
             guard fd >= 0 else {
+                let reason = String(cString: strerror(errno))
                 await store.close()
-                throw ValidationError("cannot create \(output ?? "")")
+                throw CommandFailure.cannotCreate("cannot create \(output ?? ""): \(reason)")
             }
             let found: Bool
             do {
@@ -299,7 +323,7 @@ struct ExportUser: AsyncParsableCommand {
                     while written < bytes.count {
                         let n = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
                         if n < 0, errno == EINTR { continue }
-                        guard n > 0 else { throw ValidationError("writing the export failed (errno \(errno))") }
+                        guard n > 0 else { throw CommandFailure.ioError("writing the export failed: \(String(cString: strerror(errno)))") }
                         written += n
                     }
                 }
@@ -312,7 +336,7 @@ struct ExportUser: AsyncParsableCommand {
             if let output { close(fd) }
             if !found {
                 if let output { unlink(output) }
-                throw ValidationError("no user named '\(name)'")
+                throw CommandFailure.noUser(name)
             }
             if let output { print("export of \(name) written to \(output)") }
         }
@@ -333,7 +357,7 @@ struct Backup: AsyncParsableCommand {
             guard case .sqlite = config.database else {
                 throw ConfigError("backup copies SQLite databases; for Postgres use pg_dump")
             }
-            guard !FileManager.default.fileExists(atPath: file) else { throw ValidationError("\(file) already exists") }
+            guard access(file, F_OK) != 0 else { throw CommandFailure.cannotCreate("\(file) already exists") }
             // The copy holds password hashes: only the owner may read it.
             umask(0o077)
             // Read-only: a backup taken before an upgrade must not migrate the running server's database.
@@ -389,16 +413,42 @@ struct Copy: AsyncParsableCommand {
         }
     }
 
+    /// Opens one side of the copy. Refused: a database a running server has open (a copy of a changing
+    /// source does not add up), and a source that holds no chat-backend database (a mistyped `--from`
+    /// would otherwise be migrated and "copied" from).
     private func openCopyStore(_ url: String, logger: Logger, isSource: Bool = false) async throws -> any ChatStore {
-        switch try DatabaseLocation.parse(url) {
-        case .sqlite(let path):
-            if isSource, !FileManager.default.fileExists(atPath: path) {
-                throw ConfigError("--from: \(path) does not exist")
+        let option = isSource ? "--from" : "--to"
+        let running = "\(option): another process (a chat-backend server?) has this database open; stop it before copying"
+        do {
+            switch try DatabaseLocation.parse(url, key: option) {
+            case .sqlite(let path):
+                if isSource {
+                    guard FileManager.default.fileExists(atPath: path) else { throw ConfigError("\(option): \(path) does not exist") }
+                    guard try await SQLiteStore.inspect(path: path).migrations.contains(where: { $0.appliedAt != nil }) else {
+                        throw ConfigError("\(option): \(path) holds no chat-backend database; nothing to copy")
+                    }
+                }
+                guard !SQLiteStore.isOpenElsewhere(path: path) else { throw ConfigError(running) }
+                try AppConfig.makeDirectory(parentOf: path)
+                return try await SQLiteStore.open(path: path, logger: logger)
+            case .postgres(let conninfo):
+                if isSource {
+                    guard try await PostgresStore.inspect(conninfo: conninfo).migrations.contains(where: { $0.appliedAt != nil }) else {
+                        throw ConfigError("\(option): the database holds no chat-backend tables; nothing to copy")
+                    }
+                }
+                let store = try await PostgresStore.open(
+                    conninfo: PostgresStore.conninfo(conninfo, application: "chat-backend-copy"), options: .init(poolSize: 2), logger: logger
+                )
+                if try await store.serverSessions() > 0 {
+                    await store.close()
+                    throw ConfigError(running)
+                }
+                return store
             }
-            try AppConfig.makeDirectory(parentOf: path)
-            return try await SQLiteStore.open(path: path, logger: logger)
-        case .postgres(let conninfo):
-            return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: 2), logger: logger)
+        } catch let error as StoreError {
+            // Which of the two databases it is about.
+            throw StoreError(error.kind, "\(option): \(error.message)", detail: error.detail, sql: error.sql)
         }
     }
 

@@ -42,19 +42,21 @@ enum DatabaseLocation: Equatable {
     case sqlite(path: String)
     case postgres(url: String)
 
-    static func parse(_ text: String) throws -> DatabaseLocation {
+    /// `key`: what the text was given as, for the error message.
+    static func parse(_ text: String, key: String = "DATABASE_URL") throws -> DatabaseLocation {
         if text.hasPrefix("sqlite://") {
             let path = String(text.dropFirst("sqlite://".count))
-            guard !path.isEmpty else { throw ConfigError("DATABASE_URL: sqlite:// needs a path, e.g. sqlite:///var/lib/chat-backend/chat.db") }
+            guard !path.isEmpty else { throw ConfigError("\(key): sqlite:// needs a path, e.g. sqlite:///var/lib/chat-backend/chat.db") }
             return .sqlite(path: path)
         }
         if text.hasPrefix("sqlite:") {
             return .sqlite(path: String(text.dropFirst("sqlite:".count)))
         }
         if text.hasPrefix("postgres://") || text.hasPrefix("postgresql://") || text.contains("=") {
+            if let problem = PostgresStore.conninfoProblem(text) { throw ConfigError("\(key): \(problem)") }
             return .postgres(url: text)
         }
-        throw ConfigError("DATABASE_URL: must start with sqlite:// or postgres:// (got '\(text)')")
+        throw ConfigError("\(key): must start with sqlite:// or postgres:// (got '\(AppConfig.maskURL(text))')")
     }
 }
 
@@ -75,6 +77,9 @@ struct AppConfig {
     var service: ServiceConfig
     /// Values as given, secrets masked, for `check-config`.
     var summary: [(String, String)]
+    /// What is wrong but does not stop the server (a key in the env file that nothing reads), for the log
+    /// and `check-config`.
+    var warnings: [String] = []
 
     static let defaultEnvFile = "/etc/chat-backend/chat-backend.env"
 
@@ -89,26 +94,33 @@ struct AppConfig {
             InMemoryProvider(name: "flags", values: flags),
             EnvironmentVariablesProvider(environmentVariables: environment),
         ]
+        // A file named by --config or CHAT_BACKEND_CONFIG must exist (/dev/null: none); the default need not.
         let envFile = options.configFile ?? environment["CHAT_BACKEND_CONFIG"] ?? defaultEnvFile
-        do {
-            providers.append(try await EnvironmentVariablesProvider(
-                environmentFilePath: FilePath(envFile), allowMissing: options.configFile == nil
-            ))
-        } catch {
-            throw ConfigError("cannot read config file \(envFile): \(error)")
+        let fileKeys = try envFileKeys(envFile, required: envFile != defaultEnvFile || options.configFile != nil)
+        if fileKeys != nil, envFile != "/dev/null" {
+            do {
+                providers.append(try await EnvironmentVariablesProvider(environmentFilePath: FilePath(envFile), allowMissing: false))
+            } catch {
+                throw ConfigError("cannot read config file \(envFile): \(error)")
+            }
         }
         let reader = ConfigReader(providers: providers)
+        var used: Set<String> = ["STATE_DIRECTORY"]
         func value(_ key: ConfigKey, secret: Bool = false) -> String? {
-            reader.string(forKey: key, isSecret: secret).flatMap { $0.isEmpty ? nil : $0 }
+            used.insert(key.components.joined(separator: "_").uppercased())
+            return reader.string(forKey: key, isSecret: secret).flatMap { $0.isEmpty ? nil : $0 }
         }
 
-        var summary: [(String, String)] = [("config file", envFile)]
+        var summary: [(String, String)] = [("config file", fileKeys == nil ? "\(envFile) (not present)" : envFile)]
         let host = value("host") ?? "0.0.0.0"
+        if let problem = hostProblem(host) { throw ConfigError("HOST: \(problem)") }
         let portText = value("port") ?? "3006"
         guard let port = Int(portText), (0...65535).contains(port) else { throw ConfigError("PORT: must be 0-65535 (got '\(portText)')") }
         summary += [("HOST", host), ("PORT", String(port))]
 
         let stateDirectory = environment["STATE_DIRECTORY"].flatMap { $0.split(separator: ":").first.map(String.init) } ?? "./data"
+        var info = stat()
+        if stat(stateDirectory, &info) == 0, info.st_mode & S_IFMT != S_IFDIR { throw ConfigError("STATE_DIRECTORY: \(stateDirectory) is not a directory") }
         let databaseText = value("database.url", secret: true) ?? "sqlite://\(stateDirectory)/chat.db"
         let database = try DatabaseLocation.parse(databaseText)
 
@@ -135,7 +147,7 @@ struct AppConfig {
         func duration(_ key: ConfigKey, _ name: String, _ fallback: String) throws -> Int {
             let text = value(key) ?? fallback
             guard let seconds = DurationText.parse(text), seconds > 0 else {
-                throw ConfigError("\(name): must be a duration like 30s, 15m, 24h or 30d (got '\(text)')")
+                throw ConfigError("\(name): must be a duration like 30s, 15m, 24h or 30d, at most 3650d (got '\(text)')")
             }
             summary.append((name, DurationText.format(seconds)))
             return seconds
@@ -195,7 +207,7 @@ struct AppConfig {
                 return nil
             }
             guard let seconds = DurationText.parse(text), seconds >= 3600 else {
-                throw ConfigError("\(name): must be off or a duration of at least 1h, like 90d or 365d (got '\(text)')")
+                throw ConfigError("\(name): must be off or a duration from 1h to 3650d, like 90d or 365d (got '\(text)')")
             }
             summary.append((name, DurationText.format(seconds)))
             return seconds
@@ -277,11 +289,36 @@ struct AppConfig {
             ? "\(webhooksFile) (\(webhooksFileSet == nil && !FileManager.default.fileExists(atPath: webhooksFile) ? "not present: " : "")no webhooks)"
             : "\(webhooksFile) (\(webhooks.names.count) webhooks: \(webhooks.names.joined(separator: ", ")))"))
 
+        // Every key of the file is read by now, or it is a mistake (a misspelt key falls back to the default).
+        let unused = (fileKeys ?? []).filter { !used.contains($0.key) }.map { key, line in
+            "\(envFile) line \(line): \(key) is not a chat-backend setting, nor read by the agents or webhooks file; it is ignored"
+        }
         return AppConfig(
             host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory, logLevel: logLevel,
             synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, agents: agents, webhooks: webhooks, jwtSecretSource: secretSource,
-            service: service, summary: summary
+            service: service, summary: summary, warnings: unused
         )
+    }
+
+    /// The keys an env file sets, with their line numbers, after checking that every line is blank, a `#`
+    /// comment or `KEY=VALUE` (the form systemd's `EnvironmentFile=` reads too); nil when the file does not
+    /// exist and need not.
+    static func envFileKeys(_ path: String, required: Bool) throws -> [(key: String, line: Int)]? {
+        guard let text = try readDocument(path, key: "config file", required: required) else { return nil }
+        var keys: [(key: String, line: Int)] = []
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = String(raw).trimmed
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            let key = String(line.prefix { $0 != "=" }).trimmed
+            let where_ = "config file \(path) line \(index + 1)"
+            if key.hasPrefix("export ") { throw ConfigError("\(where_): write \(String(key.dropFirst(7)).trimmed)=… without `export`") }
+            guard line.contains("="), let first = key.first, !first.isNumber,
+                  key.allSatisfy({ $0 == "_" || ($0.isASCII && ($0.isLetter || $0.isNumber)) }) else {
+                throw ConfigError("\(where_): not a KEY=VALUE line")
+            }
+            keys.append((key, index + 1))
+        }
+        return keys
     }
 
     /// Reads and validates the webhooks file. A missing file means no webhooks unless WEBHOOKS_FILE names it.
@@ -297,10 +334,13 @@ struct AppConfig {
     /// The text of a configuration document (UTF-8, at most 1 MiB); nil when the file does not exist and
     /// need not (only its default name was used).
     static func readDocument(_ path: String, key: String, required: Bool) throws -> String? {
-        guard FileManager.default.fileExists(atPath: path) else {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
             if required { throw ConfigError("\(key): \(path) does not exist") }
             return nil
         }
+        guard info.st_mode & S_IFMT != S_IFDIR else { throw ConfigError("\(key): \(path) is a directory") }
+        if path == "/dev/null" { return "" }  // "no file", where a file must be named
         guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("\(key): cannot read \(path)") }
         guard data.count <= 1 << 20 else { throw ConfigError("\(key): \(path) is larger than 1 MiB") }
         guard let text = String(validating: data, as: UTF8.self) else { throw ConfigError("\(key): \(path) is not UTF-8 text") }
@@ -315,6 +355,25 @@ struct AppConfig {
         } catch {
             throw ConfigError("AGENTS_FILE \(path): \(error)")
         }
+    }
+
+    /// Why `text` cannot be listened on (nil: it can): an IPv4 or IPv6 address, or a host name that resolves.
+    static func hostProblem(_ text: String) -> String? {
+        var address = in6_addr()
+        if inet_pton(AF_INET, text, &address) == 1 || inet_pton(AF_INET6, text, &address) == 1 { return nil }
+        let labels = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard text.utf8.count <= 253, !labels.isEmpty,
+              labels.allSatisfy({ !$0.isEmpty && $0.count <= 63 && $0.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") } }),
+              !labels.allSatisfy({ $0.allSatisfy(\.isNumber) }) else {
+            return "must be an IP address or a host name (got '\(text)')"
+        }
+        var hints = addrinfo()
+        hints.ai_flags = AI_PASSIVE
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(text, nil, &hints, &result) == 0 else { return "cannot resolve '\(text)'" }
+        freeaddrinfo(result)
+        return nil
     }
 
     /// Hides every password in a connection string: `user:secret@` in a URI, `password=…` in its query,
@@ -360,6 +419,11 @@ struct AppConfig {
 
     /// Reads the generated JWT key, or creates 256 random bits with mode 0600 on first start.
     static func loadOrCreateSecret(at path: String, create: Bool) throws -> [UInt8] {
+        var info = stat()
+        if stat(path, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFREG else { throw ConfigError("\(path) is not a file: it should hold the JWT secret (delete it to generate one)") }
+            guard access(path, R_OK) == 0 else { throw ConfigError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        }
         if let data = FileManager.default.contents(atPath: path) {
             let text = String(decoding: data, as: UTF8.self).trimmed
             guard text.utf8.count >= 32 else { throw ConfigError("\(path): the stored JWT secret is too short; delete the file to generate a new one") }

@@ -281,6 +281,8 @@ struct SessionSweeper: Service {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             do {
                 try await sweep(now: Timestamp.now())
+            } catch where Task.isShuttingDownGracefully || Task.isCancelled || error is CancellationError {
+                break  // the server is stopping (and may have closed the store already)
             } catch {
                 logger.warning("session sweep failed", metadata: ["error": .string(String(reflecting: error))])
             }

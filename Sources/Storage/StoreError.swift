@@ -27,7 +27,7 @@ public struct StoreError: Error, CustomStringConvertible, CustomDebugStringConve
         self.sql = sql
     }
 
-    public var description: String { "storage \(kind.rawValue): \(message)" }
+    public var description: String { "storage \(kind == .notFound ? "not found" : kind.rawValue): \(message)" }
 
     public var debugDescription: String {
         var text = description

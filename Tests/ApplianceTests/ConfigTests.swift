@@ -41,7 +41,7 @@ struct ConfigTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         do {
             _ = try await AppConfig.load(
-                options: options([]), environment: ["STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": dir.path + "/none.env", key: value]
+                options: options([]), environment: ["STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": "/dev/null", key: value]
             )
             Issue.record("\(key)=\(value) was accepted")
         } catch let error as ConfigError {
@@ -56,7 +56,7 @@ struct ConfigTests {
         await #expect(throws: ConfigError.self) {
             _ = try await AppConfig.load(options: options(["--config", dir.path + "/nope.env"]), environment: ["STATE_DIRECTORY": dir.path])
         }
-        let config = try await AppConfig.load(options: options([]), environment: ["STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": dir.path + "/none.env"])
+        let config = try await AppConfig.load(options: options([]), environment: ["STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": "/dev/null"])
         #expect(config.port == 3006 && config.host == "0.0.0.0")
     }
 
@@ -64,7 +64,7 @@ struct ConfigTests {
     func generatedSecret() async throws {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let env = ["STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": dir.path + "/none.env"]
+        let env = ["STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": "/dev/null"]
         let first = try await AppConfig.load(options: options([]), environment: env)
         let second = try await AppConfig.load(options: options([]), environment: env)
         #expect(first.service.jwtSecret == second.service.jwtSecret)
@@ -80,7 +80,7 @@ struct ConfigTests {
         let dir = try tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         let config = try await AppConfig.load(options: options([]), environment: [
-            "STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": dir.path + "/none.env",
+            "STATE_DIRECTORY": dir.path, "CHAT_BACKEND_CONFIG": "/dev/null",
             "DATABASE_URL": "postgres://chat:hunter2@db.internal:5432/chat", "JWT_SECRET": String(repeating: "z", count: 40),
         ], createSecret: false)
         let printed = config.summary.map { "\($0.0)=\($0.1)" }.joined(separator: "\n")

@@ -147,7 +147,7 @@ def base_env(state_dir: Path, **overrides: str) -> dict[str, str]:
     """A clean environment: no config file from /etc, state under `state_dir`, limits off unless overridden."""
     env = {k: v for k, v in os.environ.items() if k not in _SERVER_KEYS}
     env.update({
-        "CHAT_BACKEND_CONFIG": str(state_dir / "no-such-config.env"),
+        "CHAT_BACKEND_CONFIG": "/dev/null",
         "STATE_DIRECTORY": str(state_dir),
         "JWT_SECRET": JWT_SECRET,
         "RATE_LIMIT_API": "off",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 
 import jwt
 import pytest
@@ -254,3 +256,155 @@ def test_backup_while_serving(bin_path, start_server):
     r = auth_get(restored.url(f"/api/sessions/{session_id}/messages"), token, params={"limit": 100})
     assert r.status_code == 200, r.text
     assert [m["content"] for m in r.json()["messages"]] == contents
+
+
+def corrupt_copy(source, target):
+    """A copy of `source` with random bytes over four pages in its middle."""
+    data = bytearray(source.read_bytes())
+    assert len(data) > 16 * 4096, "the database must have pages to damage"
+    data[8 * 4096:12 * 4096] = os.urandom(4 * 4096)
+    target.write_bytes(bytes(data))
+
+
+def test_backup_of_a_damaged_database_leaves_no_file(bin_path, workdir, env):
+    """A nightly backup must not put a damaged copy (or an empty one from a failed run) where a good one was."""
+    db = workdir / "good.db"
+    assert run_cli(bin_path, ["migrate", *db_args(db)], workdir, env).returncode == 0
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE filler (x TEXT)")
+        conn.executemany("INSERT INTO filler VALUES (?)", [("x" * 500,) for _ in range(400)])
+        conn.commit()
+    bad = workdir / "bad.db"
+    corrupt_copy(db, bad)
+    target = workdir / "nightly.db"
+    r = run_cli(bin_path, ["backup", str(target), *db_args(bad)], workdir, env)
+    assert r.returncode == 65, (r.returncode, r.stderr)
+    assert "corrupt" in r.stderr and "no backup written" in r.stderr, r.stderr
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("nightly")) == [], "nothing named like the backup is left"
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("bad.db")) == ["bad.db"], "the source is not touched"
+
+    # The good database backs up under the same name afterwards.
+    r = run_cli(bin_path, ["backup", str(target), *db_args(db)], workdir, env)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("nightly")) == ["nightly.db"]
+    # An existing file is refused as "cannot create" (73), with one line and no usage text.
+    r = run_cli(bin_path, ["backup", str(target), *db_args(db)], workdir, env)
+    assert r.returncode == 73 and "already exists" in r.stderr and "Usage" not in r.stderr, (r.returncode, r.stderr)
+
+
+def test_backup_on_a_full_disk_leaves_no_file(bin_path, workdir, env):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    db = workdir / "big.db"
+    assert run_cli(bin_path, ["migrate", *db_args(db)], workdir, env).returncode == 0
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE filler (x BLOB)")
+        conn.executemany("INSERT INTO filler VALUES (?)", [(os.urandom(4000),) for _ in range(1000)])  # about 4 MB
+        conn.commit()
+    small = workdir / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        r = run_cli(bin_path, ["backup", str(small / "copy.db"), *db_args(db)], workdir, env)
+        assert r.returncode == 69, (r.returncode, r.stderr)
+        assert list(small.iterdir()) == [], "a failed backup leaves nothing, and the space it took is free again"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_check_config_leaves_no_files_beside_the_database(bin_path, workdir, env):
+    db = workdir / "quiet.db"
+    assert run_cli(bin_path, ["migrate", *db_args(db)], workdir, env).returncode == 0
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("quiet")) == ["quiet.db"]
+    r = run_cli(bin_path, ["check-config", *db_args(db)], workdir, env)
+    assert r.returncode == 0, r.stderr
+    assert f"migrations: {MIGRATION_COUNT} applied, 0 pending" in r.stdout, r.stdout
+    assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("quiet")) == ["quiet.db"], "no -wal or -shm left behind"
+
+
+@pytest.mark.parametrize("lines,fragment", [
+    ("export PORT=4000\n", "line 1: write PORT=… without `export`"),
+    ("# a comment\n\nPORT 4000\n", "line 3: not a KEY=VALUE line"),
+])
+def test_env_file_lines_that_are_not_settings_are_refused(bin_path, workdir, env, lines, fragment):
+    (workdir / "bad.env").write_text(lines)
+    r = run_cli(bin_path, ["check-config", "--config", str(workdir / "bad.env")], workdir, env)
+    assert r.returncode == 78 and fragment in r.stderr, (r.returncode, r.stderr)
+
+
+def test_env_file_key_nothing_reads_is_named(bin_path, workdir, env):
+    (workdir / "typo.env").write_text("PORT=4000\nDATABSE_URL=postgres://db.example.com/chat\n")
+    r = run_cli(bin_path, ["check-config", "--config", str(workdir / "typo.env")], workdir, env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^PORT\s+4000$", r.stdout, re.M), r.stdout
+    assert "warning: " in r.stdout and "line 2: DATABSE_URL is not a chat-backend setting" in r.stdout, r.stdout
+
+
+def test_config_file_named_in_the_environment_must_exist(bin_path, workdir, env):
+    r = run_cli(bin_path, ["check-config"], workdir, dict(env, CHAT_BACKEND_CONFIG=str(workdir / "missing.env")))
+    assert r.returncode == 78 and "missing.env does not exist" in r.stderr, (r.returncode, r.stderr)
+    r = run_cli(bin_path, ["check-config", "--config", str(workdir)], workdir, env)
+    assert r.returncode == 78 and "is a directory" in r.stderr, (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("HOST", "999.1.1.1", "HOST: must be an IP address or a host name"),
+    ("HOST", "not a host", "HOST: must be an IP address or a host name"),
+    ("HOST", "nowhere.invalid", "HOST: cannot resolve"),
+    ("DATABASE_URL", "postgres://chat@db.example.com:notaport/chat", "DATABASE_URL: port must be a number"),
+    ("DATABASE_URL", "host=db.example.com port=abc dbname=chat", "DATABASE_URL: port must be a number"),
+    ("DATABASE_URL", "postgresql://%zz@db.example.com/chat", "DATABASE_URL: invalid percent-encoded token"),
+    ("DATABASE_URL", "postgres://db.example.com/chat?sslmode=sometimes", "DATABASE_URL: sslmode must be"),
+    ("STATE_DIRECTORY", "/etc/hostname", "STATE_DIRECTORY: /etc/hostname is not a directory"),
+])
+def test_settings_refused_before_anything_is_tried(bin_path, workdir, env, key, value, fragment):
+    """A typo in an address or a connection string is a configuration error (78), not an outage (69)."""
+    r = run_cli(bin_path, ["check-config"], workdir, dict(env, **{key: value}))
+    assert r.returncode == 78 and fragment in r.stderr, (r.returncode, r.stderr)
+
+
+def test_jwt_secret_that_is_not_a_file_is_refused(bin_path, workdir, env):
+    env = dict(env)
+    del env["JWT_SECRET"]
+    (workdir / "jwt-secret").mkdir()
+    for command in (["check-config"], ["serve", "--host", "127.0.0.1", "--port", "0"]):
+        r = run_cli(bin_path, [*command, *db_args(workdir / "chat.db")], workdir, env, timeout=15)
+        assert r.returncode == 78 and "jwt-secret is not a file" in r.stderr, (command, r.returncode, r.stderr)
+
+
+def test_serve_on_a_port_in_use_says_so(bin_path, workdir, env, start_server):
+    server = start_server(name="holder")
+    r = run_cli(bin_path, ["serve", "--host", "127.0.0.1", "--port", str(server.port), *db_args(workdir / "chat.db")], workdir, env,
+                timeout=15)
+    assert r.returncode == 71, (r.returncode, r.stderr)
+    assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in r.stderr, r.stderr
+    assert "failed" not in r.stderr, "no stray warnings from services stopping"
+
+
+def test_export_user_errors(bin_path, workdir, env):
+    r = run_cli(bin_path, ["export-user", "nobody", *db_args(workdir / "absent.db")], workdir, env)
+    assert r.returncode == 78 and "absent.db does not exist" in r.stderr, (r.returncode, r.stderr)
+    assert not (workdir / "absent.db").exists(), "an export creates no database"
+    db = workdir / "present.db"
+    assert run_cli(bin_path, ["migrate", *db_args(db)], workdir, env).returncode == 0
+    r = run_cli(bin_path, ["export-user", "nobody", *db_args(db)], workdir, env)
+    assert r.returncode == 67 and "no user named 'nobody'" in r.stderr and "Usage" not in r.stderr, (r.returncode, r.stderr)
+
+
+def test_copy_refuses_a_live_or_empty_source(bin_path, workdir, env, start_server):
+    server = start_server(name="live-source")
+    register(server)
+    r = run_cli(bin_path, ["copy", "--from", f"sqlite://{server.db_path}", "--to", f"sqlite://{workdir / 'to.db'}"], workdir, env)
+    assert r.returncode == 78 and "--from: another process" in r.stderr and "stop it" in r.stderr, (r.returncode, r.stderr)
+    assert not (workdir / "to.db").exists()
+
+    empty = workdir / "empty.db"
+    empty.write_bytes(b"")
+    r = run_cli(bin_path, ["copy", "--from", f"sqlite://{empty}", "--to", f"sqlite://{workdir / 'to.db'}"], workdir, env)
+    assert r.returncode == 78 and "holds no chat-backend database" in r.stderr, (r.returncode, r.stderr)
+    assert empty.read_bytes() == b"", "the mistyped source is not migrated"
+
+    # Stopped, it copies.
+    server.stop()
+    r = run_cli(bin_path, ["copy", "--from", f"sqlite://{server.db_path}", "--to", f"sqlite://{workdir / 'to.db'}"], workdir, env)
+    assert r.returncode == 0 and "1 users" in r.stdout, (r.returncode, r.stdout, r.stderr)

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -23,10 +24,12 @@ SECRET = "event-secret-0123456789"
 
 
 class Receiver:
-    """Records every delivery; `mode` decides the answer: ok, fail (503), slow (answers after 3 s), down (connection refused)."""
+    """Records every delivery; `mode` decides the answer: ok, fail (503), slow (answers after 3 s), down (connection refused).
+    An event of a session in `hold` is answered 204 only after that many seconds."""
 
     def __init__(self):
         self.mode = "ok"
+        self.hold: dict[str, float] = {}
         self.deliveries: list[dict] = []
         self.lock = threading.Lock()
         receiver = self
@@ -40,12 +43,15 @@ class Receiver:
                 timestamp = self.headers.get("X-Chat-Timestamp", "")
                 expected = "sha256=" + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
                 mode = receiver.mode
+                event = json.loads(body)
+                subject = event["data"].get("message") or event["data"].get("session")
                 with receiver.lock:
-                    receiver.deliveries.append({"event": json.loads(body), "id": self.headers.get("X-Chat-Event-Id"),
-                                                "type": self.headers.get("X-Chat-Event"), "mode": mode,
+                    receiver.deliveries.append({"event": event, "id": self.headers.get("X-Chat-Event-Id"),
+                                                "type": self.headers.get("X-Chat-Event"), "mode": mode, "at": time.monotonic(),
                                                 "signed": hmac.compare_digest(expected, self.headers.get("X-Chat-Signature", ""))})
                 if mode == "slow":
                     time.sleep(3)
+                time.sleep(receiver.hold.get(subject["sessionId"], 0))
                 status = 503 if mode == "fail" else 204
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -73,14 +79,14 @@ def receiver():
     r.close()
 
 
-def webhooks_env(tmp_path, receiver: Receiver, **extra) -> dict:
+def webhooks_env(tmp_path, receiver: Receiver, timeout: str = "1s", **extra) -> dict:
     path = tmp_path / "webhooks.yaml"
     path.write_text(f"""\
 webhooks:
   - name: crm
     url: http://127.0.0.1:{receiver.port}/hook
     secret: {SECRET}
-    timeout: 1s
+    timeout: {timeout}
     events: [message.created, message.updated, message.deleted, session.created, session.resolved, handoff.waiting, handoff.claimed]
 """)
     return {"WEBHOOKS_FILE": str(path), **extra}
@@ -179,6 +185,49 @@ def test_parked_deliveries_are_listed_and_sent_again(start_server, tmp_path, rec
     assert [d["eventId"] for d in delivered] == [item["eventId"]]
 
 
+def test_a_slow_receiver_holds_up_only_its_own_session(start_server, tmp_path, receiver):
+    """A call that takes long holds back its session's later events (order), not another session's."""
+    server = start_server(env=webhooks_env(tmp_path, receiver, timeout="10s"))
+    token = register(server)["accessToken"]
+    slow, fast = create_session(server, token)["sessionId"], create_session(server, token)["sessionId"]
+    wait_for(lambda: len(receiver.accepted()) == 2, what="both session.created")
+    receiver.hold[slow] = 5
+    held = send(server, token, slow, "held")
+    wait_for(lambda: any(d["event"]["data"].get("message", {}).get("id") == held["id"] for d in receiver.deliveries), what="the slow call")
+    after_held = send(server, token, slow, "after the held one")
+    sent_at, ids = time.monotonic(), [send(server, token, fast, f"fast {i}")["id"] for i in range(3)]
+
+    def arrivals(session):
+        return [d for d in receiver.deliveries if d["type"] == "message.created" and d["event"]["data"]["message"]["sessionId"] == session]
+    wait_for(lambda: len(arrivals(fast)) == 3, timeout=4, what="the other session's events while the slow call runs")
+    assert [d["event"]["data"]["message"]["id"] for d in arrivals(fast)] == ids
+    assert max(d["at"] for d in arrivals(fast)) - sent_at < 2.5, "the other session's events waited for the slow call"
+    assert [d["event"]["data"]["message"]["id"] for d in arrivals(slow)] == [held["id"]], "the slow session's next event waits for it"
+    wait_for(lambda: len(arrivals(slow)) == 2, timeout=10, what="the slow session's next event, once the slow call is answered")
+    assert [d["event"]["data"]["message"]["id"] for d in arrivals(slow)] == [held["id"], after_held["id"]]
+
+
+def test_a_redelivered_event_is_retried_for_a_new_period(start_server, tmp_path, receiver):
+    server = start_server(env=webhooks_env(tmp_path, receiver, WEBHOOK_RETRY_PERIOD="3s"))
+    admin = add_user(server, "admin")["accessToken"]
+    receiver.mode = "fail"
+    token = register(server)["accessToken"]
+    create_session(server, token)
+
+    def parked():
+        return auth_get(server.url("/api/admin/webhooks/deliveries?status=parked"), admin).json()["deliveries"]
+    wait_for(lambda: len(parked()) == 1, timeout=20, what="the delivery parked")
+    event_id = parked()[0]["eventId"]
+    time.sleep(4)  # the event is now older than the retry period
+    attempts = len([d for d in receiver.deliveries if d["id"] == event_id])
+    r = requests.post(server.url(f"/api/admin/webhooks/deliveries/crm/{event_id}/redeliver"), headers={"Authorization": f"Bearer {admin}"},
+                      timeout=5)
+    assert r.status_code == 202, r.text
+    wait_for(lambda: len(parked()) == 1, timeout=20, what="parked again")
+    again = len([d for d in receiver.deliveries if d["id"] == event_id]) - attempts
+    assert again >= 2 and parked()[0]["attempts"] == again, "retried for WEBHOOK_RETRY_PERIOD after the redelivery, not tried once"
+
+
 def test_two_postgres_instances_deliver_each_event_once(start_server, tmp_path, receiver, pg_url):
     env = webhooks_env(tmp_path, receiver)
     a = start_server(name="a", env=env, database_url=pg_url)
@@ -206,7 +255,7 @@ def test_copy_to_postgres_carries_the_outbox(start_server, bin_path, tmp_path, r
     wait_for(lambda: len(receiver.deliveries) >= 2, what="a failed attempt")
 
     def deliveries_made():
-        with sqlite3.connect(source.db_path) as db:
+        with closing(sqlite3.connect(source.db_path)) as db:  # closed: copy refuses a database another process holds
             return db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
     wait_for(lambda: deliveries_made() == 4, what="a delivery for each event")
     source.stop()

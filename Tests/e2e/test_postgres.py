@@ -240,3 +240,17 @@ def test_revocations_on_one_instance_close_connections_on_the_other(start_server
         assert closed_code(ws_other, within=0.5) is None, "another user's connection must stay"
     finally:
         sockets.close()
+
+
+def test_copy_refuses_a_postgres_database_a_server_uses(start_server, bin_path, tmp_path, pg_url):
+    server = start_server(name="pg-live", database_url=pg_url)
+    register(server)
+    env = base_env(tmp_path)
+    r = run_cli(bin_path, ["copy", "--from", pg_url, "--to", f"sqlite://{tmp_path / 'out.db'}"], tmp_path, env, timeout=60)
+    assert r.returncode == 78 and "--from: another process" in r.stderr, (r.returncode, r.stderr)
+    assert not (tmp_path / "out.db").exists()
+    r = run_cli(bin_path, ["copy", "--from", f"sqlite://{tmp_path / 'none.db'}", "--to", pg_url], tmp_path, env, timeout=60)
+    assert r.returncode == 78 and "none.db does not exist" in r.stderr, (r.returncode, r.stderr)
+    server.stop()
+    r = run_cli(bin_path, ["copy", "--from", pg_url, "--to", f"sqlite://{tmp_path / 'out.db'}"], tmp_path, env, timeout=60)
+    assert r.returncode == 0 and "1 users" in r.stdout, (r.returncode, r.stdout, r.stderr)

@@ -143,7 +143,7 @@ def test_socket_activation(bin_path, activation, start_server):
     env_pass = {
         "JWT_SECRET": JWT_SECRET,
         "STATE_DIRECTORY": str(directory),
-        "CHAT_BACKEND_CONFIG": str(directory / "none.env"),
+        "CHAT_BACKEND_CONFIG": "/dev/null",
         "RATE_LIMIT_API": "off",
         "RATE_LIMIT_AUTH": "off",
         "RATE_LIMIT_MESSAGES": "off",
@@ -218,7 +218,7 @@ def test_socket_activation_shutdown_and_connections_accepted_before_it(bin_path,
     """
     activate, directory, port = activation
     command = [activate, "-l", f"127.0.0.1:{port}", "-E", f"JWT_SECRET={JWT_SECRET}",
-               "-E", f"STATE_DIRECTORY={directory}", "-E", f"CHAT_BACKEND_CONFIG={directory / 'none.env'}",
+               "-E", f"STATE_DIRECTORY={directory}", "-E", "CHAT_BACKEND_CONFIG=/dev/null",
                bin_path, "serve", "--database-url", f"sqlite://{directory}/chat.db"]
     server = Server(bin_path, directory, port=port)
     server.start(command=command, wait=False)

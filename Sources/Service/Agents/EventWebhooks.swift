@@ -5,6 +5,7 @@ import Foundation
 #endif
 import AsyncHTTPClient
 import Logging
+import Synchronization
 import NIOCore
 import ServiceLifecycle
 import Storage
@@ -60,6 +61,7 @@ public struct WebhooksConfig: Sendable {
             if let variable = try fields.string("secret_env") {
                 guard key == nil else { throw fields.error("secret_env", "give secret or secret_env, not both") }
                 guard let value = secret(variable) else { throw fields.error("secret_env", "\(variable) is not set") }
+                guard value.utf8.count >= 16 else { throw fields.error("secret_env", "\(variable) must be at least 16 characters") }
                 key = value
             }
             guard let key, key.utf8.count >= 16 else { throw fields.error("secret", "is required: at least 16 characters (or secret_env)") }
@@ -114,31 +116,39 @@ struct WebhookDispatcher: Service {
         // takes the delivery over after it.
         let lease = Int(config.webhooks.map { $0.timeout.components.seconds }.max() ?? 10) + 10
         var lastPrune = ContinuousClock.now
-        while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            var worked = false
-            do {
-                let now = Timestamp.now()
-                for webhook in config.webhooks {
-                    if try await store.fanOutWebhookEvents(webhook: webhook.name, events: webhook.events, limit: 500, now: now) > 0 { worked = true }
-                }
-                let claimed = try await store.claimWebhookDeliveries(webhooks: config.names, limit: batch, lease: lease, now: now)
-                if !claimed.isEmpty {
-                    worked = true
-                    await withTaskGroup(of: Void.self) { group in
-                        for delivery in claimed {
-                            guard let webhook = byName[delivery.webhook] else { continue }
-                            group.addTask { await deliver(delivery, to: webhook) }
+        // Deliveries run side by side, up to `batch`; one that is slow (a receiver that waits until the
+        // timeout) holds up only its own session's later events, not other sessions or other webhooks.
+        let inFlight = InFlight()
+        await withDiscardingTaskGroup { group in
+            while !Task.isShuttingDownGracefully, !Task.isCancelled {
+                var worked = false
+                do {
+                    let now = Timestamp.now()
+                    for webhook in config.webhooks {
+                        if try await store.fanOutWebhookEvents(webhook: webhook.name, events: webhook.events, limit: 500, now: now) > 0 { worked = true }
+                    }
+                    let room = batch - inFlight.count
+                    let claimed = room > 0 ? try await store.claimWebhookDeliveries(webhooks: config.names, limit: room, lease: lease, now: now) : []
+                    for delivery in claimed {
+                        guard let webhook = byName[delivery.webhook] else { continue }
+                        worked = true
+                        inFlight.started()
+                        group.addTask {
+                            await deliver(delivery, to: webhook)
+                            inFlight.finished()  // wakes the loop: its session's next event may be due now
                         }
                     }
+                    if ContinuousClock.now - lastPrune > .seconds(600) {
+                        lastPrune = .now
+                        _ = try await store.pruneWebhookEvents(before: now.addingTimeInterval(-7 * 86400), limit: 1000)
+                    }
+                } catch where Task.isShuttingDownGracefully || Task.isCancelled || error is CancellationError {
+                    break  // the server is stopping
+                } catch {
+                    logger.warning("webhook delivery round failed", metadata: ["error": .string(String(reflecting: error))])
                 }
-                if ContinuousClock.now - lastPrune > .seconds(600) {
-                    lastPrune = .now
-                    _ = try await store.pruneWebhookEvents(before: now.addingTimeInterval(-7 * 86400), limit: 1000)
-                }
-            } catch {
-                logger.warning("webhook delivery round failed", metadata: ["error": .string(String(reflecting: error))])
+                if !worked { await inFlight.wait(upTo: idleInterval) }
             }
-            if !worked { try? await cancelWhenGracefulShutdown { try await Task.sleep(for: idleInterval) } }
         }
     }
 
@@ -167,9 +177,11 @@ struct WebhookDispatcher: Service {
         let now = Timestamp.now()
         var retryAt: Date?
         if failure != nil {
-            let backoff = min(Self.maxBackoffSeconds, Double(1 << min(delivery.attempts, 20)))
-            let next = now.addingTimeInterval(backoff * Double.random(in: 0.8...1.2))
-            if next.timeIntervalSince(delivery.createdAt) <= Double(config.retryPeriod) { retryAt = next }
+            let next = now.addingTimeInterval(Self.backoff(delivery.attempts) * Double.random(in: 0.8...1.2))
+            // Retried for the period after the event, or after it was redelivered (its attempts counted from
+            // zero again): as long as the waits between its attempts add up to less than the period.
+            let waited = (0...delivery.attempts).reduce(0) { $0 + Self.backoff($1) }
+            if next.timeIntervalSince(delivery.createdAt) <= Double(config.retryPeriod) || waited <= Double(config.retryPeriod) { retryAt = next }
             logger.notice(retryAt == nil ? "webhook delivery parked" : "webhook delivery failed; retrying", metadata: [
                 "webhook": .string(webhook.name), "event": .string(delivery.eventId.lowercased), "type": .string(delivery.type),
                 "attempt": "\(delivery.attempts + 1)", "error": .string(failure ?? ""),
@@ -182,6 +194,9 @@ struct WebhookDispatcher: Service {
             logger.warning("recording a webhook delivery failed", metadata: ["error": .string(String(reflecting: error))])
         }
     }
+
+    /// Seconds to wait after the failed attempt that follows `attempts` earlier ones: 1 s doubling, at most 10 min.
+    static func backoff(_ attempts: Int) -> Double { min(maxBackoffSeconds, Double(1 << min(attempts, 20))) }
 
     /// `{"id", "type", "createdAt", "data": {"message": …} or {"session": …}}`: the event as receivers get it,
     /// the message or session written as the API writes them.
@@ -204,5 +219,52 @@ struct WebhookDispatcher: Service {
             }
         }
         return json.bytes
+    }
+}
+
+/// The deliveries in flight, and a wake-up for the loop that claims more: a delivery that finishes ends
+/// the loop's current or next `wait`.
+final class InFlight: Sendable {
+    private let state = Mutex<(count: Int, signalled: Bool, waiter: CheckedContinuation<Void, Never>?)>((0, false, nil))
+
+    var count: Int { state.withLock { $0.count } }
+
+    func started() { state.withLock { $0.count += 1 } }
+
+    func finished() {
+        state.withLock { $0.count -= 1 }
+        signal()
+    }
+
+    func signal() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
+            guard let waiter = state.waiter else {
+                state.signalled = true
+                return nil
+            }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when signalled, or after `timeout`.
+    func wait(upTo timeout: Duration) async {
+        let timer = Task { [self] in
+            try? await Task.sleep(for: timeout)
+            signal()
+        }
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { state -> Bool in
+                if state.signalled {
+                    state.signalled = false
+                    return true
+                }
+                state.waiter = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
+        timer.cancel()
     }
 }

@@ -32,14 +32,23 @@ final class PostgresConnection: SQLDatabase {
         PQfinish(handle)
     }
 
-    /// Adds `connect_timeout=5` unless the string sets one: a host that does not answer must fail a request
-    /// in seconds, not after the TCP timeout.
+    /// Adds `connect_timeout=5` unless the string sets one (a host that does not answer must fail a request
+    /// in seconds, not after the TCP timeout), and `application_name=chat-backend` unless it names one (the
+    /// server's sessions in `pg_stat_activity`, which `copy` looks for).
     static func withConnectTimeout(_ conninfo: String) -> String {
-        if conninfo.contains("connect_timeout") { return conninfo }
-        if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
-            return conninfo + (conninfo.contains("?") ? "&" : "?") + "connect_timeout=5"
+        var conninfo = conninfo
+        for (key, value) in [("connect_timeout", "5"), ("application_name", "chat-backend")] where !conninfo.contains(key) {
+            conninfo = with(conninfo, key, value)
         }
-        return conninfo + " connect_timeout=5"
+        return conninfo
+    }
+
+    /// The connection string with `key=value` added, in its own form (URI query or key=value pairs).
+    static func with(_ conninfo: String, _ key: String, _ value: String) -> String {
+        if conninfo.hasPrefix("postgres://") || conninfo.hasPrefix("postgresql://") {
+            return conninfo + (conninfo.contains("?") ? "&" : "?") + "\(key)=\(value)"
+        }
+        return conninfo + " \(key)=\(value)"
     }
 
     /// Whether libpq still considers the connection usable.

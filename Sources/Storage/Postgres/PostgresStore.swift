@@ -1,3 +1,4 @@
+import CLibPQ
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -164,6 +165,48 @@ public final class PostgresStore: SQLStore {
         if let existing = try SQL.duplicate(of: message, db: db) { return .duplicate(existing) }
         if try session.flag(0) { return .sessionResolved }
         return .sessionExpired
+    }
+
+    /// The connection string with the application name its sessions show in `pg_stat_activity`.
+    public static func conninfo(_ conninfo: String, application: String) -> String {
+        PostgresConnection.with(conninfo, "application_name", application)
+    }
+
+    /// How many sessions of a running chat-backend server (`application_name=chat-backend`, which the
+    /// server's connections set) are connected to this database.
+    public func serverSessions() async throws -> Int {
+        try await pool.withConnection { db in
+            Int(try db.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'chat-backend' AND pid <> pg_backend_pid()"
+            ).first?.int(0) ?? 0)
+        }
+    }
+
+    /// What is wrong with a connection string before any connection is tried (nil: nothing): its syntax as
+    /// libpq reads it, and the values libpq would only refuse when connecting (port, sslmode, timeout).
+    public static func conninfoProblem(_ conninfo: String) -> String? {
+        var error: UnsafeMutablePointer<CChar>?
+        guard let options = PQconninfoParse(conninfo, &error) else {
+            defer { PQfreemem(error) }
+            return error.map { String(cString: $0).trimmingTrailingNewlines } ?? "not a connection string libpq can read"
+        }
+        defer { PQconninfoFree(options) }
+        var option = options
+        while let keyword = option.pointee.keyword {
+            defer { option += 1 }
+            guard let raw = option.pointee.val else { continue }
+            let (key, value) = (String(cString: keyword), String(cString: raw))
+            switch key {
+            case "port" where !value.split(separator: ",", omittingEmptySubsequences: false).allSatisfy({ $0.isEmpty || UInt16($0).map { $0 > 0 } == true }):
+                return "port must be a number from 1 to 65535 (got '\(value)')"
+            case "sslmode" where !["disable", "allow", "prefer", "require", "verify-ca", "verify-full"].contains(value):
+                return "sslmode must be disable, allow, prefer, require, verify-ca or verify-full (got '\(value)')"
+            case "connect_timeout" where Int(value) == nil:
+                return "connect_timeout must be a number of seconds (got '\(value)')"
+            default: continue
+            }
+        }
+        return nil
     }
 
     /// Connects once and reports the server version and the migration state, changing nothing.

@@ -1,4 +1,7 @@
 import CSQLite
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Synchronization
 
@@ -61,10 +64,14 @@ final class SQLiteConnection: SQLDatabase {
     private var statements: [String: SQLiteStatement] = [:]
     private var closed = false
 
-    init(path: String, readOnly: Bool = false) throws {
+    /// `immutable`: read-only, and the file is taken not to change while open: SQLite neither locks it nor
+    /// creates its `-wal` and `-shm` files.
+    init(path: String, readOnly: Bool = false, immutable: Bool = false) throws {
         var db: OpaquePointer?
-        let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
-        let rc = sqlite3_open_v2(path, &db, flags, nil)
+        let flags = (readOnly || immutable ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
+        let rc = immutable
+            ? sqlite3_open_v2("file:" + Self.uriPath(path) + "?immutable=1", &db, flags | SQLITE_OPEN_URI, nil)
+            : sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close_v2(db)
@@ -79,6 +86,19 @@ final class SQLiteConnection: SQLDatabase {
 
     deinit {
         close()
+    }
+
+    /// A file path as the path of a `file:` URI: every byte but unreserved characters and `/` percent-encoded.
+    static func uriPath(_ path: String) -> String {
+        var out = ""
+        for byte in path.utf8 {
+            if (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) || "/-._~".utf8.contains(byte) {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                out += "%" + String(byte >> 4, radix: 16, uppercase: true) + String(byte & 15, radix: 16, uppercase: true)
+            }
+        }
+        return out
     }
 
     /// Finalizes the cached statements and closes the connection; a failure is logged (nothing else can be done).
@@ -200,21 +220,40 @@ extension SQLiteConnection {
         return lines == ["ok"] ? nil : lines.joined(separator: "; ")
     }
 
-    /// Copies this database into a new file with the online backup API, then syncs it.
+    /// Copies this database into `destination`, which must not exist, with the online backup API. The copy
+    /// is written beside it as `destination.partial`, checked with `quick_check`, and only then linked to its
+    /// name: a backup that fails (a full disk, a damaged database) leaves no file that looks like a good one.
     func backup(to destination: String) throws {
-        let target = try SQLiteConnection(path: destination)
-        defer { target.close() }
-        guard let backup = sqlite3_backup_init(target.handle, "main", handle, "main") else {
-            throw target.error(sqlite3_errcode(target.handle), sql: nil)
+        let partial = destination + ".partial"
+        let fd = Glibc.open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            let exists = errno == EEXIST
+            throw StoreError(.unavailable, "cannot create \(partial): \(String(cString: strerror(errno)))\(exists ? " (left by an interrupted backup: remove it)" : "")")
         }
-        var rc: Int32
-        repeat {
-            rc = sqlite3_backup_step(backup, 256)
-            if rc == SQLITE_BUSY || rc == SQLITE_LOCKED { sqlite3_sleep(10) }
-        } while rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED
-        let finish = sqlite3_backup_finish(backup)
-        guard rc == SQLITE_DONE, finish == SQLITE_OK else { throw target.error(rc == SQLITE_DONE ? finish : rc, sql: nil) }
-        try target.execute("PRAGMA journal_mode=DELETE")
+        Glibc.close(fd)
+        defer { for suffix in ["", "-journal", "-wal", "-shm"] { unlink(partial + suffix) } }
+        do {
+            let target = try SQLiteConnection(path: partial)
+            defer { target.close() }
+            guard let backup = sqlite3_backup_init(target.handle, "main", handle, "main") else {
+                throw target.error(sqlite3_errcode(target.handle), sql: nil)
+            }
+            var rc: Int32
+            repeat {
+                rc = sqlite3_backup_step(backup, 256)
+                if rc == SQLITE_BUSY || rc == SQLITE_LOCKED { sqlite3_sleep(10) }
+            } while rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED
+            let finish = sqlite3_backup_finish(backup)
+            guard rc == SQLITE_DONE, finish == SQLITE_OK else { throw target.error(rc == SQLITE_DONE ? finish : rc, sql: nil) }
+            try target.execute("PRAGMA journal_mode=DELETE")
+            if let problem = try target.quickCheck() {
+                throw StoreError(.corrupt, "the database is corrupt (\(problem)): no backup written; \(SQLiteStore.recoverySteps)")
+            }
+        }
+        // A hard link names the copy only if the name is still free; the partial name goes with the defer.
+        guard link(partial, destination) == 0 else {
+            throw StoreError(.unavailable, "cannot create \(destination): \(String(cString: strerror(errno)))")
+        }
     }
 }
 

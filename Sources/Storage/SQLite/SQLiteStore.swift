@@ -181,10 +181,31 @@ public final class SQLiteStore: SQLStore {
         try await readers.read { db in try db.backup(to: destination) }
     }
 
+    /// Whether another process has the database at `path` open: every connection to a WAL database holds a
+    /// shared lock on the "dead man switch" byte of its `-shm` file (offset 128, SQLite's unix VFS), which
+    /// `F_GETLK` reports unless the lock is this process's own.
+    public static func isOpenElsewhere(path: String) -> Bool {
+        let fd = Glibc.open(path + "-shm", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = 128
+        lock.l_len = 1
+        return fcntl(fd, F_GETLK, &lock) == 0 && lock.l_type != Int16(F_UNLCK)
+    }
+
+    /// Whether nothing has the database open and all of it is in the file (no `-wal`): then it is read as
+    /// immutable, which leaves no `-wal` or `-shm` beside it and works on a read-only mount.
+    static func isUntouched(_ path: String) -> Bool {
+        !FileManager.default.fileExists(atPath: path + "-wal") && !isOpenElsewhere(path: path)
+    }
+
     /// Backs up the database at `path` without opening it as a store: nothing is migrated or written.
     public static func backup(path: String, to destination: String) throws {
         guard FileManager.default.fileExists(atPath: path) else { throw StoreError(.notFound, "no database at \(path)") }
-        let db = try SQLiteConnection(path: path, readOnly: true)
+        let db = try SQLiteConnection(path: path, readOnly: true, immutable: isUntouched(path))
         defer { db.close() }
         try db.backup(to: destination)
     }
@@ -236,13 +257,13 @@ public final class SQLiteStore: SQLStore {
         }
     }
 
-    /// Reports the SQLite version and the migration state of the file at `path`, read-only.
+    /// Reports the SQLite version and the migration state of the file at `path`, read-only (`isUntouched`).
     public static func inspect(path: String, migrations: MigrationSet = .sqlite) async throws -> StoreInspection {
         let version = String(cString: sqlite3_libversion())
         guard FileManager.default.fileExists(atPath: path) else {
             return StoreInspection(serverVersion: version, exists: false, migrations: migrations.status(applied: []))
         }
-        let db = try SQLiteConnection(path: path, readOnly: true)
+        let db = try SQLiteConnection(path: path, readOnly: true, immutable: isUntouched(path))
         defer { db.close() }
         do {
             if let problem = try db.quickCheck() { throw StoreError(.corrupt, "\(path) is corrupt (\(problem)); \(recoverySteps)") }
