@@ -289,8 +289,9 @@ struct ExportUser: AsyncParsableCommand {
         commandName: "export-user",
         abstract: "Write everything stored about a user as JSON (for a data-access request).",
         discussion: """
-            The account (without its password hash), every session of the user with all of its messages, and \
-            the messages the user wrote in other users' sessions. Written to standard output, or to --output \
+            The account (without its password hash), every session of the user with all of its messages, \
+            the messages the user wrote in other users' sessions, and what is known of the files they uploaded \
+            (name, type, size, SHA-256). Written to standard output, or to --output \
             (created readable by its owner only). Safe while the server runs.
             """
     )

@@ -73,7 +73,7 @@ public struct MigrationSet: Sendable {
             if migration.checksum != record.checksum {
                 throw StoreError(
                     .invalid,
-                    "migration V\(record.version) \(migration.fileName) was changed after it was applied (checksum \(record.checksum) in schema_history, \(migration.checksum) now); restore the original file or the database"
+                    "migration V\(record.version) \(migration.fileName) was changed after it was applied (checksum \(record.checksum) in schema_history, \(migration.checksum) now): the database was migrated by a different build of chat-backend; run that build, or restore the database from a backup"
                 )
             }
         }
