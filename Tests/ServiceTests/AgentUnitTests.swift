@@ -80,6 +80,22 @@ struct AgentUnitTests {
         }
     }
 
+    @Test("an error about a list or mapping names its key's line; a short secret from the environment is named")
+    func webhooksFileErrors() {
+        func message(_ text: String, env: [String: String] = [:]) -> String {
+            do {
+                _ = try WebhooksConfig.parse(text) { env[$0] }
+                return "parsed"
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(message("hooks:\n  - name: a\n").hasPrefix("line 1: hooks: unknown field"))
+        let short = "webhooks:\n  - name: crm\n    url: https://crm.example.com/x\n    secret_env: CRM\n    events: [message.created]\n"
+        #expect(message(short, env: ["CRM": "short"]) == "line 4: webhooks[0].secret_env: CRM must be at least 16 characters")
+        #expect(message(short, env: ["CRM": "long-enough-secret-value"]) == "parsed")
+    }
+
     @Test("keywords match whole words case-insensitively; patterns are regular expressions")
     func matcher() throws {
         let keywords = try MessageMatcher(keywords: ["Refund", "credit card"], pattern: nil)

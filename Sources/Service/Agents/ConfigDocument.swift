@@ -12,6 +12,15 @@ indirect enum ConfigNode: Sendable {
         case .scalar(_, _, let line), .list(_, let line), .map(_, let line): return line
         }
     }
+
+    /// A list or mapping written under its key is placed on the key's line (errors about it name that line).
+    func placed(at line: Int) -> ConfigNode {
+        switch self {
+        case .scalar: self
+        case .list(let items, _): .list(items, line: line)
+        case .map(let fields, _): .map(fields, line: line)
+        }
+    }
 }
 
 /// A syntax or validation error in a configuration document.
@@ -165,10 +174,10 @@ private struct YAMLReader {
             let value: ConfigNode
             if rawValue.isEmpty {
                 if index < lines.count, lines[index].indent > indent {
-                    value = try block(indent: lines[index].indent)
+                    value = try block(indent: lines[index].indent).placed(at: line.number)
                 } else if index < lines.count, lines[index].indent == indent, Self.stripComment(lines[index].text).hasPrefix("- ") || Self.stripComment(lines[index].text) == "-" {
                     // A sequence may sit at its key's indentation.
-                    value = try sequence(indent: indent)
+                    value = try sequence(indent: indent).placed(at: line.number)
                 } else {
                     value = .scalar("null", quoted: false, line: line.number)
                 }
