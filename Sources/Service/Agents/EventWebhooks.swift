@@ -251,7 +251,7 @@ final class InFlight: Sendable {
     /// Returns when signalled, or after `timeout`.
     func wait(upTo timeout: Duration) async {
         let timer = Task { [self] in
-            try? await Task.sleep(for: timeout)
+            guard (try? await Task.sleep(for: timeout)) != nil else { return }  // cancelled: woken otherwise
             signal()
         }
         await withCheckedContinuation { continuation in
