@@ -118,7 +118,8 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     WebhookController(store: store, webhooks: dependencies.webhooks).addRoutes(to: authenticated)
     AgentController(store: store, hub: hub, orchestrator: orchestrator, changes: changes).addRoutes(to: authenticated)
     AdminController(
-        store: store, tokens: tokens, hasher: hasher, maxBodyBytes: config.maxBodyBytes, hub: hub, orchestrator: orchestrator, health: health
+        store: store, tokens: tokens, hasher: hasher, maxBodyBytes: config.maxBodyBytes, hub: hub, orchestrator: orchestrator, health: health,
+        changes: changes
     ).addRoutes(to: authenticated)
 
     let events = WebSocketController(

@@ -424,6 +424,8 @@ public enum AppendOutcome: Sendable, Equatable {
     case sessionNotFound
     case sessionResolved
     case sessionExpired
+    /// A file it refers to is carried by another message already (each upload is sent once).
+    case attachmentSent
 }
 
 /// Outcome of resuming a session.

@@ -247,6 +247,12 @@ struct StoreContractTests {
             let back = try #require(try await store.assignAgent(sessionId: session.id, agent: "front", ifUnrouted: false, now: now))
             #expect(back.agent == "front" && back.handoff == nil && back.assigneeId == nil && back.handoffAt == nil)
             #expect(try await store.handoffs(assignee: nil, limit: 10).isEmpty)
+
+            // A session resolved while it waits for a person leaves the queue and cannot be claimed.
+            _ = try #require(try await store.requestHandoff(sessionId: session.id, now: now))
+            let resolved = try #require(try await store.resolveSession(id: session.id, now: now))
+            #expect(try await store.handoffs(assignee: nil, limit: 10).isEmpty)
+            #expect(try await store.claimHandoff(sessionId: session.id, assignee: staff.id, now: now) == .unavailable(resolved))
         }
     }
 
@@ -882,11 +888,18 @@ struct StoreContractTests {
             guard case .completed(let smallFile) = fits else { Issue.record("\(fits)"); return }
 
             // A message keeps its files' refs; deleting it deletes them.
-            var message = Make.message(session.id, userId: user.id)
+            var message = Make.message(session.id, userId: user.id, clientId: "with-files")
             message.attachments = [file.ref, smallFile.ref]
             guard case .created(let stored) = try await store.appendMessage(message, now: now) else { Issue.record("not created"); return }
             #expect(stored.attachments == [file.ref, smallFile.ref])
             #expect(try await store.message(sessionId: session.id, id: stored.id)?.attachments == [file.ref, smallFile.ref])
+            // Each file is sent once: another message carrying it is refused and stores nothing, while a retry
+            // of the first send (its client id) is still its duplicate.
+            var again = Make.message(session.id, userId: user.id)
+            again.attachments = [smallFile.ref]
+            #expect(try await store.appendMessage(again, now: now) == .attachmentSent)
+            #expect(try await store.messages(MessageQuery(sessionId: session.id)).messages.map(\.id) == [stored.id])
+            #expect(try await store.appendMessage(message, now: now) == .duplicate(stored))
             let exported = try await store.exportAttachments(after: nil, limit: 10)
             #expect(exported.map(\.id) == [id, small])
             #expect(try await store.recordCounts().attachments == 2)
@@ -926,10 +939,10 @@ struct StoreContractTests {
             var message = Make.message(session.id, userId: user.id)
             message.attachments = [sent.ref, twice.ref]
             guard case .created = try await store.appendMessage(message, now: now) else { Issue.record("not created"); return }
-            // A file sent again keeps when it was first sent.
+            // A file is carried by one message: sending it again is refused and it keeps when it was sent.
             var again = Make.message(session.id, userId: user.id)
             again.attachments = [twice.ref]
-            guard case .created = try await store.appendMessage(again, now: now.addingTimeInterval(5)) else { Issue.record("not created"); return }
+            #expect(try await store.appendMessage(again, now: now.addingTimeInterval(5)) == .attachmentSent)
             // A message refused (resolved session) marks nothing.
             let closed = Make.session(userId: user.id)
             try await store.createSession(closed)

@@ -144,11 +144,13 @@ def test_messages_carry_attachments_to_every_client(files_server):
     # Over /ws too; files of another session, unknown ids and bad lists are refused, nothing stored.
     from websockets.sync.client import connect
     import json
+    second = upload(server, token, sid, PNG, "image/png", "second.png").json()
     with connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers={"Authorization": f"Bearer {token}"}) as ws:
-        ws.send(json.dumps({"type": "message", "id": 7, "sessionId": sid, "content": "and this", "attachments": [photo["id"]]}))
+        ws.send(json.dumps({"type": "message", "id": 7, "sessionId": sid, "content": "and this", "attachments": [second["id"]]}))
         ack = json.loads(ws.recv(timeout=5))
-        assert ack["type"] == "ack" and ack["message"]["attachments"] == [ref], ack
-    for bad in ([elsewhere["id"]], ["00000000-0000-7000-8000-000000000000"], "nope", [photo["id"], photo["id"]], [1]):
+        assert ack["type"] == "ack" and [a["id"] for a in ack["message"]["attachments"]] == [second["id"]], ack
+    # A file another message carries already is refused too: deleting one message never takes another's file.
+    for bad in ([elsewhere["id"]], ["00000000-0000-7000-8000-000000000000"], "nope", [photo["id"], photo["id"]], [1], [photo["id"]]):
         r = post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "x", "attachments": bad}, token=token)
         assert_json_error(r, 400, "validation_failed")
         assert r.json()["error"]["details"]["field"] == "attachments"
@@ -159,7 +161,9 @@ def test_messages_carry_attachments_to_every_client(files_server):
     r = requests.delete(server.url(f"/api/sessions/{sid}/messages/{message['id']}"), headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert r.status_code == 200 and r.json()["attachments"] == []
     assert_json_error(download(server, token, photo["url"]), 404, "not_found")
-    assert requests.delete(server.url(f"/api/sessions/{other_sid}"), headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 204
+    assert download(server, token, second["url"]).status_code == 200, "the other message keeps its file"
+    for each in (other_sid, sid):
+        assert requests.delete(server.url(f"/api/sessions/{each}"), headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 204
     assert_json_error(download(server, token, elsewhere["url"]), 404, "not_found")
     assert stored_rows(server) == (0, 0)
 

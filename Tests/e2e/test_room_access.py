@@ -13,7 +13,7 @@ import requests
 import socketio
 from websockets.sync.client import connect as ws_connect
 
-from conftest import Server, auth_get, post_json, register
+from conftest import Server, assert_json_error, auth_get, post_json, register
 from test_agents import add_user, new_session, send, session, wait_for
 
 AGENTS_YAML = """\
@@ -228,3 +228,51 @@ def test_left_rooms_on_another_instance_follow_a_claim(start_server, tmp_path, p
         assert watcher.events[seen_before:] == [], watcher.events[seen_before:]
     finally:
         watcher.close()
+
+
+def test_a_session_resolved_while_waiting_leaves_the_staff_who_watched_it(handoff_world):
+    server = handoff_world
+    owner, sid = waiting_handoff(server)
+    staff = add_user(server, "agent")
+    watcher = WSConn(server, staff["accessToken"])
+    try:
+        assert watcher.join(sid)["type"] == "ack"
+        r = requests.post(server.url(f"/api/sessions/{sid}/resolve"), headers={"Authorization": f"Bearer {owner['accessToken']}"}, timeout=10)
+        assert r.status_code == 200, r.text
+        left = wait_for(lambda: watcher.of("left"), what="a left event after the resolve")
+        assert left == [{"type": "left", "sessionId": sid, "reason": "resolved"}], left
+        h = {"Authorization": f"Bearer {staff['accessToken']}"}
+        assert requests.get(server.url(f"/api/sessions/{sid}"), headers=h, timeout=10).status_code == 404
+        claim = requests.post(server.url(f"/api/handoffs/{sid}/claim"), headers=h, timeout=10)
+        assert_json_error(claim, 409, "handoff_unavailable")
+        assert watcher.join(sid)["type"] == "error"
+    finally:
+        watcher.close()
+
+
+def test_deleting_an_account_tells_the_rooms_and_the_queue(handoff_world):
+    """As deleting each session would: `left` for the account's sessions, and its claimed ones back in the queue."""
+    server = handoff_world
+    owner, waiting = waiting_handoff(server)
+    other_owner, claimed = waiting_handoff(server)
+    staff, admin = add_user(server, "agent"), add_user(server, "admin")
+    h = {"Authorization": f"Bearer {admin['accessToken']}"}
+    assert requests.post(server.url(f"/api/handoffs/{claimed}/claim"), headers={"Authorization": f"Bearer {staff['accessToken']}"},
+                         timeout=10).status_code == 200
+    watcher, owner_conn = WSConn(server, admin["accessToken"]), WSConn(server, other_owner["accessToken"])
+    try:
+        assert watcher.join(waiting)["type"] == "ack" and owner_conn.join(claimed)["type"] == "ack"
+        assert requests.delete(server.url(f"/api/admin/users/{owner['user']['id']}"), headers=h, timeout=10).status_code == 204
+        left = wait_for(lambda: watcher.of("left"), what="left for the deleted account's session")
+        assert left == [{"type": "left", "sessionId": waiting, "reason": "deleted"}], left
+        wait_for(lambda: any(e["sessionId"] == waiting and e["reason"] == "deleted" for e in watcher.of("handoff")), what="handoff deleted")
+
+        assert requests.delete(server.url(f"/api/admin/users/{staff['user']['id']}"), headers=h, timeout=10).status_code == 204
+        back = wait_for(lambda: [e for e in watcher.of("handoff") if e["sessionId"] == claimed], what="the claimed session back in the queue")
+        assert back[-1]["reason"] == "released", back
+        updated = wait_for(lambda: [e for e in owner_conn.of("session.updated") if e["session"]["sessionId"] == claimed],
+                           what="the owner told of the change")
+        assert updated[-1]["session"]["handoff"]["status"] == "waiting", updated
+    finally:
+        watcher.close()
+        owner_conn.close()

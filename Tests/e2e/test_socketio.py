@@ -98,6 +98,21 @@ def test_refused_connections(server):
                        transports=["websocket"], wait_timeout=5)
 
 
+def test_rejoining_a_session_one_may_not_read_is_a_connect_error(server):
+    """Refused before the CONNECT is answered: the client sees one CONNECT_ERROR, not a CONNECT and then an error."""
+    owner, other = register(server)["accessToken"], register(server)["accessToken"]
+    sid = create_session(server, owner)["sessionId"]
+    for auth, code in (({"token": other, "sessionId": sid}, "not_found"), ({"token": other, "sessionId": "nope"}, "validation_failed"),
+                       ({"sessionId": sid}, "unauthenticated")):
+        errors, connects = [], []
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            connect(server, auth, ["websocket"], connect_error=errors.append, connect=lambda: connects.append(1))
+        assert connects == [] and errors and errors[0]["data"]["code"] == code, (auth, errors)
+    client = connect(server, {"token": owner, "sessionId": sid}, ["websocket"])
+    assert client.connected
+    client.disconnect()
+
+
 def test_engine_io_error_answers(server):
     base = server.url("/socket.io/")
     cases = [

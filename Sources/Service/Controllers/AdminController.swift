@@ -17,6 +17,7 @@ struct AdminController {
     let hub: RealtimeHub
     let orchestrator: AgentOrchestrator?
     let health: HealthController
+    let changes: SessionChanges
 
     func addRoutes(to api: RouterGroup<AuthenticatedContext>) {
         let admin = api.group("admin")
@@ -111,7 +112,18 @@ struct AdminController {
     @Sendable func deleteUser(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let user = try await target(context, changingSelf: true)
         try await tokens.revokeLogins(userId: user.id)
+        // Who watches learns of it as for one session: the account's sessions are deleted, and the ones it had
+        // claimed go back to the queue.
+        var owned: [UUID] = []
+        while true {
+            let page = try await store.sessions(SessionQuery(userId: user.id, limit: 500, offset: owned.count))
+            owned += page.sessions.map(\.id)
+            if page.sessions.count < 500 { break }
+        }
+        let claimed = try await store.handoffs(assignee: user.id, limit: 10_000).filter { $0.assigneeId == user.id }.map(\.id)
         guard try await store.deleteUser(id: user.id, now: Timestamp.now()) else { throw APIError.notFound("user") }
+        for id in owned { await changes.changed(id, to: nil, reason: "deleted") }
+        for id in claimed { await changes.changed(id, to: try await store.session(id: id), reason: "released") }
         context.logger.info("user deleted by an admin", metadata: ["user_id": .string(user.id.lowercased)])
         return Response(status: .noContent)
     }

@@ -58,7 +58,8 @@ struct AgentController {
         case .notFound:
             throw APIError.notFound("session")
         case .unavailable(let session):
-            let message = session.handoff == .assigned ? "another agent has taken this session" : "this session is not waiting for a human agent"
+            let message = session.isResolved ? "this session is resolved"
+                : session.handoff == .assigned ? "another agent has taken this session" : "this session is not waiting for a human agent"
             throw APIError(.conflict, code: "handoff_unavailable", message: message)
         case .claimed(let session):
             // Other staff who were watching the waiting session lose it now.
@@ -83,6 +84,7 @@ struct AgentController {
         guard session.handoff != nil, session.assigneeId == context.userId || context.isAdmin else {
             throw APIError(.conflict, code: "handoff_unavailable", message: "this session is not handed off to you")
         }
+        guard !session.isResolved else { throw APIError(.conflict, code: "handoff_unavailable", message: "this session is resolved") }
         let agent = orchestrator?.config.defaultAgent
         guard let updated = try await store.assignAgent(sessionId: id, agent: agent, ifUnrouted: false, now: Timestamp.now()) else {
             throw APIError.notFound("session")

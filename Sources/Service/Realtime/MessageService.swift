@@ -16,11 +16,11 @@ enum SessionAccess {
     case write
 
     /// Owners and admins may do everything; the human agent a session is assigned to may read and
-    /// resolve it; human agents may read sessions waiting for one.
+    /// resolve it; human agents may read sessions waiting for one (not once it is resolved).
     func allows(_ session: ChatSession, userId: UUID, role: Role) -> Bool {
         if session.userId == userId || role == .admin { return true }
         switch self {
-        case .read: return session.assigneeId == userId || (role == .agent && session.handoff == .waiting)
+        case .read: return session.assigneeId == userId || (role == .agent && session.handoff == .waiting && !session.isResolved)
         case .resolve: return session.assigneeId == userId && session.handoff == .assigned
         case .manage: return false
         case .write: return session.assigneeId == userId && session.handoff == .assigned
@@ -111,6 +111,8 @@ struct MessageService: Sendable {
             throw APIError.sessionResolved
         case .sessionExpired:
             throw APIError.sessionExpired
+        case .attachmentSent:
+            throw APIError.invalid("attachments", "an attachment is carried by another message already; upload the file again to send it again")
         }
     }
 }
@@ -177,7 +179,7 @@ func postOutbound(
         return true
     case .duplicate:
         return true
-    case .sessionNotFound, .sessionResolved, .sessionExpired:
+    case .sessionNotFound, .sessionResolved, .sessionExpired, .attachmentSent:
         return false
     }
 }

@@ -555,15 +555,30 @@ final class SocketIOController: Sendable {
                     let claims = try await events.tokens.authenticate(authorizationHeader: "Bearer " + text, logger: logger)
                     try events.authenticate(client, claims: claims)
                 }
+                // Reconnecting with the session and the last message seen: checked before the CONNECT is
+                // answered, so a refusal is a CONNECT_ERROR instead of the CONNECT.
+                func uuid(_ key: String) throws -> UUID? {
+                    guard let value = auth[key], value != .null else { return nil }
+                    guard case .string(let text) = value, let id = UUID(text: text) else { throw APIError.invalid(key, "must be a UUID") }
+                    return id
+                }
+                let rejoin = try uuid("sessionId"), last = try uuid("lastMessageId")
+                if let rejoin {
+                    guard let claims = client.identity else { throw APIError.unauthenticated }
+                    guard let found = try await events.store.session(id: rejoin), SessionAccess.read.allows(found, userId: claims.subject, role: claims.role)
+                    else { throw APIError.notFound("session") }
+                }
                 session.setConnected(true)
                 // Each connection to the namespace has its own Socket.IO id, distinct from the Engine.IO sid.
                 let socketId = Base64.urlEncode(Crypto.randomBytes(15))
                 session.push(["4" + SocketIOPacket(kind: .connect, data: .object(["sid": .string(socketId)])).encoded])
-                // Reconnecting with the session and the last message seen: replay, then live.
-                if let claims = client.identity, case .string(let sessionText)? = auth["sessionId"], let sessionId = UUID(text: sessionText) {
-                    var last: UUID?
-                    if case .string(let lastText)? = auth["lastMessageId"] { last = UUID(text: lastText) }
-                    try await events.join(client, claims: claims, session: sessionId, after: last, requestId: nil)
+                if let rejoin, let claims = client.identity {
+                    do {
+                        try await events.join(client, claims: claims, session: rejoin, after: last, requestId: nil)
+                    } catch {
+                        // Changed in the moment since the check: connected, without the room.
+                        client.send(.error(id: nil, APIError.from(error) ?? .notFound("session")))
+                    }
                 }
             } catch {
                 let apiError = APIError.from(error) ?? .unauthenticated

@@ -107,7 +107,8 @@ public final class PostgresStore: SQLStore {
     /// table's own column types) plus `now` and `owner`. Session rows are key-share locked until the commit,
     /// so a resolve, which locks the row for update, either waits for the sends to commit or is seen by them:
     /// no message lands after a resolve. The attachments a message carries are marked sent. One row per
-    /// message, in order: its session's state (NULLs when there is none) and whether it was inserted.
+    /// message, in order: its session's state (NULLs when there is none), whether it was inserted, and whether
+    /// a file it refers to was carried by another message already (it is then not inserted).
     private static let appendSQL = """
         WITH input AS (
             SELECT e.ord, m.*, (e.doc ->> 'now')::timestamptz AS now, (e.doc ->> 'owner')::uuid AS owner
@@ -115,11 +116,15 @@ public final class PostgresStore: SQLStore {
         ), s AS (
             SELECT session_id, is_resolved, state, expires_at, user_id FROM chat_sessions
             WHERE session_id IN (SELECT session_id FROM input) FOR KEY SHARE
+        ), taken AS (
+            SELECT i.ord FROM input i CROSS JOIN LATERAL jsonb_array_elements(i.attachments) f
+            JOIN attachments a ON a.id = (f ->> 'id')::uuid AND a.sent_at IS NOT NULL
         ), ins AS (
             INSERT INTO chat_messages (\(Codec.message.names))
             SELECT \(Codec.message.columns.map { "i.\($0.name)" }.joined(separator: ", "))
             FROM input i JOIN s ON s.session_id = i.session_id
             WHERE NOT s.is_resolved AND s.state = 'active' AND s.expires_at > i.now AND (i.owner IS NULL OR s.user_id = i.owner)
+              AND i.ord NOT IN (SELECT ord FROM taken)
             ORDER BY i.ord
             ON CONFLICT (session_id, client_message_id) WHERE client_message_id IS NOT NULL DO NOTHING
             RETURNING id, session_id
@@ -130,7 +135,8 @@ public final class PostgresStore: SQLStore {
         ), announced AS (
             SELECT pg_notify('chat_messages', $2::text || ' ' || session_id::text || ' ' || id::text) FROM ins
         )
-        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (i.id IN (SELECT id FROM ins))::int, (SELECT count(*) FROM announced)
+        SELECT s.is_resolved, s.state, s.expires_at, s.user_id, (i.id IN (SELECT id FROM ins))::int, (SELECT count(*) FROM announced),
+               (i.ord IN (SELECT ord FROM taken))::int
         FROM input i LEFT JOIN s ON s.session_id = i.session_id
         ORDER BY i.ord
         """
@@ -164,6 +170,7 @@ public final class PostgresStore: SQLStore {
         if try session.int(4) == 1 { return .created(message) }
         if let existing = try SQL.duplicate(of: message, db: db) { return .duplicate(existing) }
         if try session.flag(0) { return .sessionResolved }
+        if try session.int(6) == 1 { return .attachmentSent }
         return .sessionExpired
     }
 

@@ -426,9 +426,9 @@ extension SQLStore {
             let changed = try db.run(
                 """
                 UPDATE chat_sessions SET handoff = 'assigned', assignee_id = $1, updated_at = $2 \
-                WHERE session_id = $3 AND (handoff = 'waiting' OR (handoff = 'assigned' AND assignee_id = $1))
+                WHERE session_id = $3 AND is_resolved = $4 AND (handoff = 'waiting' OR (handoff = 'assigned' AND assignee_id = $1))
                 """,
-                [.id(assignee), .time(now), .id(sessionId)]
+                [.id(assignee), .time(now), .id(sessionId), dialect.flag(false)]
             )
             guard let session = try loadSession(sessionId, db: db) else { return .notFound }
             return changed > 0 ? .claimed(session) : .unavailable(session)

@@ -234,7 +234,20 @@ public final class SQLiteStore: SQLStore {
         if let committed {
             observer = { outcome in if case .created(let stored) = outcome { committed(stored) } }
         }
-        return try await writer.write(committed: observer) { db in
+        do {
+            return try await append(message, now: now, owner: owner, observer: observer)
+        } catch is AttachmentSent {
+            return .attachmentSent
+        }
+    }
+
+    /// A file the message refers to is carried by another message already: the job is undone.
+    struct AttachmentSent: Error {}
+
+    private func append(
+        _ message: ChatMessage, now: Date, owner: UUID?, observer: (@Sendable (AppendOutcome) -> Void)?
+    ) async throws -> AppendOutcome {
+        try await writer.write(committed: observer) { db in
             // The id is made here, on the one writer thread, so ids are in commit order: a reader paging
             // with `after` can never see a message before an earlier-id one is committed.
             var message = message
@@ -246,13 +259,14 @@ public final class SQLiteStore: SQLStore {
             if let existing = try SQL.duplicate(of: message, db: db) { return .duplicate(existing) }
             if try session.flag(0) { return .sessionResolved }
             if try session.string(1) == SessionState.expired.rawValue || (try session.date(2)) <= now { return .sessionExpired }
-            try db.run(Codec.message.insert, Codec.message.values(message, .sqlite))
             if !message.attachments.isEmpty {
-                try db.run(
-                    "UPDATE attachments SET sent_at = $2 WHERE session_id = $1 AND sent_at IS NULL AND id IN (\(SQL.placeholders(message.attachments.count, after: 2)))",
-                    [.id(message.sessionId), .time(now)] + message.attachments.map { .id($0.id) }
-                )
+                let files = SQL.placeholders(message.attachments.count, after: 2)
+                let params: [SQLValue] = [.id(message.sessionId), .time(now)] + message.attachments.map { .id($0.id) }
+                let marked = try db.run("UPDATE attachments SET sent_at = $2 WHERE session_id = $1 AND sent_at IS NULL AND id IN (\(files))", params)
+                // Undone with the job (its savepoint) when the message is not stored.
+                if marked < Set(message.attachments.map(\.id)).count { throw SQLiteStore.AttachmentSent() }
             }
+            try db.run(Codec.message.insert, Codec.message.values(message, .sqlite))
             return .created(message)
         }
     }
