@@ -96,6 +96,15 @@ struct AgentUnitTests {
         #expect(message(short, env: ["CRM": "long-enough-secret-value"]) == "parsed")
     }
 
+    @Test("a rules agent's reply or fallback may be left out, not empty (it would be stored as an empty message)")
+    func emptyReplies() throws {
+        for text in ["agents:\n  - name: r\n    kind: rules\n    fallback: \"\"\n",
+                     "agents:\n  - name: r\n    kind: rules\n    intents:\n      - keywords: [hi]\n        reply: \"  \"\n"] {
+            #expect(throws: ConfigDocumentError.self) { try AgentsConfig.parse(text, source: "t", secret: { _ in nil }) }
+        }
+        _ = try AgentsConfig.parse("agents:\n  - name: r\n    kind: rules\n    fallback:\n", source: "t", secret: { _ in nil })
+    }
+
     @Test("keywords match whole words case-insensitively; patterns are regular expressions")
     func matcher() throws {
         let keywords = try MessageMatcher(keywords: ["Refund", "credit card"], pattern: nil)

@@ -284,3 +284,20 @@ def test_copy_carries_attachments_to_postgres(start_server, bin_path, tmp_path, 
     got = download(moved, token, file["url"])
     assert got.status_code == 200 and got.content == data and got.headers["ETag"] == f'"{file["sha256"]}"'
     assert auth_get(moved.url(f"/api/sessions/{sid}/messages"), token).json()["messages"][0]["attachments"][0]["id"] == file["id"]
+
+
+def test_parameters_do_not_skip_the_image_check_and_names_lose_bidi_controls(start_server):
+    server = start_server()
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    # A charset on an image type is dropped, so the type is still checked against the bytes.
+    assert_json_error(upload(server, token, sid, b"<html><script>alert(1)</script>", "image/png; charset=utf-8", "x.png"), 415,
+                      "content_type_mismatch")
+    png = upload(server, token, sid, PNG, "image/png; charset=utf-8", "x.png")
+    assert png.status_code == 201 and png.json()["contentType"] == "image/png", png.text
+    assert download(server, token, png.json()["url"]).headers["Content-Disposition"].startswith("inline")
+    text = upload(server, token, sid, b"hello", "text/plain; charset=UTF-8", "a.txt").json()
+    assert text["contentType"] == "text/plain; charset=utf-8"
+    # U+202E would make "\u202etxt.exe" read as "exe.txt".
+    named = upload(server, token, sid, b"x", "application/octet-stream", "\u202etxt.\u2066exe").json()
+    assert named["filename"] == "txt.exe", named

@@ -106,3 +106,45 @@ def test_queries_that_cannot_be_searched_are_400s_naming_q(search_server):
         error = assert_json_error(search(server, token, **params), 400, "validation_failed")
         assert error["details"]["field"] == field, (params, error)
     assert auth_get(server.url("/api/search?q=x"), None).status_code == 401
+
+
+def test_paging_stays_complete_while_others_write(search_server):
+    """Each page continues where the last ended though messages sent meanwhile (anyone's) change every rank on SQLite."""
+    server = search_server
+    ann, bob = register(server)["accessToken"], register(server)["accessToken"]
+    sid, bob_sid = create_session(server, ann)["sessionId"], create_session(server, bob)["sessionId"]
+    mine = [send(server, ann, sid, " ".join(["kumquat"] * (1 + i % 3) + ["filler"] * i))["id"] for i in range(12)]
+    seen, cursor = [], None
+    while True:
+        params = {"q": "kumquat", "limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = search(server, ann, **params).json()
+        seen += [hit["message"]["id"] for hit in body["results"]]
+        send(server, bob, bob_sid, "kumquat kumquat")  # shifts every bm25 score
+        cursor = body["nextCursor"]
+        if not cursor:
+            break
+        assert len(seen) <= 12, "pages repeat"
+    assert sorted(seen) == sorted(mine) and len(seen) == 12
+
+
+def test_a_message_holding_the_match_marks_is_not_highlighted_by_them(search_server):
+    server = search_server
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    send(server, token, sid, "invoice \ue000FAKE\ue001 marker")
+    parts = search(server, token, q="invoice").json()["results"][0]["snippet"]
+    assert not any(p["match"] and p["text"] == "FAKE" for p in parts), parts
+
+
+def test_words_are_split_at_punctuation_on_both_databases(search_server):
+    server = search_server
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    texts = {"mail bob@example.com": ["bob", "example", "bob@example.com"], "see https://docs.example.org/guide/setup": ["guide", "setup"],
+             "in /usr/local/bin": ["usr", "local"], "version 1.2.3": ["version 1.2.3", "1"],
+             "<script>alert(1)</script> unpaid": ["script", "alert"]}
+    ids = {text: send(server, token, sid, text)["id"] for text in texts}
+    for text, queries in texts.items():
+        for q in queries:
+            found = [hit["message"]["id"] for hit in search(server, token, q=q).json()["results"]]
+            assert ids[text] in found, (q, text, found)

@@ -191,6 +191,8 @@ public struct AgentsConfig: Sendable {
                 let intent = try Fields(intentNode, path: "\(path).intents[\(i)]", allowed: ["keywords", "pattern", "reply", "handoff", "resolve"])
                 let matcher = try intent.matcher()
                 let reply = try intent.string("reply")
+                // A message has 1 to 10,000 characters: an empty reply would be stored as an empty message.
+                if reply?.trimmingWhitespace().isEmpty == true { throw intent.error("reply", "must not be empty (leave it out for no reply)") }
                 let handoff = try intent.string("handoff").map(HandoffTarget.init)
                 let resolve = try intent.bool("resolve") ?? false
                 guard reply != nil || handoff != nil || resolve else {
@@ -198,7 +200,9 @@ public struct AgentsConfig: Sendable {
                 }
                 intents.append(RuleIntent(matcher: matcher, reply: reply, handoff: handoff, resolve: resolve))
             }
-            kind = .rules(intents: intents, fallback: try fields.string("fallback"))
+            let fallback = try fields.string("fallback")
+            if fallback?.trimmingWhitespace().isEmpty == true { throw fields.error("fallback", "must not be empty (leave it out for no reply)") }
+            kind = .rules(intents: intents, fallback: fallback)
             defaultHistory = 0
         case "webhook":
             common.formUnion(["url", "secret_env", "timeout", "retries"])

@@ -344,18 +344,23 @@ final class Upload: @unchecked Sendable {
         try? await store.deleteAttachment(id: id)
     }
 
-    /// A file name as given, without any directory part or control characters, 1 to 255 bytes of UTF-8.
+    /// A file name as given, without any directory part, control characters or bidirectional controls (which
+    /// make `‮txt.exe` read as `exe.txt`), 1 to 255 bytes of UTF-8.
     static func filename(_ raw: String) throws -> String {
         guard raw.unicodeScalars.count <= 1024 else { throw APIError.invalid("filename", "must be at most 1024 characters") }
         let base = raw.split(whereSeparator: { $0 == "/" || $0 == "\\" }).last.map(String.init) ?? ""
-        var name = String(String.UnicodeScalarView(base.unicodeScalars.filter { $0.value >= 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) }))
+        let bidi: Set<UInt32> = [0x061C, 0x200E, 0x200F, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069]
+        var name = String(String.UnicodeScalarView(base.unicodeScalars.filter {
+            $0.value >= 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) && !bidi.contains($0.value)
+        }))
         name = name.trimmingWhitespace()
         guard !name.isEmpty, name != ".", name != ".." else { throw APIError.invalid("filename", "must name a file") }
         while name.utf8.count > 255 { name.removeLast() }
         return name
     }
 
-    /// `type/subtype` in lowercase, keeping a `charset` parameter; anything else is a 400.
+    /// `type/subtype` in lowercase, keeping a `charset` parameter of a `text/` type (other parameters, and a
+    /// charset on an image, which would also keep it from the image check, are dropped); anything else is a 400.
     static func mediaType(_ raw: String) throws -> String {
         let parts = raw.split(separator: ";")
         let essence = (parts.first.map(String.init) ?? "").trimmingWhitespace().lowercased()
@@ -371,7 +376,7 @@ final class Upload: @unchecked Sendable {
         guard essence != "multipart/form-data" else { throw APIError.invalid("Content-Type", "a multipart body needs its boundary parameter") }
         for parameter in parts.dropFirst() {
             let pair = parameter.split(separator: "=", maxSplits: 1).map { String($0).trimmingWhitespace() }
-            if pair.count == 2, pair[0].lowercased() == "charset" {
+            if pair.count == 2, pair[0].lowercased() == "charset", essence.hasPrefix("text/") {
                 let charset = Substring(pair[1]).trimmingCharacters(in: "\"").lowercased()
                 if !charset.isEmpty, charset.count <= 40, token(Substring(charset)) { return "\(essence); charset=\(charset)" }
             }

@@ -75,6 +75,16 @@ struct SQLRow: Sendable {
         throw StoreError(.failed, "column \(i) is not bytes")
     }
 
+    /// A number column (Postgres sends it as text), nil when NULL or not a number.
+    func real(_ i: Int) -> Double? {
+        switch values[i] {
+        case .real(let value): value
+        case .integer(let value): Double(value)
+        case .text(let text): Double(text)
+        case .null, .blob: nil
+        }
+    }
+
     /// Every column as an integer (counts).
     func ints() throws -> [Int] { try values.indices.map { Int(try int($0)) } }
 

@@ -514,7 +514,14 @@ extension SQLStore {
             if let reader = search.reader.map({ p(.id($0)) }) { filter += " AND (s.user_id = \(reader) OR s.assignee_id = \(reader))" }
             if let session = search.sessionId { filter += " AND m.session_id = \(p(.id(session)))" }
             if let after = search.after {
-                let (rank, id) = (p(.real(after.rank)), p(.id(after.id)))
+                // The rank the cursor's message has now: on SQLite a rank (bm25) depends on the whole index, so
+                // every message written since the last page shifts them all, and the cursor's old value would
+                // start the next page in the wrong place.
+                let now = try db.query(
+                    "SELECT f.r FROM (\(matches.sql)) f JOIN chat_messages m ON m.\(dialect.search.key) = f.rid WHERE m.id = $\(matches.params.count + 1)",
+                    matches.params + [.id(after.id)]
+                ).first?.real(0)
+                let (rank, id) = (p(.real(now ?? after.rank)), p(.id(after.id)))
                 filter += " AND (f.r > \(rank) OR (f.r = \(rank) AND m.id > \(id)))"
             }
             let rows = try db.query(
@@ -534,14 +541,14 @@ extension SQLStore {
             for row in try db.query(snippets.sql, snippets.params + keys) { snippet[row.values[0]] = row.optionalString(1) }
             let hits = try page.map { row -> SearchHit in
                 let message = try Codec.message.decode(row)
-                let rank: Double? = switch row.values[width + 1] {
-                case .real(let value): value
-                case .integer(let value): Double(value)
-                case .text(let text): Double(text)
-                case .null, .blob: nil
+                guard let rank = row.real(width + 1) else { throw StoreError(.failed, "search rank is not a number") }
+                var text = snippet[row.values[width]] ?? message.content
+                // A message holding the match marks itself cannot be highlighted: its snippet is plain text.
+                let marks: Set<Unicode.Scalar> = ["\u{E000}", "\u{E001}"]
+                if message.content.unicodeScalars.contains(where: marks.contains) {
+                    text = String(String.UnicodeScalarView(text.unicodeScalars.filter { !marks.contains($0) }))
                 }
-                guard let rank else { throw StoreError(.failed, "search rank is not a number") }
-                return SearchHit(message: message, rank: rank, snippet: snippet[row.values[width]] ?? message.content)
+                return SearchHit(message: message, rank: rank, snippet: text)
             }
             return SearchPage(hits: hits, hasMore: rows.count > search.limit)
         }
