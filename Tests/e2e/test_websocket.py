@@ -374,8 +374,7 @@ def test_typing(world):
             await join(adm, sid)
             await join(a, sid)
             await join(b, sid)
-            assert await expect(adm, "presence") == presence(sid, owner_id, "online")
-            assert await expect(adm, "presence") == presence(sid, owner_id, "online")
+            assert await expect(adm, "presence") == presence(sid, owner_id, "online")  # once: a user, not a connection
 
             # Five quick typing events: the admin (another user) sees one; the owner's other connection sees none.
             started = time.monotonic()
@@ -436,6 +435,46 @@ def test_presence(world):
             owner_ws.transport.abort()
             assert await expect(adm, "presence") == presence(sid, owner_id, "offline")
             await assert_quiet(adm, 0.3, who="the admin")
+
+    run(scenario())
+
+
+def test_presence_is_per_user_not_per_connection(world):
+    """A user with two connections in a session is online once, and offline only when the last one goes."""
+    server, token, owner_id = world.server, world.token, world.owner_id
+    sid = create_session(server, token)["sessionId"]
+
+    async def scenario():
+        async with ws_connect(server, world.admin_token) as adm:
+            await join(adm, sid)
+            first = await ws_connect(server, token)
+            await join(first, sid)
+            assert await expect(adm, "presence") == presence(sid, owner_id, "online")
+            async with ws_connect(server, token) as second:
+                await join(second, sid, id="second")
+                await assert_quiet(adm, 0.3, who="the admin (the owner was online already)")
+                await first.close()
+                await assert_quiet(adm, 0.3, who="the admin (the owner is still online on another connection)")
+            assert await expect(adm, "presence") == presence(sid, owner_id, "offline")
+
+    run(scenario())
+
+
+def test_replayed_counts_only_messages_sent(world):
+    """A connection that saw messages live and rejoins with an older lastMessageId gets none of them again: replayed 0."""
+    server, token = world.server, world.token
+    sid = create_session(server, token)["sessionId"]
+    first = rest_post(server, token, sid, "before")
+
+    async def scenario():
+        async with ws_connect(server, token) as ws:
+            await join(ws, sid)
+            for i in range(2):
+                rest_post(server, world.admin_token, sid, f"live {i}")
+                assert (await expect(ws, "message"))["message"]["content"] == f"live {i}"
+            await send(ws, "join", id="again", sessionId=sid, lastMessageId=first["id"])
+            ack = await expect(ws, "ack")
+            assert ack["replayed"] == 0, ack
 
     run(scenario())
 

@@ -148,19 +148,21 @@ final class RealtimeClient: Sendable {
     }
 
     /// Sends one replayed message, waiting while the queue is nearly full (a replay can be longer than
-    /// the queue). False when the client stopped reading and was dropped.
-    func replay(_ message: ChatMessage) async -> Bool {
+    /// the queue): true when sent, false when the connection has it already, nil when the client stopped
+    /// reading and was dropped.
+    func replay(_ message: ChatMessage) async -> Bool? {
         let (messageId, session) = (message.id, message.sessionId)
         let deadline = ContinuousClock.now + .seconds(30)
         while queued.load(ordering: .relaxed) >= maxQueued - 1 {
             guard ContinuousClock.now < deadline, !Task.isCancelled else {
                 send(.message(message))  // overflows: drops the connection
-                return false
+                return nil
             }
             try? await Task.sleep(for: .milliseconds(2))
         }
         let fresh = state.withLock { $0.delivered[session, default: RecentIDs()].insert(messageId) }
-        return fresh ? send(.message(message)) : true
+        guard fresh else { return false }
+        return send(.message(message)) ? true : nil
     }
 
     /// Replay is done: sends the held live messages that were not replayed, in order.
@@ -353,6 +355,7 @@ public final class RealtimeHub: Sendable {
             client.left(id)
             client.send(.left(session: id, reason: reason))
         }
+        for user in Set(evicted.compactMap { $0.identity?.subject }) { announcePresence(session: id, user: user, online: false) }
         if let session, !staying.isEmpty {
             let frame = RealtimeFrame(.sessionUpdated(session: session, reason: reason))
             for client in staying { client.send(frame) }
@@ -410,6 +413,14 @@ public final class RealtimeHub: Sendable {
     }
 
     /// Sends an event to the session's connections except those of `exceptUser`.
+    /// Tells the others in the room that `user` came or went: on their first connection in the room, and
+    /// when their last one leaves it (a user with two tabs open stays online while one of them is).
+    func announcePresence(session: UUID, user: UUID, online: Bool) {
+        let connections = state.withLock { s in s.rooms[session]?.members.values.filter { $0.identity?.subject == user }.count ?? 0 }
+        guard online ? connections == 1 : connections == 0 else { return }
+        broadcast(.presence(session: session, user: user, status: online ? "online" : "offline"), session: session, exceptUser: user)
+    }
+
     func broadcast(_ event: ServerEvent, session: UUID, exceptUser: UUID?) {
         let frame = RealtimeFrame(event)
         for client in receivers(session) where exceptUser == nil || client.identity?.subject != exceptUser {

@@ -496,9 +496,7 @@ final class SocketIOController: Sendable {
 
     private func leaveRooms(_ client: RealtimeClient) {
         for room in hub.remove(client) {
-            if let user = client.identity?.subject {
-                hub.broadcast(.presence(session: room, user: user, status: "offline"), session: room, exceptUser: user)
-            }
+            if let user = client.identity?.subject { hub.announcePresence(session: room, user: user, online: false) }
         }
     }
 

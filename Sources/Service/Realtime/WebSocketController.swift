@@ -33,9 +33,7 @@ struct WebSocketController: Sendable {
     /// The connection is gone: it leaves its sessions, whose other members see it go offline.
     func disconnected(_ client: RealtimeClient) {
         for session in hub.remove(client) {
-            if let user = client.identity?.subject {
-                hub.broadcast(.presence(session: session, user: user, status: "offline"), session: session, exceptUser: user)
-            }
+            if let user = client.identity?.subject { hub.announcePresence(session: session, user: user, online: false) }
         }
     }
 
@@ -97,7 +95,7 @@ struct WebSocketController: Sendable {
                 let session = try event.uuid("sessionId")
                 guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "this connection has not joined that session") }
                 hub.leave(client, session: session)
-                hub.broadcast(.presence(session: session, user: claims.subject, status: "offline"), session: session, exceptUser: claims.subject)
+                hub.announcePresence(session: session, user: claims.subject, online: false)
                 client.send(.ack(id: requestId, .leave(session: session)))
             case "message":
                 try event.allowOnly(["sessionId", "content", "messageType", "metadata", "clientMessageId", "attachments"])
@@ -134,16 +132,19 @@ struct WebSocketController: Sendable {
         else {
             throw APIError.notFound("session")
         }
+        // Messages sent: those the connection had already (live, while it joined) are not counted.
         var replayed = 0
         if let after {
             var cursor = after
+            var fetched = 0
             defer { client.finishRecovery(session) }
-            while replayed < maxReplay {
+            while fetched < maxReplay {
                 let page = try await store.messages(MessageQuery(sessionId: session, after: cursor, limit: 200))
                 for message in page.messages {
-                    guard await client.replay(message) else { return }
+                    guard let sent = await client.replay(message) else { return }
+                    if sent { replayed += 1 }
                 }
-                replayed += page.messages.count
+                fetched += page.messages.count
                 if let last = page.messages.last { cursor = last.id }
                 if !page.hasMore { break }
             }
@@ -153,7 +154,7 @@ struct WebSocketController: Sendable {
             }
         }
         client.send(.ack(id: requestId, .join(session: session, replayed: replayed)))
-        hub.broadcast(.presence(session: session, user: claims.subject, status: "online"), session: session, exceptUser: claims.subject)
+        hub.announcePresence(session: session, user: claims.subject, online: true)
     }
 }
 

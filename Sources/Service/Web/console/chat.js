@@ -113,6 +113,7 @@ export function mountChat(realtime) {
 
   function updateSession(session) {
     const known = sessions.get(session.sessionId);
+    if (known && known.updatedAt > session.updatedAt) return; // a read that crossed a newer change
     if (known) sessions.set(session.sessionId, merged(known, session));
     else {
       sessions = new Map([[session.sessionId, session], ...sessions]);

@@ -364,6 +364,8 @@ export function mountConversation(realtime, parts, view) {
 
   function setSession(session) {
     if (!current || current.session.sessionId !== session.sessionId) return;
+    // A read that crossed a change in flight (RFC 3339 times of one format compare as text): the newer stays.
+    if (current.session.updatedAt > session.updatedAt) return;
     current.session = session;
     render();
   }
