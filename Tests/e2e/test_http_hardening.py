@@ -106,6 +106,7 @@ def server_fds(server) -> int:
 
 MALFORMED = {
     "garbage-request-line": b"GARBAGE\r\n\r\n",
+    "method-not-a-token": b"G@T /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "nul-in-header-value": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test: a\x00b\r\n\r\n",
     "control-byte-in-header-value": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Test: a\x01b\r\n\r\n",
     "space-in-header-name": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX Test: value\r\n\r\n",
@@ -380,6 +381,9 @@ def test_http10_without_keepalive_is_closed(server):
         r = read_response(conn)
         assert r.status == 200, r.status
         assert "close" in connection_tokens(r), f"an HTTP/1.0 response without keep-alive must say Connection: close: {r.headers}"
+        # RFC 9110 §6.2: the server names the highest version it speaks, and uses nothing 1.0 lacks.
+        assert r.raw_head.startswith(b"HTTP/1.1 200 "), r.raw_head[:40]
+        assert r.header("Transfer-Encoding") is None and r.header("Content-Length"), r.headers
         assert_closed_by_server(conn)
     finally:
         conn.close()
@@ -599,6 +603,20 @@ def test_unknown_transfer_coding_is_501(server):
     history = requests.get(server.url(f"/api/sessions/{session}/messages"), timeout=5,
                            headers={"Authorization": f"Bearer {user['accessToken']}"}).json()["messages"]
     assert history == [], f"a refused request stored a message: {history}"
+
+
+@pytest.mark.parametrize("method", ["BREW", "get", "X-CUSTOM"])
+def test_an_unknown_method_is_501(server, method):
+    """RFC 9110 §9.1: a method the server does not recognise is 501 (a known one a path does not take is
+    405, and a request line that does not start with a method is 400: test_malformed_request_gets_400_and_close)."""
+    conn, r = _answer(server, f"{method} /health HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    try:
+        assert_error_body(r, 501, "not_implemented")
+        assert "close" in connection_tokens(r), r.headers
+        assert_closed_by_server(conn, after="the 501")
+    finally:
+        conn.close()
+    assert requests.get(server.url("/health"), timeout=5).status_code == 200
 
 
 def test_http10_expect_100_continue_gets_no_interim_response(server):

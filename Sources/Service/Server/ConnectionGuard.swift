@@ -37,6 +37,9 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
     /// the parser is too large in its target (414) when that line is long, else in its header fields (431).
     private(set) var requestLineBytes = 0
     private var requestLineComplete = false
+    /// The first bytes of the current request's first line, enough to tell an unknown method (a token)
+    /// from a line that is not HTTP at all.
+    private var requestLineStart: [UInt8] = []
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, hstsMaxAge: Int?) {
         self.headerTimeout = headerTimeout
@@ -68,6 +71,7 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
             state = .awaitingHead(sawBytes: true)
             requestLineBytes = 0
             requestLineComplete = false
+            requestLineStart.removeAll(keepingCapacity: true)
             arm(headerTimeout)
         case .awaitingHead(sawBytes: false):
             state = .awaitingHead(sawBytes: true)
@@ -78,6 +82,9 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
         }
         if case .awaitingHead = state, !requestLineComplete {
             let bytes = unwrapInboundIn(data).readableBytesView
+            if requestLineStart.count < Self.methodBytesKept {
+                requestLineStart += bytes.prefix(Self.methodBytesKept - requestLineStart.count)
+            }
             if let end = bytes.firstIndex(of: UInt8(ascii: "\n")) {
                 requestLineBytes += end - bytes.startIndex
                 requestLineComplete = true
@@ -86,6 +93,23 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
             }
         }
         context.fireChannelRead(data)
+    }
+
+    private static let methodBytesKept = 32
+
+    /// Whether the request line starts with a method name: a token (RFC 9110 §9.1) and a space. One the
+    /// parser refused is not implemented here (501); anything else is not HTTP (400).
+    var requestStartsWithToken: Bool {
+        let method = requestLineStart.prefix(while: Self.isTokenCharacter)
+        return !method.isEmpty && requestLineStart.dropFirst(method.count).first == UInt8(ascii: " ")
+    }
+
+    /// RFC 9110 §5.6.2 `tchar`.
+    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
     }
 
     /// The HTTP handler has a complete head.

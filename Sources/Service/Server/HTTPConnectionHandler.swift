@@ -304,11 +304,16 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         } else if version.minor == 0 {
             headers.replaceOrAdd(name: "connection", value: "keep-alive")
         }
+        // RFC 9110 §6.2: the answer names the highest version the server speaks (1.1), except where an
+        // HTTP/1.0 client gets a body without a length: that one the end of the connection delimits,
+        // and a 1.1 head would make the encoder chunk it, which 1.0 does not know.
+        var answerVersion = HTTPVersion.http1_1
         if version.minor == 0, response.headerFields[.contentLength] == nil {
-            keepAlive = false  // HTTP/1.0 without a length: the end of the connection ends the body
+            keepAlive = false
+            answerVersion = version
         }
         let head = HTTPResponseHead(
-            version: version, status: HTTPResponseStatus(statusCode: response.status.code, reasonPhrase: response.status.reasonPhrase),
+            version: answerVersion, status: HTTPResponseStatus(statusCode: response.status.code, reasonPhrase: response.status.reasonPhrase),
             headers: headers
         )
         context.write(wrapOutboundOut(.head(head)), promise: nil)
@@ -393,7 +398,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         var headers = HTTPHeaders(head.headerFields)
         headers.add(name: "date", value: HTTPDate.now())
         let nioHead = HTTPResponseHead(
-            version: version.major == 1 ? version : .http1_1,
+            version: .http1_1,
             status: HTTPResponseStatus(statusCode: head.status.code, reasonPhrase: head.status.reasonPhrase), headers: headers
         )
         context.write(wrapOutboundOut(.head(nioHead)), promise: nil)
@@ -443,6 +448,8 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             if case .headerOverflow? = error as? HTTPParserError {
                 let longTarget = guardHandler.requestLineBytes > ConnectionErrors.maxTargetBytes
                 refuse(longTarget ? ConnectionErrors.uriTooLong : ConnectionErrors.headersTooLarge, context: context)
+            } else if case .invalidMethod? = error as? HTTPParserError, guardHandler.requestStartsWithToken {
+                refuse(ConnectionErrors.unknownMethod, context: context)
             } else if error is HTTPParserError || error is ByteToMessageDecoderError {
                 logger.debug("malformed request", metadata: ["error": "\(error)"])
                 refuse(ConnectionErrors.malformed, context: context)

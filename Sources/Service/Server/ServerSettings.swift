@@ -113,6 +113,9 @@ enum ConnectionErrors {
         .requestHeaderFieldsTooLarge, code: "headers_too_large", message: "the request's header fields are too large"
     )
     static let badHost = APIError(.badRequest, code: "bad_request", message: "an HTTP/1.1 request needs exactly one valid Host header")
+    /// RFC 9110 §9.1: a method the server does not recognise is 501 (one it knows but a path does not
+    /// take is 405).
+    static let unknownMethod = APIError(.notImplemented, code: "not_implemented", message: "the request method is not one this server implements")
     static let transferCoding = APIError(
         .notImplemented, code: "unsupported_transfer_coding", message: "only the chunked transfer coding is supported"
     )
