@@ -222,7 +222,7 @@ def main() -> None:
     tool = json.loads(subprocess.run([binary, "--experimental-dump-help"], check=True, capture_output=True).stdout)
     if tool.get("serializationVersion") != 0:
         sys.exit(f"unknown --experimental-dump-help format {tool.get('serializationVersion')!r}; update {sys.argv[0]}")
-    version = subprocess.run([binary, "--version"], check=True, capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([binary, "--version"], check=True, capture_output=True, text=True).stdout.split()[-1]
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
     date = time.strftime("%Y-%m-%d", time.gmtime(epoch))
     sys.stdout.write(page(tool, version, date))

@@ -20,7 +20,7 @@ struct ChatBackend: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat-backend",
         abstract: "A chat server: REST chat sessions with JWT auth and rate limits, stored in SQLite or Postgres.",
-        version: ChatBackendVersion.current,
+        version: "chat-backend \(ChatBackendVersion.current)",
         subcommands: [Serve.self, Migrate.self, CheckConfig.self, UserCommand.self, ExportUser.self, Backup.self, Copy.self, Version.self],
         defaultSubcommand: Serve.self
     )

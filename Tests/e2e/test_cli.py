@@ -38,6 +38,8 @@ def test_version(bin_path, workdir, env):
     r = run_cli(bin_path, ["version"], workdir, env)
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(r"chat-backend \d+\.\d+\.\d+\S*\n", r.stdout), r.stdout
+    flag = run_cli(bin_path, ["--version"], workdir, env)
+    assert flag.returncode == 0 and flag.stdout == r.stdout, (flag.stdout, r.stdout)
 
 
 def parse_migrations(stdout: str) -> dict[int, tuple[str, str | None]]:
