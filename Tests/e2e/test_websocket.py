@@ -25,6 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import Server, auth_get, create_session, post_json, register, run_cli, unique_name
+from test_websocket_frames import OP_TEXT, WS, frame
 
 RECV = 5.0    # seconds to wait for a frame that must come
 QUIET = 0.5   # seconds of silence that show a frame does not come
@@ -699,6 +700,49 @@ def test_replay_longer_than_the_queue_reaches_a_reading_client(start_server):
     run(scenario())
 
 
+@pytest.mark.parametrize("path", ["/ws", "/socket.io/?EIO=4&transport=websocket"], ids=["ws", "socketio"])
+def test_a_burst_of_events_larger_than_the_queue_is_all_answered(start_server, path):
+    """A client that reads its answers may send more events at once than REALTIME_QUEUE_LENGTH (an offline
+    outbox flushed on reconnect): every one is answered, in order, and the connection stays. The queue
+    bounds what a client does not read, not what it asks for."""
+    server = start_server(env={"REALTIME_QUEUE_LENGTH": "8"})
+    owner = register(server)
+    token = owner["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    total = 60
+    socketio = path.startswith("/socket.io")
+    ws = WS(server.port, path, headers=None if socketio else {"Authorization": f"Bearer {token}"})
+    try:
+        if socketio:
+            ws.sio_connect({"token": token})
+        events = []
+        for i in range(total):  # events answered at once (errors), and a few messages
+            if i % 10:
+                name, data = "leave", {"sessionId": str(uuid.uuid4())}
+            else:
+                name, data = "message", {"sessionId": sid, "content": f"burst {i}"}
+            events.append(f"42{i}" + json.dumps([name, data]) if socketio else json.dumps({"type": name, "id": i, **data}))
+        assert ws.send_raw(b"".join(frame(OP_TEXT, text) for text in events))  # one write
+        answered = []
+        while len(answered) < total:
+            text = ws.recv_text(what=f"answer {len(answered) + 1} of {total}")
+            if socketio:
+                assert text.startswith("43"), text
+                at = text.index("[")
+                reply = json.loads(text[at:])[0]
+                answered.append((int(text[2:at]), "error" if "error" in reply else "ack"))
+            else:
+                event = json.loads(text)
+                if event["type"] in ("ack", "error"):
+                    answered.append((event["id"], event["type"]))
+        assert [i for i, _ in answered] == list(range(total)), answered
+        assert [kind for _, kind in answered] == ["ack" if i % 10 == 0 else "error" for i in range(total)], answered
+    finally:
+        ws.close()
+    stored = [m["content"] for m in history(server, token, sid)]
+    assert stored == [f"burst {i}" for i in range(0, total, 10)], stored
+
+
 # ---- 8. malformed input -----------------------------------------------------------------------------------
 
 
@@ -729,18 +773,28 @@ def test_malformed_frames(world):
 
             await send(ws, "shout", id=5, sessionId=sid)
             await expect_error(ws, "validation_failed", id=5, field="type")
+
+            # An id that is not one (an object, a fraction, a string over 128 characters) is refused, not echoed.
+            for bad in ({"x": 1}, 1.5, "i" * 129):
+                await send(ws, "leave", id=bad, sessionId=sid)
+                await expect_error(ws, "validation_failed", id=None, field="id")
+            await send(ws, "message", id="i" * 128, sessionId=sid, content="fine 128")
+            await expect_ack(ws, "message", "i" * 128)
             await still_works(ws, 4)
 
             await ws.send(json.dumps({"id": 6, "sessionId": sid}))
             await expect_error(ws, "validation_failed", id=6, field="type")
             await still_works(ws, 5)
 
-            # A frame over the 64 KiB limit ends the connection with 1009.
-            await send(ws, "message", id="big", sessionId=sid, content="x" * (100 * 1024))
+            # The longest valid message fits however it is escaped (10,000 characters as surrogate-pair escapes);
+            # a frame over the 256 KiB limit ends the connection with 1009.
+            await ws.send(json.dumps({"type": "message", "id": "longest", "sessionId": sid, "content": "\U0001F600" * 10_000}))
+            assert (await expect_ack(ws, "message", "longest"))["message"]["content"] == "\U0001F600" * 10_000
+            await send(ws, "message", id="big", sessionId=sid, content="x" * (300 * 1024))
             code, frames = await expect_close(ws)
             assert code == 1009, f"close code {code} after {frames}"
 
-        assert [m["content"] for m in history(server, token, sid)] == [f"fine {n}" for n in range(1, 6)]
+        assert [m["content"] for m in history(server, token, sid)] == ["fine 1", "fine 2", "fine 3", "fine 128", "fine 4", "fine 5", "\U0001F600" * 10_000]
         healthy(server)
         async with ws_connect(server, token) as ws:
             await join(ws, sid)

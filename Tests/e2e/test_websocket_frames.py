@@ -5,7 +5,7 @@ fragmentation) on a raw socket and parse the server's frames by hand. Every read
 does not answer fails a test instead of hanging it.
 
 What a client must see (RFC 6455 §5, §7.4): a protocol violation ends with a close frame carrying 1002, invalid
-UTF-8 with 1007, a message over the 64 KiB limit with 1009; a valid close code is echoed; and after the close
+UTF-8 with 1007, a message over the 256 KiB limit with 1009; a valid close code is echoed; and after the close
 handshake the server closes the TCP connection.
 """
 
@@ -38,7 +38,7 @@ def assert_prompt(times: list[float]) -> None:
     assert median <= PROMPT_TYPICAL, f"the close frames took {median:.3f}s at the median: {[round(t, 3) for t in times]}"
 PROTOCOL_CLOSE = 1.5 # elsewhere, the wait for the close frame that answers a protocol error
 REPEAT = 20          # repetitions of the timing tests
-MAX_MESSAGE = 64 * 1024
+MAX_MESSAGE = 256 * 1024
 
 WS_PATH = "/ws"
 SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
@@ -627,7 +627,7 @@ def test_ping_between_fragments_is_answered_at_once(opened, shared, path):
 @pytest.mark.parametrize("shape", ["single-frame", "fragments"])
 @pytest.mark.parametrize("path", PATHS)
 def test_message_over_the_limit_is_1009(opened, path, shape):
-    """/ws takes messages up to 64 KiB; Socket.IO up to the handshake's maxPayload (the same limit as a polling POST)."""
+    """/ws takes messages up to 256 KiB; Socket.IO up to the handshake's maxPayload (the same limit as a polling POST)."""
     ws = opened(path)
     if path == WS_PATH:
         limit = MAX_MESSAGE

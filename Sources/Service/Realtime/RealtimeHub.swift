@@ -152,18 +152,30 @@ final class RealtimeClient: Sendable {
     /// reading and was dropped.
     func replay(_ message: ChatMessage) async -> Bool? {
         let (messageId, session) = (message.id, message.sessionId)
-        let deadline = ContinuousClock.now + .seconds(30)
-        while queued.load(ordering: .relaxed) >= maxQueued - 1 {
-            guard ContinuousClock.now < deadline, !Task.isCancelled else {
-                send(.message(message))  // overflows: drops the connection
-                return nil
-            }
-            try? await Task.sleep(for: .milliseconds(2))
+        guard await waitForRoom(below: maxQueued - 1) else {
+            send(.message(message))  // overflows: drops the connection
+            return nil
         }
         let fresh = state.withLock { $0.delivered[session, default: RecentIDs()].insert(messageId) }
         guard fresh else { return false }
         return send(.message(message)) ? true : nil
     }
+
+    /// Waits while `limit` or more frames are queued for this client, for at most 30 s: false when it did
+    /// not read them in that time (or was dropped already). What the server sends in bulk (a replay) or in
+    /// answer to the client's own events waits here, so a client that reads is never dropped for what
+    /// it asked for; one that does not read is, once the wait is over.
+    func waitForRoom(below limit: Int) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while queued.load(ordering: .relaxed) >= limit {
+            guard ContinuousClock.now < deadline, !Task.isCancelled, !overflowed.load(ordering: .relaxed) else { return false }
+            try? await Task.sleep(for: .milliseconds(2))
+        }
+        return true
+    }
+
+    /// Room for the replies to a client's events: half the queue, the rest kept for what others send.
+    var replyRoom: Int { max(1, maxQueued / 2) }
 
     /// Replay is done: sends the held live messages that were not replayed, in order.
     func finishRecovery(_ session: UUID) {

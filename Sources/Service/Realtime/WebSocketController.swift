@@ -17,7 +17,7 @@ struct WebSocketController: Sendable {
     let limiter: RateLimiter
     let eventRule: RateLimit?
     var maxQueued = 256
-    var maxEventBytes = 64 * 1024
+    var maxEventBytes = 256 * 1024
     var maxReplay = 10_000
 
     /// Authenticates with the `Authorization` header of the upgrade request; a bad token ends the connection.
@@ -61,10 +61,18 @@ struct WebSocketController: Sendable {
     /// Handles one client event (`type`, optional `id`, fields), whatever transport carried it; the reply
     /// (ack or error) goes to the client's queue.
     func handle(_ fields: [String: JSONValue], client: RealtimeClient, logger: Logger) async {
+        // A burst of events is answered as the client reads the answers: its next event waits while the
+        // replies to the earlier ones fill half its queue (a client that does not read them is dropped).
+        _ = await client.waitForRoom(below: client.replyRoom)
         var requestId: JSONValue?
         do {
-            requestId = fields["id"]
-            if let id = requestId, !(id.isString || id.isInteger) { throw APIError.invalid("id", "must be a string or an integer") }
+            if let id = fields["id"] {
+                // An id that is not one is not echoed back.
+                guard id.isInteger || id.stringValue.map({ $0.unicodeScalars.count <= 128 }) == true else {
+                    throw APIError.invalid("id", "must be an integer or a string of at most 128 characters")
+                }
+                requestId = id
+            }
             guard case .string(let type)? = fields["type"] else { throw APIError.invalid("type", "is required") }
             let event = JSONBody(fields: fields.filter { $0.key != "type" && $0.key != "id" })
             if let field = event.fields.sorted(by: { $0.key < $1.key }).first(where: { $0.value.containsNUL })?.key {
@@ -150,6 +158,7 @@ struct WebSocketController: Sendable {
             }
             // Messages the client had that were edited or deleted since (the newest it had was stored then).
             for changed in try await store.changedMessages(sessionId: session, upTo: after, since: UUIDv7.date(of: after), limit: 200) {
+                _ = await client.waitForRoom(below: client.replyRoom)
                 client.send(.changed(changed))
             }
         }
@@ -159,7 +168,7 @@ struct WebSocketController: Sendable {
 }
 
 extension JSONValue {
-    var isString: Bool { if case .string = self { true } else { false } }
+    var stringValue: String? { if case .string(let text) = self { text } else { nil } }
     var isInteger: Bool { if case .int = self { true } else { false } }
 }
 

@@ -17,8 +17,10 @@ public struct ServerSettings: Sendable {
     public var maxAttachmentBytes: Int = 10 << 20
     static let uploadOverhead = 64 * 1024
     var maxUploadBytes: Int { maxAttachmentBytes + Self.uploadOverhead }
-    /// Largest WebSocket message (frames of one message together).
-    public var maxWebSocketMessageBytes: Int = 64 * 1024
+    /// Largest WebSocket message (frames of one message together): room for the largest valid `message`
+    /// event as any JSON encoder writes it (10,000 characters escaped as `\uD83D\uDE00` pairs are 120 KB,
+    /// metadata of 16 KiB escaped up to 96 KB).
+    public var maxWebSocketMessageBytes: Int = 256 * 1024
     /// How long a WebSocket connection waits for the peer's close frame after sending its own.
     public var webSocketCloseTimeout: TimeAmount = .seconds(5)
     /// `Strict-Transport-Security` max-age for every response, nil for none.
