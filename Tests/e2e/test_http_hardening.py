@@ -9,6 +9,7 @@ parsed by hand (helpers shared with test_websocket_frames.py). Every read has a 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 import os
@@ -23,7 +24,7 @@ import requests
 import socketio
 
 from conftest import assert_json_error, create_session, register
-from test_websocket_frames import WS, RawSocket, read_response, upgrade_request
+from test_websocket_frames import WS, RawSocket, accept_for, read_response, upgrade_request
 
 RECV = 5.0
 EOF_WAIT = 2.0        # after `Connection: close` (or an error answer) the server closes within this
@@ -563,6 +564,18 @@ def test_upgrade_without_key_is_400(server):
     conn, r = _answer(server, request)
     try:
         assert_error_body(r, 400, None)
+    finally:
+        conn.close()
+
+
+def test_upgrade_key_with_whitespace_around_it_is_accepted(server):
+    """RFC 9110 §5.5: whitespace around a field value is not part of it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request, _ = upgrade_request("/ws", key=key + " \t ")
+    conn, r = _answer(server, request)
+    try:
+        assert r.status == 101, (r.status, r.body[:200])
+        assert r.header("Sec-WebSocket-Accept") == accept_for(key), r.headers
     finally:
         conn.close()
 

@@ -56,8 +56,8 @@ enum WebSocketHandshake {
                 headers: [HTTPField.Name("Sec-WebSocket-Version")!: "13", .upgrade: "websocket"]
             )
         }
-        let keys = head.headers["sec-websocket-key"]
-        guard keys.count == 1, let key = Base64.decode(keys[0].trimmingCharacters(in: " \t")), key.count == 16, keys[0].hasSuffix("==") else {
+        let keys = head.headers["sec-websocket-key"].map { $0.trimmingCharacters(in: " \t") }  // OWS is not part of a value
+        guard keys.count == 1, let key = Base64.decode(keys[0]), key.count == 16, keys[0].hasSuffix("==") else {
             return APIError(.badRequest, code: "bad_request", message: "Sec-WebSocket-Key must be 16 bytes in base64")
         }
         return nil
@@ -368,6 +368,10 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
             fail(.protocolError, "control frames must not be fragmented")
         case NIOWebSocketError.multiByteControlFrameLength:
             fail(.protocolError, "control frames carry at most 125 bytes")
+        case is IOError, is ChannelError:
+            // The connection itself failed (reset by the peer): nothing can be sent on it.
+            logger.debug("WebSocket connection lost", metadata: ["error": "\(error)"])
+            context.close(promise: nil)
         default:
             logger.debug("WebSocket error", metadata: ["error": "\(error)"])
             if closeSent { context.close(promise: nil) } else { fail(.protocolError, "protocol error") }
