@@ -82,6 +82,26 @@ def test_a_success_clears_that_addresses_failures_and_failures_are_counted_not_r
     assert statuses == [401, 401, 401, 429], statuses
 
 
+def test_wrong_passwords_sent_at_once_are_counted_as_they_arrive(start_server):
+    """Failures sent together are refused past the budget before their passwords are hashed, like ones sent
+    one after another (each attempt counts as a failure until its password proves right)."""
+    server = start_server(env={"RATE_LIMIT_AUTH": "5/1m"})
+    victim = register(server)["user"]["username"]
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = list(pool.map(lambda i: login_from(server, "127.0.0.11", victim, f"guess-{i}"), range(30)))
+    assert statuses.count(401) <= 5 and statuses.count(429) >= 25, statuses
+    # The account is over its budget only for the address that failed: its owner elsewhere still gets in.
+    assert login_from(server, "127.0.0.12", victim, PASSWORD) == 200
+
+
+def test_a_username_must_be_ascii_even_where_unicode_calls_it_equal(server):
+    """The Kelvin sign (U+212A) is canonically equivalent to K: a second account that looks like the first
+    must not be made with it."""
+    name = f"Kate_{os.urandom(3).hex()}"
+    assert post_from(server, "127.0.0.1", "/auth/register", {"username": name, "password": PASSWORD}) == 201
+    assert post_from(server, "127.0.0.1", "/auth/register", {"username": "\u212a" + name[1:], "password": PASSWORD}) == 400
+
+
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -52,6 +52,25 @@ def test_a_guest_chats_in_its_own_sessions_only(start_server):
     assert_json_error(requests.post(server.url("/auth/guest"), data="x", headers={"Content-Type": "text/plain"}, timeout=10), 415)
 
 
+def test_a_login_in_a_guests_name_takes_as_long_as_any_failed_login(start_server):
+    """Guests have no password; refusing a login for one must not be quicker than for an unknown name,
+    or the time of the answer tells which names are guests."""
+    server = start_server(env={"GUEST_ACCESS": "on"})
+    name = guest(server)["user"]["username"]
+
+    def median_seconds(username: str) -> float:
+        times = []
+        for i in range(5):
+            started = time.perf_counter()
+            assert_json_error(post_json(server.url("/auth/login"), {"username": username, "password": f"wrong-{i}-password"}),
+                              401, "invalid_credentials")
+            times.append(time.perf_counter() - started)
+        return sorted(times)[2]
+
+    unknown, guest_name = median_seconds("nobody_by_this_name"), median_seconds(name)
+    assert guest_name >= unknown / 3, f"a guest's name is refused in {guest_name * 1000:.1f} ms, an unknown one in {unknown * 1000:.1f} ms"
+
+
 def test_guests_are_limited_per_address(start_server):
     server = start_server(env={"GUEST_ACCESS": "on", "RATE_LIMIT_GUEST": "2/1h"})
     guest(server)

@@ -63,13 +63,19 @@ public final class PasswordHasher: Sendable {
     }
 
     /// Checks a password against a stored PHC string. False for a malformed string.
+    /// A hash that is not one (an account without a password, such as a guest's) takes as long to refuse
+    /// as a wrong password, so the time of the answer does not tell such accounts apart.
     public func verify(_ password: String, against phc: String) async throws -> Bool {
-        try await limited { try await self.threads.runIfActive {
+        let dummy = self.parameters
+        return try await limited { try await self.threads.runIfActive {
             let parts = phc.split(separator: "$", omittingEmptySubsequences: false)
             guard parts.count == 5, parts[0].isEmpty, parts[1] == "scrypt",
                   let parameters = Self.parseParameters(parts[2]),
                   let salt = Base64.decode(parts[3]), let expected = Base64.decode(parts[4]), expected.count >= 16
-            else { return false }
+            else {
+                _ = Self.derive(password, salt: Array(repeating: 0, count: 16), parameters: dummy)
+                return false
+            }
             guard let key = Self.derive(password, salt: salt, parameters: parameters, length: expected.count) else { return false }
             return Crypto.constantTimeEqual(key, expected)
         } }

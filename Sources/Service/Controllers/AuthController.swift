@@ -50,22 +50,34 @@ struct AuthController {
         var userKey: String { "login-failures:user:\(user)" }
         var pairKey: String { "login-failures:user-ip:\(user)|\(ip)" }
 
-        func check() throws {
-            try limiter.peek(ipKey, rule: rule).enforce()
+        var tierKey: String { "auth:ip:\(ip)" }
+
+        /// Counts the attempt as a failure before its password is checked, so attempts sent at once are
+        /// counted as they arrive, not once each has been hashed; refuses it (429) when the address is over
+        /// its budget, or the account is and this address has failed for it. Failures are charged to the
+        /// address, the account, the pair, and the address's auth tier (so an address guessing passwords
+        /// also stops registering and refreshing).
+        func begin() throws {
+            try limiter.take(ipKey, rule: rule).enforce()
             let account = limiter.peek(userKey, rule: rule)
-            if !account.allowed, limiter.peek(pairKey, rule: rule).remaining < rule.limit { try account.enforce() }
+            if !account.allowed, limiter.peek(pairKey, rule: rule).remaining < rule.limit {
+                limiter.give(ipKey, rule: rule)
+                try account.enforce()
+            }
+            for key in [userKey, pairKey, tierKey] { _ = limiter.take(key, rule: rule) }
         }
 
-        /// Charges a failure to the address, the account and the pair, and to the address's auth tier (so
-        /// an address guessing passwords also stops registering and refreshing).
-        func failed() {
-            for key in [ipKey, userKey, pairKey, "auth:ip:\(ip)"] { _ = limiter.take(key, rule: rule) }
+        /// The attempt ended without a verdict on the password (storage failed): it is not a failure.
+        func abandoned() {
+            for key in [ipKey, userKey, pairKey, tierKey] { limiter.give(key, rule: rule) }
         }
 
-        /// A success from an address clears that address's failures.
+        /// A success from an address clears that address's failures, and is not one for the account.
         func succeeded() {
             limiter.reset(ipKey)
             limiter.reset(pairKey)
+            limiter.give(userKey, rule: rule)
+            limiter.give(tierKey, rule: rule)
         }
     }
 
@@ -116,15 +128,20 @@ struct AuthController {
         let body = try await API.LoginRequest.decode(request, maxBytes: maxBodyBytes)
         let (username, password) = (body.username, body.password)
         let failures = rule.map { LoginFailures(limiter: limiter, rule: $0, ip: context.clientIP, user: username.lowercased()) }
-        try failures?.check()
-        guard let user = try await store.user(username: username) else {
-            try await hasher.dummyVerify(password)
-            failures?.failed()
-            throw Self.badCredentials
-        }
-        guard try await hasher.verify(password, against: user.passwordHash) else {
-            failures?.failed()
-            throw Self.badCredentials
+        try failures?.begin()
+        let user: User
+        do {
+            guard let found = try await store.user(username: username) else {
+                try await hasher.dummyVerify(password)
+                throw Self.badCredentials
+            }
+            guard try await hasher.verify(password, against: found.passwordHash) else { throw Self.badCredentials }
+            user = found
+        } catch let error as APIError where error.code == Self.badCredentials.code {
+            throw error
+        } catch {
+            failures?.abandoned()
+            throw error
         }
         failures?.succeeded()
         // Said only to whoever knows the password.

@@ -33,11 +33,13 @@ extension API {
         var password: String
         var email: String?
 
-        private static let usernameCharacters = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+        /// Compared byte by byte: `Character` equality is canonical equivalence, under which the Kelvin sign
+        /// (U+212A) is `K` and the Ångström sign (U+212B) is `Å`.
+        private static let usernameBytes = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-".utf8)
 
         init(_ body: JSONBody) throws {
             username = try body.string("username", required: true, length: Limits.usernameLength)!
-            guard username.allSatisfy(Self.usernameCharacters.contains) else {
+            guard username.utf8.allSatisfy(Self.usernameBytes.contains) else {
                 throw APIError.invalid("username", "may contain only letters, digits, '_', '.' and '-'")
             }
             password = try body.string("password", required: true, length: Limits.passwordLength)!

@@ -118,6 +118,15 @@ public final class RateLimiter: Sendable {
         decide(key, rule: rule, now: now, consume: false)
     }
 
+    /// Gives back a token taken for `key` (an attempt reserved as a failure that succeeded).
+    public func give(_ key: String, rule: RateLimit) {
+        buckets.update(key) { bucket in
+            guard var b = bucket else { return }
+            b.tokens = min(Double(rule.limit), b.tokens + 1)
+            bucket = b
+        }
+    }
+
     /// Forgets `key`: its bucket is full again.
     public func reset(_ key: String) {
         buckets.remove(key)
