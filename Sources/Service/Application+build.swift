@@ -89,10 +89,12 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     router.addMiddleware {
         RequestMiddleware(metrics: metrics, hstsMaxAge: config.server.hstsMaxAge, trustProxy: config.trustProxy)
         CORSMiddleware(allowedOrigins: Set(config.corsOrigins))
-        MethodNotAllowedMiddleware(routes: routeMethods)
     }
+    if let rule = config.rateLimitAPI { router.add(middleware: UnroutedRateLimitMiddleware(limiter: limiter, rule: rule)) }
+    router.add(middleware: MethodNotAllowedMiddleware(routes: routeMethods))
     // Tokens are read only where they matter: a stale token sent to /health or /auth/refresh is ignored.
-    let identity = IdentityMiddleware(tokens: tokens)
+    // A refused one counts against the address under /api/ (under /auth/ the group's tier counted it).
+    let identity = IdentityMiddleware(tokens: tokens, limiter: limiter, rule: config.rateLimitAPI)
     let health = HealthController(
         store: store, registry: dependencies.registry, version: config.version, startedAt: .now, startedAtDate: Date()
     )
@@ -102,7 +104,7 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     if let rule = config.rateLimitAPI { auth.add(middleware: APIRateLimitMiddleware(limiter: limiter, rule: rule)) }
     AuthController(
         store: store, tokens: tokens, hasher: hasher, hub: hub, limiter: limiter, rule: config.rateLimitAuth, maxBodyBytes: config.maxBodyBytes,
-        identity: identity, guestAccess: config.guestAccess, guestRule: config.rateLimitGuest
+        identity: IdentityMiddleware(tokens: tokens), guestAccess: config.guestAccess, guestRule: config.rateLimitGuest
     ).addRoutes(to: auth)
 
     let api = router.group("api").add(middleware: identity)

@@ -172,8 +172,10 @@ def check(method: str, path: str, status: int, content_type: str, body: bytes) -
     documented = operation and _schema(template, method, status)
     if documented is None or not operation:
         # Not an answer of the operation: a connection-layer refusal, a 405, or a path outside the document.
+        # (Under /api/ and /auth/ such a 404 or 405 counts against RATE_LIMIT_API: 429 past it.)
         if status in CONNECTION_LAYER and error_code in CONNECTION_LAYER[status] or status == 405 and template \
-                or not template and status == 404:
+                or not template and status == 404 \
+                or status == 429 and error_code == "rate_limited" and path.startswith(("/api/", "/auth/")):
             return _body_problems(body, content_type, "application/json", _error_schema())
         where = f"{method.upper()} {template}" if operation else (f"{method.upper()} on {template}" if template else "a path outside openapi.yaml")
         return [f"status {status} is not documented for {where} (body {body[:200]!r})"]

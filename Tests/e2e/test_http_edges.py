@@ -76,6 +76,30 @@ def test_messages_tier_rate_limit(start_server):
     assert r.status_code == 201, r.text
 
 
+def test_api_tier_counts_refused_tokens_and_unknown_routes(start_server):
+    """RATE_LIMIT_API covers every /api/ request: one with a token that is refused, or to a path no route
+    has, counts against the address like one without a token; every answer, errors included, carries the
+    tier's RateLimit-* headers."""
+    server = start_server(env={"RATE_LIMIT_API": "7/1m"})
+    token = register(server)["accessToken"]  # /auth/ is in the tier too: 6 left for this address
+    answers = [
+        auth_get(server.url("/api/agents"), "not.a.token"),
+        auth_get(server.url("/api/agents"), "not.a.token"),
+        requests.get(server.url("/api/no-such-route"), timeout=5),
+        requests.delete(server.url("/api/status"), timeout=5),  # 405
+        requests.get(server.url("/api/agents"), timeout=5),  # 401 without a token
+        requests.get(server.url("/api/status"), timeout=5),
+    ]
+    assert [r.status_code for r in answers] == [401, 401, 404, 405, 401, 200], [r.text for r in answers]
+    assert [r.headers.get("RateLimit-Remaining") for r in answers] == ["5", "4", "3", "2", "1", "0"], [dict(r.headers) for r in answers]
+    for r in (auth_get(server.url("/api/agents"), "not.a.token"), requests.get(server.url("/api/no-such-route"), timeout=5),
+              requests.get(server.url("/api/status"), timeout=5)):
+        assert_rate_limited(r, 7)
+    # A valid token has its own bucket, per user.
+    r = auth_get(server.url("/api/agents"), token)
+    assert r.status_code == 200 and r.headers["RateLimit-Remaining"] == "6", (r.status_code, dict(r.headers))
+
+
 # ---- body size ------------------------------------------------------------------------------------------------
 
 MAX_BODY = 2048
