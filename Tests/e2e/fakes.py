@@ -42,11 +42,13 @@ class WebhookServer(_Server):
     """POST / with `{session, message, recentMessages}`. Checks `X-Chat-Signature` (HMAC-SHA256 of
     `<X-Chat-Timestamp>.<body>`) and answers 401 when it is wrong. By the message text:
     `fail` → 503, `slow` → answers after `slow_seconds`, `garbage` → not JSON, `to human` → handoff to humans,
-    `close it` → resolve, `silent` → 204, anything else → `{"reply": "hook: <text>"}`."""
+    `close it` → resolve, `silent` → 204, `redirect` → 301 to a GET that would answer (recorded in `followed`),
+    anything else → `{"reply": "hook: <text>"}`."""
 
     def __init__(self, secret: str, slow_seconds: float = 3.0):
         self.secret = secret.encode()
         self.slow_seconds = slow_seconds
+        self.followed: list[str] = []
         super().__init__(_WebhookHandler)
 
 
@@ -81,7 +83,17 @@ class _WebhookHandler(BaseHTTPRequestHandler):
             return self._answer(200, {"reply": "Closing this conversation.", "resolve": True, "metadata": {"ticket": 42}})
         if content == "silent":
             return self._raw(204, b"", None)
+        if content == "redirect":
+            self.send_response(301)
+            self.send_header("Location", f"{fake.url}/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         return self._answer(200, {"reply": f"hook: {content}", "metadata": {"seen": len(payload.get("recentMessages", []))}})
+
+    def do_GET(self):
+        self.server.fake.followed.append(self.path)
+        self._answer(200, {"reply": "followed a redirect"})
 
     def _answer(self, status: int, body: dict):
         self._raw(status, json.dumps(body).encode(), "application/json")
@@ -97,7 +109,9 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 
 class OpenAIServer(_Server):
     """POST /v1/chat/completions, streamed: the reply `Echoing: <text>` in word-sized chunks, `chunk_delay`
-    apart, then `[DONE]`. Requires `Authorization: Bearer <api_key>`. Text `fail` → 500 (before streaming)."""
+    apart, then `[DONE]`. Requires `Authorization: Bearer <api_key>`. Text `fail` → 500 (before streaming); `hold` →
+    answers after 3 s; `flood` → 2000 pieces `x` at once; `nul` → `a`, NUL, `b`; `cr` → lines ended by CR alone;
+    `cut` → three pieces, then the stream ends (no finish reason, no `[DONE]`); `drop` → three pieces, then an error."""
 
     def __init__(self, api_key: str, chunk_delay: float = 0.05):
         self.api_key = api_key
@@ -120,8 +134,19 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
             return self._json(401, {"error": {"message": "bad key or path"}})
         if content == "fail":
             return self._json(500, {"error": {"message": "overloaded"}})
+        if content == "hold":
+            time.sleep(3)
         words = f"Echoing: {content}".split(" ")
         pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+        delay, end, newline = fake.chunk_delay, "stop", "\n"
+        if content == "flood":
+            pieces, delay = ["x"] * 2000, 0
+        elif content == "nul":
+            pieces = ["a", "\u0000", "b"]
+        elif content == "cr":
+            newline = "\r"
+        elif content in ("cut", "drop"):
+            pieces, end = ["one ", "two ", "three"], content
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -130,10 +155,14 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
             chunk = {"id": "c1", "object": "chat.completion.chunk", "model": body["model"],
                      "choices": [{"index": 0, "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": piece},
                                   "finish_reason": None}]}
-            self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
-            time.sleep(fake.chunk_delay)
-        done = {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        self._chunk(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+            self._chunk(f"data: {json.dumps(chunk)}{newline}{newline}".encode())
+            if delay:
+                time.sleep(delay)
+        if end == "drop":
+            self._chunk(f"data: {json.dumps({'error': {'message': 'the model went away'}})}\n\n".encode())
+        elif end == "stop":
+            done = {"id": "c1", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            self._chunk(f"data: {json.dumps(done)}{newline}{newline}data: [DONE]{newline}{newline}".encode())
         self._chunk(b"")
 
     def _chunk(self, data: bytes):

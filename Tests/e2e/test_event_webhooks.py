@@ -24,19 +24,27 @@ SECRET = "event-secret-0123456789"
 
 
 class Receiver:
-    """Records every delivery; `mode` decides the answer: ok, fail (503), slow (answers after 3 s), down (connection refused).
-    An event of a session in `hold` is answered 204 only after that many seconds."""
+    """Records every delivery; `mode` decides the answer: ok, fail (503), slow (answers after 3 s), down (connection refused),
+    redirect (301 to a GET that would answer 200; GETs are recorded in `followed`), drip (200 with a 100-byte body sent a
+    byte every 0.5 s). An event of a session in `hold` is answered 204 only after that many seconds."""
 
     def __init__(self):
         self.mode = "ok"
         self.hold: dict[str, float] = {}
         self.deliveries: list[dict] = []
+        self.followed: list[str] = []
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                receiver.followed.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -49,6 +57,24 @@ class Receiver:
                     receiver.deliveries.append({"event": event, "id": self.headers.get("X-Chat-Event-Id"),
                                                 "type": self.headers.get("X-Chat-Event"), "mode": mode, "at": time.monotonic(),
                                                 "signed": hmac.compare_digest(expected, self.headers.get("X-Chat-Signature", ""))})
+                if mode == "redirect":
+                    self.send_response(301)
+                    self.send_header("Location", f"http://127.0.0.1:{receiver.port}/elsewhere")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if mode == "drip":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    try:
+                        for _ in range(100):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except OSError:
+                        pass
+                    return
                 if mode == "slow":
                     time.sleep(3)
                 time.sleep(receiver.hold.get(subject["sessionId"], 0))
@@ -158,6 +184,26 @@ def test_failures_timeouts_and_restarts_lose_nothing_and_keep_order(start_server
         # Every message, in the order sent; a repeat only right after itself (an acknowledgement that was lost).
         deduplicated = [m for i, m in enumerate(delivered) if i == 0 or delivered[i - 1] != m]
         assert deduplicated == ids, (delivered, ids)
+
+
+def test_a_redirect_or_a_dripping_answer_is_a_failed_attempt(start_server, tmp_path, receiver):
+    """A 3xx is not a delivery (followed, the POST became a GET elsewhere whose 200 lost the event), and the
+    timeout bounds the whole attempt, the answer's body too (a dripping body held the attempt past its claim,
+    and the event was sent again meanwhile)."""
+    receiver.mode = "redirect"
+    server = start_server(env=webhooks_env(tmp_path, receiver))
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    wait_for(lambda: len(receiver.deliveries) >= 2, timeout=10, what="a second attempt after a 301")
+    assert receiver.followed == []
+    receiver.mode = "drip"
+    wait_for(lambda: sum(d["mode"] == "drip" for d in receiver.deliveries) >= 2, timeout=20, what="a second attempt after a dripping answer")
+    drips = [d["at"] for d in receiver.deliveries if d["mode"] == "drip"]
+    # 1 s of timeout and a backoff of at most 4.8 s; held by the drip, the event came again only when its claim ran out (11 s).
+    assert drips[1] - drips[0] < 8, f"the second attempt came {drips[1] - drips[0]:.1f} s after the first"
+    receiver.mode = "ok"
+    wait_for(lambda: receiver.accepted(), timeout=30, what="the delivery once the receiver answers")
+    assert [d["event"]["data"]["session"]["sessionId"] for d in receiver.accepted()] == [sid]
 
 
 def test_parked_deliveries_are_listed_and_sent_again(start_server, tmp_path, receiver):

@@ -34,6 +34,9 @@ public final class AgentOrchestrator: Service, Sendable {
         /// Per session with messages to answer: its queue and the task draining it, in turn.
         var queues: [UUID: DrainQueue<Job>] = [:]
         var workers: [UUID: Task<Void, Never>] = [:]
+        /// Per session, messages refused because its queue was full: the session is told once its
+        /// agent is free again.
+        var refused: [UUID: [UUID]] = [:]
         var accepting = true
     }
 
@@ -66,11 +69,11 @@ public final class AgentOrchestrator: Service, Sendable {
             case .rules(let intents, let fallback):
                 agent = RulesAgent(intents: intents, fallback: fallback)
             case .webhook(let url, let secret, let timeout, let retries):
-                agent = WebhookAgent(name: definition.name, url: url, secret: Array(secret.utf8), timeout: timeout, retries: retries, client: .shared)
+                agent = WebhookAgent(name: definition.name, url: url, secret: Array(secret.utf8), timeout: timeout, retries: retries, client: OutboundHTTP.client)
             case .openai(let baseURL, let model, let apiKey, let systemPrompt, let timeout, let retries, let temperature, let maxTokens):
                 agent = OpenAIAgent(
                     baseURL: baseURL, model: model, apiKey: apiKey, systemPrompt: systemPrompt, timeout: timeout, retries: retries,
-                    temperature: temperature, maxTokens: maxTokens, client: .shared
+                    temperature: temperature, maxTokens: maxTokens, client: OutboundHTTP.client
                 )
             }
             let labels = [("agent", definition.name)]
@@ -140,6 +143,9 @@ public final class AgentOrchestrator: Service, Sendable {
             return admission
         }
         if admission == .refused, isAccepting {
+            state.withLock { s in
+                if s.refused[session, default: []].count < Self.maxQueuedPerSession { s.refused[session, default: []].append(message.id) }
+            }
             logger.warning("agent queue full; message not answered", metadata: ["session_id": "\(session.lowercased)", "request_id": "\(requestId ?? "-")"])
         }
     }
@@ -150,12 +156,16 @@ public final class AgentOrchestrator: Service, Sendable {
     /// a message arrived in between (its push started the next drain).
     private func drain(_ session: UUID, _ queue: DrainQueue<Job>) async {
         await queue.drain { jobs in
-            for job in jobs where !Task.isCancelled { await process(job) }
+            for job in jobs where !Task.isCancelled {
+                await process(job)
+                await noteRefused(session)
+            }
         }
         state.withLock { s in
             if s.queues[session] === queue, queue.isIdle {
                 s.queues[session] = nil
                 s.workers[session] = nil
+                s.refused[session] = nil
             }
         }
     }
@@ -297,7 +307,9 @@ public final class AgentOrchestrator: Service, Sendable {
             errorCounter(agent: name, reason: Self.reason(failure.code)).increment()
             log.error("agent failed", metadata: ["agent": "\(name)", "error": "\(failure)"])
             if Task.isCancelled { throw CancellationError() }
-            try await unavailable(session: session.id, agent: name, code: failure.code, job: job, log: log)
+            // A reply that streamed part of itself names its stream: clients drop the draft they showed.
+            let streamed = sequence.load(ordering: .relaxed) > 0 ? streamId : nil
+            try await unavailable(session: session.id, agent: name, code: failure.code, job: job, streamId: streamed, log: log)
             return nil
         }
     }
@@ -316,9 +328,22 @@ public final class AgentOrchestrator: Service, Sendable {
         return code
     }
 
-    private func unavailable(session: UUID, agent: String, code: String, job: Job, log: Logger) async throws {
+    /// Tells the session which of its messages were refused while its queue was full (saved, not answered).
+    private func noteRefused(_ session: UUID) async {
+        let refused = state.withLock { $0.refused.removeValue(forKey: session) ?? [] }
+        guard !refused.isEmpty, !Task.isCancelled else { return }
+        let count = refused.count == 1 ? "one message was" : "\(refused.count) messages were"
+        try? await post(
+            "Too many messages were waiting for the assistant: \(count) saved but will not be answered. Please wait for the replies, then ask again.",
+            type: "system", session: session,
+            metadata: ["error": "queue_full", "notAnswered": .array(refused.map { .string($0.lowercased) })], log: logger
+        )
+    }
+
+    private func unavailable(session: UUID, agent: String, code: String, job: Job, streamId: UUID? = nil, log: Logger) async throws {
         var metadata: [String: JSONValue] = ["agent": .string(agent), "error": .string(code), "inReplyTo": .string(job.message.id.lowercased)]
         if let requestId = job.requestId { metadata["requestId"] = .string(requestId) }
+        if let streamId { metadata["streamId"] = .string(streamId.lowercased) }
         try await post(
             "The assistant is unavailable right now. Your message was saved; please try again in a moment.", type: "system",
             session: session, metadata: metadata, log: log

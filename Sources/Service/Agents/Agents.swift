@@ -86,6 +86,21 @@ struct RulesAgent: ChatAgent {
 
 // MARK: HTTP agents
 
+/// The HTTP client of agent calls and event webhooks. It follows no redirect: an answer is the
+/// endpoint's own, and a 3xx is a failed attempt (followed, a POST became a GET elsewhere whose 200
+/// counted as delivered while the event was lost). Up to 64 connections per host, so 32 deliveries or an
+/// agent's `max_concurrent` calls at once are not queued behind the default 8.
+enum OutboundHTTP {
+    static let client: HTTPClient = {
+        var configuration = HTTPClient.Configuration.singletonConfiguration
+        configuration.redirectConfiguration = .disallow
+        configuration.connectionPool = HTTPClient.Configuration.ConnectionPool(
+            idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 64
+        )
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }()
+}
+
 /// Runs `body`, failing with a timeout after `limit` (the body is cancelled).
 func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T.self) { group in
@@ -295,21 +310,34 @@ struct OpenAIAgent: ChatAgent {
                 var parser = ServerSentEvents()
                 var reply = ""
                 var finishReason: String?
+                var done = false
+                // Pieces go out as `message.delta` at most every 40 ms (those that came meanwhile joined):
+                // a provider writing thousands of tiny pieces must not flood the session's connections.
+                var unsent = ""
+                var lastSent = ContinuousClock.now - .seconds(1)
                 stream: for try await buffer in response.body {
                     for event in try parser.feed(buffer) {
-                        if event == "[DONE]" { break stream }
+                        if event == "[DONE]" { done = true; break stream }
                         let chunk = try Self.chunk(event)
                         if let reason = chunk.finishReason { finishReason = reason }
-                        guard let piece = chunk.content, !piece.isEmpty else { continue }
+                        guard let piece = chunk.content.map(Self.withoutNUL), !piece.isEmpty else { continue }
                         let room = maxReplyCharacters - reply.count
                         guard room > 0 else { finishReason = "length"; break stream }
                         let accepted = piece.count > room ? String(piece.prefix(room)) : piece
                         reply += accepted
-                        delta(accepted)
+                        unsent += accepted
+                    }
+                    if !unsent.isEmpty, ContinuousClock.now - lastSent >= .milliseconds(40) {
+                        delta(unsent)
+                        unsent = ""
+                        lastSent = .now
                     }
                 }
+                if !unsent.isEmpty { delta(unsent) }
                 var metadata: [String: JSONValue] = ["model": .string(model)]
                 if let finishReason { metadata["finishReason"] = .string(finishReason) }
+                // Neither a finish reason nor `[DONE]`: the stream was cut off; what came is kept, marked.
+                if finishReason == nil, !done { metadata["incomplete"] = .bool(true) }
                 return AgentReply(text: reply.isEmpty ? nil : reply, metadata: metadata)
             } catch {
                 throw classify(error)
@@ -339,7 +367,13 @@ struct OpenAIAgent: ChatAgent {
             case .object(let choice)? = choices.first, case .object(let message)? = choice["message"]
         else { throw AgentFailure.badResponse("the completion has no choices[0].message") }
         guard case .string(let content)? = message["content"] else { return AgentReply() }
-        return AgentReply(text: content.isEmpty ? nil : String(content.prefix(maxReplyCharacters)))
+        let text = withoutNUL(content)
+        return AgentReply(text: text.isEmpty ? nil : String(text.prefix(maxReplyCharacters)))
+    }
+
+    /// A provider's text without NUL characters (no message may hold one; Postgres cannot store it).
+    static func withoutNUL(_ text: String) -> String {
+        text.utf8.contains(0) ? String(String.UnicodeScalarView(text.unicodeScalars.filter { $0 != "\0" })) : text
     }
 }
 
@@ -349,16 +383,26 @@ struct ServerSentEvents {
     private var pending: [UInt8] = []
     private var data: [String] = []
     private var dataBytes = 0
+    private var afterCR = false
     static let maxLine = 1 << 20
 
     mutating func feed(_ buffer: ByteBuffer) throws -> [String] {
         pending.append(contentsOf: buffer.readableBytesView)
         var events: [String] = []
         var start = 0
-        while let newline = pending[start...].firstIndex(of: UInt8(ascii: "\n")) {
-            var line = pending[start..<newline]
-            if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
-            start = newline + 1
+        // Lines end with CRLF, LF or CR alone; a CR at the end of a read may be the first half of a CRLF.
+        if afterCR, pending.first == UInt8(ascii: "\n") { start = 1 }
+        afterCR = false
+        while let end = pending[start...].firstIndex(where: { $0 == UInt8(ascii: "\n") || $0 == UInt8(ascii: "\r") }) {
+            let line = pending[start..<end]
+            start = end + 1
+            if pending[end] == UInt8(ascii: "\r") {
+                if start < pending.count {
+                    if pending[start] == UInt8(ascii: "\n") { start += 1 }
+                } else {
+                    afterCR = true
+                }
+            }
             if line.isEmpty {
                 if !data.isEmpty { events.append(data.joined(separator: "\n")) }
                 data.removeAll()

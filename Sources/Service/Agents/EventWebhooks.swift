@@ -86,7 +86,7 @@ struct WebhookDispatcher: Service {
     let store: any ChatStore
     let config: WebhooksConfig
     let logger: Logger
-    var client: HTTPClient = .shared
+    var client: HTTPClient = OutboundHTTP.client
     /// How often the outbox is looked at when there was nothing to do.
     var idleInterval: Duration = .milliseconds(250)
     /// Deliveries in flight at once.
@@ -167,10 +167,16 @@ struct WebhookDispatcher: Service {
             request.headers.add(name: "X-Chat-Timestamp", value: timestamp)
             request.headers.add(name: "X-Chat-Signature", value: WebhookAgent.signature(secret: webhook.secret, timestamp: timestamp, body: body))
             request.body = .bytes(ByteBuffer(bytes: body))
-            let seconds = webhook.timeout.components.seconds, atto = webhook.timeout.components.attoseconds
-            let response = try await client.execute(request, timeout: .nanoseconds(seconds * 1_000_000_000 + atto / 1_000_000_000))
-            _ = try? await response.body.collect(upTo: 64 * 1024)
-            if !(200..<300).contains(response.status.code) { failure = "HTTP \(response.status.code)" }
+            let (seconds, atto) = webhook.timeout.components
+            let prepared = request
+            // The timeout bounds the whole attempt, the answer's body too (a receiver that drips it would
+            // hold the attempt past its claim, and the event would be sent again meanwhile).
+            let status = try await withTimeout(webhook.timeout) { [client] in
+                let response = try await client.execute(prepared, timeout: .nanoseconds(seconds * 1_000_000_000 + atto / 1_000_000_000))
+                _ = try? await response.body.collect(upTo: 64 * 1024)
+                return response.status.code
+            }
+            if !(200..<300).contains(status) { failure = "HTTP \(status)" }
         } catch {
             failure = String(describing: error)
         }

@@ -158,7 +158,8 @@ final class SQLiteConnection: SQLDatabase {
             case .null: rc = sqlite3_bind_null(stmt, position)
             case .integer(let v): rc = sqlite3_bind_int64(stmt, position, v)
             case .real(let d): rc = sqlite3_bind_double(stmt, position, d)
-            case .text(let s): rc = sqlite3_bind_text(stmt, position, s, -1, SQLITE_TRANSIENT)
+            // With its length: text is stored whole, also past a NUL.
+            case .text(let s): rc = sqlite3_bind_text(stmt, position, s, Int32(s.utf8.count), SQLITE_TRANSIENT)
             case .blob(let bytes):
                 // SQLite copies the bytes (transient); an empty blob is zero bytes, not NULL.
                 rc = bytes.isEmpty
