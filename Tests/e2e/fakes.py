@@ -11,6 +11,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def answer_redirect(handler: BaseHTTPRequestHandler, location: str) -> None:
+    """Answers 301 to `location`, with no body."""
+    handler.send_response(301)
+    handler.send_header("Location", location)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
 class _Server:
     def __init__(self, handler):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -84,11 +92,7 @@ class _WebhookHandler(BaseHTTPRequestHandler):
         if content == "silent":
             return self._raw(204, b"", None)
         if content == "redirect":
-            self.send_response(301)
-            self.send_header("Location", f"{fake.url}/elsewhere")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            return answer_redirect(self, f"{fake.url}/elsewhere")
         return self._answer(200, {"reply": f"hook: {content}", "metadata": {"seen": len(payload.get("recentMessages", []))}})
 
     def do_GET(self):

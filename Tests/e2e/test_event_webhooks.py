@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from conftest import Server, assert_json_error, auth_get, create_session, post_json, register
+from fakes import answer_redirect
 from test_agents import add_user, wait_for
 
 SECRET = "event-secret-0123456789"
@@ -58,11 +59,7 @@ class Receiver:
                                                 "type": self.headers.get("X-Chat-Event"), "mode": mode, "at": time.monotonic(),
                                                 "signed": hmac.compare_digest(expected, self.headers.get("X-Chat-Signature", ""))})
                 if mode == "redirect":
-                    self.send_response(301)
-                    self.send_header("Location", f"http://127.0.0.1:{receiver.port}/elsewhere")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return answer_redirect(self, f"http://127.0.0.1:{receiver.port}/elsewhere")
                 if mode == "drip":
                     self.send_response(200)
                     self.send_header("Content-Length", "100")
