@@ -136,7 +136,11 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     WebController(widgetOrigins: config.widgetOrigins).addRoutes(to: router)
     routeMethods.load(router.routes.map { ($0.path.description, $0.method) })
     let logger = dependencies.logger
-    let webSockets = WebSocketRoutes { request, clientIP in
+    let webSockets = WebSocketRoutes { request, peer in
+        // Counted like the client's other requests: by its address as the middleware reads it.
+        let clientIP = ClientAddress.bucket(
+            ClientAddress.resolve(peer: peer, forwardedFor: request.headerFields[.xForwardedFor], trustProxy: config.trustProxy)
+        )
         let path = (request.path ?? "").split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         switch path {
         case "/ws", "/ws/":

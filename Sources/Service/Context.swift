@@ -12,10 +12,13 @@ public struct ChatRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     /// Id echoed as `X-Request-Id` and attached to every log line of the request.
     public var requestId: String = ""
-    /// The peer's IP address (or `X-Forwarded-For`'s first hop when the proxy is trusted).
+    /// The peer's IP address (or the last `X-Forwarded-For` entry when the proxy is trusted), normalised
+    /// (`ClientAddress`).
     public var clientIP: String
     /// Claims of a valid bearer token, set by the identity middleware.
     public var identity: AccessClaims?
+    /// What per-address limits count the client by (its address; for IPv6 its /64).
+    var clientKey: String { ClientAddress.bucket(clientIP) }
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)

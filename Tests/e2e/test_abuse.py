@@ -3,6 +3,7 @@ realtime endpoints with handshakes, unauthenticated sessions and idle long-polls
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -165,6 +166,27 @@ def test_unauthenticated_realtime_connections_are_capped_per_address(start_serve
         requests.post(server.url(f"/socket.io/?EIO=4&transport=polling&sid={sid}"), data="1", timeout=5)
     time.sleep(0.3)
     assert requests.get(server.url("/socket.io/?EIO=4&transport=polling"), timeout=5).status_code == 200
+
+
+def test_behind_a_trusted_proxy_each_client_address_has_its_own_limits(start_server):
+    """With TRUST_PROXY, WebSocket upgrades count against the forwarded address like every other request (they
+    counted against the proxy's, so all clients shared one cap), one address is one bucket however it is written
+    (`::ffff:10.0.0.1`, `10.0.0.1:5555`), and IPv6 addresses count by their /64."""
+    server = start_server(env={"TRUST_PROXY": "true", "REALTIME_MAX_UNAUTHENTICATED_PER_IP": "2"})
+
+    def upgrade(forwarded: str) -> int:
+        try:
+            held.enter_context(ws_connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, proxy=None,
+                                          additional_headers={"X-Forwarded-For": f"203.0.113.9, {forwarded}"}))
+            return 101
+        except Exception as e:  # websockets raises InvalidStatus for a refused upgrade
+            assert "429" in str(e), e
+            return 429
+
+    with contextlib.ExitStack() as held:
+        assert [upgrade(a) for a in ("10.0.0.1", "::ffff:10.0.0.1", "10.0.0.1:5555")] == [101, 101, 429]
+        assert [upgrade(a) for a in ("10.0.0.2", "[2001:db8:0:0::1]:443", "2001:DB8::2", "2001:db8::ffff")] == [101, 101, 101, 429]
+        assert upgrade("2001:db8:0:1::1") == 101  # another /64
 
 
 def test_leaving_the_namespace_makes_a_session_unauthenticated_again(start_server):

@@ -32,7 +32,7 @@ struct AuthController {
     /// Auth tier, per client IP.
     private func limitClient(_ context: ChatRequestContext) throws {
         guard let rule else { return }
-        try limiter.take("auth:ip:\(context.clientIP)", rule: rule).enforce()
+        try limiter.take("auth:ip:\(context.clientKey)", rule: rule).enforce()
     }
 
     /// Brute-force protection for logins, counting failed attempts only (the auth tier's rate).
@@ -112,7 +112,7 @@ struct AuthController {
             throw APIError(.forbidden, code: "guest_access_disabled", message: "guest access is off on this server (GUEST_ACCESS)")
         }
         _ = try await API.GuestRequest.decode(request, maxBytes: maxBodyBytes)
-        if let guestRule { try limiter.take("guest:ip:\(context.clientIP)", rule: guestRule).enforce() }
+        if let guestRule { try limiter.take("guest:ip:\(context.clientKey)", rule: guestRule).enforce() }
         let now = Timestamp.now()
         // No password can match: the hash is not in the format the hasher verifies.
         let user = User(
@@ -127,7 +127,7 @@ struct AuthController {
     @Sendable func login(_ request: Request, context: ChatRequestContext) async throws -> Response {
         let body = try await API.LoginRequest.decode(request, maxBytes: maxBodyBytes)
         let (username, password) = (body.username, body.password)
-        let failures = rule.map { LoginFailures(limiter: limiter, rule: $0, ip: context.clientIP, user: username.lowercased()) }
+        let failures = rule.map { LoginFailures(limiter: limiter, rule: $0, ip: context.clientKey, user: username.lowercased()) }
         try failures?.begin()
         let user: User
         do {

@@ -38,7 +38,7 @@ struct APIRateLimitMiddleware: RouterMiddleware {
     let limiter: RateLimiter
     let rule: RateLimit
 
-    static func addressKey(_ context: Context) -> String { "api:ip:\(context.clientIP)" }
+    static func addressKey(_ context: Context) -> String { "api:ip:\(context.clientKey)" }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let key = context.identity.map { "api:user:\($0.subject.lowercased)" } ?? Self.addressKey(context)

@@ -22,11 +22,7 @@ struct RequestMiddleware: RouterMiddleware {
         var context = context
         context.requestId = Self.requestId(from: request)
         context.logger[metadataKey: "request_id"] = .string(context.requestId)
-        // The right-most entry is the one the trusted proxy added; entries left of it came from the client.
-        if trustProxy, let forwarded = request.headers[.xForwardedFor]?.split(separator: ",").last {
-            let ip = String(forwarded).trimmingWhitespace()
-            if !ip.isEmpty, ip.utf8.count <= 64 { context.clientIP = ip }
-        }
+        context.clientIP = ClientAddress.resolve(peer: context.clientIP, forwardedFor: request.headers[.xForwardedFor], trustProxy: trustProxy)
         let started = ContinuousClock.now
         var response: Response
         do {

@@ -364,8 +364,8 @@ final class SocketIOController: Sendable {
         let (sid, error) = validate(request)
         if let error { return error }
         guard let sid else {
-            try admitHandshake(ip: context.clientIP)
-            let session = open(clientIP: context.clientIP, socket: nil)
+            try admitHandshake(ip: context.clientKey)
+            let session = open(clientIP: context.clientKey, socket: nil)
             return Self.text(EnginePacket.open(handshake(session, upgrades: ["websocket"]).jsonText()).encoded)
         }
         guard let session = session(sid), !session.isClosed else {
