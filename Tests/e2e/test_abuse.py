@@ -189,6 +189,18 @@ def test_behind_a_trusted_proxy_each_client_address_has_its_own_limits(start_ser
         assert upgrade("2001:db8:0:1::1") == 101  # another /64
 
 
+def test_refused_realtime_tokens_count_against_the_address(start_server):
+    """Guessing tokens over an open connection is limited like opening connections: each refused `authenticate`
+    counts against the address's realtime budget (RATE_LIMIT_API), and past it tokens are refused unchecked."""
+    server = start_server(env={"RATE_LIMIT_API": "5/1m"})
+    with ws_connect(f"ws://127.0.0.1:{server.port}/ws", open_timeout=5, proxy=None) as ws:  # the upgrade counts: 4 left
+        codes = []
+        for i in range(8):
+            ws.send(json.dumps({"type": "authenticate", "id": i, "token": f"guess.{i}.token"}))
+            codes.append(json.loads(ws.recv(timeout=5))["error"]["code"])
+    assert codes == ["invalid_token"] * 4 + ["rate_limited"] * 4, codes
+
+
 def test_leaving_the_namespace_makes_a_session_unauthenticated_again(start_server):
     """A Socket.IO client that authenticates and then sends DISCONNECT (`41`) keeps its Engine.IO session,
     but from then on it counts against its address's cap on unauthenticated sessions and is closed when it

@@ -85,7 +85,12 @@ public struct JWTSigner: Sendable {
         if exp + leeway <= nowSeconds { throw .expired }
         // No token of ours lives longer than a few days; absurd lifetimes are refused, not trusted.
         guard exp - nowSeconds <= 366 * 86400 else { throw .invalidClaims }
-        if let nbf = Self.number(payload["nbf"]), nbf - leeway > nowSeconds { throw .notYetValid }
+        // A NumericDate or nothing (RFC 7519 §4.1.5); one issued in the future is not valid yet either.
+        if let nbf = payload["nbf"] {
+            guard let nbf = Self.number(nbf) else { throw .invalidClaims }
+            if nbf - leeway > nowSeconds { throw .notYetValid }
+        }
+        if iat - leeway > nowSeconds { throw .notYetValid }
         var family: UUID?
         if case .string(let fid)? = payload["fid"] { family = UUID(text: fid) }
         return AccessClaims(subject: subject, role: role, issuedAt: iat, expiresAt: exp, jti: jti, family: family)

@@ -550,7 +550,7 @@ final class SocketIOController: Sendable {
             do {
                 if let token = auth["token"] {
                     guard case .string(let text) = token, !text.isEmpty, text.utf8.count <= 4096 else { throw APIError.invalid("token", "must be a string") }
-                    let claims = try await events.tokens.authenticate(authorizationHeader: "Bearer " + text, logger: logger)
+                    let claims = try await events.verify("Bearer " + text, client: client, logger: logger)
                     try events.authenticate(client, claims: claims)
                 }
                 // Reconnecting with the session and the last message seen: checked before the CONNECT is

@@ -23,7 +23,7 @@ struct WebSocketController: Sendable {
     /// Authenticates with the `Authorization` header of the upgrade request; a bad token ends the connection.
     func authenticate(_ client: RealtimeClient, header: String, logger: Logger) async {
         do {
-            try authenticate(client, claims: try await tokens.authenticate(authorizationHeader: header, logger: logger))
+            try authenticate(client, claims: try await verify(header, client: client, logger: logger))
         } catch {
             client.send(.error(id: nil, APIError.from(error) ?? .unauthenticated))
             client.close(code: 1008, reason: "authentication failed")
@@ -34,6 +34,19 @@ struct WebSocketController: Sendable {
     func disconnected(_ client: RealtimeClient) {
         for session in hub.remove(client) {
             if let user = client.identity?.subject { hub.announcePresence(session: session, user: user, online: false) }
+        }
+    }
+
+    /// Checks a token a realtime client presents. A refused one counts against the client address's
+    /// realtime budget (the API tier, as its handshakes): past it, tokens are refused unchecked (429).
+    func verify(_ header: String, client: RealtimeClient, logger: Logger) async throws -> AccessClaims {
+        let key = "realtime:ip:\(client.clientIP)"
+        if let eventRule { try limiter.peek(key, rule: eventRule).enforce() }
+        do {
+            return try await tokens.authenticate(authorizationHeader: header, logger: logger)
+        } catch {
+            if let eventRule { _ = limiter.take(key, rule: eventRule) }
+            throw error
         }
     }
 
@@ -83,7 +96,7 @@ struct WebSocketController: Sendable {
                 try event.allowOnly(["token"])
                 guard client.identity == nil else { throw APIError(.badRequest, code: "already_authenticated", message: "this connection is authenticated") }
                 let token = try event.string("token", required: true, length: 1...4096)!
-                let claims = try await tokens.authenticate(authorizationHeader: "Bearer " + token, logger: logger)
+                let claims = try await verify("Bearer " + token, client: client, logger: logger)
                 try authenticate(client, claims: claims)
                 client.send(.ack(id: requestId, .authenticate(user: claims.subject)))
                 return
