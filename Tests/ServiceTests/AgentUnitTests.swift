@@ -162,7 +162,15 @@ struct AgentUnitTests {
         #expect(try OpenAIAgent.chunk(#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#) == (nil, "stop"))
         #expect(throws: AgentFailure.self) { _ = try OpenAIAgent.chunk("not json") }
         #expect(throws: AgentFailure.self) { _ = try OpenAIAgent.chunk(#"{"error":{"message":"quota"}}"#) }
-        #expect(try OpenAIAgent.completion(#"{"choices":[{"message":{"role":"assistant","content":"Done"}}]}"#).text == "Done")
+        let done = try OpenAIAgent.completion(#"{"choices":[{"message":{"role":"assistant","content":"Do\u0000ne"},"finish_reason":"stop"}]}"#, model: "m")
+        #expect(done == AgentReply(text: "Done", metadata: ["model": "m", "finishReason": "stop"]))
+    }
+
+    @Test("server-sent event lines may end with CR alone, also when a CRLF is split between reads")
+    func serverSentEventsWithCR() throws {
+        var parser = ServerSentEvents()
+        #expect(try parser.feed(ByteBuffer(string: "data: a\r\rdata: b\r")) == ["a"])
+        #expect(try parser.feed(ByteBuffer(string: "\n\r\ndata: c\r\n\r\n")) == ["b", "c"])
     }
 
     @Test("webhook answers are validated field by field")

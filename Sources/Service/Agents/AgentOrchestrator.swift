@@ -293,7 +293,8 @@ public final class AgentOrchestrator: Service, Sendable {
             entry.stats.record(ContinuousClock.now - started)
             entry.breaker.succeeded()
             entry.breakerGauge.set(0.0)
-            if sequence.load(ordering: .relaxed) > 0 { reply.metadata["streamId"] = .string(streamId.lowercased) }
+            // The stream id is the server's: one an agent put in its metadata is not kept.
+            reply.metadata["streamId"] = sequence.load(ordering: .relaxed) > 0 ? .string(streamId.lowercased) : nil
             return reply
         } catch is CancellationError {
             entry.breaker.abandoned()

@@ -305,7 +305,7 @@ struct OpenAIAgent: ChatAgent {
                 if !contentType.contains("text/event-stream") {
                     // A server that ignores `stream`: one JSON completion.
                     let text = String(buffer: try await response.body.collect(upTo: WebhookAgent.maxResponseBytes))
-                    return try Self.completion(text)
+                    return try Self.completion(text, model: model)
                 }
                 var parser = ServerSentEvents()
                 var reply = ""
@@ -362,13 +362,15 @@ struct OpenAIAgent: ChatAgent {
     }
 
     /// A non-streamed completion.
-    static func completion(_ text: String) throws -> AgentReply {
+    static func completion(_ text: String, model: String) throws -> AgentReply {
         guard case .object(let fields)? = JSONValue.parse(text), case .array(let choices)? = fields["choices"],
             case .object(let choice)? = choices.first, case .object(let message)? = choice["message"]
         else { throw AgentFailure.badResponse("the completion has no choices[0].message") }
-        guard case .string(let content)? = message["content"] else { return AgentReply() }
+        var metadata: [String: JSONValue] = ["model": .string(model)]
+        if case .string(let reason)? = choice["finish_reason"] { metadata["finishReason"] = .string(String(reason.prefix(64))) }
+        guard case .string(let content)? = message["content"] else { return AgentReply(metadata: metadata) }
         let text = withoutNUL(content)
-        return AgentReply(text: text.isEmpty ? nil : String(text.prefix(maxReplyCharacters)))
+        return AgentReply(text: text.isEmpty ? nil : String(text.prefix(maxReplyCharacters)), metadata: metadata)
     }
 
     /// A provider's text without NUL characters (no message may hold one; Postgres cannot store it).

@@ -79,7 +79,7 @@ struct WebSocketController: Sendable {
         _ = await client.waitForRoom(below: client.replyRoom)
         var requestId: JSONValue?
         do {
-            if let id = fields["id"] {
+            if let id = fields["id"], id != .null {
                 // An id that is not one is not echoed back.
                 guard id.isInteger || id.stringValue.map({ $0.unicodeScalars.count <= 128 }) == true else {
                     throw APIError.invalid("id", "must be an integer or a string of at most 128 characters")
