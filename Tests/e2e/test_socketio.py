@@ -168,3 +168,23 @@ def test_events_without_an_ack_never_fill_the_outbound_queue(start_server, trans
         assert client.connected
     finally:
         client.disconnect()
+
+
+def test_a_polling_client_gets_a_long_replay_in_payloads_it_accepts(server):
+    """python-engineio's client refuses a polling payload of more than 16 packets (and drops the session): a
+    replay of 60 missed messages over long-polling reaches it whole, in order, without a disconnect."""
+    user = register(server)
+    token = user["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    first = rest_post(server, token, sid, "before")
+    sent = [rest_post(server, token, sid, f"missed {i}")["id"] for i in range(60)]
+    received: list[str] = []
+    client = connect(server, {"token": token}, ["polling"], message=lambda m: received.append(m["id"]))
+    try:
+        ack = client.call("join", {"sessionId": sid, "lastMessageId": first["id"]}, timeout=10)
+        assert ack["replayed"] == 60, ack
+        assert wait_for(lambda: len(received) == 60, timeout=10), len(received)
+        assert received == sent
+        assert client.connected and client.call("message", {"sessionId": sid, "content": "still here"}, timeout=5)
+    finally:
+        client.disconnect()

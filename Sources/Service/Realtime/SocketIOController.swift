@@ -21,8 +21,9 @@ final class EngineSession: Sendable {
     let clientIP: String
     let eventLoop: any EventLoop
     private struct State {
-        var buffer: [String] = []
-        var bufferedFrames = 0
+        /// Packets waiting for a poll, each with the realtime frames it completes (counted as sent
+        /// once the packet leaves).
+        var buffer: [(packet: String, frames: Int)] = []
         var polling = false
         var posting = false
         var waiter: CheckedContinuation<Void, Never>?
@@ -67,8 +68,7 @@ final class EngineSession: Sendable {
         let (socket, waiter) = state.withLock { s -> (WebSocketSocket?, CheckedContinuation<Void, Never>?) in
             if s.closed { return (nil, nil) }
             if let socket = s.socket { return (socket, nil) }
-            s.buffer.append(contentsOf: packets)
-            s.bufferedFrames += frames
+            s.buffer.append(contentsOf: packets.enumerated().map { ($1, $0 == packets.count - 1 ? frames : 0) })
             defer { s.waiter = nil }
             return (nil, s.waiter)
         }
@@ -130,23 +130,28 @@ final class EngineSession: Sendable {
         waiter?.resume()
     }
 
-    /// Takes everything buffered for the pending long-poll, which ends with it: in one step, so a close
-    /// deciding whether a poll will still carry its packets (`takeBufferedUnlessPolling`) never misses.
-    func finishPoll() -> [String]? { take { s in s.polling = false; return true } }
+    /// Packets one poll answers with at most; the rest wait for the next poll, which comes at once.
+    /// python-engineio's client refuses a payload of more than 16 packets (and drops the session).
+    static let packetsPerPoll = 16
+
+    /// Takes what is buffered for the pending long-poll (up to `packetsPerPoll`), which ends with it: in one
+    /// step, so a close deciding whether a poll will still carry its packets (`takeBufferedUnlessPolling`)
+    /// never misses.
+    func finishPoll() -> [String]? { take(upTo: Self.packetsPerPoll) { s in s.polling = false; return true } }
 
     /// Takes everything buffered when no long-poll is pending (one pending will answer with it).
-    func takeBufferedUnlessPolling() -> [String]? { take { s in !s.polling } }
+    func takeBufferedUnlessPolling() -> [String]? { take(upTo: .max) { s in !s.polling } }
 
-    private func take(_ when: (inout State) -> Bool) -> [String]? {
-        let (packets, frames) = state.withLock { s -> ([String], Int) in
-            guard when(&s), !s.buffer.isEmpty else { return ([], 0) }
-            let taken = (s.buffer, s.bufferedFrames)
-            s.buffer.removeAll()
-            s.bufferedFrames = 0
+    private func take(upTo limit: Int, _ when: (inout State) -> Bool) -> [String]? {
+        let taken = state.withLock { s -> ArraySlice<(packet: String, frames: Int)> in
+            guard when(&s), !s.buffer.isEmpty else { return [] }
+            let taken = s.buffer.prefix(limit)
+            s.buffer.removeFirst(taken.count)
             return taken
         }
+        let frames = taken.reduce(0) { $0 + $1.frames }
         if frames > 0 { client?.didSend(frames) }
-        return packets.isEmpty ? nil : packets
+        return taken.isEmpty ? nil : taken.map(\.packet)
     }
 
     var closedByClient: Bool { state.withLock { $0.closedByClient } }
@@ -170,18 +175,16 @@ final class EngineSession: Sendable {
 
     /// Switches to the WebSocket: what was buffered goes first.
     func upgrade(to socket: WebSocketSocket) {
-        let (pending, frames) = state.withLock { s -> ([String], Int) in
+        let pending = state.withLock { s -> [(packet: String, frames: Int)] in
             s.socket = socket
             s.upgrading = false
-            let taken = (s.buffer, s.bufferedFrames)
-            s.buffer.removeAll()
-            s.bufferedFrames = 0
-            return taken
+            defer { s.buffer.removeAll() }
+            return s.buffer
         }
         wake()
         let client = self.client
-        for (i, packet) in pending.enumerated() {
-            if i == pending.count - 1, frames > 0, let client {
+        for (packet, frames) in pending {
+            if frames > 0, let client {
                 socket.send(packet, written: { client.didSend(frames) })
             } else {
                 socket.send(packet)
