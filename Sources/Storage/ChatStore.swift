@@ -93,7 +93,8 @@ public protocol ChatStore: Sendable {
     /// Sets the agent answering the session (nil: none) and ends any handoff; with `ifUnrouted`, only when
     /// the session has neither an agent nor a handoff yet. Returns the session as it is now, nil if missing.
     func assignAgent(sessionId: UUID, agent: String?, ifUnrouted: Bool, now: Date) async throws -> ChatSession?
-    /// Hands the session to human agents: no agent, handoff `waiting`. Nil if missing.
+    /// Hands the session to human agents: no agent, handoff `waiting` (unless it has a handoff already or is
+    /// resolved: then unchanged). Returns the session as it is now, nil if missing.
     func requestHandoff(sessionId: UUID, now: Date) async throws -> ChatSession?
     /// A human agent takes a waiting session (or keeps one already theirs).
     func claimHandoff(sessionId: UUID, assignee: UUID, now: Date) async throws -> ClaimOutcome

@@ -535,6 +535,38 @@ def test_handoff_to_a_human_agent(agents_world):
         ws.close()
 
 
+def test_the_owner_asks_for_a_person_without_any_agent(server):
+    """POST /api/sessions/{id}/handoff puts a session in the staff inbox with no agents configured at all (the
+    widget's "Talk to a person"); once; never taking a claimed session back from its person."""
+    owner = register(server)
+    token = owner["accessToken"]
+    staff = add_user(server, "agent")
+    staff_token = staff["accessToken"]
+    sid = new_session(server, token)
+    send(server, token, sid, "I would like to talk to a person")
+    handoff = server.url(f"/api/sessions/{sid}/handoff")
+
+    assert_json_error(post_json(handoff, {}, token=register(server)["accessToken"]), 404, "not_found")  # not theirs
+    r = post_json(handoff, {}, token=token)
+    assert r.status_code == 200 and r.json()["handoff"]["status"] == "waiting" and r.json()["agent"] is None, r.text
+    assert sid in [x["sessionId"] for x in auth_get(server.url("/api/handoffs"), staff_token).json()["sessions"]]
+    assert_json_error(post_json(handoff, {}, token=staff_token), 403, "forbidden")  # staff may read it, not ask for it
+    again = post_json(handoff, {}, token=token)
+    assert again.status_code == 200 and again.json() == r.json(), again.text
+    notes = [m for m in history(server, token, sid) if m["type"] == "system" and m["metadata"].get("handoff") == "human"]
+    assert len(notes) == 1, notes
+
+    assert post_json(server.url(f"/api/handoffs/{sid}/claim"), {}, token=staff_token).status_code == 200
+    r = post_json(handoff, {}, token=token)
+    assert r.status_code == 200 and r.json()["handoff"]["status"] == "assigned", r.text  # still the person's
+    assert post_json(server.url(f"/api/sessions/{sid}/resolve"), {}, token=staff_token).status_code == 200
+    assert (session(server, token, sid)["handoff"] or {}).get("status") == "assigned"
+
+    resolved = new_session(server, token)
+    assert post_json(server.url(f"/api/sessions/{resolved}/resolve"), {}, token=token).status_code == 200
+    assert_json_error(post_json(server.url(f"/api/sessions/{resolved}/handoff"), {}, token=token), 409, "session_resolved")
+
+
 def test_agents_and_handoff_on_postgres(start_server, tmp_path, pg_url):
     """The same orchestration on the Postgres store: routing, replies delivered live, handoff, claim, resolve."""
     agents_file = tmp_path / "agents.yaml"

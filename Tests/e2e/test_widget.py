@@ -132,6 +132,18 @@ def widget_document(page):
     return page.frame(url=re.compile(r"/widget/$"))
 
 
+def visitor_and_staff(server, browser_pages):
+    """A visitor's browser, and a staff member's signed in to the console's empty inbox: (visitor, staff,
+    the staff page, its handoff queue)."""
+    staff = add_user(server, "agent")
+    visitor, agent = browser_pages(), browser_pages()
+    agent.page.goto(server.url("/console/#/inbox"))
+    sign_in(agent.page, staff["user"]["username"], STAFF_PASSWORD)
+    queue = agent.page.get_by_role("navigation", name="Handoff queue")
+    expect(queue.get_by_text("No one is waiting.")).to_be_visible()
+    return visitor, agent, agent.page, queue
+
+
 def test_a_visitor_chats_through_the_widget_and_staff_answer_live(start_server, sites, llm, browser_pages, tmp_path):
     site = sites()
     agents = tmp_path / "agents.yaml"
@@ -148,15 +160,9 @@ def test_a_visitor_chats_through_the_widget_and_staff_answer_live(start_server, 
     csp = r.headers["Content-Security-Policy"]
     assert f"frame-ancestors {site.origin}" in csp and "script-src 'self'" in csp, csp
 
-    staff = add_user(server, "agent")
-    visitor, agent = browser_pages(), browser_pages()
-    page, staff_page = visitor.page, agent.page
-
     # A staff member waits in the inbox.
-    staff_page.goto(server.url("/console/#/inbox"))
-    sign_in(staff_page, staff["user"]["username"], STAFF_PASSWORD)
-    queue = staff_page.get_by_role("navigation", name="Handoff queue")
-    expect(queue.get_by_text("No one is waiting.")).to_be_visible()
+    visitor, agent, staff_page, queue = visitor_and_staff(server, browser_pages)
+    page = visitor.page
     expect(conversation(staff_page).get_by_text("Live", exact=True)).to_be_visible()
 
     # The visitor opens the site: one chat button (the script is included twice), one global.
@@ -192,10 +198,10 @@ def test_a_visitor_chats_through_the_widget_and_staff_answer_live(start_server, 
     expect(box).to_have_value("")
     screenshot(page, "widget-open", tmp_path)
 
-    # Asking for a person: the bot hands the conversation to people; the staff member's inbox shows it live.
+    # Asking for a person: the conversation goes to people at once (whatever the agents would do); the staff
+    # member's inbox shows it live.
     frame.get_by_role("button", name="Talk to a person").click()
-    expect(log.get_by_text("I would like to talk to a person", exact=True)).to_be_visible()
-    expect(log.get_by_text("Let me find a person for you.", exact=True)).to_be_visible()
+    expect(log.get_by_text("You are being connected to a person; someone will reply here shortly.", exact=True)).to_be_visible()
     expect(frame.get_by_role("status")).to_have_text("Waiting for a person to join…")
     expect(frame.get_by_role("button", name="Talk to a person")).to_have_count(0)
     waiting = queue.get_by_role("list", name=re.compile("^Waiting")).get_by_role("link")
@@ -206,7 +212,7 @@ def test_a_visitor_chats_through_the_widget_and_staff_answer_live(start_server, 
     assert stored
     page.reload()
     page.get_by_role("button", name="Chat with us").click()
-    expect(log.get_by_role("article")).to_have_count(5)  # two messages, two replies, the handoff note
+    expect(log.get_by_role("article")).to_have_count(3)  # the message, its reply, the handoff note
     expect(log.get_by_text("Hello there", exact=True)).to_be_visible()
     expect(frame.get_by_role("status")).to_have_text("Waiting for a person to join…")
     expect(frame.get_by_text("Live", exact=True)).to_be_visible()
@@ -295,6 +301,29 @@ def test_a_visitor_chats_through_the_widget_and_staff_answer_live(start_server, 
     expect(chat_button).to_have_attribute("aria-expanded", "false")
     expect(chat_button).to_be_focused()
     screenshot(page, "widget-closed", tmp_path)
+
+
+def test_a_visitor_reaches_a_person_with_no_agents_configured(start_server, sites, browser_pages):
+    """No agents file: "Talk to a person", before the visitor wrote anything, puts a conversation in the inbox."""
+    site = sites()
+    server = start_server(env={"GUEST_ACCESS": "on", "WIDGET_ORIGINS": site.origin, "RATE_LIMIT_GUEST": "off"})
+    site.chat_url = server.base_url
+    visitor, agent, staff_page, queue = visitor_and_staff(server, browser_pages)
+    page = visitor.page
+
+    page.goto(site.origin + "/")
+    page.get_by_role("button", name="Chat with us").click()
+    frame = widget_frame(page)
+    frame.get_by_role("button", name="Talk to a person").click()
+    expect(frame.get_by_role("status")).to_have_text("Waiting for a person to join…")
+    expect(frame.get_by_role("button", name="Talk to a person")).to_have_count(0)
+    expect(queue.get_by_role("list", name=re.compile("^Waiting")).get_by_role("link")).to_have_count(1)
+    box = frame.get_by_label("Message", exact=True)
+    box.fill("Where is my parcel?")
+    box.press("Enter")
+    queue.get_by_role("list", name=re.compile("^Waiting")).get_by_role("link").click()
+    expect(messages(staff_page).get_by_text("Where is my parcel?", exact=True)).to_be_visible()
+    assert visitor.dialogs == [] and agent.dialogs == []
 
 
 def test_a_site_not_in_widget_origins_cannot_show_the_widget(start_server, sites, browser_pages):

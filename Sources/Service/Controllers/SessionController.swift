@@ -21,6 +21,7 @@ struct SessionController {
         api.delete("sessions/:sessionId", use: delete)
         api.post("sessions/:sessionId/resume", use: resume)
         api.post("sessions/:sessionId/resolve", use: resolve)
+        api.post("sessions/:sessionId/handoff", use: requestPerson)
         api.post("sessions/:sessionId/messages", use: sendMessage)
         api.get("sessions/:sessionId/messages", use: listMessages)
         api.get("sessions/:sessionId/messages/:messageId", use: getMessage)
@@ -100,6 +101,27 @@ struct SessionController {
         guard let session = try await store.resolveSession(id: id, now: Timestamp.now()) else { throw APIError.notFound("session") }
         await changes.changed(id, to: session, reason: "resolved")
         return JSONResponse.make(.ok, API.Session(session))
+    }
+
+    /// The owner asks for a person: the session leaves its agent and waits in the staff inbox. Asking again
+    /// (or once a person has it) changes nothing.
+    @Sendable func requestPerson(_ request: Request, context: AuthenticatedContext) async throws -> Response {
+        let id = try visibleSession(context)
+        let session = try await loadVisible(id, context, for: .manage)
+        if session.handoff != nil { return JSONResponse.make(.ok, API.Session(session)) }
+        if session.isResolved { throw APIError.sessionResolved }
+        let now = Timestamp.now()
+        if session.state == .expired || session.expiresAt <= now { throw APIError.sessionExpired }
+        guard let waiting = try await store.requestHandoff(sessionId: id, now: now) else { throw APIError.notFound("session") }
+        // Told once, by the request that made it wait.
+        if waiting.handoff == .waiting, let at = waiting.handoffAt, abs(at.timeIntervalSince(now)) < 0.0005 {
+            await changes.changed(id, to: waiting, reason: "handoff")
+            _ = try await postOutbound(
+                "You are being connected to a person; someone will reply here shortly.", type: "system", session: id,
+                metadata: ["handoff": "human", "requestedBy": .string(context.userId.lowercased)], store: store, hub: changes.hub
+            )
+        }
+        return JSONResponse.make(.ok, API.Session(waiting))
     }
 
     @Sendable func sendMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {

@@ -410,7 +410,12 @@ extension SQLStore {
     }
 
     public func requestHandoff(sessionId: UUID, now: Date) async throws -> ChatSession? {
-        try await updateSession(sessionId, "SET agent = NULL, handoff = 'waiting', assignee_id = NULL, handoff_at = $2, updated_at = $2 WHERE session_id = $1", [.time(now)])
+        // Only a session with no handoff yet, not resolved: one a person has claimed stays theirs.
+        try await updateSession(
+            sessionId,
+            "SET agent = NULL, handoff = 'waiting', assignee_id = NULL, handoff_at = $2, updated_at = $2 WHERE session_id = $1 AND handoff IS NULL AND is_resolved = $3",
+            [.time(now), dialect.flag(false)]
+        )
     }
 
     /// Runs `UPDATE chat_sessions <rest>` (binds: the session id, then `params`) and returns the session as it is now.

@@ -253,6 +253,11 @@ export function resolveSession(sessionId) {
   return request("POST", `/api/sessions/${id(sessionId)}/resolve`);
 }
 
+/** The owner asks for a person: the session waits in the staff inbox; resolves to the session. */
+export function requestPerson(sessionId) {
+  return request("POST", `/api/sessions/${id(sessionId)}/handoff`);
+}
+
 /** Makes an expired session active again: `{session, messages, hasMoreMessages}`. */
 export function resumeSession(sessionId) {
   return request("POST", `/api/sessions/${id(sessionId)}/resume`);

@@ -8,7 +8,6 @@ import { Realtime } from "/console/realtime.js";
 import { byId, mountConversation, renderConnection } from "/console/conversation.js";
 
 const SESSION_KEY = "chat-backend.widget.sessionId";
-const PERSON_TEXT = "I would like to talk to a person";
 const JOIN_WAIT_MS = 3_000;
 
 api.keepRefreshToken(() => localStorage, "chat-backend.widget.refreshToken");
@@ -166,9 +165,19 @@ api.onSignedOut(() => {
   stateLine.textContent = "This chat has ended. Write to start a new one.";
 });
 
-personButton.addEventListener("click", () => {
+// The conversation (a new one if there is none yet) goes to the staff inbox at once, whatever agents there are;
+// the session's note says a person will reply.
+personButton.addEventListener("click", async () => {
   personButton.disabled = true;
-  pane.send(PERSON_TEXT);
+  showError(null);
+  try {
+    if (!pane.session) await startConversation();
+    const session = pane.session;
+    if (session && !session.handoff && !session.isResolved) pane.setSession(await api.requestPerson(session.sessionId));
+  } catch (error) {
+    showError(error);
+    personButton.disabled = false;
+  }
 });
 againButton.addEventListener("click", () => {
   remember(null);
