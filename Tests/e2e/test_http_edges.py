@@ -60,6 +60,8 @@ def test_messages_tier_rate_limit(start_server):
     server = start_server(env={"RATE_LIMIT_MESSAGES": "2/1m"})
     alice = register(server)
     session_id = create_session(server, alice["accessToken"])["sessionId"]
+    # A send refused as invalid does not use up the budget.
+    assert_json_error(post_json(messages_url(server, session_id), {"content": ""}, token=alice["accessToken"]), 400, "validation_failed")
     answers = [post_json(messages_url(server, session_id), {"content": f"hello {i}"}, token=alice["accessToken"])
                for i in range(3)]
     assert [r.status_code for r in answers[:2]] == [201, 201], [r.text for r in answers]

@@ -126,8 +126,9 @@ struct SessionController {
 
     @Sendable func sendMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
-        try messages.checkRate(userId: context.userId)
+        // Counted once valid: a refused body does not use up the budget.
         let input = try await API.SendMessageRequest.decode(request, maxBytes: maxBodyBytes)
+        try messages.checkRate(userId: context.userId)
         let (message, created) = try await messages.send(
             sessionId: id, userId: context.userId, role: context.claims.role, input: input, requestId: context.requestId
         )
@@ -165,8 +166,8 @@ struct SessionController {
     @Sendable func editMessage(_ request: Request, context: AuthenticatedContext) async throws -> Response {
         let id = try visibleSession(context)
         let messageId = try context.parameters.uuid("messageId")
-        try messages.checkRate(userId: context.userId)
         let input = try await API.EditMessageRequest.decode(request, maxBytes: maxBodyBytes)
+        try messages.checkRate(userId: context.userId)
         let edited = try await messages.edit(sessionId: id, id: messageId, userId: context.userId, role: context.claims.role, content: input.content)
         return JSONResponse.make(.ok, API.Message(edited))
     }

@@ -121,8 +121,8 @@ struct WebSocketController: Sendable {
             case "message":
                 try event.allowOnly(["sessionId", "content", "messageType", "metadata", "clientMessageId", "attachments"])
                 let session = try event.uuid("sessionId")
-                try messages.checkRate(userId: claims.subject)
                 let input = try API.SendMessageRequest(event, typeKey: "messageType")
+                try messages.checkRate(userId: claims.subject)
                 let (stored, created) = try await messages.send(
                     sessionId: session, userId: claims.subject, role: claims.role, input: input, requestId: "ws-\(client.id)", exceptClient: client.id
                 )
