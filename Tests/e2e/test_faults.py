@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,46 @@ def make_database_with_pages(bin_path, directory: Path, db: Path) -> None:
     assert db.stat().st_size > 4096 * 80
 
 
+def readme_salvage_commands(damaged: Path, state: Path) -> list[str]:
+    """The README's salvage commands ("Recovering a damaged database"), for files in these directories (without
+    sudo; the ownership line is left out)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Recovering a damaged database", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = []
+    for line in block.strip().splitlines():
+        line = line.strip().removeprefix("sudo ").replace("/root/damaged/", f"{damaged}/").replace("/var/lib/chat-backend/", f"{state}/")
+        if not line.startswith("chown"):
+            commands.append(line.replace("&& sudo chmod", "&& chmod"))
+    return commands
+
+
+@pytest.mark.skipif(not shutil.which("sqlite3"), reason="needs the sqlite3 shell (apt-get install sqlite3)")
+def test_the_readme_salvage_of_a_damaged_database_keeps_what_is_readable(bin_path, tmp_path):
+    """Run as written, the README's steps keep the rows SQLite can still read (a `.dump` that met damage ends with
+    ROLLBACK, which left an empty file that the server then started on as a new database)."""
+    damaged, state = tmp_path / "damaged", tmp_path / "state"
+    damaged.mkdir()
+    state.mkdir()
+    db = damaged / "chat.db"
+    make_database_with_pages(bin_path, tmp_path, db)
+    # Damage among the users' rows, written last (damage to the schema, written first, leaves .dump nothing).
+    pages = db.stat().st_size // 4096
+    with open(db, "r+b") as f:
+        f.seek(4096 * (pages - 30))
+        f.write(bytes((i * 37 + 11) % 256 for i in range(4096 * 10)))
+    commands = readme_salvage_commands(damaged, state)
+    assert len(commands) == 3, commands
+    for command in commands:
+        subprocess.run(["bash", "-c", command], check=True, capture_output=True, timeout=60)
+    with closing(sqlite3.connect(state / "chat.db")) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        users = c.execute("SELECT count(*) FROM users").fetchone()[0]
+    assert 2000 < users <= 3000, f"{users} of 3000 users kept"
+    checked = start_and_fail(bin_path, tmp_path, f"sqlite://{state / 'chat.db'}", args=("check-config",))
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_a_database_damaged_in_the_middle_is_refused_at_start(bin_path, tmp_path):
     db = tmp_path / "chat.db"
     make_database_with_pages(bin_path, tmp_path, db)
@@ -137,7 +178,7 @@ def test_a_database_damaged_in_the_middle_is_refused_at_start(bin_path, tmp_path
     result = start_and_fail(bin_path, tmp_path, f"sqlite://{db}")
     assert result.returncode == 65, result
     lines = stderr_lines(result)
-    assert len(lines) == 1 and str(db) in lines[0] and "corrupt" in lines[0] and "backup" in lines[0] and ".recover" in lines[0], \
+    assert len(lines) == 1 and str(db) in lines[0] and "corrupt" in lines[0] and "backup" in lines[0] and ".dump" in lines[0], \
         result.stderr
     assert db.read_bytes() == before, "the server wrote into a file it knew to be corrupt"
     checked = start_and_fail(bin_path, tmp_path, f"sqlite://{db}", args=("check-config",))

@@ -50,7 +50,7 @@ public final class SQLiteStore: SQLStore {
 
     /// How to recover a damaged database, for the operator (the README says the same).
     public static let recoverySteps =
-        "stop the server and restore the latest `chat-backend backup` copy, or salvage what is readable with `sqlite3 FILE .recover | sqlite3 NEW-FILE` (README, \"Recovering a damaged database\")"
+        "stop the server and restore the latest `chat-backend backup` copy, or salvage what is readable with `sqlite3 FILE .dump` into a new file (README, \"Recovering a damaged database\", has the steps)"
 
     /// Opens (creating if needed) the database at `path`, applies pending migrations and opens the readers.
     public static func open(
