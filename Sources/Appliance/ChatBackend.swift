@@ -264,6 +264,15 @@ struct AddUser: AsyncParsableCommand {
                 generated = true
             }
             let config = try await AppConfig.load(options: options, createSecret: false)
+            // A new ./data/chat.db holding just this user is never what was meant: an installed service's
+            // database is elsewhere.
+            if config.databaseIsImplicit, case .sqlite(let path) = config.database, access(path, F_OK) != 0 {
+                throw ConfigError(
+                    "no database at \(path): outside systemd STATE_DIRECTORY defaults to ./data. For an installed service run "
+                        + "sudo -u chat-backend env STATE_DIRECTORY=/var/lib/chat-backend chat-backend user add \(name); "
+                        + "to start a new database here, run chat-backend migrate first"
+                )
+            }
             let store = try await openStore(config, logger: makeLogger(.warning))
             let hasher = PasswordHasher(parameters: config.service.passwordParameters)
             let now = Timestamp.now()
@@ -359,6 +368,10 @@ struct Backup: AsyncParsableCommand {
                 throw ConfigError("backup copies SQLite databases; for Postgres use pg_dump")
             }
             guard access(file, F_OK) != 0 else { throw CommandFailure.cannotCreate("\(file) already exists") }
+            let directory = file.contains("/") ? String(file[..<file.lastIndex(of: "/")!]) : "."
+            guard access(directory.isEmpty ? "/" : directory, W_OK) == 0 else {
+                throw CommandFailure.cannotCreate("cannot create \(file): \(String(cString: strerror(errno)))")
+            }
             // The copy holds password hashes: only the owner may read it.
             umask(0o077)
             // Read-only: a backup taken before an upgrade must not migrate the running server's database.

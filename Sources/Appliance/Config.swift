@@ -67,6 +67,8 @@ struct AppConfig {
     var database: DatabaseLocation
     var databaseURLText: String
     var stateDirectory: String
+    /// The database is the default file under `./data`: neither DATABASE_URL nor STATE_DIRECTORY was given.
+    var databaseIsImplicit = false
     var logLevel: Logger.Level
     var synchronous: SQLiteStore.Synchronous
     var databasePoolSize: Int
@@ -105,7 +107,7 @@ struct AppConfig {
             }
         }
         let reader = ConfigReader(providers: providers)
-        var used: Set<String> = ["STATE_DIRECTORY"]
+        var used: Set<String> = []
         func value(_ key: ConfigKey, secret: Bool = false) -> String? {
             used.insert(key.components.joined(separator: "_").uppercased())
             return reader.string(forKey: key, isSecret: secret).flatMap { $0.isEmpty ? nil : $0 }
@@ -121,7 +123,8 @@ struct AppConfig {
         let stateDirectory = environment["STATE_DIRECTORY"].flatMap { $0.split(separator: ":").first.map(String.init) } ?? "./data"
         var info = stat()
         if stat(stateDirectory, &info) == 0, info.st_mode & S_IFMT != S_IFDIR { throw ConfigError("STATE_DIRECTORY: \(stateDirectory) is not a directory") }
-        let databaseText = value("database.url", secret: true) ?? "sqlite://\(stateDirectory)/chat.db"
+        let databaseSetting = value("database.url", secret: true)
+        let databaseText = databaseSetting ?? "sqlite://\(stateDirectory)/chat.db"
         let database = try DatabaseLocation.parse(databaseText)
 
         summary.append(("DATABASE_URL", maskURL(databaseText)))
@@ -291,10 +294,13 @@ struct AppConfig {
 
         // Every key of the file is read by now, or it is a mistake (a misspelt key falls back to the default).
         let unused = (fileKeys ?? []).filter { !used.contains($0.key) }.map { key, line in
-            "\(envFile) line \(line): \(key) is not a chat-backend setting, nor read by the agents or webhooks file; it is ignored"
+            key == "STATE_DIRECTORY"
+                ? "\(envFile) line \(line): STATE_DIRECTORY is read from the environment only (systemd sets it from the unit's StateDirectory=); it is ignored here"
+                : "\(envFile) line \(line): \(key) is not a chat-backend setting, nor read by the agents or webhooks file; it is ignored"
         }
         return AppConfig(
-            host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory, logLevel: logLevel,
+            host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory,
+            databaseIsImplicit: databaseSetting == nil && environment["STATE_DIRECTORY"] == nil, logLevel: logLevel,
             synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, agents: agents, webhooks: webhooks, jwtSecretSource: secretSource,
             service: service, summary: summary, warnings: unused
         )

@@ -183,6 +183,21 @@ def test_user_add_generates_a_password(bin_path, workdir, env, start_server):
     assert r.json()["user"]["role"] == "agent"
 
 
+def test_user_add_refuses_to_start_a_database_nobody_named(bin_path, workdir, env):
+    """Run outside systemd with no STATE_DIRECTORY or DATABASE_URL (as `chat-backend user add carol --admin` on
+    an installed system), it would make ./data/chat.db holding only that user: it says where the service's
+    database is instead. STATE_DIRECTORY in the config file is said to be ignored."""
+    env = {k: v for k, v in env.items() if k != "STATE_DIRECTORY"}
+    r = run_cli(bin_path, ["user", "add", "carol", "--admin"], workdir, env)
+    assert r.returncode == 78, (r.returncode, r.stderr)
+    assert "STATE_DIRECTORY=/var/lib/chat-backend" in r.stderr and "migrate" in r.stderr, r.stderr
+    assert not (workdir / "data").exists()
+    config = workdir / "chat-backend.env"
+    config.write_text(f"STATE_DIRECTORY={workdir}\n")
+    r = run_cli(bin_path, ["check-config", "--config", str(config)], workdir, env)
+    assert "STATE_DIRECTORY is read from the environment only" in r.stderr + r.stdout, r.stderr
+
+
 @pytest.mark.parametrize("args,stdin,fragment", [
     (["user", "add", "x"], None, "username"),
     (["user", "add", "has space"], None, "username"),
@@ -252,6 +267,9 @@ def test_backup_while_serving(bin_path, start_server):
     assert r.returncode != 0
     assert "already exists" in r.stderr, r.stderr
     assert backup.read_bytes() == before
+    # Into a directory that does not exist: the output cannot be created (73), not "storage unavailable".
+    r = run_cli(bin_path, ["backup", str(server.dir / "missing" / "copy.db"), *db_args(server.db_path)], server.dir, server.env)
+    assert r.returncode == 73 and "cannot create" in r.stderr, (r.returncode, r.stderr)
 
     # The copy is a working database: a server on it serves the same conversation.
     restored = start_server(name="restored", db_path=backup)
