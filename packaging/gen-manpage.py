@@ -193,6 +193,7 @@ def page(tool: dict, version: str, date: str) -> str:
                               "different or newer release."),
                        ("67", "export-user: no user by that name."),
                        ("69", "The database is unavailable."),
+                       ("70", "An internal error (a bug: please report it with the message)."),
                        ("71", "serve cannot listen on its address and port."),
                        ("73", "An output file already exists or cannot be created."),
                        ("74", "Writing an output file failed."),
@@ -207,7 +208,7 @@ def page(tool: dict, version: str, date: str) -> str:
         "    chat-backend backup /var/lib/chat-backend/chat-$(date +%F).db\n"
         "sudo systemctl stop chat-backend\n"
         "sudo rm -f /var/lib/chat-backend/chat.db-wal /var/lib/chat-backend/chat.db-shm\n"
-        "sudo install -m 0640 -o chat-backend -g chat-backend BACKUP.db /var/lib/chat-backend/chat.db\n"
+        "sudo install -m 0600 -o chat-backend -g chat-backend BACKUP.db /var/lib/chat-backend/chat.db\n"
         "sudo systemctl start chat-backend") + "\n.RE\n.fi")
     out.append(".SH SEE ALSO")
     out.append("\\fBsystemctl\\fR(1), \\fBjournalctl\\fR(1), \\fBsystemd.service\\fR(5), \\fBsystemd.socket\\fR(5), "

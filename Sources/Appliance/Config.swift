@@ -194,11 +194,7 @@ struct AppConfig {
         service.rateLimitAPI = try rate("rate.limit.api", "RATE_LIMIT_API", "300/1m")
         service.rateLimitAuth = try rate("rate.limit.auth", "RATE_LIMIT_AUTH", "10/1m")
         service.rateLimitMessages = try rate("rate.limit.messages", "RATE_LIMIT_MESSAGES", "60/1m")
-        let guestText = (value("guest.access") ?? "off").lowercased()
-        guard ["on", "off", "true", "false", "1", "0", "yes", "no"].contains(guestText) else {
-            throw ConfigError("GUEST_ACCESS: must be on or off (got '\(guestText)')")
-        }
-        service.guestAccess = ["on", "true", "1", "yes"].contains(guestText)
+        service.guestAccess = try flag(value("guest.access"), "GUEST_ACCESS", default: false)
         summary.append(("GUEST_ACCESS", service.guestAccess ? "on" : "off"))
         service.rateLimitGuest = try rate("rate.limit.guest", "RATE_LIMIT_GUEST", "10/1h")
         service.guestTTL = try duration("guest.ttl", "GUEST_TTL", "30d")
@@ -242,11 +238,7 @@ struct AppConfig {
             service.hstsMaxAge = seconds
         }
         summary.append(("HSTS_MAX_AGE", service.hstsMaxAge.map(String.init) ?? "off"))
-        let trustText = (value("trust.proxy") ?? "false").lowercased()
-        guard ["true", "false", "1", "0", "yes", "no"].contains(trustText) else {
-            throw ConfigError("TRUST_PROXY: must be true or false (got '\(trustText)')")
-        }
-        service.trustProxy = ["true", "1", "yes"].contains(trustText)
+        service.trustProxy = try flag(value("trust.proxy"), "TRUST_PROXY", default: false)
         summary.append(("TRUST_PROXY", String(service.trustProxy)))
         func bounded(_ key: ConfigKey, _ name: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
             let text = value(key) ?? String(fallback)
@@ -527,4 +519,12 @@ enum ByteSize {
         }
         return "\(bytes)"
     }
+}
+
+/// A yes/no setting: `on`, `true`, `yes`, `1` or `off`, `false`, `no`, `0`, in any case.
+func flag(_ text: String?, _ name: String, default value: Bool) throws -> Bool {
+    guard let text = text?.lowercased() else { return value }
+    if ["on", "true", "yes", "1"].contains(text) { return true }
+    if ["off", "false", "no", "0"].contains(text) { return false }
+    throw ConfigError("\(name): must be on or off (also true/false, yes/no, 1/0; got '\(text)')")
 }
