@@ -345,6 +345,9 @@ def test_a_site_not_in_widget_origins_cannot_show_the_widget(start_server, sites
     until(page, lambda: len(page.frames) == 2 and page.frames[1].url.startswith("chrome-error:"), "the blocked frame")
     expect(widget_frame(page).get_by_role("log")).to_have_count(0)
     expect(widget_frame(page).get_by_label("Message", exact=True)).to_have_count(0)
+    # The loader notices the chat did not start: it says so on the page, and names the setting in the console.
+    expect(page.get_by_role("status").filter(has_text="Chat is not available on this site.")).to_be_visible(timeout=10_000)
+    assert any("WIDGET_ORIGINS" in line and other.origin in line for line in visitor.console), visitor.console
 
 
 def test_with_guest_access_off_the_widget_says_chat_is_unavailable(start_server, browser_pages):

@@ -41,6 +41,7 @@
   root.append(panel, button);
   let frame = null;
   let loaded = false;
+  let started = false; // the frame's page said it runs (a site the server does not allow gets an error page)
 
   // The frame's page says when to close (Escape in it) and hears whether it is on screen (read markers).
   const tell = (shown) => loaded && frame.contentWindow.postMessage({ chatBackendWidget: shown ? "shown" : "hidden" }, origin);
@@ -48,13 +49,22 @@
   api.open = () => {
     if (!frame) {
       frame = make("iframe", { width: "100%", height: "100%", border: "0", display: "block" }, { src: origin + "/widget/", title: "Chat" });
-      frame.addEventListener("load", () => { loaded = true; });
       panel.append(frame);
+      // Its page's scripts have run by its load event: a page that did not say it started is an error page.
+      frame.addEventListener("load", () => { loaded = true; setTimeout(notStarted, 2000); });
     }
     panel.style.display = "block";
     button.setAttribute("aria-expanded", "true");
     tell(true);
     frame.focus();
+  };
+  const notStarted = () => {
+    if (started) return;
+    console.warn(`chat-backend widget: the chat of ${origin} did not start in its frame; `
+      + `is ${location.origin} in that server's WIDGET_ORIGINS?`);
+    const note = make("p", { margin: "0", padding: "24px", font, color: "#1b1f24" }, { role: "status" });
+    note.textContent = "Chat is not available on this site.";
+    panel.replaceChildren(note);
   };
   api.close = () => {
     if (panel.style.display === "none") return;
@@ -70,9 +80,9 @@
     if (event.key === "Escape") api.close();
   });
   addEventListener("message", (event) => {
-    if (frame && event.source === frame.contentWindow && event.origin === origin && event.data && event.data.chatBackendWidget === "close") {
-      api.close();
-    }
+    if (!frame || event.source !== frame.contentWindow || event.origin !== origin || !event.data) return;
+    if (event.data.chatBackendWidget === "close") api.close();
+    if (event.data.chatBackendWidget === "started") started = true;
   });
 
   if (document.body) document.body.append(host);

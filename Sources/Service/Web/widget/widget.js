@@ -186,6 +186,9 @@ againButton.addEventListener("click", () => {
   pane.focusInput();
 });
 
+// The loader hears that the chat runs (a site the server does not allow gets an error page instead, and a note).
+if (parent !== window) parent.postMessage({ chatBackendWidget: "started" }, "*");
+
 // The loader's frame: Escape closes it; the loader says whether it is on screen (read markers move only then).
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape" && parent !== window) parent.postMessage({ chatBackendWidget: "close" }, "*");
