@@ -333,6 +333,10 @@ public final class AgentOrchestrator: Service, Sendable {
     private func noteRefused(_ session: UUID) async {
         let refused = state.withLock { $0.refused.removeValue(forKey: session) ?? [] }
         guard !refused.isEmpty, !Task.isCancelled else { return }
+        // Only where an agent would have answered them: not a session no agent serves, or people have.
+        guard let current = try? await store.session(id: session), !current.isResolved, current.handoff == nil,
+              current.agent.map({ entries[$0] != nil }) ?? (config.defaultAgent != nil || !config.routes.isEmpty)
+        else { return }
         let count = refused.count == 1 ? "one message was" : "\(refused.count) messages were"
         try? await post(
             "Too many messages were waiting for the assistant: \(count) saved but will not be answered. Please wait for the replies, then ask again.",

@@ -21,33 +21,41 @@ extension SQLStore {
     public func fanOutWebhookEvents(webhook: String, events: Set<String>, limit: Int, now: Date) async throws -> Int {
         // Nothing recorded since the webhook's cursor (an idle server's every poll): a read says so, without
         // a write transaction (on Postgres, locking the cursor row would commit, and flush, one each time).
+        let order = dialect.outbox
         let upToDate = try await read { db in
             try !db.query(
-                "SELECT 1 FROM webhook_cursors c WHERE c.webhook = $1 AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE e.seq > c.last_seq)",
-                [.text(webhook)]
+                """
+                SELECT 1 FROM webhook_cursors c WHERE c.webhook = $1
+                AND NOT EXISTS (SELECT 1 FROM webhook_events e WHERE \(order.after("e", seq: "c.last_seq", txid: "c.last_txid::text")))
+                """, [.text(webhook)]
             ).isEmpty
         }
         if upToDate { return 0 }
         return try await write(atomic: true) { [dialect] db in
             try db.run(
-                "INSERT INTO webhook_cursors (webhook, last_seq) SELECT $1, COALESCE(MAX(seq), 0) FROM webhook_events WHERE true ON CONFLICT DO NOTHING",
+                "INSERT INTO webhook_cursors (webhook, \(order.cursorColumns)) SELECT $1, \(order.newest) FROM webhook_events WHERE true ON CONFLICT DO NOTHING",
                 [.text(webhook)]
             )
-            guard let cursor = try db.query("SELECT last_seq FROM webhook_cursors WHERE webhook = $1\(dialect.forUpdate)", [.text(webhook)]).first?.int(0)
-            else { return 0 }
+            guard let row = try db.query(
+                "SELECT \(order.position(cursor: "c")) FROM webhook_cursors c WHERE c.webhook = $1\(dialect.forUpdate)", [.text(webhook)]
+            ).first else { return 0 }
+            let cursor = try order.read(row, at: 0)
             let rows = try db.query(
-                "SELECT seq, type, session_id FROM webhook_events WHERE seq > $1 ORDER BY seq LIMIT $2", [.integer(cursor), .int(limit)]
+                """
+                SELECT e.type, e.session_id, \(order.position(event: "e")) FROM webhook_events e
+                WHERE \(order.after("e", seq: "$1", txid: "$3")) ORDER BY \(order.order("e")) LIMIT $2
+                """, [.integer(cursor.seq), .int(limit)] + order.bind(cursor).dropFirst()
             )
-            guard let last = try rows.last?.int(0) else { return 0 }
+            guard let last = rows.last else { return 0 }
             var made = 0
-            for row in rows where events.contains(try row.string(1)) {
+            for row in rows where events.contains(try row.string(0)) {
                 try db.run(
                     "INSERT INTO webhook_deliveries (webhook, event_seq, session_id, next_attempt_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    [.text(webhook), .integer(try row.int(0)), row.values[2], .time(now)]
+                    [.text(webhook), .integer(try row.int(2)), row.values[1], .time(now)]
                 )
                 made += 1
             }
-            try db.run("UPDATE webhook_cursors SET last_seq = $2 WHERE webhook = $1", [.text(webhook), .integer(last)])
+            try db.run("UPDATE webhook_cursors SET \(order.advance) WHERE webhook = $1", [.text(webhook)] + order.bind(try order.read(last, at: 2)))
             return made
         }
     }
@@ -159,7 +167,7 @@ extension SQLStore {
     }
 
     public func pruneWebhookEvents(before: Date, limit: Int) async throws -> Int {
-        try await write(atomic: true) { db in
+        try await write(atomic: true) { [dialect] db in
             let params: [SQLValue] = [.time(before), .int(limit)]
             let deliveries = try db.run(
                 """
@@ -173,7 +181,8 @@ extension SQLStore {
                 DELETE FROM webhook_events WHERE seq IN (
                     SELECT e.seq FROM webhook_events e WHERE e.created_at < $1
                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = e.seq)
-                    AND e.seq < (SELECT COALESCE(MIN(last_seq), 0) FROM webhook_cursors) + 1
+                    AND EXISTS (SELECT 1 FROM webhook_cursors)
+                    AND NOT EXISTS (SELECT 1 FROM webhook_cursors c WHERE NOT (\(dialect.outbox.passed("e", cursor: "c"))))
                     ORDER BY e.seq LIMIT $2
                 )
                 """, params
@@ -214,11 +223,14 @@ extension SQLStore {
     }
 
     public func exportWebhookCursors() async throws -> [WebhookCursor] {
-        try await read { db in
+        try await read { [dialect] db in
             // The last event a cursor has passed that still exists: the target numbers events anew.
             try db.query(
                 """
-                SELECT c.webhook, (SELECT e.id FROM webhook_events e WHERE e.seq <= c.last_seq ORDER BY e.seq DESC LIMIT 1)
+                SELECT c.webhook, (
+                    SELECT e.id FROM webhook_events e WHERE \(dialect.outbox.passed("e", cursor: "c"))
+                    ORDER BY \(dialect.outbox.order("e", descending: true)) LIMIT 1
+                )
                 FROM webhook_cursors c ORDER BY c.webhook
                 """, []
             ).map { row in WebhookCursor(webhook: try row.string(0), lastEventId: row.values[1] == .null ? nil : try row.uuid(1)) }
@@ -228,7 +240,7 @@ extension SQLStore {
     /// Events get the target's next seqs (so they stay after any it has); an event already there is skipped
     /// with its deliveries. A webhook that has a cursor already (a server started on the target before the
     /// copy) moves it to the copied one when that is further: what the source had passed is not sent again.
-    static func importWebhookOutbox(_ db: DB, events: [WebhookEventRecord], cursors: [WebhookCursor]) throws {
+    static func importWebhookOutbox(_ db: DB, events: [WebhookEventRecord], cursors: [WebhookCursor], order: OutboxOrder) throws {
         for event in events {
             let inserted = try db.run(
                 "INSERT INTO webhook_events (id, session_id, type, payload, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -249,10 +261,9 @@ extension SQLStore {
         for cursor in cursors {
             try db.run(
                 """
-                INSERT INTO webhook_cursors (webhook, last_seq)
-                SELECT $1, COALESCE(MAX(seq), 0) FROM webhook_events WHERE id = $2
-                ON CONFLICT (webhook) DO UPDATE SET last_seq = CASE
-                    WHEN excluded.last_seq > webhook_cursors.last_seq THEN excluded.last_seq ELSE webhook_cursors.last_seq END
+                INSERT INTO webhook_cursors (webhook, \(order.cursorColumns))
+                SELECT $1, \(order.newest) FROM webhook_events WHERE id = $2
+                ON CONFLICT (webhook) DO UPDATE SET \(order.takeFurther)
                 """, [.text(cursor.webhook), cursor.lastEventId.map(SQLValue.id) ?? .null]
             )
         }

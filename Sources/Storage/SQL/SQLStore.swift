@@ -724,7 +724,7 @@ extension SQLStore {
                     [.id(chunk.attachmentId), .int(chunk.seq), .blob(chunk.data)]
                 )
             }
-            try Self.importWebhookOutbox(db, events: batch.webhookEvents, cursors: batch.webhookCursors)
+            try Self.importWebhookOutbox(db, events: batch.webhookEvents, cursors: batch.webhookCursors, order: dialect.outbox)
             for event in subscriptions { try db.run("INSERT INTO webhook_subscriptions (event) VALUES ($1)", [event]) }
         }
     }
