@@ -243,7 +243,8 @@ def test_revocations_on_one_instance_close_connections_on_the_other(start_server
 
 
 def test_copy_refuses_a_postgres_database_a_server_uses(start_server, bin_path, tmp_path, pg_url):
-    server = start_server(name="pg-live", database_url=pg_url)
+    # Also when the server's DATABASE_URL names an application_name of its own.
+    server = start_server(name="pg-live", database_url=pg_url + " application_name=my-chat")
     register(server)
     env = base_env(tmp_path)
     r = run_cli(bin_path, ["copy", "--from", pg_url, "--to", f"sqlite://{tmp_path / 'out.db'}"], tmp_path, env, timeout=60)

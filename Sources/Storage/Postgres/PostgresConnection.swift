@@ -33,14 +33,12 @@ final class PostgresConnection: SQLDatabase {
     }
 
     /// Adds `connect_timeout=5` unless the string sets one (a host that does not answer must fail a request
-    /// in seconds, not after the TCP timeout), and `application_name=chat-backend` unless it names one (the
-    /// server's sessions in `pg_stat_activity`, which `copy` looks for).
+    /// in seconds, not after the TCP timeout), and `application_name=chat-backend` over any the string names
+    /// (the server's sessions in `pg_stat_activity`, which `copy` looks for to refuse a live database; the
+    /// last value given wins) unless one of ours is set already (`copy`'s own, `chat-backend-copy`).
     static func withConnectTimeout(_ conninfo: String) -> String {
-        var conninfo = conninfo
-        for (key, value) in [("connect_timeout", "5"), ("application_name", "chat-backend")] where !conninfo.contains(key) {
-            conninfo = with(conninfo, key, value)
-        }
-        return conninfo
+        let timed = conninfo.contains("connect_timeout") ? conninfo : with(conninfo, "connect_timeout", "5")
+        return conninfo.contains("application_name=chat-backend") ? timed : with(timed, "application_name", "chat-backend")
     }
 
     /// The connection string with `key=value` added, in its own form (URI query or key=value pairs).
