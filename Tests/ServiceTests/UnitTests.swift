@@ -122,3 +122,31 @@ struct UnitTests {
         #expect(Base64.decode("a") == nil && Base64.decode("ab$c") == nil)
     }
 }
+
+@Suite("Realtime rooms")
+struct RealtimeRoomTests {
+    @Test("after the change feed reconnects, a busy room is caught up from what it still remembers, not earlier")
+    func catchUpStartsWhereTheRoomsMemoryEnds() {
+        let hub = RealtimeHub()
+        let now = Date()
+        let session = ChatSession(
+            id: UUID(), userId: UUID(), metadata: .object([:]), state: .active, isResolved: false,
+            expiresAt: now.addingTimeInterval(3600), resolvedAt: nil, createdAt: now, updatedAt: now
+        )
+        let client = RealtimeClient(maxQueued: 10_000) { _, _ in }
+        client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
+        #expect(hub.join(client, session: session, recovering: false))
+        // 600 messages within one second: all inside the 10 s the catch-up looks back.
+        let ids = (0..<600).map { UUIDv7.make(now: now.addingTimeInterval(Double($0) / 1000)) }
+        for id in ids {
+            hub.publish(message: ChatMessage(
+                id: id, sessionId: session.id, userId: session.userId, content: "m", type: "text", direction: .inbound,
+                metadata: .object([:]), clientMessageId: nil, createdAt: now, updatedAt: now
+            ))
+        }
+        let cursor = hub.catchUpCursors().first { $0.session == session.id }?.after
+        // The 88 oldest were sent and forgotten: reading from before them would send them again.
+        #expect(cursor.map { $0.lowercased >= ids[88].lowercased } == true)
+        #expect(cursor.map { $0.lowercased < ids[599].lowercased } == true)
+    }
+}

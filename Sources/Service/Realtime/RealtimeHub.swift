@@ -9,15 +9,20 @@ import Synchronization
 
 /// The ids of the last 512 messages seen, to send each message once.
 struct RecentIDs {
+    static let capacity = 512
     var order: [UUID] = []
     var set: Set<UUID> = []
     var newest: UUID?
+
+    /// It remembers as many as it can: older ids than `oldest` are forgotten.
+    var isFull: Bool { order.count >= Self.capacity }
+    var oldest: UUID? { order.min { $0.lowercased < $1.lowercased } }
 
     /// Records an id; false when it was recorded already.
     mutating func insert(_ id: UUID) -> Bool {
         guard set.insert(id).inserted else { return false }
         order.append(id)
-        if order.count > 512 { set.remove(order.removeFirst()) }
+        if order.count > Self.capacity { set.remove(order.removeFirst()) }
         if newest.map({ id.lowercased > $0.lowercased }) ?? true { newest = id }
         return true
     }
@@ -398,7 +403,11 @@ public final class RealtimeHub: Sendable {
         state.withLock { s in
             s.rooms.map { id, room in
                 let base = room.recent.newest ?? room.opened
-                return (id, UUIDv7.cursor(at: UUIDv7.date(of: base).addingTimeInterval(-lookback)))
+                var after = UUIDv7.cursor(at: UUIDv7.date(of: base).addingTimeInterval(-lookback))
+                // Not behind what the room still remembers sending: older messages of a busy room were sent
+                // (the lookback re-read them, past the memory that drops duplicates, and sent them again).
+                if room.recent.isFull, let oldest = room.recent.oldest, oldest.lowercased > after.lowercased { after = oldest }
+                return (id, after)
             }
         }
     }
