@@ -730,6 +730,16 @@ struct StoreContractTests {
             #expect(changed == [edited, tombstone])
             #expect(try await store.changedMessages(sessionId: session.id, upTo: stored[2].id, since: later, limit: 10).isEmpty)
             #expect(try await store.changedMessages(sessionId: session.id, upTo: stored[3].id, since: stored[0].createdAt, limit: 1) == [edited])
+
+            // Two changes in one millisecond, or from a clock behind: each later version has a later updatedAt.
+            guard case .created(let last) = try await store.appendMessage(Make.message(session.id, userId: session.userId), now: Timestamp.now())
+            else { throw StoreError(.failed, "not created") }
+            let first = try #require(try await store.editMessage(sessionId: session.id, id: last.id, content: "a", now: later))
+            let second = try #require(try await store.editMessage(sessionId: session.id, id: last.id, content: "b", now: later))
+            let behind = try #require(try await store.editMessage(sessionId: session.id, id: last.id, content: "c", now: later.addingTimeInterval(-3)))
+            let gone = try #require(try await store.deleteMessage(sessionId: session.id, id: last.id, now: later.addingTimeInterval(-3)))
+            #expect(first.updatedAt < second.updatedAt && second.updatedAt < behind.updatedAt && behind.updatedAt < gone.updatedAt)
+            #expect(Timestamp.format(second.updatedAt) != Timestamp.format(first.updatedAt))
         }
     }
 

@@ -21,6 +21,22 @@ protocol SQLStore: ChatStore {
 
 /// Statements used on hot paths, built once.
 enum SQL {
+    /// The `updated_at` of a change to a row last changed at `previous`: now, or a millisecond after
+    /// `previous` when now is not later (two changes in one millisecond, or instances whose clocks differ),
+    /// so a row's versions order by it as they were written.
+    static func stamp(after previous: Date, now: Date) -> Date {
+        let before = Int64((previous.timeIntervalSince1970 * 1000).rounded(.down))
+        let current = Int64((now.timeIntervalSince1970 * 1000).rounded(.down))
+        return current > before ? now : Date(timeIntervalSince1970: (Double(before + 1) + 0.5) / 1000)
+    }
+
+    /// The row's `updated_at`, locked for the change the transaction is about to make (nil: no such
+    /// message, or deleted).
+    static func lockedStamp(_ sessionId: UUID, _ id: UUID, db: some SQLDatabase, forUpdate: String) throws -> Date? {
+        try db.query(
+            "SELECT updated_at FROM chat_messages WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL\(forUpdate)", [.id(sessionId), .id(id)]
+        ).first?.date(0)
+    }
     static let sessionById = "\(Codec.session.select) WHERE session_id = $1"
     static let messageByClientId = "\(Codec.message.select) WHERE session_id = $1 AND client_message_id = $2"
     /// The message columns of a join that names the messages `m`.
@@ -481,9 +497,10 @@ extension SQLStore {
 
     public func editMessage(sessionId: UUID, id: UUID, content: String, now: Date) async throws -> ChatMessage? {
         try await write(atomic: true) { [self] db in
+            guard let previous = try SQL.lockedStamp(sessionId, id, db: db, forUpdate: dialect.forUpdate) else { return nil }
             try db.run(
                 "UPDATE chat_messages SET content = $3, edited_at = $4, updated_at = $4 WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL",
-                [.id(sessionId), .id(id), .text(content), .time(now)]
+                [.id(sessionId), .id(id), .text(content), .time(SQL.stamp(after: previous, now: now))]
             )
             guard let message = try SQL.message(sessionId, id, db: db), message.deletedAt == nil else { return nil }
             try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
@@ -493,6 +510,9 @@ extension SQLStore {
 
     public func deleteMessage(sessionId: UUID, id: UUID, now: Date) async throws -> ChatMessage? {
         try await write(atomic: true) { [self] db in
+            guard let previous = try SQL.lockedStamp(sessionId, id, db: db, forUpdate: dialect.forUpdate) else {
+                return try SQL.message(sessionId, id, db: db)  // deleted already (its tombstone), or none
+            }
             // The files it carried go with it.
             if let files = try SQL.message(sessionId, id, db: db)?.attachments, !files.isEmpty {
                 try db.run(
@@ -504,7 +524,7 @@ extension SQLStore {
                 """
                 UPDATE chat_messages SET content = '', metadata = '{}', attachments = '[]', deleted_at = $3, updated_at = $3
                 WHERE session_id = $1 AND id = $2 AND deleted_at IS NULL
-                """, [.id(sessionId), .id(id), .time(now)]
+                """, [.id(sessionId), .id(id), .time(SQL.stamp(after: previous, now: now))]
             )
             guard let message = try SQL.message(sessionId, id, db: db) else { return nil }
             try announce("changed \(sessionId.lowercased)/\(id.lowercased)", db: db)
