@@ -192,7 +192,7 @@ def test_install(container: Container, deb: Path):
     for path in ("/usr/share/man/man1/chat-backend.1.gz", "/usr/share/doc/chat-backend/README.md.gz",
                  "/usr/lib/sysusers.d/chat-backend.conf", "/lib/systemd/system/chat-backend.socket"):
         assert c.sh(f"test -f {path}", check=False).returncode == 0, f"{path} is not installed"
-    assert c.sh("chat-backend --version").stdout.strip() == state["version"].split("-")[0]
+    assert c.sh("chat-backend --version").stdout.strip() == "chat-backend " + state["version"].split("-")[0]
     # The example agents file ships with the docs and is valid as it stands, given its two secrets.
     example = "/usr/share/doc/chat-backend/examples/agents.yaml"
     r = c.sh(f"cd /tmp && AGENTS_FILE={example} BILLING_WEBHOOK_SECRET=x OPENAI_API_KEY=y chat-backend check-config")
