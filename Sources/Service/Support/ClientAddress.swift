@@ -14,7 +14,8 @@ enum ClientAddress {
             let entry = String(last).trimmingWhitespace()
             if !entry.isEmpty, entry.utf8.count <= 64 { return normalized(Substring(entry)) ?? entry }
         }
-        return normalized(Substring(peer)) ?? peer
+        // The socket's own IPv4 address is written one way already: no parsing on every request.
+        return peer.contains(":") ? normalized(Substring(peer)) ?? peer : peer
     }
 
     /// One spelling per address: IPv4 in dotted decimal (also when written IPv4-mapped, `::ffff:a.b.c.d`),
