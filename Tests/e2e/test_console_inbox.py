@@ -138,6 +138,11 @@ def test_staff_take_a_handoff_live_from_the_inbox(inbox_server, browser_pages, t
     # The user types: the staff member sees it.
     message_box(user_page).press_sequentially("My order")
     expect(staff_page.get_by_text("User is typing…")).to_be_visible()
+    # Typing on for longer than a silent typist is shown (8 s): the user's page says so again, the line stays.
+    for _ in range(5):
+        user_page.wait_for_timeout(2_000)
+        message_box(user_page).press("Space")
+    expect(staff_page.get_by_text("User is typing…")).to_be_visible(timeout=1_000)
     message_box(user_page).fill("My order 1234 is late, can you check?")
     message_box(user_page).press("Enter")
     expect(staff_log.get_by_text("My order 1234 is late, can you check?", exact=True)).to_be_visible()

@@ -399,6 +399,22 @@ def test_typing(world):
                 assert await expect(ws, "typing") == {"type": "typing", "sessionId": sid, "userId": admin_id, "isTyping": True}
             await assert_quiet(adm, 0.2, who="the admin's own connection")
 
+            # A change inside the window is not lost: "stopped" right after "started" arrives at the window's end
+            # (dropping it left the others seeing a typist until they gave up on them).
+            await asyncio.sleep(0.6)
+            await send(a, "typing", sessionId=sid, isTyping=True)
+            assert (await expect(adm, "typing", timeout=1.0))["isTyping"] is True
+            await send(a, "typing", sessionId=sid, isTyping=False)
+            stopped = await expect(adm, "typing", timeout=1.0)
+            assert stopped == {"type": "typing", "sessionId": sid, "userId": owner_id, "isTyping": False}, stopped
+            await assert_quiet(adm, 0.6, who="the admin after the held change")
+            # A change undone inside the window sends nothing more.
+            await send(a, "typing", sessionId=sid, isTyping=True)
+            assert (await expect(adm, "typing", timeout=1.0))["isTyping"] is True
+            await send(a, "typing", sessionId=sid, isTyping=False)
+            await send(a, "typing", sessionId=sid, isTyping=True)
+            await assert_quiet(adm, 0.8, who="the admin (a change undone inside the window)")
+
         assert history(server, token, sid) == [], "typing must not be stored"
 
     run(scenario())

@@ -55,7 +55,14 @@ final class RealtimeClient: Sendable {
         var recovering: [UUID: [(UUID, RealtimeFrame)]] = [:]
         /// Per session, messages this connection was sent lately (replay and live can overlap).
         var delivered: [UUID: RecentIDs] = [:]
-        var lastTyping: [UUID: ContinuousClock.Instant] = [:]
+        var typing: [UUID: TypingGate] = [:]
+    }
+    /// Per session: when a typing event last went out and what it said, and a change held for the window's end.
+    private struct TypingGate {
+        var sentAt: ContinuousClock.Instant
+        var sent: Bool
+        var held: Bool?
+        var flushScheduled = false
     }
     private let state = Mutex(State())
     /// Live frames in the order the room decided them (under `state`), sent after the lock is released:
@@ -131,6 +138,7 @@ final class RealtimeClient: Sendable {
             $0.sessions.remove(session)
             $0.recovering[session] = nil
             $0.delivered[session] = nil
+            $0.typing[session] = nil
         }
     }
 
@@ -195,13 +203,43 @@ final class RealtimeClient: Sendable {
         if drain { sendOutbox() }
     }
 
-    /// Whether a typing event may go out now (at most one per session every 500 ms).
-    func mayType(in session: UUID) -> Bool {
+    enum TypingDecision: Equatable {
+        case now
+        /// Held: `flushTyping` after this long sends the newest state, if it still differs from the last one sent.
+        case later(Duration)
+        case drop
+    }
+
+    static let typingWindow = Duration.milliseconds(500)
+
+    /// At most one typing event per session every 500 ms. A repeat of what went out last is dropped inside
+    /// the window; a change is held and sent at the window's end, so the last state always arrives (a
+    /// "stopped" right after "started" is not lost, which would leave the others seeing a typist for seconds).
+    func typingDecision(in session: UUID, isTyping: Bool) -> TypingDecision {
         let now = ContinuousClock.now
         return state.withLock { s in
-            if let last = s.lastTyping[session], now - last < .milliseconds(500) { return false }
-            s.lastTyping[session] = now
-            return true
+            guard var gate = s.typing[session], now - gate.sentAt < Self.typingWindow else {
+                s.typing[session] = TypingGate(sentAt: now, sent: isTyping, held: nil)
+                return .now
+            }
+            defer { s.typing[session] = gate }
+            gate.held = isTyping == gate.sent ? nil : isTyping
+            guard gate.held != nil, !gate.flushScheduled else { return .drop }
+            gate.flushScheduled = true
+            return .later(gate.sentAt + Self.typingWindow - now)
+        }
+    }
+
+    /// The held typing state to send now (nil: nothing changed, or the session was left meanwhile).
+    func flushTyping(in session: UUID) -> Bool? {
+        let now = ContinuousClock.now
+        return state.withLock { s in
+            guard var gate = s.typing[session], s.sessions.contains(session) else { return nil }
+            defer { s.typing[session] = gate }
+            gate.flushScheduled = false
+            guard let held = gate.held else { return nil }
+            gate = TypingGate(sentAt: now, sent: held, held: nil)
+            return held
         }
     }
 }

@@ -132,8 +132,19 @@ struct WebSocketController: Sendable {
                 let session = try event.uuid("sessionId")
                 let isTyping = try event.bool("isTyping") ?? true
                 guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "join the session first") }
-                if client.mayType(in: session) {
-                    hub.broadcast(.typing(session: session, user: claims.subject, agent: nil, isTyping: isTyping), session: session, exceptUser: claims.subject)
+                let user = claims.subject
+                switch client.typingDecision(in: session, isTyping: isTyping) {
+                case .now:
+                    hub.broadcast(.typing(session: session, user: user, agent: nil, isTyping: isTyping), session: session, exceptUser: user)
+                case .later(let wait):
+                    Task { [hub] in
+                        try? await Task.sleep(for: wait)
+                        if let held = client.flushTyping(in: session) {
+                            hub.broadcast(.typing(session: session, user: user, agent: nil, isTyping: held), session: session, exceptUser: user)
+                        }
+                    }
+                case .drop:
+                    break
                 }
             default:
                 throw APIError.invalid("type", "unknown event '\(type.prefix(64))'")

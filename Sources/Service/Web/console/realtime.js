@@ -6,6 +6,7 @@
 // by a new one; rejoining with the last message id seen makes the server replay whatever arrived in between.
 
 const BACKOFF_MS = [500, 1_000, 2_000, 4_000, 8_000, 15_000, 30_000];
+const TYPING_REPEAT_MS = 3_000; // well inside the 8 s after which the conversation view forgets a silent typist
 // Error codes after which the server closes the connection because of its token.
 const TOKEN_ERRORS = new Set(["unauthenticated", "invalid_token", "token_expired", "token_revoked"]);
 
@@ -25,6 +26,7 @@ export class Realtime {
     this.lastMessageId = null;
     this.status = "offline";
     this.typingSent = false;
+    this.typingSentAt = 0;
     this.reconnectNow = () => { if (this.running && !this.socket) this.open(); };
   }
 
@@ -79,10 +81,17 @@ export class Realtime {
     this.lastMessageId = null;
   }
 
-  /** Tells the others in the joined session whether this user is typing (sent only when it changes). */
+  /**
+   * Tells the others in the joined session whether this user is typing: sent when it changes, and "typing" again
+   * every TYPING_REPEAT_MS while it goes on (the others forget a typist they have not heard from for a while).
+   */
   typing(isTyping) {
-    if (!this.sessionId || this.typingSent === isTyping) return;
-    if (this.send({ type: "typing", sessionId: this.sessionId, isTyping })) this.typingSent = isTyping;
+    if (!this.sessionId) return;
+    if (this.typingSent === isTyping && !(isTyping && Date.now() - this.typingSentAt >= TYPING_REPEAT_MS)) return;
+    if (this.send({ type: "typing", sessionId: this.sessionId, isTyping })) {
+      this.typingSent = isTyping;
+      this.typingSentAt = Date.now();
+    }
   }
 
   /** Remembers a message of the joined session as seen, so a rejoin replays only what came after it. */
