@@ -75,6 +75,23 @@ def test_outage_answers_503_and_recovers_without_restart(start_server, pg_url):
     assert [m["content"] for m in history] == ["after the outage"]
 
 
+def test_the_first_requests_after_a_postgres_restart_succeed(start_server, pg_url):
+    """A restart while nothing is asked: the connections the server keeps were closed by the old server, which
+    said so before closing; neither the first send nor the first read may answer 503 for it."""
+    server = start_server(database_url=pg_url)
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    assert post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "before"}, token=token).status_code == 201
+    assert auth_get(server.url(f"/api/sessions/{sid}/messages"), token).status_code == 200
+    pg_control("halt")
+    pg_control("resume")
+    r = post_json(server.url(f"/api/sessions/{sid}/messages"), {"content": "after the restart"}, token=token)
+    assert r.status_code == 201, r.text
+    r = auth_get(server.url(f"/api/sessions/{sid}/messages"), token)
+    assert r.status_code == 200, r.text
+    assert [m["content"] for m in r.json()["messages"]] == ["before", "after the restart"]
+
+
 def test_two_instances_starting_together_migrate_once(start_server, pg_url):
     servers = []
     threads = [threading.Thread(target=lambda n=n: servers.append(start_server(name=f"i{n}", database_url=pg_url))) for n in range(2)]

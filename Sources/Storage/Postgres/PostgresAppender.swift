@@ -58,7 +58,7 @@ final class PostgresAppender: Sendable {
     }
 
     private func currentConnection() throws -> PostgresConnection {
-        if let existing = connection.withLock({ $0 })?.value, existing.consumeInput(), existing.isHealthy { return existing }
+        if let existing = connection.withLock({ $0 })?.value, existing.isUsable { return existing }
         let fresh = try PostgresConnection(conninfo: conninfo)
         connection.withLock { $0 = UnsafeTransfer(fresh) }
         return fresh

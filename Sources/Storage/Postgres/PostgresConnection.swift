@@ -58,6 +58,17 @@ final class PostgresConnection: SQLDatabase {
     /// Reads whatever the server sent; false when the connection is broken.
     func consumeInput() -> Bool { PQconsumeInput(handle) == 1 && PQstatus(handle) == CONNECTION_OK }
 
+    /// Whether an idle connection can take a statement. A server that shuts down or restarts sends each
+    /// client a FATAL message and closes its end; libpq notices only when a read reaches the end of the
+    /// stream, which `PQconsumeInput` (stopping after the message) does not, so the socket is asked too.
+    var isUsable: Bool {
+        // POLLRDHUP (Linux): the peer closed its end; Glibc's module does not export it.
+        let peerClosed = Int16(0x2000) | Int16(POLLHUP) | Int16(POLLERR) | Int16(POLLNVAL)
+        var socket = pollfd(fd: PQsocket(handle), events: Int16(POLLIN) | Int16(0x2000), revents: 0)
+        guard socket.fd >= 0, poll(&socket, 1, 0) >= 0, socket.revents & peerClosed == 0 else { return false }
+        return consumeInput() && isHealthy
+    }
+
     /// The next queued NOTIFY payload, if any.
     func nextNotification() -> String? {
         guard let notify = PQnotifies(handle) else { return nil }

@@ -46,7 +46,7 @@ final class PostgresPool: Sendable {
         while let (candidate, since) = idle.withLock({ $0.popLast() }) {
             let connection = candidate.value
             // Reading what the server sent notices a connection it terminated (restart, idle kill) for free.
-            guard connection.consumeInput(), connection.isHealthy else { continue }
+            guard connection.isUsable else { continue }
             if ContinuousClock.now - since < validateAfter { return connection }
             // Idle for a while: the server may have restarted or dropped it.
             if (try? connection.execute("SELECT 1")) != nil, connection.isHealthy { return connection }
