@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL 15 for the tests: `start` makes a fresh cluster in $PGTEST_DIR (loopback
 # TCP on $PGTEST_PORT and a unix socket in the same directory) with a database `chat_test`;
-# `stop` stops it and deletes it; `halt` / `resume` stop and start the same cluster (outage tests).
+# `stop` stops it and deletes it; `halt` / `resume` stop and start the same cluster (outage tests);
+# `freeze` / `thaw` stop and continue its processes (SIGSTOP: a host that no longer answers).
 # Postgres refuses to run as root, so as root the server runs as the `postgres` user.
 set -euo pipefail
 
@@ -35,12 +36,18 @@ case "${1:-}" in
   resume)
     ctl -w -o "-p $PGTEST_PORT -k $PGTEST_DIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
     ;;
+  freeze|thaw)
+    signal=$([ "$1" = freeze ] && echo STOP || echo CONT)
+    postmaster=$(head -1 "$PGTEST_DIR/data/postmaster.pid")
+    kill -"$signal" "$postmaster"
+    pkill -"$signal" -P "$postmaster" || true
+    ;;
   stop)
     if [ -f "$PGTEST_DIR/data/postmaster.pid" ]; then ctl -w stop -m fast >/dev/null || true; fi
     rm -rf "$PGTEST_DIR"
     ;;
   *)
-    echo "usage: $0 start|halt|resume|stop" >&2
+    echo "usage: $0 start|halt|resume|freeze|thaw|stop" >&2
     exit 2
     ;;
 esac

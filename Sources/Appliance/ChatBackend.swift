@@ -33,7 +33,9 @@ func openStore(_ config: AppConfig, logger: Logger) async throws -> any ChatStor
         try AppConfig.makeDirectory(parentOf: path)
         return try await SQLiteStore.open(path: path, options: .init(synchronous: config.synchronous), logger: logger)
     case .postgres(let conninfo):
-        return try await PostgresStore.open(conninfo: conninfo, options: .init(poolSize: config.databasePoolSize), logger: logger)
+        return try await PostgresStore.open(
+            conninfo: conninfo, options: .init(poolSize: config.databasePoolSize, statementTimeout: .seconds(config.databaseTimeout)), logger: logger
+        )
     }
 }
 

@@ -72,6 +72,8 @@ struct AppConfig {
     var logLevel: Logger.Level
     var synchronous: SQLiteStore.Synchronous
     var databasePoolSize: Int
+    /// Postgres: the longest wait for the answer to one statement, in seconds.
+    var databaseTimeout: Int
     var agentsFile: String
     var agents: AgentsConfig
     var webhooks: WebhooksConfig
@@ -155,6 +157,7 @@ struct AppConfig {
             summary.append((name, DurationText.format(seconds)))
             return seconds
         }
+        let databaseTimeout = try duration("database.timeout", "DATABASE_TIMEOUT", "15s")
         func rate(_ key: ConfigKey, _ name: String, _ fallback: String) throws -> RateLimit? {
             let text = value(key) ?? fallback
             guard let parsed = RateLimit.parse(text) else {
@@ -293,7 +296,7 @@ struct AppConfig {
         return AppConfig(
             host: host, port: port, database: database, databaseURLText: databaseText, stateDirectory: stateDirectory,
             databaseIsImplicit: databaseSetting == nil && environment["STATE_DIRECTORY"] == nil, logLevel: logLevel,
-            synchronous: synchronous, databasePoolSize: poolSize, agentsFile: agentsFile, agents: agents, webhooks: webhooks, jwtSecretSource: secretSource,
+            synchronous: synchronous, databasePoolSize: poolSize, databaseTimeout: databaseTimeout, agentsFile: agentsFile, agents: agents, webhooks: webhooks, jwtSecretSource: secretSource,
             service: service, summary: summary, warnings: unused
         )
     }

@@ -322,7 +322,8 @@ def pg_url():
 
 
 def pg_control(action: str) -> None:
-    """Stops (`halt`) or starts (`resume`) the test Postgres, as scripts/pg-test.sh does."""
+    """Stops (`halt`) or starts (`resume`) the test Postgres, or stops and continues its processes (`freeze`,
+    `thaw`), as scripts/pg-test.sh does."""
     r = subprocess.run([str(ROOT / "scripts" / "pg-test.sh"), action], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 

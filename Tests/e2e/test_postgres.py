@@ -92,6 +92,38 @@ def test_the_first_requests_after_a_postgres_restart_succeed(start_server, pg_ur
     assert [m["content"] for m in r.json()["messages"]] == ["before", "after the restart"]
 
 
+def test_a_postgres_that_stops_answering_fails_requests_in_time(start_server, pg_url):
+    """A frozen database host (its processes stopped: connections stay open, nothing answers). Requests must end
+    with 503 after DATABASE_TIMEOUT, not hang; afterwards the server works again without a restart, and a send
+    retried with its clientMessageId is stored once whether or not the first attempt reached the database."""
+    server = start_server(database_url=pg_url, env={"DATABASE_TIMEOUT": "2s"})
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    url = server.url(f"/api/sessions/{sid}/messages")
+    assert post_json(url, {"content": "before"}, token=token).status_code == 201
+    pg_control("freeze")
+    try:
+        for attempt in (lambda: post_json(url, {"content": "during", "clientMessageId": "frozen-1"}, token=token, timeout=30),
+                        lambda: auth_get(url, token),
+                        lambda: requests.get(server.url("/api/health"), timeout=30)):
+            started = time.monotonic()
+            r = attempt()
+            assert r.status_code == 503, r.text
+            assert time.monotonic() - started < 10, f"answered after {time.monotonic() - started:.1f}s"
+        assert requests.get(server.url("/health"), timeout=5).status_code == 200
+    finally:
+        pg_control("thaw")
+    deadline = time.monotonic() + 30
+    while requests.get(server.url("/api/health"), timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "not recovered after the database answered again"
+        time.sleep(0.3)
+    r = post_json(url, {"content": "during", "clientMessageId": "frozen-1"}, token=token)
+    assert r.status_code in (200, 201), r.text
+    assert post_json(url, {"content": "after"}, token=token).status_code == 201
+    history = auth_get(url, token).json()["messages"]
+    assert [m["content"] for m in history] == ["before", "during", "after"]
+
+
 def test_two_instances_starting_together_migrate_once(start_server, pg_url):
     servers = []
     threads = [threading.Thread(target=lambda n=n: servers.append(start_server(name=f"i{n}", database_url=pg_url))) for n in range(2)]

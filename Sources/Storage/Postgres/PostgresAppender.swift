@@ -26,6 +26,7 @@ final class PostgresAppender: Sendable {
     }
 
     private let conninfo: String
+    private let timeout: Duration?
     private let worker = BatchWorker<Job>(maxBatch: 256)
     // Touched only on the appender's thread.
     private let connection = Mutex<UnsafeTransfer<PostgresConnection>?>(nil)
@@ -35,10 +36,11 @@ final class PostgresAppender: Sendable {
     /// `append` runs the appends in one statement (its own transaction) and returns each one's row; `decide`
     /// turns a row into the append's outcome (after the commit).
     init(
-        conninfo: String, append: @escaping @Sendable (PostgresConnection, [Append]) throws -> [SQLRow?],
+        conninfo: String, timeout: Duration?, append: @escaping @Sendable (PostgresConnection, [Append]) throws -> [SQLRow?],
         decide: @escaping @Sendable (PostgresConnection, ChatMessage, UUID?, SQLRow?) throws -> AppendOutcome
     ) {
         self.conninfo = conninfo
+        self.timeout = timeout
         self.insert = append
         self.decide = decide
     }
@@ -60,6 +62,7 @@ final class PostgresAppender: Sendable {
     private func currentConnection() throws -> PostgresConnection {
         if let existing = connection.withLock({ $0 })?.value, existing.isUsable { return existing }
         let fresh = try PostgresConnection(conninfo: conninfo)
+        fresh.timeout = timeout
         connection.withLock { $0 = UnsafeTransfer(fresh) }
         return fresh
     }

@@ -14,6 +14,10 @@ import Foundation
 final class PostgresConnection: SQLDatabase {
     private let handle: OpaquePointer
     private var prepared: [String: String] = [:]
+    /// Longest wait for the answer to one statement (nil: none). A server that stops answering (a frozen
+    /// host) then fails the statement instead of holding its thread; the connection, left in the middle of
+    /// the statement, is no longer healthy and is never used again.
+    var timeout: Duration?
 
     /// Connects with any libpq connection string (URI or key=value).
     init(conninfo: String) throws {
@@ -84,7 +88,7 @@ final class PostgresConnection: SQLDatabase {
 
     /// Runs statements without parameters (DDL, transaction control; may contain several statements).
     func execute(_ sql: String) throws {
-        guard let result = PQexec(handle, sql) else { throw connectionError(sql: sql) }
+        let result = try answer(to: PQsendQuery(handle, sql), sql: sql)
         defer { PQclear(result) }
         try check(result, sql: sql)
     }
@@ -111,10 +115,10 @@ final class PostgresConnection: SQLDatabase {
     /// Prepares `sql` once per connection, executes it with `params` as text, checks the result and reads it.
     private func executePrepared<T>(_ sql: String, _ params: [SQLValue], _ read: (OpaquePointer) -> T) throws -> T {
         let name = try statementName(for: sql, parameterCount: params.count)
-        let result = withCStrings(params.map(\.pgText)) { pointers in
-            PQexecPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0)
+        let sent = withCStrings(params.map(\.pgText)) { pointers in
+            PQsendQueryPrepared(handle, name, Int32(pointers.count), pointers, nil, nil, 0)
         }
-        guard let result else { throw connectionError(sql: sql) }
+        let result = try answer(to: sent, sql: sql)
         defer { PQclear(result) }
         try check(result, sql: sql)
         return read(result)
@@ -123,11 +127,54 @@ final class PostgresConnection: SQLDatabase {
     private func statementName(for sql: String, parameterCount: Int) throws -> String {
         if let name = prepared[sql] { return name }
         let name = "s\(prepared.count + 1)"
-        guard let result = PQprepare(handle, name, sql, Int32(parameterCount), nil) else { throw connectionError(sql: sql) }
+        let result = try answer(to: PQsendPrepare(handle, name, sql, Int32(parameterCount), nil), sql: sql)
         defer { PQclear(result) }
         try check(result, sql: sql)
         prepared[sql] = name
         return name
+    }
+
+    /// The result of the statement just sent (`sent`: what the `PQsend…` call returned), waiting for it at most
+    /// `timeout`. As `PQexec`, the last result, or the first error when several statements were sent.
+    private func answer(to sent: Int32, sql: String) throws -> OpaquePointer {
+        guard sent == 1 else { throw connectionError(sql: sql) }
+        let deadline = timeout.map { ContinuousClock.now + $0 }
+        var kept: OpaquePointer?
+        do {
+            while true {
+                while PQisBusy(handle) == 1 {
+                    try waitForInput(until: deadline, sql: sql)
+                    guard PQconsumeInput(handle) == 1 else { throw connectionError(sql: sql) }
+                }
+                guard let result = PQgetResult(handle) else { break }
+                if let error = kept, PQresultStatus(error) == PGRES_FATAL_ERROR {
+                    PQclear(result)
+                } else {
+                    if let earlier = kept { PQclear(earlier) }
+                    kept = result
+                }
+            }
+        } catch {
+            if let kept { PQclear(kept) }
+            throw error
+        }
+        guard let kept else { throw connectionError(sql: sql) }
+        return kept
+    }
+
+    private func waitForInput(until deadline: ContinuousClock.Instant?, sql: String) throws {
+        var socket = pollfd(fd: PQsocket(handle), events: Int16(POLLIN), revents: 0)
+        while true {
+            var wait: Int32 = -1
+            if let deadline {
+                let left = deadline - .now
+                guard left > .zero else { throw StoreError(.unavailable, "Postgres did not answer in time", sql: sql) }
+                wait = Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000 + 1)
+            }
+            let ready = poll(&socket, 1, wait)
+            if ready > 0 { return }
+            if ready < 0, errno != EINTR { throw connectionError(sql: sql) }
+        }
     }
 
     private func check(_ result: OpaquePointer, sql: String) throws {

@@ -11,15 +11,18 @@ import Synchronization
 final class PostgresPool: Sendable {
     let conninfo: String
     let size: Int
+    /// Each statement's timeout on the pool's connections (nil: none).
+    let timeout: Duration?
     private let threads: NIOThreadPool
     private let idle = Mutex<[(connection: UnsafeTransfer<PostgresConnection>, since: ContinuousClock.Instant)]>([])
     /// A connection idle longer than this is checked with a trivial query before it is used again.
     private let validateAfter = Duration.seconds(30)
     private let closed = Atomic<Bool>(false)
 
-    init(conninfo: String, size: Int) {
+    init(conninfo: String, size: Int, timeout: Duration? = nil) {
         self.conninfo = conninfo
         self.size = max(1, size)
+        self.timeout = timeout
         self.threads = NIOThreadPool(numberOfThreads: self.size)
         self.threads.start()
     }
@@ -28,6 +31,7 @@ final class PostgresPool: Sendable {
     func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         try await threads.run(ifOpen: !closed.load(ordering: .relaxed)) { [self] in
             let connection = try checkout()
+            connection.timeout = timeout
             defer {
                 if connection.isHealthy, !closed.load(ordering: .relaxed) {
                     idle.withLock { $0.append((UnsafeTransfer(connection), .now)) }

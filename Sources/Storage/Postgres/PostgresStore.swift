@@ -13,9 +13,12 @@ public final class PostgresStore: SQLStore {
     public struct Options: Sendable {
         /// Connections (and threads) in the pool.
         public var poolSize: Int
+        /// Longest wait for the answer to one statement, migrations excepted (nil: none).
+        public var statementTimeout: Duration?
 
-        public init(poolSize: Int = 8) {
+        public init(poolSize: Int = 8, statementTimeout: Duration? = nil) {
             self.poolSize = poolSize
+            self.statementTimeout = statementTimeout
         }
     }
 
@@ -30,7 +33,7 @@ public final class PostgresStore: SQLStore {
         self.pool = pool
         self.listener = PostgresListener(conninfo: pool.conninfo, channel: "chat_messages", instanceID: Self.instanceID)
         self.appender = PostgresAppender(
-            conninfo: pool.conninfo, append: Self.append, decide: { db, message, owner, row in try Self.decideAppend(db, message, owner: owner, row: row) }
+            conninfo: pool.conninfo, timeout: pool.timeout, append: Self.append, decide: { db, message, owner, row in try Self.decideAppend(db, message, owner: owner, row: row) }
         )
     }
 
@@ -41,9 +44,10 @@ public final class PostgresStore: SQLStore {
     public static func open(
         conninfo: String, options: Options = Options(), migrations: MigrationSet = .postgres, logger: Logger = .quietStorage
     ) async throws -> PostgresStore {
-        let pool = PostgresPool(conninfo: conninfo, size: options.poolSize)
+        let pool = PostgresPool(conninfo: conninfo, size: options.poolSize, timeout: options.statementTimeout)
         do {
             try await pool.withConnection { db in
+                db.timeout = nil  // a migration may take long; the next use of this connection sets it again
                 try db.query("SELECT pg_advisory_lock($1)", [.integer(migrationLockKey)])
                 defer { _ = try? db.query("SELECT pg_advisory_unlock($1)", [.integer(migrationLockKey)]) }
                 try SQLMigrator.migrate(db, migrations, .postgres, logger: logger)
