@@ -14,6 +14,29 @@ struct UnitTests {
         #expect(HTTPDate.format(-1) == "Wed, 31 Dec 1969 23:59:59 GMT")
     }
 
+    @Test("UTF-8 checked in pieces agrees with a whole-text check, wherever the text is cut")
+    func utf8InPieces() {
+        var samples: [[UInt8]] = [
+            Array("plain ascii".utf8), Array("é…😀 日本語".utf8), [0xC0, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80],
+            [0xE0, 0x9F, 0xBF], [0xF0, 0x8F, 0xBF, 0xBF], [0xF4, 0x8F, 0xBF, 0xBF], [0xFF], [0x80], [0xE2, 0x82], [0xCE, 0xBA, 0xE1],
+        ]
+        var random = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            // Mostly bytes that begin or continue multi-byte characters, so that many are valid and many are not.
+            samples.append((0..<Int.random(in: 0...8, using: &random)).map { _ in
+                [UInt8.random(in: 0x80...0xBF, using: &random), UInt8.random(in: 0xC0...0xFF, using: &random), UInt8(ascii: "a")].randomElement(using: &random)!
+            })
+        }
+        for bytes in samples {
+            let valid = String(validating: bytes, as: UTF8.self) != nil
+            for cut in 0...bytes.count {
+                var stream = UTF8Stream()
+                let accepted = stream.feed(bytes[..<cut]) && stream.feed(bytes[cut...]) && stream.isComplete
+                #expect(accepted == valid, "\(bytes.map { String($0, radix: 16) }) cut at \(cut)")
+            }
+        }
+    }
+
     @Test("JWTs round-trip and refuse tampering, other algorithms and expiry")
     func jwt() throws {
         let signer = JWTSigner(secret: Array("k".utf8))

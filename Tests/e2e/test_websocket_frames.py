@@ -600,6 +600,17 @@ def test_invalid_utf8_text_is_1007(opened, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_invalid_utf8_in_a_fragment_is_1007_before_the_message_ends(opened, path):
+    """RFC 6455 §8.1, failing fast: the fragment with the invalid bytes ends the connection; the server does not
+    wait for (and hold) the rest of the message."""
+    ws = opened(path)
+    prefix = b'{"type":"authenticate","token":"' if path == WS_PATH else b'40{"token":"'
+    assert ws.send_frame(OP_TEXT, prefix + "é".encode(), fin=False)
+    assert ws.send_frame(OP_CONT, b"abc\xed\xa0\x80", fin=False)  # a UTF-16 surrogate, never valid UTF-8
+    expect_close_code(ws, 1007)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_fragment_split_inside_a_utf8_sequence_is_reassembled(opened, shared, path):
     ws = opened(path)
     data = authenticate_message(path, "é…").encode()

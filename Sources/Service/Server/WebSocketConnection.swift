@@ -119,25 +119,80 @@ final class WebSocketSocket: Sendable {
 }
 
 /// Checks each frame as it arrives, before `NIOWebSocketFrameAggregator` joins fragments (and unmasks them):
-/// a client's frame is masked and sets no reserved bit (RFC 6455 §5.1, §5.2, no extension is negotiated).
-/// A frame that is not goes no further; the connection handler fails the connection with 1002.
+/// a client's frame is masked and sets no reserved bit (RFC 6455 §5.1, §5.2, no extension is negotiated),
+/// and the fragments of a text message are UTF-8 so far (§8.1, failing fast: a message sent in pieces is
+/// refused at its first invalid byte, not when it ends). A frame that is not goes no further; the connection
+/// handler fails the connection with 1002, or 1007 for the text.
 final class WebSocketFrameChecker: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = WebSocketFrame
 
     struct Violation: Error {
+        var code: WebSocketErrorCode = .protocolError
         let reason: String
     }
+
+    /// The text message being received in fragments, if any (a whole one is checked when it is delivered).
+    private var text: UTF8Stream?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         if frame.maskKey == nil {
-            context.fireErrorCaught(Violation(reason: "client frames must be masked"))
+            return context.fireErrorCaught(Violation(reason: "client frames must be masked"))
         } else if frame.rsv1 || frame.rsv2 || frame.rsv3 {
-            context.fireErrorCaught(Violation(reason: "reserved bits set without an extension"))
-        } else {
-            context.fireChannelRead(data)
+            return context.fireErrorCaught(Violation(reason: "reserved bits set without an extension"))
         }
+        switch frame.opcode {
+        case .text where !frame.fin:
+            text = UTF8Stream()
+            fallthrough
+        case .continuation where text != nil:
+            guard text!.feed(frame.unmaskedData.readableBytesView), !frame.fin || text!.isComplete else {
+                text = nil
+                return context.fireErrorCaught(Violation(code: .dataInconsistentWithMessage, reason: "text is not valid UTF-8"))
+            }
+            if frame.fin { text = nil }
+        case .binary where !frame.fin:
+            text = nil
+        default:
+            break
+        }
+        context.fireChannelRead(data)
+    }
+}
+
+/// UTF-8 checked as it arrives in pieces (Unicode's table of well-formed byte sequences): a piece may end
+/// inside a character, the next one goes on from there.
+struct UTF8Stream {
+    /// Continuation bytes the current character still needs, and the range the next one must fall in.
+    private var needed = 0
+    private var next: ClosedRange<UInt8> = 0x80...0xBF
+
+    /// Whether what was fed ends between characters.
+    var isComplete: Bool { needed == 0 }
+
+    /// False at the first byte that cannot continue valid UTF-8.
+    mutating func feed(_ bytes: some Sequence<UInt8>) -> Bool {
+        for byte in bytes {
+            if needed > 0 {
+                guard next.contains(byte) else { return false }
+                needed -= 1
+                next = 0x80...0xBF
+                continue
+            }
+            switch byte {
+            case 0x00...0x7F: break
+            case 0xC2...0xDF: needed = 1
+            case 0xE0: (needed, next) = (2, 0xA0...0xBF)
+            case 0xE1...0xEC, 0xEE...0xEF: needed = 2
+            case 0xED: (needed, next) = (2, 0x80...0x9F)  // no UTF-16 surrogates
+            case 0xF0: (needed, next) = (3, 0x90...0xBF)
+            case 0xF1...0xF3: needed = 3
+            case 0xF4: (needed, next) = (3, 0x80...0x8F)  // nothing past U+10FFFF
+            default: return false
+            }
+        }
+        return true
     }
 }
 
@@ -353,7 +408,7 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         switch error {
         case let violation as WebSocketFrameChecker.Violation:
-            fail(.protocolError, violation.reason)
+            fail(violation.code, violation.reason)
         case NIOWebSocketFrameAggregator.Error.accumulatedFrameSizeIsTooLarge:
             fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
         case NIOWebSocketFrameAggregator.Error.tooManyFragments:
