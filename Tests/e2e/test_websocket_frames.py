@@ -521,6 +521,23 @@ def test_fragmented_control_frame_is_1002(opened, path):
     expect_close_code(ws, 1002)
 
 
+@pytest.mark.parametrize("shape", ["5-in-16-bit", "200-in-64-bit", "top-bit-set"])
+@pytest.mark.parametrize("path", PATHS)
+def test_payload_length_not_in_its_shortest_form_or_with_its_top_bit_set_is_1002(opened, path, shape):
+    """RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the length", and a 64-bit length's
+    most significant bit MUST be 0. Refused as soon as the header is in, not after waiting for the payload."""
+    ws = opened(path)
+    payload = b"x" * (200 if shape == "200-in-64-bit" else 5)
+    if shape == "5-in-16-bit":
+        head = struct.pack("!BBH", 0x80 | OP_TEXT, 0x80 | 126, len(payload))
+    elif shape == "200-in-64-bit":
+        head = struct.pack("!BBQ", 0x80 | OP_TEXT, 0x80 | 127, len(payload))
+    else:
+        head = struct.pack("!BBQ", 0x80 | OP_TEXT, 0x80 | 127, (1 << 63) | len(payload))
+    ws.send_raw(head + b"\0\0\0\0" + (b"" if shape == "top-bit-set" else payload))
+    expect_close_code(ws, 1002)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_control_frame_over_125_bytes_is_1002(opened, path):
     ws = opened(path)

@@ -492,7 +492,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             // The HTTP encoder goes first: the application may send as soon as it is added.
             pipeline.removeHandler(encoder, promise: nil)
             let socket = WebSocketConnectionHandler(endpoint: endpoint, closeTimeout: settings.webSocketCloseTimeout, logger: logger)
-            let frameDecoder = ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: endpoint.maxMessageBytes))
+            let frameDecoder = ByteToMessageHandler(WebSocketFrameReader(maxFrameSize: endpoint.maxMessageBytes))
             try pipeline.addHandler(frameDecoder, position: .after(decoder))
             try pipeline.addHandler(WebSocketFrameEncoder(), position: .after(decoder))
             // Each fragment is checked before the aggregator joins a message's fragments (a bounded number

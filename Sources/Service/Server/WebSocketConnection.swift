@@ -118,6 +118,59 @@ final class WebSocketSocket: Sendable {
     }
 }
 
+/// Reads frames off the connection (RFC 6455 §5.2). Each frame's header is checked as soon as it is in, before
+/// its payload is waited for: larger than `maxFrameSize` (the connection is failed with 1009), a control frame
+/// fragmented or over 125 bytes, a 64-bit length with its top bit set, or a length not written in the fewest
+/// bytes that hold it (1002). NIO's `WebSocketFrameDecoder` accepts the last two.
+final class WebSocketFrameReader: ByteToMessageDecoder {
+    typealias InboundOut = WebSocketFrame
+
+    let maxFrameSize: Int
+
+    init(maxFrameSize: Int) {
+        self.maxFrameSize = maxFrameSize
+    }
+
+    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        let start = buffer.readerIndex
+        guard let first = buffer.getInteger(at: start, as: UInt8.self), let second = buffer.getInteger(at: start + 1, as: UInt8.self) else {
+            return .needMoreData
+        }
+        var header = 2
+        var length = Int(second & 0x7F)
+        if length == 126 {
+            guard let word = buffer.getInteger(at: start + 2, as: UInt16.self) else { return .needMoreData }
+            guard word > 125 else { throw WebSocketFrameChecker.Violation(reason: "a payload length not in its shortest form") }
+            (length, header) = (Int(word), 4)
+        } else if length == 127 {
+            guard let long = buffer.getInteger(at: start + 2, as: UInt64.self) else { return .needMoreData }
+            guard long >> 63 == 0 else { throw WebSocketFrameChecker.Violation(reason: "a 64-bit payload length with its top bit set") }
+            guard long > 0xFFFF else { throw WebSocketFrameChecker.Violation(reason: "a payload length not in its shortest form") }
+            guard long <= UInt64(maxFrameSize) else { throw NIOWebSocketError.invalidFrameLength }
+            (length, header) = (Int(long), 10)
+        }
+        guard length <= maxFrameSize else { throw NIOWebSocketError.invalidFrameLength }
+        if first & 0x08 != 0 {
+            guard first & 0x80 != 0 else { throw NIOWebSocketError.fragmentedControlFrame }
+            guard length <= 125 else { throw NIOWebSocketError.multiByteControlFrameLength }
+        }
+        var maskKey: WebSocketMaskingKey?
+        if second & 0x80 != 0 {
+            guard let key = buffer.viewBytes(at: start + header, length: 4) else { return .needMoreData }
+            maskKey = WebSocketMaskingKey(key)
+            header += 4
+        }
+        guard buffer.readableBytes >= header + length else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: header)
+        let frame = WebSocketFrame(
+            fin: first & 0x80 != 0, rsv1: first & 0x40 != 0, rsv2: first & 0x20 != 0, rsv3: first & 0x10 != 0,
+            opcode: WebSocketOpcode(encodedWebSocketOpcode: first & 0x0F)!, maskKey: maskKey, data: buffer.readSlice(length: length)!
+        )
+        context.fireChannelRead(wrapInboundOut(frame))
+        return .continue
+    }
+}
+
 /// Checks each frame as it arrives, before `NIOWebSocketFrameAggregator` joins fragments (and unmasks them):
 /// a client's frame is masked and sets no reserved bit (RFC 6455 §5.1, §5.2, no extension is negotiated),
 /// and the fragments of a text message are UTF-8 so far (§8.1, failing fast: a message sent in pieces is
