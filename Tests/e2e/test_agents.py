@@ -15,7 +15,8 @@ import pytest
 import socketio
 from websockets.sync.client import connect as ws_connect
 
-from conftest import (Server, assert_json_error, auth_get, create_session, post_json, register, run_cli, unique_name)
+from conftest import (Server, assert_json_error, auth_get, create_session, pg_control, post_json, register, run_cli,
+                      unique_name)
 from fakes import OpenAIServer, WebhookServer
 
 HOOK_SECRET = "hook-secret-0123456789"
@@ -594,6 +595,31 @@ def test_agents_and_handoff_on_postgres(start_server, tmp_path, pg_url):
         assert r.status_code == 200 and r.json()["isResolved"] is True
     finally:
         ws.close()
+
+
+def test_an_agent_reply_that_comes_during_a_database_outage_is_stored_after_it(start_server, tmp_path, pg_url):
+    """The agent answers while Postgres is down: the reply is kept and stored once the database is back, once."""
+    hook = WebhookServer(HOOK_SECRET, slow_seconds=2.0)
+    agents_file = tmp_path / "agents.yaml"
+    agents_file.write_text(f"default_agent: hook\nagents:\n  - name: hook\n    kind: webhook\n    url: {hook.url}/hook\n"
+                           "    secret_env: HOOK_SECRET\n    timeout: 10s\n")
+    try:
+        server = start_server(env={"AGENTS_FILE": str(agents_file), "HOOK_SECRET": HOOK_SECRET}, database_url=pg_url)
+        token = register(server)["accessToken"]
+        sid = new_session(server, token)
+        asked = send(server, token, sid, "slow")
+        wait_for(lambda: hook.calls_for("slow"), what="the agent being asked")
+        pg_control("halt")
+        try:
+            time.sleep(4)  # the agent answers meanwhile, and its reply cannot be stored
+        finally:
+            pg_control("resume")
+        reply = wait_for(lambda: replies_to(history(server, token, sid), asked["id"]), timeout=30, what="the reply stored after the outage")
+        assert [m["content"] for m in reply] == ["too late"], reply
+        time.sleep(1)
+        assert len(replies_to(history(server, token, sid), asked["id"])) == 1
+    finally:
+        hook.close()
 
 
 def requests_delete(server: Server, token: str, sid: str):

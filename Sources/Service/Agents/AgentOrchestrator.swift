@@ -52,6 +52,8 @@ public final class AgentOrchestrator: Service, Sendable {
     static let maxQueuedPerSession = 32
     /// Agent-to-agent handoffs answering one message.
     static let maxHops = 3
+    /// How long a reply that the store could not take (a database outage) is tried again before it is given up.
+    static let storeRetryLimit = Duration.seconds(120)
 
     public init(config: AgentsConfig, store: any ChatStore, hub: RealtimeHub, registry: PrometheusCollectorRegistry, logger: Logger) {
         self.config = config
@@ -355,10 +357,25 @@ public final class AgentOrchestrator: Service, Sendable {
         )
     }
 
-    /// Stores an outbound message (agent reply or system note) and publishes it.
+    /// Stores an outbound message (agent reply or system note) and publishes it. While the store is unavailable
+    /// (a database outage) it is tried again, with backoff, for up to `storeRetryLimit`; it carries a client message
+    /// id of the server's making, so an attempt that was stored after all although its answer was lost is not
+    /// stored twice.
     private func post(_ text: String, type: String, session: UUID, metadata: [String: JSONValue], log: Logger) async throws {
-        if try await !postOutbound(text, type: type, session: session, metadata: metadata, store: store, hub: hub) {
-            log.info("agent reply dropped: the session ended meanwhile")
+        let key = "agent-" + UUID().lowercased
+        let deadline = ContinuousClock.now + Self.storeRetryLimit
+        var wait = Duration.milliseconds(250)
+        while true {
+            do {
+                if try await !postOutbound(text, type: type, session: session, metadata: metadata, store: store, hub: hub, clientMessageId: key) {
+                    log.info("agent reply dropped: the session ended meanwhile")
+                }
+                return
+            } catch let error as StoreError where error.kind == .unavailable && ContinuousClock.now + wait < deadline {
+                log.warning("agent reply not stored yet; trying again", metadata: ["error": "\(error)", "retry_in": "\(wait)"])
+                try await Task.sleep(for: wait)
+                wait = min(wait * 2, .seconds(10))
+            }
         }
     }
 }

@@ -167,12 +167,13 @@ extension MessageService {
 /// Returns false when the session is gone, resolved or expired.
 @discardableResult
 func postOutbound(
-    _ text: String, type: String, session: UUID, metadata: [String: JSONValue], store: any ChatStore, hub: RealtimeHub
+    _ text: String, type: String, session: UUID, metadata: [String: JSONValue], store: any ChatStore, hub: RealtimeHub,
+    clientMessageId: String? = nil
 ) async throws -> Bool {
     let now = Timestamp.now()
     let message = ChatMessage(
         id: UUIDv7.unassigned, sessionId: session, userId: nil, content: text, type: type, direction: .outbound,
-        metadata: .object(metadata), clientMessageId: nil, createdAt: now, updatedAt: now
+        metadata: .object(metadata), clientMessageId: clientMessageId, createdAt: now, updatedAt: now
     )
     switch try await store.appendMessage(message, now: now, owner: nil, committed: { hub.publish(message: $0) }) {
     case .created:
