@@ -196,7 +196,8 @@ final class ConnectionGuard: ChannelInboundHandler, RemovableChannelHandler {
             // Part of a head came: say why the connection ends (RFC 9110 §15.5.9), then close.
             let response = ConnectionErrors.raw(ConnectionErrors.headerTimeout, hstsMaxAge: hstsMaxAge)
             state = .done
-            context.writeAndFlush(NIOAny(response)).whenComplete { _ in context.close(promise: nil) }
+            let channel = context.channel
+            context.writeAndFlush(NIOAny(response)).whenComplete { _ in channel.close(promise: nil) }
         case .awaitingHead(sawBytes: false), .idle:
             state = .done
             context.close(promise: nil)

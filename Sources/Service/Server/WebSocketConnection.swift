@@ -175,7 +175,9 @@ final class WebSocketFrameReader: ByteToMessageDecoder {
 /// a client's frame is masked and sets no reserved bit (RFC 6455 §5.1, §5.2, no extension is negotiated),
 /// and the fragments of a text message are UTF-8 so far (§8.1, failing fast: a message sent in pieces is
 /// refused at its first invalid byte, not when it ends). A frame that is not goes no further; the connection
-/// handler fails the connection with 1002, or 1007 for the text.
+/// handler fails the connection with 1002, or 1007 for the text. A message sent in fragments must end within
+/// `messageTimeout` of its first one (1008 otherwise): a client cannot hold part of a message in the
+/// server's memory for hours by sending a small fragment now and then.
 final class WebSocketFrameChecker: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = WebSocketFrame
@@ -185,8 +187,21 @@ final class WebSocketFrameChecker: ChannelInboundHandler, RemovableChannelHandle
         let reason: String
     }
 
+    static let defaultMessageTimeout = TimeAmount.seconds(60)
+    let messageTimeout: TimeAmount
     /// The text message being received in fragments, if any (a whole one is checked when it is delivered).
     private var text: UTF8Stream?
+    /// Fires when the message being received in fragments took too long.
+    private var messageTimer: Scheduled<Void>?
+
+    init(messageTimeout: TimeAmount = defaultMessageTimeout) {
+        self.messageTimeout = messageTimeout
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        messageTimer?.cancel()
+        messageTimer = nil
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
@@ -195,22 +210,35 @@ final class WebSocketFrameChecker: ChannelInboundHandler, RemovableChannelHandle
         } else if frame.rsv1 || frame.rsv2 || frame.rsv3 {
             return context.fireErrorCaught(Violation(reason: "reserved bits set without an extension"))
         }
-        switch frame.opcode {
-        case .text where !frame.fin:
-            text = UTF8Stream()
-            fallthrough
-        case .continuation where text != nil:
+        let starts = frame.opcode == .text || frame.opcode == .binary
+        if starts { text = frame.opcode == .text && !frame.fin ? UTF8Stream() : nil }
+        if starts || frame.opcode == .continuation {
+            if frame.fin {
+                messageTimer?.cancel()
+                messageTimer = nil
+            } else if starts {
+                startMessageTimer(context: context)
+            }
+        }
+        if text != nil, frame.opcode == .text || frame.opcode == .continuation {
             guard text!.feed(frame.unmaskedData.readableBytesView), !frame.fin || text!.isComplete else {
                 text = nil
                 return context.fireErrorCaught(Violation(code: .dataInconsistentWithMessage, reason: "text is not valid UTF-8"))
             }
             if frame.fin { text = nil }
-        case .binary where !frame.fin:
-            text = nil
-        default:
-            break
         }
         context.fireChannelRead(data)
+    }
+
+    private func startMessageTimer(context: ChannelHandlerContext) {
+        messageTimer?.cancel()
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let seconds = messageTimeout.nanoseconds / 1_000_000_000
+        messageTimer = context.eventLoop.scheduleTask(in: messageTimeout) {
+            let (checker, context) = bound.value
+            checker.messageTimer = nil
+            context.fireErrorCaught(Violation(code: .policyViolation, reason: "a message sent in fragments took longer than \(seconds) s"))
+        }
     }
 }
 
