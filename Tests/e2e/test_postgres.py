@@ -10,6 +10,7 @@ import requests
 
 from conftest import (MIGRATION_COUNT, PASSWORD, assert_json_error, auth_get, closed_code, create_session, pg_control, post_json, psql,
                       register, run_cli, base_env)
+from test_agents import WSListener, wait_for
 
 
 def test_check_config_reports_server_version_and_migrations(bin_path, tmp_path, pg_url):
@@ -95,12 +96,15 @@ def test_the_first_requests_after_a_postgres_restart_succeed(start_server, pg_ur
 def test_a_postgres_that_stops_answering_fails_requests_in_time(start_server, pg_url):
     """A frozen database host (its processes stopped: connections stay open, nothing answers). Requests must end
     with 503 after DATABASE_TIMEOUT, not hang; afterwards the server works again without a restart, and a send
-    retried with its clientMessageId is stored once whether or not the first attempt reached the database."""
+    retried with its clientMessageId is stored once whether or not the first attempt reached the database, and
+    reaches the session's realtime connections either way (the first attempt, stored after its timeout, was
+    never announced to them)."""
     server = start_server(database_url=pg_url, env={"DATABASE_TIMEOUT": "2s"})
     token = register(server)["accessToken"]
     sid = create_session(server, token)["sessionId"]
     url = server.url(f"/api/sessions/{sid}/messages")
     assert post_json(url, {"content": "before"}, token=token).status_code == 201
+    live = WSListener(server, token, sid)
     pg_control("freeze")
     try:
         for attempt in (lambda: post_json(url, {"content": "during", "clientMessageId": "frozen-1"}, token=token, timeout=30),
@@ -119,9 +123,11 @@ def test_a_postgres_that_stops_answering_fails_requests_in_time(start_server, pg
         time.sleep(0.3)
     r = post_json(url, {"content": "during", "clientMessageId": "frozen-1"}, token=token)
     assert r.status_code in (200, 201), r.text
+    wait_for(lambda: [m["content"] for m in live.messages()] == ["during"], what="the retried message over /ws")
     assert post_json(url, {"content": "after"}, token=token).status_code == 201
     history = auth_get(url, token).json()["messages"]
     assert [m["content"] for m in history] == ["before", "during", "after"]
+    live.close()
 
 
 def test_two_instances_starting_together_migrate_once(start_server, pg_url):

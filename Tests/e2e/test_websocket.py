@@ -415,6 +415,22 @@ def test_typing(world):
             await send(a, "typing", sessionId=sid, isTyping=True)
             await assert_quiet(adm, 0.8, who="the admin (a change undone inside the window)")
 
+        # A typist whose connection goes stops typing for the others, at once; nothing held for the window's end
+        # goes out after it (a "typing" then would show a typist who has left).
+        for held in (False, True):
+            async with ws_connect(server, world.admin_token) as adm:
+                await join(adm, sid)
+                async with ws_connect(server, token) as c:
+                    await join(c, sid)
+                    assert await expect(adm, "presence") == presence(sid, owner_id, "online")
+                    await send(c, "typing", sessionId=sid, isTyping=not held)
+                    assert (await expect(adm, "typing"))["isTyping"] is (not held)
+                    await send(c, "typing", sessionId=sid, isTyping=held)  # held for the window's end
+                stopped = [await expect(adm, "typing")] if not held else []
+                assert [e["isTyping"] for e in stopped] == ([False] if not held else []), stopped
+                assert await expect(adm, "presence") == presence(sid, owner_id, "offline")
+                await assert_quiet(adm, 0.8, who="the admin after the typist left")
+
         assert history(server, token, sid) == [], "typing must not be stored"
 
     run(scenario())

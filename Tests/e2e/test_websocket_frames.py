@@ -546,6 +546,14 @@ def test_control_frame_over_125_bytes_is_1002(opened, path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+def test_control_frame_announcing_more_than_the_message_limit_is_1002(opened, path):
+    """A ping whose 64-bit length is over the message limit is first of all a control frame over 125 bytes."""
+    ws = opened(path)
+    ws.send_raw(struct.pack("!BBQ", 0x80 | OP_PING, 0x80 | 127, 4 * MAX_MESSAGE) + b"\0\0\0\0")
+    expect_close_code(ws, 1002)
+
+
+@pytest.mark.parametrize("path", PATHS)
 def test_continuation_without_a_message_is_1002(opened, path):
     ws = opened(path)
     ws.send_frame(OP_CONT, b"orphan")

@@ -104,6 +104,7 @@ struct MessageService: Sendable {
             if stored.direction == .inbound { orchestrator?.submit(stored, requestId: requestId) }
             return (stored, true)
         case .duplicate(let existing):
+            publishRetried(existing, hub: hub, exceptClient: exceptClient)
             return (existing, false)
         case .sessionNotFound:
             throw APIError.notFound("session")
@@ -166,6 +167,14 @@ extension MessageService {
 /// Stores an outbound message without an author (an agent's reply or a system note) and publishes it.
 /// Returns false when the session is gone, resolved or expired.
 @discardableResult
+/// A message a retry found stored already. The attempt that stored it may have lost its answer (a statement
+/// timeout, the commit coming after it) and so never published it here: a recent one is published now (a
+/// connection that has it already does not get it twice); an older one was published when it was stored.
+func publishRetried(_ message: ChatMessage, hub: RealtimeHub, exceptClient: UInt64? = nil) {
+    guard Timestamp.now().timeIntervalSince(message.createdAt) < 300 else { return }
+    hub.publish(message: message, exceptClient: exceptClient)
+}
+
 func postOutbound(
     _ text: String, type: String, session: UUID, metadata: [String: JSONValue], store: any ChatStore, hub: RealtimeHub,
     clientMessageId: String? = nil
@@ -178,7 +187,8 @@ func postOutbound(
     switch try await store.appendMessage(message, now: now, owner: nil, committed: { hub.publish(message: $0) }) {
     case .created:
         return true
-    case .duplicate:
+    case .duplicate(let stored):
+        publishRetried(stored, hub: hub)
         return true
     case .sessionNotFound, .sessionResolved, .sessionExpired, .attachmentSent:
         return false

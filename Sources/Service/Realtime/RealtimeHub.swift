@@ -133,12 +133,14 @@ final class RealtimeClient: Sendable {
         }
     }
 
-    func left(_ session: UUID) {
+    /// Leaves `session`; true when the others there last heard this connection typing (they must hear it stopped).
+    @discardableResult
+    func left(_ session: UUID) -> Bool {
         state.withLock {
             $0.sessions.remove(session)
             $0.recovering[session] = nil
             $0.delivered[session] = nil
-            $0.typing[session] = nil
+            return $0.typing.removeValue(forKey: session)?.sent ?? false
         }
     }
 
@@ -355,6 +357,9 @@ public final class RealtimeHub: Sendable {
             }
             for session in sessions { Self.removeMember(client.id, from: session, in: &s) }
         }
+        // Gone from its sessions: nothing held for it (a typing state) goes out after it, and whom it was typing
+        // to hear it stopped.
+        for session in sessions { stoppedTyping(client, session) }
         return sessions
     }
 
@@ -390,8 +395,14 @@ public final class RealtimeHub: Sendable {
     }
 
     func leave(_ client: RealtimeClient, session: UUID) {
-        client.left(session)
         state.withLock { s in Self.removeMember(client.id, from: session, in: &s) }
+        stoppedTyping(client, session)
+    }
+
+    /// `client` left `session`: if the others there last heard it typing, they hear it stopped.
+    private func stoppedTyping(_ client: RealtimeClient, _ session: UUID) {
+        guard client.left(session), let user = client.identity?.subject else { return }
+        broadcast(.typing(session: session, user: user, agent: nil, isTyping: false), session: session, exceptUser: user)
     }
 
     /// Who may read a session changed (claim, release, resolve, handoff); `nil` when it was deleted.
@@ -407,7 +418,7 @@ public final class RealtimeHub: Sendable {
             return (out, Array(room.members.values))
         }
         for client in evicted {
-            client.left(id)
+            stoppedTyping(client, id)
             client.send(.left(session: id, reason: reason))
         }
         for user in Set(evicted.compactMap { $0.identity?.subject }) { announcePresence(session: id, user: user, online: false) }

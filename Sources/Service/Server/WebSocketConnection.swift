@@ -146,6 +146,7 @@ final class WebSocketFrameReader: ByteToMessageDecoder {
             guard let long = buffer.getInteger(at: start + 2, as: UInt64.self) else { return .needMoreData }
             guard long >> 63 == 0 else { throw WebSocketFrameChecker.Violation(reason: "a 64-bit payload length with its top bit set") }
             guard long > 0xFFFF else { throw WebSocketFrameChecker.Violation(reason: "a payload length not in its shortest form") }
+            guard first & 0x08 == 0 else { throw NIOWebSocketError.multiByteControlFrameLength }
             guard long <= UInt64(maxFrameSize) else { throw NIOWebSocketError.invalidFrameLength }
             (length, header) = (Int(long), 10)
         }
@@ -252,26 +253,54 @@ struct UTF8Stream {
     /// Whether what was fed ends between characters.
     var isComplete: Bool { needed == 0 }
 
-    /// False at the first byte that cannot continue valid UTF-8.
-    mutating func feed(_ bytes: some Sequence<UInt8>) -> Bool {
-        for byte in bytes {
-            if needed > 0 {
-                guard next.contains(byte) else { return false }
-                needed -= 1
-                next = 0x80...0xBF
-                continue
+    /// False when `bytes` cannot continue valid UTF-8. Byte by byte only where a character crosses from one
+    /// piece to the next; the whole characters between are checked by the standard library at once.
+    mutating func feed(_ bytes: some Collection<UInt8>) -> Bool {
+        bytes.withContiguousStorageIfAvailable { feed(contiguous: $0) } ?? Array(bytes).withUnsafeBufferPointer { feed(contiguous: $0) }
+    }
+
+    private mutating func feed(contiguous bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var start = 0
+        while needed > 0, start < bytes.count {
+            guard step(bytes[start]) else { return false }
+            start += 1
+        }
+        // Where a character this piece does not finish begins: the last lead byte, if the bytes after it
+        // are fewer than it announces (a character is at most 4 bytes).
+        var cut = bytes.count
+        var back = bytes.count
+        while back > start, bytes.count - back < 4 {
+            back -= 1
+            let byte = bytes[back]
+            guard byte & 0xC0 == 0x80 else {
+                let length = byte < 0xC0 ? 1 : byte < 0xE0 ? 2 : byte < 0xF0 ? 3 : 4
+                if length > bytes.count - back { cut = back }
+                break
             }
-            switch byte {
-            case 0x00...0x7F: break
-            case 0xC2...0xDF: needed = 1
-            case 0xE0: (needed, next) = (2, 0xA0...0xBF)
-            case 0xE1...0xEC, 0xEE...0xEF: needed = 2
-            case 0xED: (needed, next) = (2, 0x80...0x9F)  // no UTF-16 surrogates
-            case 0xF0: (needed, next) = (3, 0x90...0xBF)
-            case 0xF1...0xF3: needed = 3
-            case 0xF4: (needed, next) = (3, 0x80...0x8F)  // nothing past U+10FFFF
-            default: return false
-            }
+        }
+        guard String(validating: UnsafeBufferPointer(rebasing: bytes[start..<cut]), as: UTF8.self) != nil else { return false }
+        for byte in bytes[cut...] where !step(byte) { return false }
+        return true
+    }
+
+    /// One byte through the table; false when it cannot come here.
+    private mutating func step(_ byte: UInt8) -> Bool {
+        if needed > 0 {
+            guard next.contains(byte) else { return false }
+            needed -= 1
+            next = 0x80...0xBF
+            return true
+        }
+        switch byte {
+        case 0x00...0x7F: break
+        case 0xC2...0xDF: needed = 1
+        case 0xE0: (needed, next) = (2, 0xA0...0xBF)
+        case 0xE1...0xEC, 0xEE...0xEF: needed = 2
+        case 0xED: (needed, next) = (2, 0x80...0x9F)  // no UTF-16 surrogates
+        case 0xF0: (needed, next) = (3, 0x90...0xBF)
+        case 0xF1...0xF3: needed = 3
+        case 0xF4: (needed, next) = (3, 0x80...0x8F)  // nothing past U+10FFFF
+        default: return false
         }
         return true
     }

@@ -31,7 +31,6 @@ final class PostgresPool: Sendable {
     func withConnection<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) throws -> T) async throws -> T {
         try await threads.run(ifOpen: !closed.load(ordering: .relaxed)) { [self] in
             let connection = try checkout()
-            connection.timeout = timeout
             defer {
                 if connection.isHealthy, !closed.load(ordering: .relaxed) {
                     idle.withLock { $0.append((UnsafeTransfer(connection), .now)) }
@@ -49,13 +48,16 @@ final class PostgresPool: Sendable {
     private func checkout() throws -> PostgresConnection {
         while let (candidate, since) = idle.withLock({ $0.popLast() }) {
             let connection = candidate.value
+            connection.timeout = timeout  // also for the check below (a migration may have lifted it)
             // Reading what the server sent notices a connection it terminated (restart, idle kill) for free.
             guard connection.isUsable else { continue }
             if ContinuousClock.now - since < validateAfter { return connection }
             // Idle for a while: the server may have restarted or dropped it.
             if (try? connection.execute("SELECT 1")) != nil, connection.isHealthy { return connection }
         }
-        return try PostgresConnection(conninfo: conninfo)
+        let fresh = try PostgresConnection(conninfo: conninfo)
+        fresh.timeout = timeout
+        return fresh
     }
 
     /// Runs `body` inside BEGIN … COMMIT; rolls back when it throws.
