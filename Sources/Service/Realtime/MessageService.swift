@@ -164,9 +164,6 @@ extension MessageService {
     }
 }
 
-/// Stores an outbound message without an author (an agent's reply or a system note) and publishes it.
-/// Returns false when the session is gone, resolved or expired.
-@discardableResult
 /// A message a retry found stored already. The attempt that stored it may have lost its answer (a statement
 /// timeout, the commit coming after it) and so never published it here: a recent one is published now (a
 /// connection that has it already does not get it twice); an older one was published when it was stored.
@@ -175,6 +172,9 @@ func publishRetried(_ message: ChatMessage, hub: RealtimeHub, exceptClient: UInt
     hub.publish(message: message, exceptClient: exceptClient)
 }
 
+/// Stores an outbound message without an author (an agent's reply or a system note) and publishes it.
+/// Returns false when the session is gone, resolved or expired.
+@discardableResult
 func postOutbound(
     _ text: String, type: String, session: UUID, metadata: [String: JSONValue], store: any ChatStore, hub: RealtimeHub,
     clientMessageId: String? = nil

@@ -146,15 +146,14 @@ final class WebSocketFrameReader: ByteToMessageDecoder {
             guard let long = buffer.getInteger(at: start + 2, as: UInt64.self) else { return .needMoreData }
             guard long >> 63 == 0 else { throw WebSocketFrameChecker.Violation(reason: "a 64-bit payload length with its top bit set") }
             guard long > 0xFFFF else { throw WebSocketFrameChecker.Violation(reason: "a payload length not in its shortest form") }
-            guard first & 0x08 == 0 else { throw NIOWebSocketError.multiByteControlFrameLength }
-            guard long <= UInt64(maxFrameSize) else { throw NIOWebSocketError.invalidFrameLength }
-            (length, header) = (Int(long), 10)
+            (length, header) = (Int(long), 10)  // the top bit is clear: it fits
         }
-        guard length <= maxFrameSize else { throw NIOWebSocketError.invalidFrameLength }
+        // A control frame's own rules first: one announcing a huge length is that before it is too large.
         if first & 0x08 != 0 {
             guard first & 0x80 != 0 else { throw NIOWebSocketError.fragmentedControlFrame }
             guard length <= 125 else { throw NIOWebSocketError.multiByteControlFrameLength }
         }
+        guard length <= maxFrameSize else { throw NIOWebSocketError.invalidFrameLength }
         var maskKey: WebSocketMaskingKey?
         if second & 0x80 != 0 {
             guard let key = buffer.viewBytes(at: start + header, length: 4) else { return .needMoreData }
@@ -221,12 +220,12 @@ final class WebSocketFrameChecker: ChannelInboundHandler, RemovableChannelHandle
                 startMessageTimer(context: context)
             }
         }
-        if text != nil, frame.opcode == .text || frame.opcode == .continuation {
-            guard text!.feed(frame.unmaskedData.readableBytesView), !frame.fin || text!.isComplete else {
+        if var stream = text, frame.opcode == .text || frame.opcode == .continuation {
+            guard stream.feed(frame.unmaskedData.readableBytesView), !frame.fin || stream.isComplete else {
                 text = nil
                 return context.fireErrorCaught(Violation(code: .dataInconsistentWithMessage, reason: "text is not valid UTF-8"))
             }
-            if frame.fin { text = nil }
+            text = frame.fin ? nil : stream
         }
         context.fireChannelRead(data)
     }

@@ -61,8 +61,7 @@ final class PostgresAppender: Sendable {
 
     private func currentConnection() throws -> PostgresConnection {
         if let existing = connection.withLock({ $0 })?.value, existing.isUsable { return existing }
-        let fresh = try PostgresConnection(conninfo: conninfo)
-        fresh.timeout = timeout
+        let fresh = try PostgresConnection(conninfo: conninfo, timeout: timeout)
         connection.withLock { $0 = UnsafeTransfer(fresh) }
         return fresh
     }

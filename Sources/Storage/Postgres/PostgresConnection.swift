@@ -19,8 +19,9 @@ final class PostgresConnection: SQLDatabase {
     /// the statement, is no longer healthy and is never used again.
     var timeout: Duration?
 
-    /// Connects with any libpq connection string (URI or key=value).
-    init(conninfo: String) throws {
+    /// Connects with any libpq connection string (URI or key=value); `timeout` bounds each statement.
+    init(conninfo: String, timeout: Duration? = nil) throws {
+        self.timeout = timeout
         guard let conn = PQconnectdb(Self.withConnectTimeout(conninfo)) else { throw StoreError(.unavailable, "cannot allocate a Postgres connection") }
         guard PQstatus(conn) == CONNECTION_OK else {
             let message = String(cString: PQerrorMessage(conn)).trimmingTrailingNewlines

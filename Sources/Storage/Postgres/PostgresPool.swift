@@ -48,16 +48,13 @@ final class PostgresPool: Sendable {
     private func checkout() throws -> PostgresConnection {
         while let (candidate, since) = idle.withLock({ $0.popLast() }) {
             let connection = candidate.value
-            connection.timeout = timeout  // also for the check below (a migration may have lifted it)
             // Reading what the server sent notices a connection it terminated (restart, idle kill) for free.
             guard connection.isUsable else { continue }
             if ContinuousClock.now - since < validateAfter { return connection }
             // Idle for a while: the server may have restarted or dropped it.
             if (try? connection.execute("SELECT 1")) != nil, connection.isHealthy { return connection }
         }
-        let fresh = try PostgresConnection(conninfo: conninfo)
-        fresh.timeout = timeout
-        return fresh
+        return try PostgresConnection(conninfo: conninfo, timeout: timeout)
     }
 
     /// Runs `body` inside BEGIN … COMMIT; rolls back when it throws.

@@ -47,7 +47,9 @@ public final class PostgresStore: SQLStore {
         let pool = PostgresPool(conninfo: conninfo, size: options.poolSize, timeout: options.statementTimeout)
         do {
             try await pool.withConnection { db in
-                db.timeout = nil  // a migration may take long; the next use of this connection sets it again
+                // A migration may take long; the connection goes back to the pool with its timeout.
+                db.timeout = nil
+                defer { db.timeout = pool.timeout }
                 try db.query("SELECT pg_advisory_lock($1)", [.integer(migrationLockKey)])
                 defer { _ = try? db.query("SELECT pg_advisory_unlock($1)", [.integer(migrationLockKey)]) }
                 try SQLMigrator.migrate(db, migrations, .postgres, logger: logger)
