@@ -397,6 +397,41 @@ def test_the_history_is_reachable_by_keyboard_and_keeps_room_on_narrow_screens(s
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 320, "the page scrolls sideways at 320 px"
 
 
+def test_a_session_that_loads_slowly_does_not_take_the_focus_moved_elsewhere_meanwhile(server, watched):
+    """Opening a session puts the focus in its message box, but not when the person has moved the focus elsewhere
+    (to another view's link, say) while the session loaded: their Enter would land in the message box."""
+    page = watched.page
+    user = register(server)
+    token = user["accessToken"]
+    slow = create_session(server, token, metadata={"title": "Slow one"})["sessionId"]
+    assert post_json(server.url(f"/api/sessions/{slow}/messages"), {"content": "an old message"}, token=token).status_code == 201
+    page.goto(server.url("/console/"))
+    sign_in(page, user["user"]["username"])
+    sessions = page.get_by_role("navigation", name="Sessions")
+    expect(sessions.get_by_role("link", name=re.compile("Slow one"))).to_be_visible()
+
+    held: list = []  # the history's request, answered once the focus has moved
+    page.route(re.compile(rf"/api/sessions/{slow}/messages"), lambda route: held.append(route))
+    sessions.get_by_role("link", name=re.compile("Slow one")).click()
+    sign_out = page.get_by_role("button", name="Sign out")
+    sign_out.focus()
+    wait_for_held = 0
+    while not held and wait_for_held < 100:
+        page.wait_for_timeout(50)
+        wait_for_held += 1
+    assert held, "the history was not asked for"
+    expect(messages(page).get_by_text("an old message", exact=True)).to_have_count(0)
+    held[0].continue_()
+    expect(messages(page).get_by_text("an old message", exact=True)).to_be_visible()
+    page.wait_for_timeout(300)  # whatever the opening does after the history shows
+    expect(sign_out).to_be_focused()
+
+    # Nothing moved meanwhile: the focus goes to the message box, ready to type.
+    page.unroute(re.compile(rf"/api/sessions/{slow}/messages"))
+    page.get_by_role("button", name="New session").click()
+    expect(message_box(page)).to_be_focused()
+
+
 def test_markup_in_messages_is_shown_as_text(console_server, watched):
     page = watched.page
     new_user_in_a_new_session(console_server, page)

@@ -3,7 +3,7 @@
 
 import * as api from "./api.js";
 import {
-  STATE_LABELS, byId, element, merged, mountConversation, renderConnection, sessionTitle, unreadBadge,
+  STATE_LABELS, byId, element, focusStayed, merged, mountConversation, renderConnection, sessionTitle, unreadBadge,
 } from "./conversation.js";
 
 const SESSION_PAGE = 50;
@@ -163,8 +163,11 @@ export function mountChat(realtime) {
 
   // ---- opening, resolving, resuming, creating ----
 
-  /** Opens a session by id (null closes the conversation). */
-  async function open(sessionId) {
+  /**
+   * Opens a session by id (null closes the conversation), and puts the focus in it unless the person moved it away
+   * from `focused` while it loaded.
+   */
+  async function open(sessionId, focused = document.activeElement) {
     showError(null);
     if (!sessionId) {
       pane.close();
@@ -176,7 +179,7 @@ export function mountChat(realtime) {
       const session = await pane.open(sessionId);
       if (!session) return; // another session was chosen meanwhile
       updateSession(session);
-      pane.focusInput();
+      pane.focusInput(focused);
     } catch (error) {
       if (error.status === 404) dropSession(sessionId, "This session does not exist, or it is not yours.");
       else showError(error);
@@ -244,6 +247,7 @@ export function mountChat(realtime) {
     },
     /** Shows the view and opens `sessionId` if given; `focus`: put the focus in it when nothing is open. */
     async show(sessionId, { focus = false } = {}) {
+      const focused = document.activeElement;
       view.hidden = false;
       renderConnection(connection, realtime.status);
       pane.render();
@@ -252,8 +256,8 @@ export function mountChat(realtime) {
       } catch (error) {
         showError(error);
       }
-      await open(sessionId);
-      if (focus && !pane.session) newSession.focus();
+      await open(sessionId, focused);
+      if (focus && !pane.session && focusStayed(focused)) newSession.focus();
     },
     /** Hides the view (another one is shown) and closes its conversation. */
     suspend() {

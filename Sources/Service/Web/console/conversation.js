@@ -148,6 +148,12 @@ function showState(node, message) {
   }
 }
 
+/** Whether the focus is still on `element` (where it was before something slow), or on nothing. */
+export function focusStayed(element) {
+  const now = document.activeElement;
+  return now === element || now === null || now === document.body;
+}
+
 /**
  * Wires a conversation pane. `parts` are its elements (scroller, loadEarlier, empty, log, typingLine, composer,
  * input, sendButton); the view says whether the composer is open (`canWrite(session | null)`) and hears of what
@@ -550,8 +556,13 @@ export function mountConversation(realtime, parts, view) {
     rejoin() {
       if (current) realtime.join(current.session.sessionId, lastSeenId());
     },
-    /** Focus to the message box, or to the history when the session cannot be written to. */
-    focusInput() {
+    /**
+     * Focus to the message box, or to the history when the session cannot be written to. With `from` (where the
+     * focus was when the person acted, before something slow such as loading the session): only if the focus is
+     * still there or nowhere, so what they moved it to meanwhile (another view's link, say) keeps it.
+     */
+    focusInput(from = undefined) {
+      if (from !== undefined && !focusStayed(from)) return;
       if (!input.disabled) input.focus();
       else scroller.focus();
     },

@@ -204,8 +204,11 @@ export function mountInbox(realtime, { onWaiting }) {
     showNotice(text);
   }
 
-  /** Opens a session of the queue by id (null closes the conversation). */
-  async function open(sessionId) {
+  /**
+   * Opens a session of the queue by id (null closes the conversation), and puts the focus in it unless the person
+   * moved it away from `focused` while it loaded.
+   */
+  async function open(sessionId, focused = document.activeElement) {
     showError(null);
     showNotice("");
     if (!sessionId) {
@@ -218,7 +221,7 @@ export function mountInbox(realtime, { onWaiting }) {
       const session = await pane.open(sessionId);
       if (!session) return; // another session was chosen meanwhile
       renderQueue();
-      pane.focusInput();
+      pane.focusInput(focused);
     } catch (error) {
       if (error.status !== 404) {
         showError(error);
@@ -250,7 +253,7 @@ export function mountInbox(realtime, { onWaiting }) {
 
   claimButton.addEventListener("click", () => act(claimButton, api.claimHandoff, (session) => {
     pane.setSession(session);
-    pane.focusInput();
+    pane.focusInput(claimButton);
   }));
   resolveButton.addEventListener("click", () => act(resolveButton, api.resolveSession, (session) => {
     pane.setSession(session);
