@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import Service
 @testable import Storage
@@ -171,5 +172,32 @@ struct RealtimeRoomTests {
         // The 88 oldest were sent and forgotten: reading from before them would send them again.
         #expect(cursor.map { $0.lowercased >= ids[88].lowercased } == true)
         #expect(cursor.map { $0.lowercased < ids[599].lowercased } == true)
+    }
+
+    @Test("typing: a change inside the 500 ms window is held and sent at its end; nothing held goes out after a leave")
+    func typingThrottle() async throws {
+        let client = RealtimeClient(maxQueued: 100) { _, _ in }
+        let (kept, left) = (UUID(), UUID())
+        client.joined(kept, recovering: false)
+        client.joined(left, recovering: false)
+        let sent = Mutex<[(UUID, Bool)]>([])
+        func type(_ session: UUID, _ isTyping: Bool) {
+            client.typing(in: session, isTyping: isTyping) { state in sent.withLock { $0.append((session, state)) } }
+        }
+        type(kept, true)  // the first goes out at once
+        type(kept, true)  // a repeat inside the window: dropped
+        type(kept, false)  // a change: held
+        type(left, true)
+        type(left, false)  // held, then the connection leaves: never sent
+        #expect(client.left(left))  // the others had heard it typing
+        #expect(sent.withLock { $0.map(\.1) } == [true, true])
+        // The held change goes out at the window's end (later when the machine is busy); the one of the session
+        // left would have gone out with it.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while sent.withLock({ $0.count }) < 3, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(300))
+        let all = sent.withLock { $0 }
+        #expect(all.map(\.0) == [kept, left, kept])
+        #expect(all.map(\.1) == [true, true, false])
     }
 }

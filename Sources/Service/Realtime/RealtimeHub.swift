@@ -57,12 +57,13 @@ final class RealtimeClient: Sendable {
         var delivered: [UUID: RecentIDs] = [:]
         var typing: [UUID: TypingGate] = [:]
     }
-    /// Per session: when a typing event last went out and what it said, and a change held for the window's end.
+    /// Per session: when a typing event last went out and what it said, a change held for the window's end,
+    /// and the task that sends it then (cancelled when the connection leaves the session or is gone).
     private struct TypingGate {
         var sentAt: ContinuousClock.Instant
         var sent: Bool
         var held: Bool?
-        var flushScheduled = false
+        var flush: Task<Void, Never>?
     }
     private let state = Mutex(State())
     /// Live frames in the order the room decided them (under `state`), sent after the lock is released:
@@ -140,7 +141,9 @@ final class RealtimeClient: Sendable {
             $0.sessions.remove(session)
             $0.recovering[session] = nil
             $0.delivered[session] = nil
-            return $0.typing.removeValue(forKey: session)?.sent ?? false
+            let gate = $0.typing.removeValue(forKey: session)
+            gate?.flush?.cancel()
+            return gate?.sent ?? false
         }
     }
 
@@ -205,42 +208,44 @@ final class RealtimeClient: Sendable {
         if drain { sendOutbox() }
     }
 
-    enum TypingDecision: Equatable {
-        case now
-        /// Held: `flushTyping` after this long sends the newest state, if it still differs from the last one sent.
-        case later(Duration)
-        case drop
-    }
-
     static let typingWindow = Duration.milliseconds(500)
 
-    /// At most one typing event per session every 500 ms. A repeat of what went out last is dropped inside
-    /// the window; a change is held and sent at the window's end, so the last state always arrives (a
-    /// "stopped" right after "started" is not lost, which would leave the others seeing a typist for seconds).
-    func typingDecision(in session: UUID, isTyping: Bool) -> TypingDecision {
+    /// At most one typing event per session every 500 ms: `send` is called with the state to send out, now or at
+    /// the window's end. A repeat of what went out last is dropped inside the window; a change is held and the
+    /// newest state sent at the window's end, so the last state always arrives (a "stopped" right after "started"
+    /// is not lost, which would leave the others seeing a typist for seconds). Nothing held goes out after the
+    /// connection left the session.
+    func typing(in session: UUID, isTyping: Bool, send: @escaping @Sendable (Bool) -> Void) {
         let now = ContinuousClock.now
-        return state.withLock { s in
+        let sendNow = state.withLock { s -> Bool in
             guard var gate = s.typing[session], now - gate.sentAt < Self.typingWindow else {
-                s.typing[session] = TypingGate(sentAt: now, sent: isTyping, held: nil)
-                return .now
+                s.typing[session]?.flush?.cancel()
+                s.typing[session] = TypingGate(sentAt: now, sent: isTyping)
+                return true
             }
             defer { s.typing[session] = gate }
             gate.held = isTyping == gate.sent ? nil : isTyping
-            guard gate.held != nil, !gate.flushScheduled else { return .drop }
-            gate.flushScheduled = true
-            return .later(gate.sentAt + Self.typingWindow - now)
+            if gate.held != nil, gate.flush == nil {
+                let wait = gate.sentAt + Self.typingWindow - now
+                gate.flush = Task { [weak self] in
+                    guard (try? await Task.sleep(for: wait)) != nil, let held = self?.flushTyping(in: session) else { return }
+                    send(held)
+                }
+            }
+            return false
         }
+        if sendNow { send(isTyping) }
     }
 
     /// The held typing state to send now (nil: nothing changed, or the session was left meanwhile).
-    func flushTyping(in session: UUID) -> Bool? {
+    private func flushTyping(in session: UUID) -> Bool? {
         let now = ContinuousClock.now
         return state.withLock { s in
             guard var gate = s.typing[session], s.sessions.contains(session) else { return nil }
             defer { s.typing[session] = gate }
-            gate.flushScheduled = false
+            gate.flush = nil
             guard let held = gate.held else { return nil }
-            gate = TypingGate(sentAt: now, sent: held, held: nil)
+            gate = TypingGate(sentAt: now, sent: held)
             return held
         }
     }

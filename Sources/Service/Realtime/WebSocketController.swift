@@ -133,18 +133,8 @@ struct WebSocketController: Sendable {
                 let isTyping = try event.bool("isTyping") ?? true
                 guard client.sessions.contains(session) else { throw APIError(.badRequest, code: "not_joined", message: "join the session first") }
                 let user = claims.subject
-                switch client.typingDecision(in: session, isTyping: isTyping) {
-                case .now:
-                    hub.broadcast(.typing(session: session, user: user, agent: nil, isTyping: isTyping), session: session, exceptUser: user)
-                case .later(let wait):
-                    Task { [hub] in
-                        try? await Task.sleep(for: wait)
-                        if let held = client.flushTyping(in: session) {
-                            hub.broadcast(.typing(session: session, user: user, agent: nil, isTyping: held), session: session, exceptUser: user)
-                        }
-                    }
-                case .drop:
-                    break
+                client.typing(in: session, isTyping: isTyping) { [hub] state in
+                    hub.broadcast(.typing(session: session, user: user, agent: nil, isTyping: state), session: session, exceptUser: user)
                 }
             default:
                 throw APIError.invalid("type", "unknown event '\(type.prefix(64))'")
