@@ -13,7 +13,7 @@ struct SQLiteStoreTests {
         defer { fixture.cleanup() }
         let (dir, path) = try temporaryDatabase("edit")
         defer { try? FileManager.default.removeItem(at: dir) }
-        await try SQLiteStore.open(path: path).close()
+        try await SQLiteStore.open(path: path).close()
 
         var edited = MigrationSet.sqlite.migrations
         edited[0].sql += "\n-- edited"
@@ -246,7 +246,7 @@ struct SQLiteStoreTests {
         _ = try await store.editMessage(sessionId: session.id, id: edited.id, content: "egret final", now: Timestamp.now())
         #expect(try await hits("heron").isEmpty)
         #expect(try await hits("egret") == ["egret final"])
-        try await store.write(atomic: true) { db in try db.run("DELETE FROM chat_messages WHERE id = $1", [.id(edited.id)]) }
+        _ = try await store.write(atomic: true) { db in try db.run("DELETE FROM chat_messages WHERE id = $1", [.id(edited.id)]) }
         #expect(try await hits("egret").isEmpty)
         #expect(try await hits("final").isEmpty)
         // Nothing is left queued, and FTS5 finds its index consistent with the messages.
