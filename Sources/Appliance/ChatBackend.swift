@@ -345,7 +345,7 @@ struct ExportUser: AsyncParsableCommand {
                 throw error
             }
             await store.close()
-            if let output { close(fd) }
+            if output != nil { close(fd) }
             if !found {
                 if let output { unlink(output) }
                 throw CommandFailure.noUser(name)
