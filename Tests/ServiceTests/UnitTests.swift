@@ -159,6 +159,7 @@ struct RealtimeRoomTests {
         )
         let client = RealtimeClient(maxQueued: 10_000) { _, _ in }
         client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
+        #expect(hub.admit(client, userId: session.userId))
         #expect(hub.join(client, session: session, recovering: false))
         // 600 messages within one second: all inside the 10 s the catch-up looks back.
         let ids = (0..<600).map { UUIDv7.make(now: now.addingTimeInterval(Double($0) / 1000)) }
@@ -199,5 +200,76 @@ struct RealtimeRoomTests {
         let all = sent.withLock { $0 }
         #expect(all.map(\.0) == [kept, left, kept])
         #expect(all.map(\.1) == [true, true, false])
+    }
+
+    @Test("a connection that closed while its join read storage is not put in the room")
+    func aJoinThatEndsAfterTheConnectionIsNotKept() {
+        let hub = RealtimeHub()
+        let now = Date()
+        let session = ChatSession(
+            id: UUID(), userId: UUID(), metadata: .object([:]), state: .active, isResolved: false,
+            expiresAt: now.addingTimeInterval(3600), resolvedAt: nil, createdAt: now, updatedAt: now
+        )
+        let frames = Mutex(0)
+        let client = RealtimeClient(maxQueued: 100) { _, _ in frames.withLock { $0 += 1 } }
+        client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
+        #expect(hub.admit(client, userId: session.userId))
+        hub.remove(client)
+        #expect(!hub.join(client, session: session, recovering: false))
+        #expect(!client.sessions.contains(session.id))
+        hub.broadcast(.typing(session: session.id, user: UUID(), agent: nil, isTyping: true), session: session.id, exceptUser: nil)
+        #expect(frames.withLock { $0 } == 0)
+    }
+}
+
+@Suite("Inbound queue")
+struct InboundQueueTests {
+    @Test("items are handled one at a time in order; reading pauses at 16 waiting and resumes at 4")
+    func orderAndBackpressure() async throws {
+        let queue = InboundQueue<Int>()
+        let handled = Mutex<[Int]>([])
+        let reading = Mutex<[Bool]>([])
+        let gate = Mutex(false)  // the first item is handled only once the rest are queued
+        let busy = Mutex(0)
+        for n in 0..<20 {
+            queue.push(n, handle: { n in
+                busy.withLock { $0 += 1; #expect($0 == 1) }
+                while n == 0, !gate.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(5)) }
+                handled.withLock { $0.append(n) }
+                busy.withLock { $0 -= 1 }
+            }, setReading: { on in reading.withLock { $0.append(on) } })
+        }
+        #expect(reading.withLock { $0 } == [false])
+        gate.withLock { $0 = true }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while handled.withLock({ $0.count }) < 20, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(handled.withLock { $0 } == Array(0..<20))
+        #expect(reading.withLock { $0 } == [false, true])
+    }
+
+    @Test("closing drops what waits, refuses more and cancels the item being handled")
+    func closeCancels() async throws {
+        let queue = InboundQueue<Int>()
+        let started = Mutex(false)
+        let outcome = Mutex<[String]>([])
+        let handle: @Sendable (Int) async -> Void = { n in
+            started.withLock { $0 = true }
+            do {
+                try await Task.sleep(for: .seconds(30))
+                outcome.withLock { $0.append("\(n) finished") }
+            } catch {
+                outcome.withLock { $0.append("\(n) cancelled") }
+            }
+        }
+        queue.push(1, handle: handle, setReading: { _ in })
+        queue.push(2, handle: handle, setReading: { _ in })
+        while !started.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(queue.close())
+        #expect(!queue.close())
+        queue.push(3, handle: handle, setReading: { _ in })
+        let deadline = ContinuousClock.now + .seconds(10)
+        while outcome.withLock({ $0.isEmpty }), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(outcome.withLock { $0 } == ["1 cancelled"])
     }
 }

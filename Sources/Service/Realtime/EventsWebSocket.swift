@@ -35,28 +35,18 @@ final class EventsWebSocket: WebSocketApplication {
     }
 }
 
-/// The events of one `/ws` connection, handled in order by a task that ends when the queue is empty.
+/// The events of one `/ws` connection, handled in order (see `InboundQueue`).
 final class EventQueue: Sendable {
     enum Work: Sendable {
         case authenticate(String)
         case event(String)
     }
 
-    private struct State {
-        var pending: [Work] = []
-        var draining = false
-        var paused = false
-        var gone = false
-    }
-
     let client: RealtimeClient
     let events: WebSocketController
     private let socket: WebSocketSocket
     private let logger: Logger
-    private let state = Mutex(State())
-    /// Events waiting beyond which the socket is not read until they are handled.
-    static let pauseAt = 16
-    static let resumeAt = 4
+    private let inbound = InboundQueue<Work>()
 
     init(client: RealtimeClient, socket: WebSocketSocket, events: WebSocketController, logger: Logger) {
         self.client = client
@@ -66,47 +56,17 @@ final class EventQueue: Sendable {
     }
 
     func enqueue(_ work: Work) {
-        let (start, pause) = state.withLock { s -> (Bool, Bool) in
-            guard !s.gone else { return (false, false) }
-            s.pending.append(work)
-            let pause = !s.paused && s.pending.count >= Self.pauseAt
-            if pause { s.paused = true }
-            if s.draining { return (false, pause) }
-            s.draining = true
-            return (true, pause)
-        }
-        if pause { socket.setReading(false) }
-        if start { Task { await self.drain() } }
-    }
-
-    private func drain() async {
-        while true {
-            let (next, resume) = state.withLock { s -> (Work?, Bool) in
-                guard !s.gone, !s.pending.isEmpty else {
-                    s.draining = false
-                    return (nil, false)
-                }
-                let work = s.pending.removeFirst()
-                let resume = s.paused && s.pending.count <= Self.resumeAt
-                if resume { s.paused = false }
-                return (work, resume)
+        let (client, events, logger, socket) = (client, events, logger, socket)
+        inbound.push(work, handle: { work in
+            switch work {
+            case .authenticate(let header): await events.authenticate(client, header: header, logger: logger)
+            case .event(let text): await events.receive(text: text, client: client, logger: logger)
             }
-            if resume { socket.setReading(true) }
-            switch next {
-            case nil: return
-            case .authenticate(let header)?: await events.authenticate(client, header: header, logger: logger)
-            case .event(let text)?: await events.receive(text: text, client: client, logger: logger)
-            }
-        }
+        }, setReading: { socket.setReading($0) })
     }
 
     func disconnected() {
-        let first = state.withLock { s -> Bool in
-            defer { s.gone = true }
-            s.pending.removeAll()
-            return !s.gone
-        }
-        guard first else { return }
+        guard inbound.close() else { return }
         events.disconnected(client)
     }
 }

@@ -380,10 +380,13 @@ public final class RealtimeHub: Sendable {
     }
 
     /// Adds a connection to the room of `session` (as just read from storage). False, and nothing joined,
-    /// when the room already knows a newer state of the session in which the user may not read it.
+    /// when the room already knows a newer state of the session in which the user may not read it, or when
+    /// the connection is gone.
     func join(_ client: RealtimeClient, session: ChatSession, recovering: Bool) -> Bool {
         client.joined(session.id, recovering: recovering)
         let joined = state.withLock { s -> Bool in
+            // Gone meanwhile (the join read storage while the connection closed): it must not stay in a room.
+            guard s.clients[client.id] != nil else { return false }
             var room = s.rooms[session.id] ?? Room()
             if let known = room.session, known.updatedAt > session.updatedAt {
                 // A change arrived after the join read the session: the newer state decides.

@@ -34,14 +34,13 @@ final class EngineSession: Sendable {
         var connected = false
         var pingTimer: Scheduled<Void>?
         var pongTimer: Scheduled<Void>?
-        var work: [EnginePacket] = []
-        var draining = false
-        var paused = false
         /// A WebSocket is probing to take over the session.
         var probing = false
     }
     private let state = Mutex(State())
     private let clientBox = Mutex<RealtimeClient?>(nil)
+    /// Packets received over the WebSocket, handled in order.
+    private let inbound = InboundQueue<EnginePacket>()
 
     init(sid: String, clientIP: String, eventLoop: any EventLoop) {
         self.sid = sid
@@ -200,13 +199,13 @@ final class EngineSession: Sendable {
             if s.closed { return nil }
             s.closed = true
             s.closedByClient = byClient
-            s.work.removeAll()
             let timers = [s.pingTimer, s.pongTimer]
             s.pingTimer = nil
             s.pongTimer = nil
             return (s.socket, timers)
         }
         guard let (socket, timers) = ended else { return false }
+        inbound.close()
         for timer in timers { timer?.cancel() }
         socket?.close(code: code, reason: reason)
         wake()
@@ -250,37 +249,9 @@ final class EngineSession: Sendable {
 
     // MARK: Packets received over the WebSocket, handled in order
 
-    /// Queues a packet; `handle` runs the queue in order in a task that ends when it is empty. Returns
-    /// whether reading should pause (too many waiting).
+    /// Queues a packet received over the WebSocket; `handle` gets the packets in order (see `InboundQueue`).
     func enqueue(_ packet: EnginePacket, handle: @escaping @Sendable (EnginePacket) async -> Void, setReading: @escaping @Sendable (Bool) -> Void) {
-        let (start, pause) = state.withLock { s -> (Bool, Bool) in
-            guard !s.closed else { return (false, false) }
-            s.work.append(packet)
-            let pause = !s.paused && s.work.count >= 16
-            if pause { s.paused = true }
-            if s.draining { return (false, pause) }
-            s.draining = true
-            return (true, pause)
-        }
-        if pause { setReading(false) }
-        guard start else { return }
-        Task {
-            while true {
-                let (next, resume) = self.state.withLock { s -> (EnginePacket?, Bool) in
-                    guard !s.closed, !s.work.isEmpty else {
-                        s.draining = false
-                        return (nil, false)
-                    }
-                    let packet = s.work.removeFirst()
-                    let resume = s.paused && s.work.count <= 4
-                    if resume { s.paused = false }
-                    return (packet, resume)
-                }
-                if resume { setReading(true) }
-                guard let next else { return }
-                await handle(next)
-            }
-        }
+        inbound.push(packet, handle: handle, setReading: setReading)
     }
 }
 

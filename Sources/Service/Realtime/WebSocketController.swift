@@ -139,6 +139,8 @@ struct WebSocketController: Sendable {
             default:
                 throw APIError.invalid("type", "unknown event '\(type.prefix(64))'")
             }
+        } catch is CancellationError {
+            // The connection closed while its event was handled: no one to answer.
         } catch {
             let apiError = APIError.from(error) ?? APIError(.internalServerError, code: "internal_error", message: "internal error")
             if apiError.status.code >= 500 { logger.error("websocket event failed", metadata: ["error": .string(String(reflecting: error))]) }
