@@ -149,14 +149,18 @@ struct UnitTests {
 
 @Suite("Realtime rooms")
 struct RealtimeRoomTests {
+    static func activeSession(at now: Date) -> ChatSession {
+        ChatSession(
+            id: UUID(), userId: UUID(), metadata: .object([:]), state: .active, isResolved: false,
+            expiresAt: now.addingTimeInterval(3600), resolvedAt: nil, createdAt: now, updatedAt: now
+        )
+    }
+
     @Test("after the change feed reconnects, a busy room is caught up from what it still remembers, not earlier")
     func catchUpStartsWhereTheRoomsMemoryEnds() {
         let hub = RealtimeHub()
         let now = Date()
-        let session = ChatSession(
-            id: UUID(), userId: UUID(), metadata: .object([:]), state: .active, isResolved: false,
-            expiresAt: now.addingTimeInterval(3600), resolvedAt: nil, createdAt: now, updatedAt: now
-        )
+        let session = Self.activeSession(at: now)
         let client = RealtimeClient(maxQueued: 10_000) { _, _ in }
         client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
         #expect(hub.admit(client, userId: session.userId))
@@ -206,10 +210,7 @@ struct RealtimeRoomTests {
     func aJoinThatEndsAfterTheConnectionIsNotKept() {
         let hub = RealtimeHub()
         let now = Date()
-        let session = ChatSession(
-            id: UUID(), userId: UUID(), metadata: .object([:]), state: .active, isResolved: false,
-            expiresAt: now.addingTimeInterval(3600), resolvedAt: nil, createdAt: now, updatedAt: now
-        )
+        let session = Self.activeSession(at: now)
         let frames = Mutex(0)
         let client = RealtimeClient(maxQueued: 100) { _, _ in frames.withLock { $0 += 1 } }
         client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
