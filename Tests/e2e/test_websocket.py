@@ -436,6 +436,34 @@ def test_typing(world):
     run(scenario())
 
 
+def test_a_connection_that_joins_hears_who_is_typing_there(world):
+    """Someone opening a conversation (a staff member taking a handoff) sees the other side typing at once, not
+    only at their next keystroke; a typist who stopped is not announced, nor the joiner's own typing."""
+    server, token, owner_id = world.server, world.token, world.owner_id
+    sid = create_session(server, token)["sessionId"]
+
+    async def scenario():
+        async with ws_connect(server, token) as a:
+            await join(a, sid)
+            await send(a, "typing", sessionId=sid, isTyping=True)
+            async with ws_connect(server, world.admin_token) as adm:
+                await join(adm, sid)
+                event = await expect(adm, "typing", timeout=1.0)
+                assert event == {"type": "typing", "sessionId": sid, "userId": owner_id, "isTyping": True}, event
+                await assert_quiet(adm, 0.3, who="the admin after the typing it joined into")
+            async with ws_connect(server, token) as b:  # the typist's own other connection
+                await join(b, sid)
+                await assert_quiet(b, 0.3, who="the typist's other connection")
+            await asyncio.sleep(0.6)
+            await send(a, "typing", sessionId=sid, isTyping=False)
+            await asyncio.sleep(0.1)
+            async with ws_connect(server, world.admin_token) as adm:
+                await join(adm, sid)
+                await assert_quiet(adm, 0.5, who="the admin joining after the typist stopped")
+
+    run(scenario())
+
+
 # ---- 5. presence ------------------------------------------------------------------------------------------
 
 

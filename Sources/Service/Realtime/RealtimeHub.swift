@@ -237,6 +237,12 @@ final class RealtimeClient: Sendable {
         if sendNow { send(isTyping) }
     }
 
+    /// Whether the others in `session` last heard this connection typing, less than `recent` ago.
+    func isTyping(in session: UUID, within recent: Duration) -> Bool {
+        let now = ContinuousClock.now
+        return state.withLock { s in s.typing[session].map { $0.sent && now - $0.sentAt < recent } ?? false }
+    }
+
     /// The held typing state to send now (nil: nothing changed, or the session was left meanwhile).
     private func flushTyping(in session: UUID) -> Bool? {
         let now = ContinuousClock.now
@@ -511,6 +517,15 @@ public final class RealtimeHub: Sendable {
         let frame = RealtimeFrame(.resync(session: session))
         for client in receivers(session) { client.send(frame) }
     }
+
+    /// Users heard typing in `session` lately: a connection that joins is told of them rather than waiting for
+    /// their next keystroke. Clients repeat `typing` every few seconds while it goes on (the console every 3 s).
+    func typists(in session: UUID) -> Set<UUID> {
+        let members = state.withLock { s in s.rooms[session].map { Array($0.members.values) } ?? [] }
+        return Set(members.filter { $0.isTyping(in: session, within: Self.typingRecent) }.compactMap { $0.identity?.subject })
+    }
+
+    static let typingRecent = Duration.seconds(5)
 
     /// Closes every connection authenticated with the token `jti`, or with any token of the login
     /// `family` (they were revoked).

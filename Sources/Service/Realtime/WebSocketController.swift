@@ -179,6 +179,9 @@ struct WebSocketController: Sendable {
             }
         }
         client.send(.ack(id: requestId, .join(session: session, replayed: replayed)))
+        for typist in hub.typists(in: session) where typist != claims.subject {
+            client.send(.typing(session: session, user: typist, agent: nil, isTyping: true))
+        }
         hub.announcePresence(session: session, user: claims.subject, online: true)
     }
 }
