@@ -163,6 +163,7 @@ struct RealtimeRoomTests {
         let session = Self.activeSession(at: now)
         let client = RealtimeClient(maxQueued: 10_000) { _, _ in }
         client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
+        hub.track(client)
         #expect(hub.admit(client, userId: session.userId))
         #expect(hub.join(client, session: session, recovering: false))
         // 600 messages within one second: all inside the 10 s the catch-up looks back.
@@ -214,12 +215,29 @@ struct RealtimeRoomTests {
         let frames = Mutex(0)
         let client = RealtimeClient(maxQueued: 100) { _, _ in frames.withLock { $0 += 1 } }
         client.setIdentity(AccessClaims(subject: session.userId, role: .user, issuedAt: 0, expiresAt: .max, jti: "j", family: nil))
+        hub.track(client)
         #expect(hub.admit(client, userId: session.userId))
         hub.remove(client)
         #expect(!hub.join(client, session: session, recovering: false))
         #expect(!client.sessions.contains(session.id))
         hub.broadcast(.typing(session: session.id, user: UUID(), agent: nil, isTyping: true), session: session.id, exceptUser: nil)
         #expect(frames.withLock { $0 } == 0)
+    }
+}
+
+extension RealtimeRoomTests {
+    @Test("a connection that closed while its token was checked does not take one of its user's places")
+    func anAdmissionAfterTheConnectionClosedIsRefused() {
+        let hub = RealtimeHub(maxConnectionsPerUser: 1)
+        let user = UUID()
+        let gone = RealtimeClient(maxQueued: 10) { _, _ in }
+        hub.track(gone)
+        hub.remove(gone)
+        #expect(!hub.admit(gone, userId: user))
+        let next = RealtimeClient(maxQueued: 10) { _, _ in }
+        hub.track(next)
+        #expect(hub.admit(next, userId: user))
+        #expect(hub.connectionCount == 1)
     }
 }
 

@@ -341,10 +341,12 @@ public final class RealtimeHub: Sendable {
         }
     }
 
-    /// Counts an authenticated connection against its user's cap; false when the cap is reached.
+    /// Counts an authenticated connection against its user's cap; false when the cap is reached, or when the
+    /// connection is gone (it closed while its token was checked: counted, it would hold a place for good).
     func admit(_ client: RealtimeClient, userId: UUID) -> Bool {
         state.withLock { s in
             if s.clients[client.id] != nil { return true }
+            guard s.live[client.id] != nil else { return false }
             let count = s.perUser[userId, default: 0]
             guard count < maxConnectionsPerUser else { return false }
             s.perUser[userId] = count + 1
