@@ -22,8 +22,9 @@ final class InboundQueue<Work: Sendable>: Sendable {
         self.resumeAt = resumeAt
     }
 
-    /// Queues `work` (nothing once closed); `handle` gets each item in turn, `setReading` pauses and resumes
-    /// the connection's reads.
+    /// Queues `work` (nothing once closed). The push that finds no task running starts one with its `handle`
+    /// (given each item in turn) and `setReading` (pauses and resumes the connection's reads); pushes while it
+    /// runs join its queue, so every push of a connection passes the same two.
     func push(_ work: Work, handle: @escaping @Sendable (Work) async -> Void, setReading: @escaping @Sendable (Bool) -> Void) {
         let pause = state.withLock { s -> Bool in
             guard !s.closed else { return false }

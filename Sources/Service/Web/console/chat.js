@@ -209,7 +209,7 @@ export function mountChat(realtime) {
       updateSession(result.session);
       pane.showMessages(result.messages, { stick: true });
       pane.rejoin();
-      pane.focusInput();
+      pane.focusInput(resumeButton);
     } catch (error) {
       showError(error);
     }

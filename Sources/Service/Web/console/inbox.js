@@ -5,7 +5,7 @@
 
 import * as api from "./api.js";
 import {
-  STATE_LABELS, byId, element, mountConversation, renderConnection, sessionTitle, timeOnly, unreadBadge,
+  STATE_LABELS, byId, element, focusStayed, mountConversation, renderConnection, sessionTitle, timeOnly, unreadBadge,
 } from "./conversation.js";
 
 // Unread counts of sessions that are not open change without an event: read the queue again now and then.
@@ -258,7 +258,7 @@ export function mountInbox(realtime, { onWaiting }) {
   resolveButton.addEventListener("click", () => act(resolveButton, api.resolveSession, (session) => {
     pane.setSession(session);
     showNotice("Resolved. The session is closed.");
-    title.focus();
+    if (focusStayed(resolveButton)) title.focus();
   }));
   releaseButton.addEventListener("click", () => {
     releasing = pane.session && pane.session.sessionId;
@@ -268,7 +268,7 @@ export function mountInbox(realtime, { onWaiting }) {
       history.replaceState(null, "", "#/inbox");
       renderQueue();
       showNotice(session.agent ? `Released: the session is back with agent ${session.agent}.` : "Released: the session left the inbox.");
-      queueTitle.focus();
+      if (focusStayed(releaseButton)) queueTitle.focus();
     }).finally(() => {
       releasing = null;
     });
