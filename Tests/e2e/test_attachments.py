@@ -111,6 +111,11 @@ def test_upload_download_headers_etag_and_ranges(files_server):
     assert download(server, token, url, Range="bytes=-100").content == big[-100:]
     assert download(server, token, url, Range=f"bytes={len(big) - 5}-").content == big[-5:]
     assert download(server, token, url, Range="bytes=0-0,5-9").status_code == 200  # several ranges: the whole file
+    # Positions beyond 64 bits are positions past the end: to the end, the whole file, or nothing.
+    tail = download(server, token, url, Range="bytes=10-99999999999999999999999")
+    assert tail.status_code == 206 and tail.content == big[10:], tail.headers
+    assert download(server, token, url, Range="bytes=-99999999999999999999999").content == big
+    assert download(server, token, url, Range="bytes=99999999999999999999999-").status_code == 416
     refused = download(server, token, url, Range=f"bytes={len(big)}-")
     assert_json_error(refused, 416, "range_not_satisfiable")
     assert refused.headers["Content-Range"] == f"bytes */{len(big)}"

@@ -215,9 +215,10 @@ enum ByteRange: Equatable {
         let spec = specs[0].trimmingCharacters(in: " \t")
         guard let dash = spec.firstIndex(of: "-") else { return .ignored }
         let first = spec[..<dash], last = spec[spec.index(after: dash)...]
+        // A position too long for an Int is still a position (RFC 9110 §14.1.2): past any end there is.
         func number(_ s: Substring) -> Int? {
-            guard !s.isEmpty, s.count <= 18, s.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
-            return Int(s)
+            guard !s.isEmpty, s.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+            return Int(s) ?? .max
         }
         if first.isEmpty {
             // The last N bytes.
