@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOEmbedded
 import NIOWebSocket
@@ -48,5 +49,40 @@ struct WebSocketFrameTests {
         loop.advanceTime(by: .seconds(1))
         #expect(outcome.codes == [1008])
         #expect(outcome.frames == 5, "every frame went on to be joined")
+    }
+}
+
+@Suite("WebSocket connections")
+struct WebSocketConnectionTests {
+    /// What an endpoint may serve from before the connection exists and keep the socket of: as a Socket.IO
+    /// session that upgrades from long-polling does.
+    final class Served {
+        var socket: WebSocketSocket?
+    }
+
+    final class Application: WebSocketApplication {
+        func received(text: String) {}
+        func received(binary: ByteBuffer) {}
+        func closed() {}
+    }
+
+    @Test("a connection that ended keeps nothing alive that its endpoint's factory held (a Socket.IO session it upgraded)")
+    func endedConnectionReleasesWhatItServed() throws {
+        weak var released: Served?
+        try {
+            let served = Served()
+            released = served
+            let endpoint = WebSocketEndpoint(maxMessageBytes: 1024, pingInterval: nil) { socket in
+                served.socket = socket
+                return Application()
+            }
+            let channel = EmbeddedChannel()
+            try channel.pipeline.syncOperations.addHandler(
+                WebSocketConnectionHandler(endpoint: endpoint, closeTimeout: .seconds(1), logger: Logger(label: "test"))
+            )
+            #expect(served.socket != nil, "the factory ran and the served object keeps the socket")
+            _ = try channel.finish(acceptAlreadyClosed: true)
+        }()
+        #expect(released == nil, "the served object, its socket and the handler were freed once the connection ended")
     }
 }

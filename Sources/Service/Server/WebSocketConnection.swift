@@ -314,7 +314,13 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
-    private let endpoint: WebSocketEndpoint
+    /// The endpoint's limits and ping interval. Its `makeApplication` is used once and then dropped: the
+    /// factory may hold what the application serves (a Socket.IO session being upgraded), which holds the
+    /// socket and so this handler; kept, the three would keep each other alive after the connection ends.
+    private let maxMessageBytes: Int
+    private let maxFragments: Int
+    private let pingInterval: TimeAmount?
+    private var makeApplication: ((WebSocketSocket) -> any WebSocketApplication)?
     private let closeTimeout: TimeAmount
     private let logger: Logger
     private var application: (any WebSocketApplication)?
@@ -326,7 +332,10 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     private var ended = false
 
     init(endpoint: WebSocketEndpoint, closeTimeout: TimeAmount, logger: Logger) {
-        self.endpoint = endpoint
+        maxMessageBytes = endpoint.maxMessageBytes
+        maxFragments = endpoint.maxFragments
+        pingInterval = endpoint.pingInterval
+        makeApplication = endpoint.makeApplication
         self.closeTimeout = closeTimeout
         self.logger = logger
     }
@@ -335,8 +344,9 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
         self.context = context
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let socket = WebSocketSocket(channel: context.channel, handler: loopBound)
-        application = endpoint.makeApplication(socket)
-        if let interval = endpoint.pingInterval {
+        application = makeApplication?(socket)
+        makeApplication = nil
+        if let interval = pingInterval {
             pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
                 loopBound.value.pingTick()
             }
@@ -489,8 +499,8 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
     }
 
     private func deliver(_ buffer: ByteBuffer, isText: Bool) {
-        guard buffer.readableBytes <= endpoint.maxMessageBytes else {
-            return fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
+        guard buffer.readableBytes <= maxMessageBytes else {
+            return fail(.messageTooLarge, "message larger than \(maxMessageBytes) bytes")
         }
         guard isText else {
             application?.received(binary: buffer)
@@ -519,15 +529,15 @@ final class WebSocketConnectionHandler: ChannelInboundHandler, RemovableChannelH
         case let violation as WebSocketFrameChecker.Violation:
             fail(violation.code, violation.reason)
         case NIOWebSocketFrameAggregator.Error.accumulatedFrameSizeIsTooLarge:
-            fail(.messageTooLarge, "message larger than \(endpoint.maxMessageBytes) bytes")
+            fail(.messageTooLarge, "message larger than \(maxMessageBytes) bytes")
         case NIOWebSocketFrameAggregator.Error.tooManyFragments:
-            fail(.messageTooLarge, "message in more than \(endpoint.maxFragments) fragments")
+            fail(.messageTooLarge, "message in more than \(maxFragments) fragments")
         case NIOWebSocketFrameAggregator.Error.receivedNewFrameWithoutFinishingPrevious:
             fail(.protocolError, "a new message began inside a fragmented one")
         case NIOWebSocketFrameAggregator.Error.didReceiveFragmentBeforeReceivingTextOrBinaryFrame:
             fail(.protocolError, "a continuation frame without a message")
         case NIOWebSocketError.invalidFrameLength:
-            fail(.messageTooLarge, "frame larger than \(endpoint.maxMessageBytes) bytes")
+            fail(.messageTooLarge, "frame larger than \(maxMessageBytes) bytes")
         case NIOWebSocketError.fragmentedControlFrame:
             fail(.protocolError, "control frames must not be fragmented")
         case NIOWebSocketError.multiByteControlFrameLength:
