@@ -134,6 +134,14 @@ public func buildRouters(config: ServiceConfig, dependencies: ApplicationDepende
     )
     socketIO.addRoutes(to: router)
     WebController(widgetOrigins: config.widgetOrigins).addRoutes(to: router)
+    // `/ws` asked for without a WebSocket handshake (handshakes never reach the router): the resource is
+    // there, over another protocol (RFC 9110 §15.5.22).
+    router.get("ws") { _, _ -> Response in
+        throw APIError(
+            .upgradeRequired, code: "upgrade_required",
+            message: "/ws is a WebSocket endpoint: connect with a WebSocket handshake (Upgrade: websocket)", headers: [.upgrade: "websocket", .connection: "Upgrade"]
+        )
+    }
     routeMethods.load(router.routes.map { ($0.path.description, $0.method) })
     let logger = dependencies.logger
     let webSockets = WebSocketRoutes { request, peer in

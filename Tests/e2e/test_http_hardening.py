@@ -559,6 +559,20 @@ def test_unsupported_websocket_version_is_426(server):
         conn.close()
 
 
+def test_websocket_endpoint_asked_for_without_a_handshake_is_426(server):
+    """RFC 9110 §15.5.22: `/ws` exists, over the WebSocket protocol: a plain request is told which one
+    (426 with `Upgrade: websocket`), not that nothing is there; the connection stays usable."""
+    with requests.Session() as http:
+        r = http.get(server.url("/ws"), timeout=5)
+        assert r.status_code == 426, (r.status_code, r.text)
+        assert r.json()["error"]["code"] == "upgrade_required", r.text
+        assert r.headers.get("Upgrade") == "websocket", r.headers
+        assert "upgrade" in r.headers.get("Connection", "").lower(), r.headers
+        assert http.get(server.url("/health"), timeout=5).status_code == 200
+    other = requests.post(server.url("/ws"), timeout=5)
+    assert other.status_code == 405 and other.headers.get("Allow") == "GET, HEAD", (other.status_code, other.headers)
+
+
 def test_upgrade_without_key_is_400(server):
     request, _ = upgrade_request("/ws", key="")
     conn, r = _answer(server, request)
