@@ -105,7 +105,7 @@ struct Serve: AsyncParsableCommand {
         try await reportingErrors {
             let config = try await AppConfig.load(options: options)
             LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
+                var handler = DeferredMetadataLogHandler(StreamLogHandler.standardError(label: label))
                 handler.logLevel = config.logLevel
                 return handler
             }

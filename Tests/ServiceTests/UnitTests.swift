@@ -1,4 +1,6 @@
 import Foundation
+import HTTPTypes
+import Logging
 import Synchronization
 import Testing
 @testable import Service
@@ -145,6 +147,59 @@ struct UnitTests {
         }
         #expect(Base64.decode("a") == nil && Base64.decode("ab$c") == nil)
     }
+
+    @Test("security headers: each once, even applied twice; a page's own policy, cache and resource policy are kept")
+    func securityHeaders() {
+        var api = HTTPFields([HTTPField(name: .contentType, value: "application/json")])
+        SecurityHeaders.apply(to: &api, hstsMaxAge: 60)
+        SecurityHeaders.apply(to: &api, hstsMaxAge: 3600)
+        for name in ["X-Content-Type-Options", "X-Frame-Options", "Content-Security-Policy", "Cache-Control", "Strict-Transport-Security", "Referrer-Policy"] {
+            #expect(api[values: HTTPField.Name(name)!].count == 1, "\(name)")
+        }
+        #expect(api[.strictTransportSecurity] == "max-age=3600; includeSubDomains" && api[.cacheControl] == "no-store")
+        #expect(api[HTTPField.Name("X-Frame-Options")!] == "DENY" && api[.contentSecurityPolicy]?.hasPrefix("default-src 'none'") == true)
+
+        var widget = HTTPFields([
+            HTTPField(name: .contentSecurityPolicy, value: "default-src 'self'; frame-ancestors https://shop.example"),
+            HTTPField(name: .cacheControl, value: "public, max-age=31536000, immutable"),
+            HTTPField(name: HTTPField.Name("Cross-Origin-Resource-Policy")!, value: "cross-origin"),
+        ])
+        SecurityHeaders.apply(to: &widget, hstsMaxAge: nil)
+        #expect(widget[HTTPField.Name("X-Frame-Options")!] == nil && widget[.strictTransportSecurity] == nil)
+        #expect(widget[.contentSecurityPolicy] == "default-src 'self'; frame-ancestors https://shop.example")
+        #expect(widget[.cacheControl] == "public, max-age=31536000, immutable")
+        #expect(widget[values: HTTPField.Name("Cross-Origin-Resource-Policy")!] == ["cross-origin"])
+        #expect(widget[HTTPField.Name("X-Content-Type-Options")!] == "nosniff")
+
+        var console = HTTPFields([HTTPField(name: .contentSecurityPolicy, value: "default-src 'self'; frame-ancestors 'none'")])
+        SecurityHeaders.apply(to: &console, hstsMaxAge: nil)
+        #expect(console[HTTPField.Name("X-Frame-Options")!] == "DENY")
+    }
+
+    @Test("log lines carry the logger's metadata, rendered when written; a line's own metadata wins")
+    func logMetadata() {
+        let lines = LinesStream()
+        var logger = Logger(label: "test") { label in
+            var handler = DeferredMetadataLogHandler(StreamLogHandler(label: label, stream: lines, metadataProvider: nil))
+            handler.logLevel = .info
+            return handler
+        }
+        logger[metadataKey: "request_id"] = "r-1"
+        logger[metadataKey: "user"] = "ann"
+        logger.debug("not written")
+        logger.info("hello", metadata: ["user": "bob"])
+        #expect(logger[metadataKey: "request_id"] == "r-1")
+        let written = lines.text
+        #expect(!written.contains("not written"))
+        #expect(written.contains(" info test: request_id=r-1 user=bob [ServiceTests] hello\n"), "\(written)")
+    }
+}
+
+/// A log stream that keeps what is written.
+final class LinesStream: TextOutputStream, Sendable {
+    private let lines = Mutex("")
+    var text: String { lines.withLock { $0 } }
+    func write(_ string: String) { lines.withLock { $0 += string } }
 }
 
 @Suite("Realtime rooms")

@@ -49,22 +49,57 @@ enum SecurityHeaders {
     /// (the widget's frame and script) keeps its `Cross-Origin-Resource-Policy` and gets no
     /// `X-Frame-Options` (its CSP `frame-ancestors` names the sites).
     static func apply(to headers: inout HTTPFields, hstsMaxAge: Int?) {
-        headers[.xContentTypeOptions] = "nosniff"
-        headers[.referrerPolicy] = "no-referrer"
-        if headers[.contentSecurityPolicy] == nil {
-            headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        // One pass over what the response already carries, then fields built once (validated at start-up,
+        // not per response) appended: this runs for every response.
+        var policy: String?
+        var hasResourcePolicy = false, hasCacheControl = false, hasFrameOptions = false, hasHSTS = false, applied = false
+        for field in headers {
+            switch field.name {
+            case .contentSecurityPolicy: policy = field.value
+            case .crossOriginResourcePolicy: hasResourcePolicy = true
+            case .cacheControl: hasCacheControl = true
+            case .xFrameOptions: hasFrameOptions = true
+            case .strictTransportSecurity: hasHSTS = true
+            case .xContentTypeOptions: applied = true
+            default: break
+            }
         }
-        if headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") ?? true { headers[.xFrameOptions] = "DENY" }
-        if headers[.crossOriginResourcePolicy] == nil { headers[.crossOriginResourcePolicy] = "same-origin" }
-        headers[.crossOriginOpenerPolicy] = "same-origin"
-        headers[.xDNSPrefetchControl] = "off"
-        headers[.xPermittedCrossDomainPolicies] = "none"
+        if applied {
+            // Already applied (a response passed two layers): replace, never repeat.
+            for field in always { headers[field.name] = field.value }
+        } else {
+            headers.append(contentsOf: always)
+        }
+        if policy == nil { headers.append(apiPolicy) }
+        if policy.map({ contains($0, "frame-ancestors 'none'") }) ?? true {
+            if hasFrameOptions { headers[.xFrameOptions] = "DENY" } else { headers.append(denyFraming) }
+        }
+        if !hasResourcePolicy { headers.append(sameOriginResources) }
         if let hstsMaxAge {
-            headers[.strictTransportSecurity] = "max-age=\(hstsMaxAge); includeSubDomains"
+            let value = "max-age=\(hstsMaxAge); includeSubDomains"
+            if hasHSTS { headers[.strictTransportSecurity] = value } else { headers.append(HTTPField(name: .strictTransportSecurity, value: value)) }
         }
-        if headers[.cacheControl] == nil {
-            headers[.cacheControl] = "no-store"
-        }
+        if !hasCacheControl { headers.append(noStore) }
+    }
+
+    private static let always: [HTTPField] = [
+        HTTPField(name: .xContentTypeOptions, value: "nosniff"),
+        HTTPField(name: .referrerPolicy, value: "no-referrer"),
+        HTTPField(name: .crossOriginOpenerPolicy, value: "same-origin"),
+        HTTPField(name: .xDNSPrefetchControl, value: "off"),
+        HTTPField(name: .xPermittedCrossDomainPolicies, value: "none"),
+    ]
+    private static let apiPolicy = HTTPField(
+        name: .contentSecurityPolicy, value: "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+    private static let denyFraming = HTTPField(name: .xFrameOptions, value: "DENY")
+    private static let sameOriginResources = HTTPField(name: .crossOriginResourcePolicy, value: "same-origin")
+    private static let noStore = HTTPField(name: .cacheControl, value: "no-store")
+
+    private static func contains(_ text: String, _ part: String) -> Bool {
+        let text = Array(text.utf8), part = Array(part.utf8)
+        guard part.count <= text.count else { return false }
+        return (0...(text.count - part.count)).contains { start in text[start..<(start + part.count)].elementsEqual(part) }
     }
 }
 

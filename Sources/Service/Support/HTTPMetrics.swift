@@ -20,8 +20,11 @@ public struct HTTPMetrics: Sendable {
         let cache = Mutex<[Key: (Counter, DurationHistogram)]>([:])
     }
 
+    private let messagesStored: Counter
+
     public init(registry: PrometheusCollectorRegistry) {
         self.registry = registry
+        messagesStored = registry.makeCounter(name: "chat_messages_stored_total", help: "chat messages stored")
     }
 
     func record(method: String, route: String, status: Int, duration: Duration) {
@@ -47,6 +50,6 @@ public struct HTTPMetrics: Sendable {
     }
 
     func messageStored() {
-        registry.makeCounter(name: "chat_messages_stored_total", help: "chat messages stored").increment()
+        messagesStored.increment()
     }
 }
