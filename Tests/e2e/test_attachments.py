@@ -210,7 +210,6 @@ def test_bad_uploads_are_refused_and_store_nothing(start_server):
     assert_json_error(upload(server, token, sid, b"x", "text/plain", ""), 400, "validation_failed")
     assert_json_error(upload(server, token, sid, b"", None, "nothing.bin"), 400, "validation_failed")
     assert_json_error(upload(server, token, sid, b"x", "not a type", "x.txt"), 400, "validation_failed")
-    assert_json_error(upload(server, token, sid, b"x", "text/plain", "/"), 400, "validation_failed")
     # Too large, by its Content-Length and as it streams (chunked, no length).
     r = upload(server, token, sid, b"y" * (65 * 1024), "application/octet-stream", "big.bin")
     assert_json_error(r, 413, "attachment_too_large")
@@ -231,6 +230,10 @@ def test_bad_uploads_are_refused_and_store_nothing(start_server):
     # Without a name or a type: `file`, application/octet-stream. An empty file is a file.
     r = upload(server, token, sid, b"anonymous", None, None)
     assert r.status_code == 201 and (r.json()["filename"], r.json()["contentType"]) == ("file", "application/octet-stream"), r.text
+    # So is a name of which nothing is left once directories and control characters are dropped is `file` too.
+    for nameless in ("/", "\x1b", "a/..", "\u202e"):
+        r = upload(server, token, sid, b"x", "text/plain", nameless)
+        assert r.status_code == 201 and r.json()["filename"] == "file", (nameless, r.text)
     r = upload(server, token, sid, b"", "text/plain", "empty.txt")
     assert r.status_code == 201 and r.json()["size"] == 0, r.text
     empty = download(server, token, r.json()["url"])
@@ -306,3 +309,17 @@ def test_parameters_do_not_skip_the_image_check_and_names_lose_bidi_controls(sta
     # U+202E would make "\u202etxt.exe" read as "exe.txt".
     named = upload(server, token, sid, b"x", "application/octet-stream", "\u202etxt.\u2066exe").json()
     assert named["filename"] == "txt.exe", named
+
+
+def test_the_longest_filename_the_document_allows_fits_in_the_request_target(start_server):
+    """`filename` may be 1024 characters (openapi.yaml); sent percent-encoded, 1024 characters outside the
+    Basic Multilingual Plane take 12,288 bytes of the request target, which the server must still read."""
+    server = start_server()
+    token = register(server)["accessToken"]
+    sid = create_session(server, token)["sessionId"]
+    longest = "\U0001F600" * 1024
+    r = upload(server, token, sid, b"x", "application/octet-stream", longest)
+    assert r.status_code == 201, r.text
+    stored = r.json()["filename"]
+    assert set(stored) == {"\U0001F600"} and len(stored.encode()) <= 255, stored
+    assert_json_error(upload(server, token, sid, b"x", "application/octet-stream", longest + "\U0001F600"), 400, "validation_failed")

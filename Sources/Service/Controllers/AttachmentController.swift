@@ -346,7 +346,8 @@ final class Upload: @unchecked Sendable {
     }
 
     /// A file name as given, without any directory part, control characters or bidirectional controls (which
-    /// make `‮txt.exe` read as `exe.txt`), 1 to 255 bytes of UTF-8.
+    /// make `‮txt.exe` read as `exe.txt`), 1 to 255 bytes of UTF-8; `file` when nothing of it is left (a name
+    /// of only control characters, `/`, `.` or `..`), as when no name is given.
     static func filename(_ raw: String) throws -> String {
         guard raw.unicodeScalars.count <= 1024 else { throw APIError.invalid("filename", "must be at most 1024 characters") }
         let base = raw.split(whereSeparator: { $0 == "/" || $0 == "\\" }).last.map(String.init) ?? ""
@@ -355,7 +356,7 @@ final class Upload: @unchecked Sendable {
             $0.value >= 32 && $0.value != 127 && !(0x80...0x9F).contains($0.value) && !bidi.contains($0.value)
         }))
         name = name.trimmingWhitespace()
-        guard !name.isEmpty, name != ".", name != ".." else { throw APIError.invalid("filename", "must name a file") }
+        guard !name.isEmpty, name != ".", name != ".." else { return "file" }
         while name.utf8.count > 255 { name.removeLast() }
         return name
     }

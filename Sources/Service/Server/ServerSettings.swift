@@ -144,7 +144,7 @@ enum ConnectionErrors {
     static let internalError = APIError(.internalServerError, code: "internal_error", message: "internal error")
     static let bodyTimeout = APIError(.requestTimeout, code: "request_timeout", message: "the request body stopped arriving")
     /// The longest request target read (RFC 9112 §3: 414 beyond what the server wishes to parse).
-    static let maxTargetBytes = 8192
+    static let maxTargetBytes = 16384
     static let uriTooLong = APIError(.uriTooLong, code: "uri_too_long", message: "the request target is longer than \(maxTargetBytes) bytes")
     static let headersTooLarge = APIError(
         .requestHeaderFieldsTooLarge, code: "headers_too_large", message: "the request's header fields are too large"
