@@ -230,7 +230,7 @@ def test_bad_uploads_are_refused_and_store_nothing(start_server):
     # Without a name or a type: `file`, application/octet-stream. An empty file is a file.
     r = upload(server, token, sid, b"anonymous", None, None)
     assert r.status_code == 201 and (r.json()["filename"], r.json()["contentType"]) == ("file", "application/octet-stream"), r.text
-    # So is a name of which nothing is left once directories and control characters are dropped is `file` too.
+    # So is a name of which nothing is left once directories and control characters are dropped.
     for nameless in ("/", "\x1b", "a/..", "\u202e"):
         r = upload(server, token, sid, b"x", "text/plain", nameless)
         assert r.status_code == 201 and r.json()["filename"] == "file", (nameless, r.text)

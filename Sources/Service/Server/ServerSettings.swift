@@ -71,7 +71,8 @@ enum SecurityHeaders {
             headers.append(contentsOf: always)
         }
         if policy == nil { headers.append(apiPolicy) }
-        if policy.map({ contains($0, "frame-ancestors 'none'") }) ?? true {
+        // Only a page sets its own policy, so the search below runs for pages only.
+        if policy?.contains("frame-ancestors 'none'") ?? true {
             if hasFrameOptions { headers[.xFrameOptions] = "DENY" } else { headers.append(denyFraming) }
         }
         if !hasResourcePolicy { headers.append(sameOriginResources) }
@@ -95,12 +96,6 @@ enum SecurityHeaders {
     private static let denyFraming = HTTPField(name: .xFrameOptions, value: "DENY")
     private static let sameOriginResources = HTTPField(name: .crossOriginResourcePolicy, value: "same-origin")
     private static let noStore = HTTPField(name: .cacheControl, value: "no-store")
-
-    private static func contains(_ text: String, _ part: String) -> Bool {
-        let text = Array(text.utf8), part = Array(part.utf8)
-        guard part.count <= text.count else { return false }
-        return (0...(text.count - part.count)).contains { start in text[start..<(start + part.count)].elementsEqual(part) }
-    }
 }
 
 /// Error responses the connection layer writes itself (malformed requests, timeouts, the connection cap,
